@@ -1,0 +1,3 @@
+from torchkeeper.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,454 @@
+"""The command line: everything the tray does, with --json for scripts.
+
+Exit codes: 0 success; 1 verify found drift; 2 usage, config or input error; 3 refused
+by the compatibility gate; 4 an operation failed and was rolled back. Never prompts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+from . import __version__
+from .errors import DRIFT, FAILED, OK, TKError, UsageError
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # usage errors exit 2 with a hint, like every other error
+        self.print_usage(sys.stderr)
+        print(f"error: {message}\nhint: see `{self.prog} --help`", file=sys.stderr)
+        raise SystemExit(2)
+
+
+class Progress:
+    """A progress bar on stderr for copies that take longer than about a second."""
+
+    def __init__(self, total: int, label: str):
+        self.total = max(total, 1)
+        self.label = label
+        self.done = 0
+        self.start = time.monotonic()
+        self.last = 0.0
+        self.shown = False
+        self.enabled = sys.stderr.isatty() and not os.environ.get("TORCHKEEPER_NO_PROGRESS")
+
+    def __call__(self, n: int) -> None:
+        self.done += n
+        if not self.enabled:
+            return
+        now = time.monotonic()
+        if now - self.start < 1.0 or now - self.last < 0.1:
+            return
+        self.last = now
+        self.shown = True
+        frac = min(self.done / self.total, 1.0)
+        bar = "#" * int(frac * 30)
+        sys.stderr.write(f"\r{self.label} [{bar:<30}] {frac * 100:5.1f}% "
+                         f"{self.done / 1e6:,.0f}/{self.total / 1e6:,.0f} MB")
+        sys.stderr.flush()
+
+    def close(self) -> None:
+        if self.shown:
+            sys.stderr.write("\n")
+
+
+def _emit(args, obj, text: str | None = None) -> None:
+    if getattr(args, "json", False):
+        print(json.dumps(obj, indent=1, sort_keys=True, default=str))
+    elif text is not None:
+        print(text)
+
+
+def _engine():
+    from .engine import Engine
+
+    return Engine()
+
+
+# -- targets -----------------------------------------------------------------------------
+def cmd_target_add(args, eng):
+    name, rec, info = eng.add_target(args.path, args.name)
+    _emit(args, {"name": name, **rec, "info": info.to_dict()},
+          f"added target '{name}': {info.site_packages}\n  torch {info.torch_version}, CUDA "
+          f"{info.torch_cuda or 'none (CPU build)'}, cuDNN {info.cudnn_build or 'unknown'}, "
+          f"{len(info.libs)} CUDA/cuDNN libraries in {', '.join(info.lib_dirs) or 'no folder'}")
+    return OK
+
+
+def cmd_target_list(args, eng):
+    ts = eng.targets()
+    rows = [{"name": n, **t} for n, t in sorted(ts.items())]
+    if not rows:
+        text = "no targets yet: add one with `torchkeeper target add PATH` or `torchkeeper discover --add`"
+    else:
+        text = "\n".join(f"{r['name']:<20} {r['site_packages']}" for r in rows)
+    _emit(args, rows, text)
+    return OK
+
+
+def cmd_target_remove(args, eng):
+    eng.remove_target(args.name, force=args.force)
+    _emit(args, {"removed": args.name}, f"removed target '{args.name}' (its files were not touched)")
+    return OK
+
+
+def cmd_discover(args, eng):
+    from pathlib import Path
+
+    from .discover import default_roots, discover
+
+    roots = [Path(r).expanduser() for r in args.roots] or default_roots()
+    found = discover(roots)
+    added = []
+    if args.add:
+        known = {t["site_packages"] for t in eng.targets().values()}
+        for f in found:
+            if str(f.site_packages) not in known:
+                name, _, _ = eng.add_target(str(f.path))
+                added.append(name)
+    rows = [f.to_dict() for f in found]
+    lines = [f"{f.app:<18} torch {f.torch_version or '?':<16} {f.path}" for f in found]
+    if not found:
+        lines = ["no torch installs found under " + ", ".join(str(r) for r in roots)]
+    if added:
+        lines.append(f"added {len(added)} target(s): {', '.join(added)}")
+    _emit(args, {"found": rows, "added": added}, "\n".join(lines))
+    return OK
+
+
+# -- bundles -----------------------------------------------------------------------------
+def _bundle_line(m):
+    from .bundle import describe
+
+    return f"{m['name']:<28} {m['id'][:12]}  {describe(m)}, {len(m['files'])} files"
+
+
+def cmd_bundle_create(args, eng):
+    from .bundle import public
+
+    m, created = eng.bundles.create(args.sources, args.name, args.cuda, args.cudnn)
+    lines = [("created bundle " if created else "already in the cache: ") + _bundle_line(m)]
+    lines += [f"  read: {r}" for r in m.get("read", [])]
+    if m.get("left_out"):
+        lines.append(f"  left out ({len(m['left_out'])}, not CUDA runtime/cuBLAS/cuDNN): " +
+                     ", ".join(m["left_out"][:8]) + (" ..." if len(m["left_out"]) > 8 else ""))
+    _emit(args, {**public(m), "created_now": created}, "\n".join(lines))
+    return OK
+
+
+def cmd_bundle_list(args, eng):
+    from .bundle import public
+
+    ms = eng.bundles.all()
+    _emit(args, [public(m) for m in ms],
+          "\n".join(_bundle_line(m) for m in ms) or "no bundles yet: create one with "
+          "`torchkeeper bundle create SOURCE...`")
+    return OK
+
+
+def cmd_bundle_show(args, eng):
+    from .bundle import public
+
+    m = eng.bundles.get(args.bundle)
+    lines = [_bundle_line(m), f"  id: {m['id']}", f"  created: {m.get('created')}"]
+    for s in m.get("sources", []):
+        lines.append(f"  source: {s['kind']}: {s['path']}")
+    lines += [f"  read: {r}" for r in m.get("read", [])]
+    for f in m["files"]:
+        lines.append(f"  {f['name']:<40} {f['size']:>12,} B  {f['sha256'][:16]}  {f.get('version') or ''}")
+    if m.get("left_out"):
+        lines.append("  left out: " + ", ".join(m["left_out"]))
+    _emit(args, public(m), "\n".join(lines))
+    return OK
+
+
+def cmd_bundle_verify(args, eng):
+    ms = [eng.bundles.get(args.bundle)] if args.bundle else eng.bundles.all()
+    results = [{"bundle": m["name"], "id": m["id"], "problems": eng.bundles.verify(m)} for m in ms]
+    bad = [r for r in results if r["problems"]]
+    lines = []
+    for r in results:
+        lines.append(f"{r['bundle']}: " + ("ok" if not r["problems"] else "DAMAGED: " + "; ".join(r["problems"])))
+    if bad:
+        lines.append("hint: remove the damaged bundle (torchkeeper bundle remove NAME) and create or import it again")
+    _emit(args, results, "\n".join(lines) or "no bundles")
+    return DRIFT if bad else OK
+
+
+def cmd_bundle_remove(args, eng):
+    m = eng.bundles.get(args.bundle)
+    st = eng.state.read()
+    users = sorted(n for n, o in st["overlays"].items() if o["bundle"] == m["id"])
+    if users and not args.force:
+        raise UsageError(f"bundle '{m['name']}' is applied to {', '.join(users)}",
+                         "revert those targets first, or pass --force (their stock backups are kept)")
+    eng.bundles.remove(m)
+    _emit(args, {"removed": m["id"]}, f"removed bundle '{m['name']}'")
+    return OK
+
+
+def cmd_bundle_export(args, eng):
+    from .archive import export
+
+    m = eng.bundles.get(args.bundle)
+    dest = export(eng.bundles, m, args.file)
+    _emit(args, {"bundle": m["id"], "file": str(dest)}, f"exported '{m['name']}' to {dest}")
+    return OK
+
+
+def cmd_bundle_import(args, eng):
+    from .archive import import_
+    from .bundle import public
+
+    m, created = import_(eng.bundles, args.file)
+    _emit(args, {**public(m), "created_now": created},
+          ("imported " if created else "already in the cache: ") + _bundle_line(m))
+    return OK
+
+
+# -- plan / apply / revert ---------------------------------------------------------------
+def _names(args, eng):
+    names = getattr(args, "targets", None) or []
+    if not names:
+        names = sorted(eng.targets())
+        if not names:
+            raise UsageError("no targets yet", "add one with `torchkeeper target add PATH`")
+    return names
+
+
+def cmd_use(args, eng):
+    m, names = eng.use(args.bundle, args.target)
+    _emit(args, {"bundle": m["id"], "targets": names},
+          f"targets {', '.join(names) or '(none yet; new targets too)'} will use '{m['name']}'; "
+          "run `torchkeeper apply` to apply it")
+    return OK
+
+
+def _plan_text(p, info) -> str:
+    lines = [f"target '{p.target}': torch {info.torch_version} (CUDA {info.torch_cuda}, cuDNN "
+             f"{info.cudnn_build}), bundle '{p.bundle_name}'"]
+    for s in p.steps:
+        lines.append(f"  {s.action:<14} {s.rel or s.key}" + (f" (was {s.prior})" if s.prior and s.action != 'in place' else ""))
+    for r in p.reasons:
+        tag = {"refuse": "REFUSED", "force": "needs --force", "note": "warning"}[r.level]
+        lines.append(f"  {tag} [{r.rule}]: {r.message}" + (f"\n    hint: {r.hint}" if r.hint else ""))
+    lines.append(f"  verdict: {p.verdict}")
+    return "\n".join(lines)
+
+
+def cmd_plan(args, eng):
+    from .errors import REFUSED
+
+    names = [args.target] if args.target else _names(args, eng)
+    plans, texts, rc = [], [], OK
+    for n in names:
+        p, info, _ = eng.plan(n, args.bundle)
+        plans.append(p.to_dict())
+        texts.append(_plan_text(p, info))
+        if p.refusals:
+            rc = REFUSED
+    _emit(args, plans if len(plans) > 1 or not args.target else plans[0], "\n".join(texts))
+    return rc
+
+
+def _run_each(args, eng, fn, verb):
+    results, rc = [], OK
+    for n in _names(args, eng):
+        try:
+            r = fn(n)
+            results.append(r.to_dict())
+            if not args.json:
+                print(r.message)
+        except TKError as e:
+            results.append({"target": n, "ok": False, "error": e.as_dict()})
+            rc = max(rc, e.exit_code)
+            if not args.json:
+                _print_error(e)
+    if args.json:
+        print(json.dumps(results, indent=1, sort_keys=True, default=str))
+    return rc
+
+
+def cmd_apply(args, eng):
+    def one(n):
+        prog = Progress(0, f"applying to {n}")
+        try:
+            p, _, m = eng.plan(n)
+            prog.total = max(sum(s.new_size for s in p.changes), 1)
+            return eng.apply(n, force=args.force, dry_run=args.dry_run, progress=prog)
+        finally:
+            prog.close()
+
+    return _run_each(args, eng, one, "apply")
+
+
+def cmd_revert(args, eng):
+    return _run_each(args, eng, lambda n: eng.revert(n), "revert")
+
+
+def cmd_verify(args, eng):
+    names = args.targets or None
+    if not eng.targets():
+        raise UsageError("no targets yet", "add one with `torchkeeper target add PATH`")
+    res = eng.verify(names, full=args.full)
+    lines = []
+    for s in res:
+        lines.append(f"{s['name']:<20} {s['state']}" + ("" if not s["problems"] else ": " + "; ".join(s["problems"][:4])))
+    bad = [s for s in res if not s["in_desired_state"]]
+    if bad:
+        lines.append("hint: `torchkeeper apply` re-applies drifted targets; `torchkeeper plan NAME` explains incompatible ones")
+    _emit(args, res, "\n".join(lines))
+    return DRIFT if bad else OK
+
+
+def cmd_status(args, eng):
+    st = eng.status()
+    if args.json:
+        _emit(args, st)
+        return OK
+    d = st["driver"]
+    lines = [("driver " + f"{d['version']}, CUDA {d['cuda']}, " + ", ".join(g["name"] for g in d["gpus"]))
+             if d else "driver: " + (getattr(eng.driver(), "message", None) or "none found")]
+    if not st["targets"]:
+        lines.append("no targets yet: `torchkeeper target add PATH` or `torchkeeper discover --add`")
+    for t in st["targets"]:
+        b = t["bundle"]["name"] if t.get("bundle") else "-"
+        lines.append(f"{t['name']:<20} {t['state']:<13} torch {t.get('torch_version') or '?'}"
+                     f" (CUDA {t.get('torch_cuda') or '-'}), cuDNN {t.get('cudnn_now') or '?'}"
+                     f" (stock {t.get('cudnn_stock') or '?'}), bundle {b}")
+        for pr in t["problems"][:3]:
+            lines.append(f"    {pr}")
+    print("\n".join(lines))
+    return OK
+
+
+def cmd_doctor(args, eng):
+    from .doctor import doctor, render
+
+    report = doctor(eng, probe=args.probe)
+    _emit(args, report, render(report))
+    return OK
+
+
+def cmd_log(args, eng):
+    from .state import read_events
+
+    evs = read_events(eng.home, args.n)
+    lines = []
+    for e in evs:
+        rest = " ".join(f"{k}={v}" for k, v in sorted(e.items()) if k not in ("ts", "time", "event"))
+        lines.append(f"{e.get('time')} {e.get('event')} {rest}")
+    _emit(args, evs, "\n".join(lines) or "no events yet")
+    return OK
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="torchkeeper", description="Keep a newer CUDA runtime / cuBLAS / cuDNN "
+                "overlaid on PyTorch, safely and reversibly.")
+    p.add_argument("--version", action="version", version=f"torchkeeper {__version__}")
+    sub = p.add_subparsers(dest="cmd", metavar="COMMAND", parser_class=_Parser)
+
+    def cmd(name, fn, help, parent=sub, json_opt=True):
+        sp = parent.add_parser(name, help=help, description=help)
+        if json_opt:
+            sp.add_argument("--json", action="store_true", help="machine-readable output")
+        sp.set_defaults(fn=fn)
+        return sp
+
+    t = sub.add_parser("target", help="manage targets (Python environments with torch)")
+    tsub = t.add_subparsers(dest="sub", metavar="ACTION", parser_class=_Parser, required=True)
+    a = cmd("add", cmd_target_add, "add a venv, python_embeded, conda env or site-packages", tsub)
+    a.add_argument("path")
+    a.add_argument("--name")
+    cmd("list", cmd_target_list, "list targets", tsub)
+    r = cmd("remove", cmd_target_remove, "forget a target (its files are not touched)", tsub)
+    r.add_argument("name")
+    r.add_argument("--force", action="store_true", help="forget it even with an overlay applied")
+
+    d = cmd("discover", cmd_discover, "find torch installs of A1111, Forge, kohya_ss, ComfyUI, ...")
+    d.add_argument("roots", nargs="*", help="folders to search (default: home and drive roots)")
+    d.add_argument("--add", action="store_true", help="add what is found as targets")
+
+    b = sub.add_parser("bundle", help="manage bundles (cached CUDA/cuDNN library sets)")
+    bsub = b.add_subparsers(dest="sub", metavar="ACTION", parser_class=_Parser, required=True)
+    c = cmd("create", cmd_bundle_create, "create a bundle from toolkit/cuDNN folders or nvidia-* wheels", bsub)
+    c.add_argument("sources", nargs="+", metavar="SOURCE")
+    c.add_argument("--name")
+    c.add_argument("--cuda", help="CUDA version, when the source does not say (X.Y)")
+    c.add_argument("--cudnn", help="cuDNN version, when the source does not say (X.Y.Z)")
+    cmd("list", cmd_bundle_list, "list bundles", bsub)
+    s = cmd("show", cmd_bundle_show, "show a bundle's files and where its versions were read", bsub)
+    s.add_argument("bundle")
+    v = cmd("verify", cmd_bundle_verify, "re-hash bundles in the cache", bsub)
+    v.add_argument("bundle", nargs="?")
+    rm = cmd("remove", cmd_bundle_remove, "remove a bundle from the cache", bsub)
+    rm.add_argument("bundle")
+    rm.add_argument("--force", action="store_true")
+    ex = cmd("export", cmd_bundle_export, "export a bundle to one archive file", bsub)
+    ex.add_argument("bundle")
+    ex.add_argument("file")
+    im = cmd("import", cmd_bundle_import, "import a bundle archive (every hash checked)", bsub)
+    im.add_argument("file")
+
+    u = cmd("use", cmd_use, "choose the bundle for one target or all")
+    u.add_argument("bundle")
+    u.add_argument("--target")
+    pl = cmd("plan", cmd_plan, "show what apply would do, file by file, and the gate's verdict")
+    pl.add_argument("target", nargs="?")
+    pl.add_argument("--bundle", help="plan another bundle than the chosen one")
+    ap = cmd("apply", cmd_apply, "apply the chosen bundle (a transaction: all or nothing)")
+    ap.add_argument("targets", nargs="*")
+    ap.add_argument("--dry-run", action="store_true")
+    ap.add_argument("--force", action="store_true", help="override warnings (never a refusal)")
+    rv = cmd("revert", cmd_revert, "restore the stock files")
+    rv.add_argument("targets", nargs="*")
+    vf = cmd("verify", cmd_verify, "check targets are as applied (exit 1 on drift)")
+    vf.add_argument("targets", nargs="*")
+    vf.add_argument("--full", action="store_true", help="re-hash every file, not just stat data")
+    cmd("status", cmd_status, "targets, their state and the driver")
+    dr = cmd("doctor", cmd_doctor, "the manual checks: driver, CUDA toolkits, torch/CUDA/cuDNN per target")
+    dr.add_argument("--probe", action="store_true", help="also run each target's Python: import torch")
+    lg = cmd("log", cmd_log, "show recent events")
+    lg.add_argument("-n", type=int, default=50, help="how many (default 50)")
+    return p
+
+
+def _print_error(e: TKError) -> None:
+    print(f"error: {e.message}", file=sys.stderr)
+    if e.hint:
+        print(f"hint: {e.hint}", file=sys.stderr)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "fn", None):
+        parser.print_help()
+        return 2
+    try:
+        eng = _engine()
+        from .config import load
+
+        eng.config = load(eng.home.config_file)
+        if not eng.config["apply"]["progress"]:
+            os.environ["TORCHKEEPER_NO_PROGRESS"] = "1"
+        for line in eng.recover_all():
+            print(line, file=sys.stderr)
+        return args.fn(args, eng)
+    except TKError as e:
+        if getattr(args, "json", False):
+            print(json.dumps(e.as_dict(), indent=1, sort_keys=True))
+        _print_error(e)
+        return e.exit_code
+    except OSError as e:
+        where = f" ({e.filename})" if e.filename else ""
+        print(f"error: {e.strerror or e}{where}", file=sys.stderr)
+        print("hint: check the path and its permissions, and free disk space if it is full",
+              file=sys.stderr)
+        return FAILED
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130

@@ -1,0 +1,120 @@
+"""Configuration: the shipped, commented defaults merged with the user's config.toml.
+
+A broken user file never takes effect: :func:`load` raises a UsageError that names the
+file and line; the agent keeps its last good config, the CLI exits 2.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+import sys
+from importlib import resources
+from pathlib import Path
+
+from .errors import UsageError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10
+    import tomli as tomllib
+
+MAX_BYTES = 256 * 1024
+
+# key -> (type, check, description of what is allowed)
+_NUM = (int, float)
+SCHEMA = {
+    "apply": {"progress": (bool, None, "true or false")},
+    "agent": {
+        "auto_reapply": (bool, None, "true or false"),
+        "driver_poll_seconds": (_NUM, lambda v: 1 <= v <= 86400, "a number of seconds, 1 to 86400"),
+        "verify_every_minutes": (_NUM, lambda v: 1 <= v <= 10080, "a number of minutes, 1 to 10080"),
+        "full_verify_at": (str, lambda v: re.fullmatch(r"([01]\d|2[0-3]):[0-5]\d", v) is not None,
+                           'a time like "04:00"'),
+        "quiet_seconds": (_NUM, lambda v: 0 <= v <= 60, "a number of seconds, 0 to 60"),
+        "max_wait_seconds": (_NUM, lambda v: 0.1 <= v <= 600, "a number of seconds, 0.1 to 600"),
+    },
+    "notifications": {
+        "enabled": (bool, None, "true or false"),
+        "dedupe_seconds": (_NUM, lambda v: 0 <= v <= 86400, "a number of seconds, 0 to 86400"),
+    },
+}
+
+
+def default_text() -> str:
+    shipped = resources.files("torchkeeper").joinpath("_data/config.toml")
+    if shipped.is_file():
+        return shipped.read_text(encoding="utf-8")
+    # a source checkout (editable install): the file in the repo's config/ folder
+    return (Path(__file__).parents[2] / "config" / "config.toml").read_text(encoding="utf-8")
+
+
+def defaults() -> dict:
+    return tomllib.loads(default_text())
+
+
+def _line_of(text: str, section: str, key: str) -> int | None:
+    cur = None
+    for i, line in enumerate(text.splitlines(), 1):
+        s = line.strip()
+        m = re.match(r"^\[\s*([^\]]+?)\s*\]", s)
+        if m:
+            cur = m.group(1)
+        elif cur == section and re.match(rf"^{re.escape(key)}\s*=", s):
+            return i
+    return None
+
+
+def parse(text: str, origin: str) -> dict:
+    """Validate a user config's text and merge it over the defaults."""
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise UsageError(f"{origin}: {e}", "fix that line, or delete the file to use the defaults") from None
+    merged = copy.deepcopy(defaults())
+    for section, values in data.items():
+        if section not in SCHEMA:
+            raise UsageError(f"{origin}: unknown section [{section}]",
+                             f"known sections: {', '.join('[' + s + ']' for s in SCHEMA)}")
+        if not isinstance(values, dict):
+            raise UsageError(f"{origin}: '{section}' must be a [section], not a value",
+                             "see the commented default config for the layout")
+        for key, value in values.items():
+            spec = SCHEMA[section].get(key)
+            line = _line_of(text, section, key)
+            where = f"{origin}, line {line}" if line else origin
+            if spec is None:
+                raise UsageError(f"{where}: unknown setting '{key}' in [{section}]",
+                                 f"known settings: {', '.join(SCHEMA[section])}")
+            typ, check, allowed = spec
+            ok = isinstance(value, typ) and not (typ is not bool and isinstance(value, bool))
+            if ok and check is not None:
+                ok = bool(check(value))
+            if not ok:
+                raise UsageError(f"{where}: {section}.{key} = {value!r} is not allowed",
+                                 f"use {allowed}")
+            merged.setdefault(section, {})[key] = value
+    return merged
+
+
+def load(path: Path) -> dict:
+    """The effective config; the defaults when the user has no file."""
+    try:
+        size = path.stat().st_size
+    except FileNotFoundError:
+        return defaults()
+    except OSError as e:
+        raise UsageError(f"cannot read the config file {path}: {e.strerror}",
+                         "fix its permissions, or delete it to use the defaults") from None
+    if size > MAX_BYTES:
+        raise UsageError(f"the config file {path} is {size:,} bytes, too large to be a config",
+                         "replace it with the commented default (see the README)")
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError:
+        raise UsageError(f"the config file {path} is not UTF-8 text",
+                         "save it as UTF-8, or delete it to use the defaults") from None
+    except OSError as e:
+        raise UsageError(f"cannot read the config file {path}: {e.strerror}",
+                         "fix its permissions, or delete it to use the defaults") from None
+    return parse(text, str(path))

@@ -1,0 +1,470 @@
+"""The engine: targets, plans, apply / revert / verify, status. Knows nothing of tray,
+toasts or timers; the CLI and the agent both drive it."""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import gate, libs, target as targetmod, versions
+from .bundle import Store, describe
+from .errors import NotFound, OperationFailed, Refused, TKError, UsageError
+from .fsutil import sha256_file, stat_key
+from .home import Home, get_home
+from .state import TARGET_NAME_RX, StateStore, log_event, target_lock
+from .txn import BackupStore, Change, Transaction, pending, recover
+
+PATCHED, DRIFTED, STOCK, INCOMPATIBLE, MISSING = "patched", "drifted", "stock", "incompatible", "missing"
+
+
+@dataclass
+class Result:
+    target: str
+    ok: bool
+    action: str                  # applied, already applied, reverted, ...
+    message: str
+    plan: dict | None = None
+    error: dict | None = None
+    exit_code: int = 0
+    details: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        d = {"target": self.target, "ok": self.ok, "action": self.action, "message": self.message}
+        if self.plan is not None:
+            d["plan"] = self.plan
+        if self.error is not None:
+            d["error"] = self.error
+        d.update(self.details)
+        return d
+
+
+class Engine:
+    def __init__(self, home: Home | None = None, driver_query=None):
+        self.home = home or get_home()
+        self.state = StateStore(self.home)
+        self.bundles = Store(self.home)
+        self._driver_query = driver_query
+        self._driver = None
+
+    # -- driver ----------------------------------------------------------------------
+    def driver(self, refresh: bool = False):
+        if self._driver is None or refresh:
+            if self._driver_query is not None:
+                self._driver = self._driver_query()
+            else:
+                from . import driver
+
+                self._driver = driver.query()
+        return self._driver
+
+    # -- recovery --------------------------------------------------------------------
+    def recover_all(self) -> list[str]:
+        """Finish transactions a crash interrupted. Returns one line per recovery."""
+        out = []
+        for j in pending(self.home):
+            name = j.get("target", "?")
+            with target_lock(self.home, name):
+                for jj in pending(self.home):  # re-read under the lock
+                    if jj.get("target") != name:
+                        continue
+                    how = recover(self.home, jj, self._commit_from_journal)
+                    op = jj.get("op", "?")
+                    if how == "rolled back":
+                        msg = (f"recovered target '{name}': an interrupted {op} was rolled back; "
+                               "the target is exactly as it was before")
+                    elif how == "rolled forward":
+                        msg = (f"recovered target '{name}': an interrupted {op} had put every file "
+                               "in place; it was completed")
+                    else:
+                        msg = f"recovered target '{name}': discarded an unreadable journal"
+                    log_event(self.home, "recovered", target=name, op=op, how=how)
+                    out.append(msg)
+        if out:
+            self._gc_backups()
+        return out
+
+    def _commit_from_journal(self, j: dict, changes: list[Change]) -> None:
+        self._commit(j["target"], j["op"], Path(j["root"]), j["meta"], changes)
+
+    # -- targets ---------------------------------------------------------------------
+    def targets(self) -> dict:
+        return self.state.read()["targets"]
+
+    def target(self, name: str) -> dict:
+        ts = self.targets()
+        if name not in ts:
+            raise NotFound(f"no target named '{name}' (targets: {', '.join(sorted(ts)) or 'none yet'})",
+                           "see `torchkeeper target list`, or add one with `torchkeeper target add PATH`")
+        return ts[name]
+
+    def add_target(self, path: str, name: str | None = None) -> tuple[str, dict, targetmod.TargetInfo]:
+        info = targetmod.inspect(path)
+        sp = str(info.site_packages)
+        if name is None:
+            name = _default_target_name(Path(path).expanduser().resolve(), info.site_packages)
+        if not TARGET_NAME_RX.match(name):
+            raise UsageError(f"target name {name!r} is not allowed",
+                             "use letters, digits, '.', '_' or '-' (at most 64), e.g. --name a1111")
+        with self.state.edit() as st:
+            for other, t in st["targets"].items():
+                if t["site_packages"] == sp:
+                    raise UsageError(f"{sp} is already target '{other}'",
+                                     "each environment is added once; see `torchkeeper target list`")
+            if name in st["targets"]:
+                base = name
+                i = 2
+                while f"{base}-{i}" in st["targets"]:
+                    i += 1
+                name = f"{base}-{i}"
+            st["targets"][name] = {"path": str(Path(path).expanduser().resolve()),
+                                   "site_packages": sp, "bundle": st.get("default_bundle"),
+                                   "added": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+            rec = st["targets"][name]
+        log_event(self.home, "target added", target=name, path=sp)
+        return name, rec, info
+
+    def remove_target(self, name: str, force: bool = False) -> None:
+        with target_lock(self.home, name), self.state.edit() as st:
+            if name not in st["targets"]:
+                self.target(name)
+            if name in st["overlays"] and not force:
+                raise UsageError(f"target '{name}' has an overlay applied",
+                                 f"revert it first (torchkeeper revert {name}), or pass --force to "
+                                 "forget it and keep its files as they are")
+            st["targets"].pop(name)
+            st["overlays"].pop(name, None)
+        self._gc_backups()
+        log_event(self.home, "target removed", target=name)
+
+    def use(self, ref: str, target: str | None = None) -> tuple[dict, list[str]]:
+        m = self.bundles.get(ref)
+        with self.state.edit() as st:
+            if target is not None:
+                if target not in st["targets"]:
+                    self.target(target)
+                names = [target]
+            else:
+                names = sorted(st["targets"])
+                st["default_bundle"] = m["id"]
+            for n in names:
+                st["targets"][n]["bundle"] = m["id"]
+        log_event(self.home, "use", bundle=m["id"], targets=names)
+        return m, names
+
+    def inspect(self, name: str, rec: dict | None = None, overlay: dict | None = None) -> targetmod.TargetInfo:
+        rec = rec or self.target(name)
+        info = targetmod.inspect(rec["site_packages"])
+        if overlay and overlay.get("cudnn_stock") and overlay.get("torch_version") == info.torch_version:
+            src = info.cudnn_build_source or ""
+            if info.cudnn_build is None or "major only" in src:
+                info.cudnn_build = overlay["cudnn_stock"]
+                info.cudnn_build_source = "recorded when the overlay was applied"
+        return info
+
+    def desired_bundle(self, name: str, st: dict | None = None) -> dict | None:
+        st = st or self.state.read()
+        bid = st["targets"][name].get("bundle")
+        if not bid:
+            return None
+        try:
+            return self.bundles.get(bid)
+        except NotFound:
+            raise NotFound(f"target '{name}' wants bundle {bid[:12]}, which is no longer in the cache",
+                           "import or create it again, or choose another with `torchkeeper use`") from None
+
+    # -- plan ------------------------------------------------------------------------
+    def plan(self, name: str, ref: str | None = None) -> tuple[gate.Plan, targetmod.TargetInfo, dict]:
+        st = self.state.read()
+        if name not in st["targets"]:
+            self.target(name)
+        m = self.bundles.get(ref) if ref else self.desired_bundle(name, st)
+        if m is None:
+            raise UsageError(f"target '{name}' has no bundle chosen",
+                             f"choose one with `torchkeeper use BUNDLE --target {name}`")
+        overlay = st["overlays"].get(name)
+        info = self.inspect(name, st["targets"][name], overlay)
+        p = gate.plan(name, info, m, self.bundles.dir(m), overlay, self.driver())
+        return p, info, m
+
+    # -- apply -----------------------------------------------------------------------
+    def apply(self, name: str, force: bool = False, dry_run: bool = False, progress=None) -> Result:
+        with target_lock(self.home, name):
+            p, info, m = self.plan(name)
+            if p.refusals:
+                raise Refused(f"target '{name}': the compatibility gate refuses bundle "
+                              f"'{p.bundle_name}': " + p.refusals[0].message,
+                              p.refusals[0].hint, [r.to_dict() for r in p.reasons])
+            if p.needs_force and not force:
+                raise Refused(f"target '{name}': " + p.needs_force[0].message,
+                              p.needs_force[0].hint, [r.to_dict() for r in p.reasons])
+            if dry_run:
+                return Result(name, True, "dry run",
+                              f"would change {len(p.changes)} file(s) of '{name}'", p.to_dict())
+            st = self.state.read()
+            overlay = st["overlays"].get(name)
+            if not p.changes and overlay and overlay.get("bundle") == m["id"]:
+                return Result(name, True, "already applied",
+                              f"'{name}' already has {describe(m)} ({m['name']})", p.to_dict())
+            prev_files = (overlay or {}).get("files", {})
+            changes, meta_files = [], {}
+            for s in p.steps:
+                prev = prev_files.get(s.rel, {})
+                meta_files[s.rel] = {
+                    "key": s.key, "action": s.action if s.action != gate.IN_PLACE else
+                    (prev.get("action") or gate.REPLACE), "prior": s.prior,
+                    "stock_sha256": s.stock_sha256 or prev.get("stock_sha256"),
+                    "stock_size": s.stock_size or prev.get("stock_size"),
+                    "stock_backup": prev.get("stock_backup"),
+                    "foreign_backup": prev.get("foreign_backup"),
+                    "sha256": s.new_sha256,
+                }
+                if s.action in (gate.REPLACE, gate.ADD, gate.FOREIGN):
+                    changes.append(Change(s.rel, str(self.bundles.file_path(m, s.key)),
+                                          s.new_sha256, s.new_size, s.current_sha256))
+                elif s.action == gate.IN_PLACE and s.prior == "stock" and s.stock_sha256:
+                    # stock bytes that equal the bundle's: nothing to restore on revert
+                    meta_files[s.rel]["stock_backup"] = None
+                    meta_files[s.rel]["same_as_stock"] = True
+            # files of an earlier overlay this bundle no longer has go back to stock
+            for rel, prev in prev_files.items():
+                if rel in meta_files:
+                    continue
+                changes.append(self._restore_change(info, rel, prev))
+            meta = {"bundle": m["id"], "bundle_name": m["name"], "files": meta_files,
+                    "torch_version": info.torch_version, "torch_cuda": info.torch_cuda,
+                    "cudnn_stock": (overlay or {}).get("cudnn_stock") or info.cudnn_build}
+            t0 = time.time()
+            tx = Transaction(self.home, name, info.site_packages, "apply", changes, meta,
+                             progress=progress)
+            try:
+                tx.run(lambda t: self._commit(name, "apply", t.root, t.meta, t.changes))
+            except TKError as e:
+                log_event(self.home, "apply failed", target=name, bundle=m["id"], error=e.message)
+                self._gc_backups()
+                raise
+            self._gc_backups()
+            log_event(self.home, "applied", target=name, bundle=m["id"], bundle_name=m["name"],
+                      files=len(changes), seconds=round(time.time() - t0, 3))
+            return Result(name, True, "applied",
+                          f"applied {describe(m)} ({m['name']}) to '{name}': {len(changes)} file(s) "
+                          "replaced, backed up and verified", p.to_dict())
+
+    def _restore_change(self, info, rel: str, prev: dict) -> Change:
+        path = info.site_packages / rel
+        cur = sha256_file(path) if path.is_file() else None
+        if prev.get("action") == gate.ADD:
+            return Change(rel, None, None, None, cur)
+        lf = next((f for f in info.libs.values() if f.rel == rel), None)
+        stock = (lf.stock_sha256 if lf else None) or prev.get("stock_sha256")
+        backups = BackupStore(self.home)
+        if stock and backups.has(stock):
+            return Change(rel, str(backups.path(stock)), stock,
+                          backups.path(stock).stat().st_size, cur)
+        if cur is not None and cur == stock:
+            return Change(rel, str(path), cur, path.stat().st_size, cur)
+        raise OperationFailed(
+            f"no stock copy of {path} to restore (it was {prev.get('prior', 'unknown')} before the "
+            "overlay)", f"reinstall torch: pip install --force-reinstall --no-deps torch=={info.torch_version}")
+
+    def _commit(self, name: str, op: str, root: Path, meta: dict, changes: list[Change]) -> None:
+        """Record a finished transaction in the state (also used to roll forward)."""
+        by_rel = {c.rel: c for c in changes}
+        with self.state.edit() as st:
+            if op == "revert":
+                st["overlays"].pop(name, None)
+            else:
+                st["overlays"][name] = self._overlay_record(root, meta, by_rel)
+                if name in st["targets"] and not st["targets"][name].get("bundle"):
+                    st["targets"][name]["bundle"] = meta["bundle"]
+
+    @staticmethod
+    def _overlay_record(root: Path, meta: dict, by_rel: dict) -> dict:
+        files = {}
+        for rel, fm in meta["files"].items():
+            c = by_rel.get(rel)
+            rec = dict(fm)
+            if c is not None and c.backup:
+                if fm.get("prior") == "stock":
+                    rec["stock_backup"] = c.backup
+                elif fm.get("prior") == "foreign":
+                    rec["foreign_backup"] = c.backup
+            p = root / rel
+            rec["sha256"] = (c.new_sha256 if c else fm.get("sha256")) or sha256_file(p)
+            rec.update(stat_key(p))
+            files[rel] = rec
+        return {
+            "bundle": meta["bundle"], "bundle_name": meta.get("bundle_name"),
+            "site_packages": str(root), "applied": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "torch_version": meta.get("torch_version"), "torch_cuda": meta.get("torch_cuda"),
+            "cudnn_stock": meta.get("cudnn_stock"), "files": files}
+
+    def _gc_backups(self) -> None:
+        st = self.state.read()
+        keep = set()
+        for ov in st["overlays"].values():
+            for f in ov.get("files", {}).values():
+                keep.update(x for x in (f.get("stock_backup"), f.get("foreign_backup")) if x)
+        for j in pending(self.home):
+            for c in j.get("changes", []):
+                keep.update(x for x in (c.get("backup"), c.get("old_sha256")) if x)
+        BackupStore(self.home).remove_unreferenced(keep)
+
+    # -- revert ----------------------------------------------------------------------
+    def revert(self, name: str, progress=None) -> Result:
+        with target_lock(self.home, name):
+            st = self.state.read()
+            if name not in st["targets"]:
+                self.target(name)
+            overlay = st["overlays"].get(name)
+            if not overlay:
+                return Result(name, True, "nothing to revert", f"'{name}' has no overlay applied")
+            info = self.inspect(name, st["targets"][name], overlay)
+            changes = []
+            for rel, prev in sorted(overlay["files"].items()):
+                if prev.get("same_as_stock"):
+                    continue
+                c = self._restore_change(info, rel, prev)
+                if c.src is not None and c.old_sha256 == c.new_sha256:
+                    continue  # already stock (a pip reinstall restored it)
+                if c.src is None and c.old_sha256 is None:
+                    continue
+                changes.append(c)
+            tx = Transaction(self.home, name, info.site_packages, "revert", changes,
+                             {"bundle": overlay["bundle"]}, progress=progress)
+            try:
+                tx.run(lambda t: self._commit(name, "revert", t.root, t.meta, t.changes))
+            except TKError as e:
+                log_event(self.home, "revert failed", target=name, error=e.message)
+                self._gc_backups()
+                raise
+            self._gc_backups()
+            log_event(self.home, "reverted", target=name, files=len(changes))
+            return Result(name, True, "reverted",
+                          f"reverted '{name}' to its stock files ({len(changes)} restored, "
+                          "each checked against RECORD)")
+
+    # -- verify and status -----------------------------------------------------------
+    def target_state(self, name: str, full: bool = False, st: dict | None = None,
+                     with_versions: bool = False) -> dict:
+        st = st or self.state.read()
+        rec = st["targets"][name]
+        overlay = st["overlays"].get(name)
+        out = {"name": name, "path": rec["path"], "site_packages": rec["site_packages"],
+               "bundle": None, "state": None, "problems": []}
+        try:
+            info = self.inspect(name, rec, overlay)
+        except TKError as e:
+            out.update(state=MISSING, problems=[e.message])
+            return out
+        out.update(torch_version=info.torch_version, torch_cuda=info.torch_cuda,
+                   platform=info.platform)
+        m = None
+        try:
+            m = self.desired_bundle(name, st)
+        except NotFound as e:
+            out["problems"].append(e.message)
+        if m is not None:
+            out["bundle"] = {"id": m["id"], "name": m["name"], "cuda": m.get("cuda"),
+                             "cudnn": m.get("cudnn")}
+        drift = []
+        if overlay:
+            for rel, f in sorted(overlay["files"].items()):
+                p = info.site_packages / rel
+                if not p.is_file():
+                    drift.append(f"{rel} is missing")
+                    continue
+                if full:
+                    if sha256_file(p) != f["sha256"]:
+                        drift.append(f"{rel} changed")
+                elif stat_key(p) != {k: f.get(k) for k in ("size", "mtime_ns", "ino")}:
+                    drift.append(f"{rel} changed")
+        refused = None
+        if m is not None:
+            refusals = [r for r in gate.check(info, m, None) if r.level == "refuse"]
+            if refusals:
+                refused = refusals[0]
+        if overlay and not drift:
+            state = PATCHED
+        elif refused is not None and (overlay or m is not None):
+            state = INCOMPATIBLE
+            out["problems"].append(refused.message)
+        elif overlay:
+            state = DRIFTED
+            out["problems"].extend(drift)
+        else:
+            state = STOCK
+            for lf in info.libs.values():  # quick: sizes against RECORD; full: hashes
+                p = info.site_packages / lf.rel
+                if lf.stock_sha256 is None:
+                    continue
+                if p.stat().st_size != lf.stock_size or (full and sha256_file(p) != lf.stock_sha256):
+                    drift.append(f"{lf.rel} differs from RECORD (not applied by torchkeeper)")
+            if drift:
+                state = DRIFTED
+                out["problems"].extend(drift)
+        out["state"] = state
+        out["cudnn_stock"] = (overlay or {}).get("cudnn_stock") if state == PATCHED else info.cudnn_build
+        out["cudnn_now"] = self._cudnn_now(info, state, overlay, m)
+        if overlay:
+            out["applied"] = {"bundle": overlay["bundle"], "bundle_name": overlay.get("bundle_name"),
+                              "at": overlay.get("applied"), "files": len(overlay["files"])}
+        if with_versions:
+            out["info"] = info.to_dict()
+        return out
+
+    def _cudnn_now(self, info, state, overlay, m) -> str | None:
+        if state == PATCHED and overlay:
+            try:
+                om = self.bundles.get(overlay["bundle"])
+                if om.get("cudnn"):
+                    return om["cudnn"]
+            except NotFound:
+                pass
+        if info.platform == libs.WINDOWS:
+            main = [f for f in info.libs.values() if f.family == libs.CUDNN and f.member == ""]
+            if main:
+                v = versions.pe_version(info.site_packages / main[0].rel)
+                if v and v.get("FileVersion"):
+                    return versions.dotted(v["FileVersion"])
+        if state == STOCK:
+            return info.cudnn_build
+        return None
+
+    def verify(self, names: list[str] | None = None, full: bool = False) -> list[dict]:
+        st = self.state.read()
+        names = names or sorted(st["targets"])
+        for n in names:
+            if n not in st["targets"]:
+                self.target(n)
+        out = []
+        for n in names:
+            s = self.target_state(n, full=full, st=st)
+            s["in_desired_state"] = s["state"] in (PATCHED, STOCK)
+            out.append(s)
+        log_event(self.home, "verified", full=full,
+                  results={s["name"]: s["state"] for s in out})
+        return out
+
+    def status(self) -> dict:
+        st = self.state.read()
+        return {"targets": [self.target_state(n, st=st) for n in sorted(st["targets"])],
+                "driver": self._driver_dict(), "journal": [j.get("target") for j in pending(self.home)]}
+
+    def _driver_dict(self):
+        d = self.driver()
+        if d is None or not getattr(d, "ok", False):
+            return None
+        return {"version": d.version, "cuda": d.cuda, "gpus": d.gpus}
+
+
+def _default_target_name(path: Path, sp: Path) -> str:
+    """A name a user recognises: the app folder ('stable-diffusion-webui'), not 'venv'."""
+    p = path
+    generic = {"venv", ".venv", "python_embeded", "python_embedded", "site-packages", "lib", "env",
+               "python", "system", "torch", "installer_files"}
+    while p.name.lower() in generic or p.name.lower().startswith("python3") and p.parent != p:
+        p = p.parent
+    name = "".join(ch if ch.isalnum() or ch in "._-" else "-" for ch in p.name).strip("-.") or "target"
+    return name[:64]

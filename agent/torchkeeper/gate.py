@@ -1,0 +1,234 @@
+"""Plans and the compatibility gate.
+
+A plan says, for one target and one bundle, what happens to each file: ``replace``
+(the stock file, or an earlier overlay, gives way), ``in place`` (already the bundle's
+bytes), ``add`` (a sibling a newer cuDNN release needs, beside its family), ``foreign``
+(a file that is neither stock nor an overlay of ours: replaced only with --force) or
+``no counterpart`` (torch does not load such a file here: refused). The verdict is
+``ok``, ``warn`` or ``refused``; each reason names its rule.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import libs, versions
+from .fsutil import sha256_file
+from .target import TargetInfo
+
+REPLACE = "replace"
+IN_PLACE = "in place"
+ADD = "add"
+FOREIGN = "foreign"
+NO_COUNTERPART = "no counterpart"
+
+
+@dataclass
+class Reason:
+    rule: str        # platform, cuda-major, cudnn-version, counterpart, mixed-family, driver, foreign, ...
+    level: str       # "refuse" | "force" (a warning that needs --force) | "note"
+    message: str
+    hint: str | None = None
+
+    def to_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+@dataclass
+class FileStep:
+    key: str
+    rel: str                  # target path, relative to site-packages
+    action: str
+    new_sha256: str
+    new_size: int
+    current_sha256: str | None = None   # None when absent
+    stock_sha256: str | None = None
+    stock_size: int | None = None
+    prior: str | None = None  # "stock" | "overlay" | "foreign" | "absent"
+
+    def to_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+@dataclass
+class Plan:
+    target: str
+    bundle_id: str
+    bundle_name: str
+    steps: list[FileStep] = field(default_factory=list)
+    reasons: list[Reason] = field(default_factory=list)
+
+    @property
+    def verdict(self) -> str:
+        if any(r.level == "refuse" for r in self.reasons):
+            return "refused"
+        if any(r.level in ("force", "note") for r in self.reasons):
+            return "warn"
+        return "ok"
+
+    @property
+    def refusals(self) -> list[Reason]:
+        return [r for r in self.reasons if r.level == "refuse"]
+
+    @property
+    def needs_force(self) -> list[Reason]:
+        return [r for r in self.reasons if r.level == "force"]
+
+    @property
+    def changes(self) -> list[FileStep]:
+        return [s for s in self.steps if s.action in (REPLACE, ADD, FOREIGN)]
+
+    def to_dict(self) -> dict:
+        return {"target": self.target, "bundle": self.bundle_id, "bundle_name": self.bundle_name,
+                "verdict": self.verdict, "files": [s.to_dict() for s in self.steps],
+                "reasons": [r.to_dict() for r in self.reasons]}
+
+
+def check(info: TargetInfo, m: dict, driver=None) -> list[Reason]:
+    """The version rules of the gate (no file I/O)."""
+    reasons: list[Reason] = []
+    bname = m.get("name", m["id"][:12])
+    if m["platform"] != info.platform:
+        want = "Linux .so" if info.platform == libs.LINUX else "Windows DLL"
+        reasons.append(Reason(
+            "platform", "refuse",
+            f"bundle '{bname}' holds {m['platform']} libraries but this torch loads {want} files",
+            f"build a bundle from the {info.platform} cuDNN archive or nvidia-* wheel"))
+        return reasons
+    torch_cuda = versions.major_minor(info.torch_cuda)
+    bundle_cuda_major = m.get("cuda_major")
+    if torch_cuda is None:
+        reasons.append(Reason(
+            "cuda-major", "refuse",
+            f"torch {info.torch_version or '?'} is a CPU build (torch.version.cuda is None): it "
+            "loads no CUDA libraries", "install a CUDA build of torch first"))
+        return reasons
+    if bundle_cuda_major is not None and bundle_cuda_major != torch_cuda[0]:
+        what = (f"cuDNN {m['cudnn']} built for CUDA {bundle_cuda_major}"
+                if m.get("cudnn") and not m.get("cuda") else f"CUDA {m.get('cuda') or bundle_cuda_major}")
+        reasons.append(Reason(
+            "cuda-major", "refuse",
+            f"bundle '{bname}' is {what} but torch {info.torch_version} uses CUDA {info.torch_cuda}",
+            f"build a bundle for CUDA {torch_cuda[0]} (e.g. cuDNN for CUDA {torch_cuda[0]}: "
+            f"..._cuda{torch_cuda[0]}-archive or nvidia-cudnn-cu{torch_cuda[0]})"))
+    if m.get("cudnn"):
+        b = versions.major_minor(m["cudnn"])
+        t = versions.major_minor(info.cudnn_build)
+        if t is None:
+            reasons.append(Reason(
+                "cudnn-version", "note",
+                f"cannot tell which cuDNN torch {info.torch_version} was built with; "
+                "PyTorch's version check is unverified", None))
+        elif b[0] != t[0]:
+            reasons.append(Reason(
+                "cudnn-version", "refuse",
+                f"bundle '{bname}' is cuDNN {m['cudnn']} but torch {info.torch_version} uses cuDNN "
+                f"{t[0]}.x ({info.cudnn_build}); PyTorch requires the same major",
+                f"build a bundle from cuDNN {t[0]}.x for CUDA {torch_cuda[0]}"))
+        elif info.cudnn_build.count(".") >= 1 and b[1] < t[1]:
+            reasons.append(Reason(
+                "cudnn-version", "refuse",
+                f"bundle '{bname}' is cuDNN {m['cudnn']}, older than the {info.cudnn_build} torch "
+                f"{info.torch_version} was built with; PyTorch requires minor >= {t[0]}.{t[1]}",
+                f"build a bundle from cuDNN {t[0]}.{t[1]} or newer (for CUDA {torch_cuda[0]})"))
+    need = versions.major_minor(m.get("cuda"))
+    if driver is None or not getattr(driver, "ok", False):
+        why = getattr(driver, "message", None) or "no NVIDIA driver answered"
+        reasons.append(Reason("driver", "note",
+                              f"{why}: cannot check that the driver supports this bundle's CUDA",
+                              getattr(driver, "hint", None)))
+    elif need and driver.cuda:
+        have = versions.major_minor(driver.cuda)
+        if have and have < need:
+            reasons.append(Reason(
+                "driver", "force",
+                f"driver {driver.version} supports CUDA {driver.cuda}, older than the bundle's "
+                f"CUDA {m['cuda']}: torch may fail with 'CUDA driver version is insufficient'",
+                "update the NVIDIA driver, or pass --force to apply anyway"))
+    return reasons
+
+
+def plan(name: str, info: TargetInfo, m: dict, bundle_dir: Path, overlay: dict | None = None,
+         driver=None, hash_current: bool = True) -> Plan:
+    """The file-by-file plan and the verdict for applying bundle ``m`` to a target."""
+    p = Plan(name, m["id"], m.get("name", m["id"][:12]))
+    p.reasons = check(info, m, driver)
+    if any(r.rule == "platform" for r in p.reasons):
+        return p
+    applied = {}  # rel -> file record of an earlier overlay on this target
+    if overlay:
+        applied = overlay.get("files", {})
+    sp = info.site_packages
+    bundle_families: dict[tuple[str, int], set[str]] = {}
+    for f in m["files"]:
+        bundle_families.setdefault((f["family"], f["major"]), set()).add(f["name"])
+        lf = info.libs.get(f["name"])
+        if lf is None:
+            d = info.dir_for_family(f["family"], f["major"])
+            if d is None:
+                p.steps.append(FileStep(f["name"], "", NO_COUNTERPART, f["sha256"], f["size"]))
+                continue
+            rel = f"{d}/{f['name']}"
+            step = FileStep(f["name"], rel, ADD, f["sha256"], f["size"], prior="absent")
+            path = sp / rel
+            if path.exists():  # left by an earlier overlay or another tool
+                step.current_sha256 = sha256_file(path) if hash_current else None
+                rec = applied.get(rel)
+                if step.current_sha256 == f["sha256"]:
+                    step.action = IN_PLACE
+                elif rec is not None and step.current_sha256 == rec.get("sha256"):
+                    step.prior = "overlay"
+                else:
+                    step.action, step.prior = FOREIGN, "foreign"
+            p.steps.append(step)
+            continue
+        path = sp / lf.rel
+        step = FileStep(f["name"], lf.rel, REPLACE, f["sha256"], f["size"],
+                        stock_sha256=lf.stock_sha256, stock_size=lf.stock_size)
+        cur = sha256_file(path) if hash_current else None
+        step.current_sha256 = cur
+        rec = applied.get(lf.rel)
+        if cur == f["sha256"]:
+            step.action = IN_PLACE
+            step.prior = "overlay" if rec else ("stock" if cur == lf.stock_sha256 else "foreign")
+        elif lf.stock_sha256 and cur == lf.stock_sha256:
+            step.prior = "stock"
+        elif rec is not None and cur == rec.get("sha256"):
+            step.prior = "overlay"
+        elif lf.stock_sha256 is None:
+            # nothing records the stock hash (no RECORD): take what is there as stock
+            step.prior = "stock"
+            p.reasons.append(Reason(
+                "stock-unknown", "note",
+                f"{lf.rel} is not listed in any RECORD: its current bytes are backed up as stock"))
+        else:
+            step.action, step.prior = FOREIGN, "foreign"
+        p.steps.append(step)
+
+    strays = [s.key for s in p.steps if s.action == NO_COUNTERPART]
+    if strays:
+        p.reasons.append(Reason(
+            "counterpart", "refuse",
+            f"torch here loads no file like {', '.join(strays)}: copying "
+            f"{'it' if len(strays) == 1 else 'them'} in would add a library torch never used"
+            + (" (and torch on Windows loads every DLL in torch\\lib)" if info.platform == libs.WINDOWS else ""),
+            "build the bundle only from libraries this torch uses (same CUDA and cuDNN majors)"))
+    for (family, major), names in sorted(bundle_families.items()):
+        have = set(info.family_keys(family, major))
+        missing = sorted(have - names)
+        if missing and names & have:
+            title = libs.FAMILY_TITLES[family]
+            p.reasons.append(Reason(
+                "mixed-family", "refuse",
+                f"bundle '{p.bundle_name}' replaces {len(names & have)} of the {len(have)} {title} "
+                f"files; {', '.join(missing)} would stay at the old version and mix two {title} releases",
+                f"build the bundle from the complete {title} release (all {len(have)} files)"))
+    foreign = [s.rel for s in p.steps if s.action == FOREIGN]
+    if foreign:
+        p.reasons.append(Reason(
+            "foreign", "force",
+            f"{', '.join(foreign)} match{'es' if len(foreign) == 1 else ''} neither the stock "
+            "file nor an overlay of ours (another tool's copy?)",
+            "pass --force to replace; the current bytes are backed up first"))
+    return p

@@ -1,0 +1,109 @@
+"""The state store: targets, desired bundles, applied overlays and the event log.
+
+One JSON file, replaced atomically under a cross-process lock; readers never see a
+half-written state.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import time
+from pathlib import Path
+
+from filelock import FileLock, Timeout
+
+from .errors import OperationFailed, UsageError
+from .fsutil import atomic_write_json
+from .home import Home
+
+SCHEMA = 1
+TARGET_NAME_RX = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+LOCK_TIMEOUT_S = 30
+
+
+def empty() -> dict:
+    return {"schema": SCHEMA, "targets": {}, "overlays": {}, "default_bundle": None}
+
+
+class StateStore:
+    def __init__(self, home: Home):
+        self.home = home
+        self.path = home.state_file
+
+    def read(self) -> dict:
+        try:
+            data = json.loads(self.path.read_text())
+        except FileNotFoundError:
+            return empty()
+        except (OSError, ValueError) as e:
+            raise UsageError(f"the state file {self.path} is unreadable: {e}",
+                             f"restore it from {self.path}.bak if present, or move it away to "
+                             "start over (backups in the data folder are kept)") from None
+        if not isinstance(data, dict) or data.get("schema") != SCHEMA:
+            raise UsageError(f"the state file {self.path} has an unknown format",
+                             "upgrade torchkeeper, or move the file away to start over")
+        for k, v in empty().items():
+            data.setdefault(k, v)
+        return data
+
+    def write(self, data: dict) -> None:
+        if self.path.exists():
+            with contextlib.suppress(OSError):
+                os.replace(self.path, self.path.with_suffix(".json.bak"))
+        atomic_write_json(self.path, data)
+
+    @contextlib.contextmanager
+    def edit(self):
+        """Read-modify-write under the state lock."""
+        with self.lock():
+            data = self.read()
+            yield data
+            self.write(data)
+
+    def lock(self):
+        self.home.data_dir.mkdir(parents=True, exist_ok=True)
+        return _timed_lock(self.home.data_dir / "state.lock", "the torchkeeper state")
+
+
+def target_lock(home: Home, name: str):
+    """Cross-process lock per target: the CLI and the agent never apply at once."""
+    home.locks_dir.mkdir(parents=True, exist_ok=True)
+    return _timed_lock(home.locks_dir / f"{name}.lock", f"target '{name}'")
+
+
+@contextlib.contextmanager
+def _timed_lock(path: Path, what: str):
+    lock = FileLock(str(path))
+    try:
+        lock.acquire(timeout=LOCK_TIMEOUT_S)
+    except Timeout:
+        raise OperationFailed(f"{what} is locked by another torchkeeper process ({path})",
+                              "wait for the other command or the agent to finish, then retry") from None
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+def log_event(home: Home, kind: str, **fields) -> dict:
+    """Append one event to the event log (JSON lines): the CLI's and the agent's history."""
+    ev = {"ts": time.time(), "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "event": kind, **fields}
+    home.log_dir.mkdir(parents=True, exist_ok=True)
+    with open(home.events_file, "a", encoding="utf-8") as f:
+        f.write(json.dumps(ev, sort_keys=True) + "\n")
+    return ev
+
+
+def read_events(home: Home, n: int | None = None) -> list[dict]:
+    try:
+        lines = home.events_file.read_text(encoding="utf-8").splitlines()
+    except FileNotFoundError:
+        return []
+    out = []
+    for line in lines[-n:] if n else lines:
+        with contextlib.suppress(ValueError):
+            out.append(json.loads(line))
+    return out

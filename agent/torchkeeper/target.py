@@ -1,0 +1,257 @@
+"""Targets: resolve a user's path to one site-packages and inspect its torch, statically.
+
+Everything here is data that works on any OS: a Windows venv (``Lib/site-packages``,
+``torch/lib/*.dll``) is inspected the same way on Linux.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import libs, versions
+from .errors import NotFound, UsageError
+from .fsutil import record_hash_to_hex
+
+# Folders an app keeps its Python in, tried below a path that is not itself an env.
+APP_ENV_DIRS = ("venv", ".venv", "python_embeded", "python_embedded", "system/python", "env",
+                "installer_files/env", "python")
+
+
+@dataclass
+class LibFile:
+    key: str             # name torch loads it by
+    rel: str             # path relative to site-packages, '/' separators
+    family: str
+    member: str
+    major: int
+    stock_sha256: str | None  # from RECORD; None when no RECORD lists it
+    stock_size: int | None
+    owner: str | None    # dist-info that owns it ('torch', 'nvidia-cudnn-cu12')
+
+    def to_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+@dataclass
+class TargetInfo:
+    site_packages: Path
+    platform: str                     # libs.WINDOWS or libs.LINUX: how its libraries are laid out
+    torch_version: str | None
+    torch_cuda: str | None            # torch.version.cuda
+    cudnn_build: str | None           # the cuDNN torch ships / pins
+    cudnn_build_source: str | None    # where that was read from
+    libs: dict[str, LibFile] = field(default_factory=dict)
+    lib_dirs: list[str] = field(default_factory=list)   # relative to site-packages
+    notes: list[str] = field(default_factory=list)
+
+    def family_keys(self, family: str, major: int | None = None) -> list[str]:
+        return sorted(k for k, f in self.libs.items()
+                      if f.family == family and (major is None or f.major == major))
+
+    def dir_for_family(self, family: str, major: int) -> str | None:
+        """Where torch loads this family from (for files a bundle adds beside it)."""
+        for f in sorted(self.libs.values(), key=lambda f: f.member):
+            if f.family == family and f.major == major:
+                return f.rel.rpartition("/")[0]
+        return None
+
+    def to_dict(self) -> dict:
+        return {
+            "site_packages": str(self.site_packages),
+            "platform": self.platform,
+            "torch_version": self.torch_version,
+            "torch_cuda": self.torch_cuda,
+            "cudnn_build": self.cudnn_build,
+            "cudnn_build_source": self.cudnn_build_source,
+            "lib_dirs": self.lib_dirs,
+            "libs": {k: v.to_dict() for k, v in sorted(self.libs.items())},
+            "notes": self.notes,
+        }
+
+
+def _has_torch(sp: Path) -> bool:
+    return (sp / "torch" / "version.py").is_file() or (sp / "torch" / "__init__.py").is_file()
+
+
+def _posix_site_packages(root: Path) -> list[Path]:
+    lib = root / "lib"
+    if not lib.is_dir():
+        return []
+    return sorted(p / "site-packages" for p in lib.glob("python3*") if (p / "site-packages").is_dir())
+
+
+def _candidates(root: Path) -> list[Path]:
+    out = []
+    if root.name == "torch" and (root / "version.py").is_file():
+        out.append(root.parent)
+    out.append(root)
+    win = root / "Lib" / "site-packages"
+    if win.is_dir():
+        out.append(win)
+    out.extend(_posix_site_packages(root))
+    return out
+
+
+def resolve(path: str | Path) -> Path:
+    """The site-packages holding torch for a venv root, a portable python_embeded, a conda
+    env, a site-packages folder, the torch folder itself, or an app folder that keeps its
+    Python in one of the usual places (``venv``, ``python_embeded``, ...)."""
+    root = Path(path).expanduser()
+    if not root.exists():
+        raise NotFound(f"{root} does not exist",
+                       "give the folder of a venv, a portable python_embeded, a conda env or "
+                       "a site-packages folder")
+    if not root.is_dir():
+        raise UsageError(f"{root} is a file, not a folder",
+                         "give the folder of the Python environment, not a file inside it")
+    root = root.resolve()
+    tried = []
+    for base in [root] + [root / d for d in APP_ENV_DIRS]:
+        if base != root and not base.is_dir():
+            continue
+        for sp in _candidates(base):
+            tried.append(sp)
+            if _has_torch(sp):
+                return sp
+    raise NotFound(f"no torch found in {root}",
+                   "point at a Python environment with torch installed (its venv, "
+                   "python_embeded or site-packages folder)")
+
+
+def _find_dist_info(sp: Path, name_rx: str) -> list[Path]:
+    rx = re.compile(name_rx, re.I)
+    return sorted(p for p in sp.iterdir() if p.is_dir() and p.name.endswith(".dist-info")
+                  and rx.match(p.name))
+
+
+def read_record(dist_info: Path, only: re.Pattern | None = None) -> dict[str, tuple[str | None, int | None]]:
+    """RECORD as {relative posix path: (sha256 hex or None, size or None)}."""
+    out = {}
+    try:
+        text = (dist_info / "RECORD").read_text(errors="replace")
+    except OSError:
+        return out
+    for line in text.splitlines():
+        if only is not None and not only.search(line):
+            continue
+        # paths may be quoted CSV; the managed libraries never contain commas
+        parts = line.rsplit(",", 2)
+        if len(parts) != 3:
+            continue
+        rel, h, size = parts
+        rel = rel.strip('"').replace("\\", "/")
+        out[rel] = (record_hash_to_hex(h) if h else None, int(size) if size.isdigit() else None)
+    return out
+
+
+_LIB_LINE = re.compile(r"(?:\.dll|\.so(?:\.\d+)*),")
+
+
+def _lib_dirs(sp: Path) -> list[Path]:
+    dirs = [sp / "torch" / "lib"]
+    nv = sp / "nvidia"
+    if nv.is_dir():
+        for pkg in sorted(nv.iterdir()):
+            for sub in ("lib", "bin", "bin/x64", "bin/x86_64"):
+                d = pkg / sub
+                if d.is_dir():
+                    dirs.append(d)
+    return [d for d in dirs if d.is_dir()]
+
+
+def inspect(path: str | Path) -> TargetInfo:
+    """Inspect a target without importing torch."""
+    sp = resolve(path)
+    torch_dirs = _find_dist_info(sp, r"^torch-\d")
+    notes = []
+    torch_meta: dict = {"requires": []}
+    record: dict = {}
+    owners: dict = {}
+    if not torch_dirs:
+        notes.append("torch has no dist-info (installed without pip?): stock hashes unknown")
+    else:
+        if len(torch_dirs) > 1:
+            notes.append("several torch dist-info folders: " + ", ".join(d.name for d in torch_dirs))
+        di = max(torch_dirs, key=lambda d: (d / "RECORD").stat().st_mtime if (d / "RECORD").exists() else 0)
+        torch_meta = versions.read_metadata(di / "METADATA")
+        for rel, v in read_record(di, _LIB_LINE).items():
+            record[rel] = v
+            owners[rel] = "torch"
+    nvidia_meta = {}
+    for di in _find_dist_info(sp, r"^nvidia[_-]"):
+        meta = versions.read_metadata(di / "METADATA")
+        name = meta.get("name") or di.name.split("-")[0]
+        nvidia_meta[name.lower().replace("_", "-")] = meta
+        for rel, v in read_record(di, _LIB_LINE).items():
+            record[rel] = v
+            owners[rel] = name
+    torch_version, torch_cuda = versions.torch_version_py(sp / "torch" / "version.py")
+    torch_version = torch_version or torch_meta.get("version")
+
+    found: dict[str, LibFile] = {}
+    lib_dirs = []
+    platforms = set()
+    for d in _lib_dirs(sp):
+        rel_dir = d.relative_to(sp).as_posix()
+        has = False
+        for p in sorted(d.iterdir()):
+            ln = libs.parse(p.name)
+            if ln is None or not p.is_file():
+                continue
+            # libcudnn.so.9.1.0 next to libcudnn.so.9: torch loads the soname
+            if ln.platform == libs.LINUX and p.name != ln.key and (d / ln.key).exists():
+                continue
+            rel = f"{rel_dir}/{p.name}"
+            h, size = record.get(rel, (None, None))
+            if ln.key in found:
+                notes.append(f"{ln.key} found twice: {found[ln.key].rel} and {rel}; using the first")
+                continue
+            found[ln.key] = LibFile(ln.key, rel, ln.family, ln.member, ln.major, h, size,
+                                    owners.get(rel))
+            platforms.add(ln.platform)
+            has = True
+        if has:
+            lib_dirs.append(rel_dir)
+    if len(platforms) > 1:
+        notes.append("both Windows and Linux libraries found; treating as " +
+                     (libs.WINDOWS if (sp.parent.name == "Lib") else libs.LINUX))
+    if platforms == {libs.WINDOWS} or (len(platforms) != 1 and sp.parent.name == "Lib"):
+        platform = libs.WINDOWS
+    else:
+        platform = libs.LINUX
+
+    cudnn_build, source = _cudnn_build(sp, platform, found, torch_meta, nvidia_meta)
+    return TargetInfo(sp, platform, torch_version, torch_cuda, cudnn_build, source, found,
+                      lib_dirs, notes)
+
+
+def _cudnn_build(sp: Path, platform: str, found: dict[str, LibFile], torch_meta: dict,
+                 nvidia_meta: dict) -> tuple[str | None, str | None]:
+    pin = versions.pinned(torch_meta.get("requires", []), r"nvidia-cudnn(-cu\d+)?")
+    if pin:
+        return pin[1], f"torch METADATA pins {pin[0]}=={pin[1]}"
+    for name, meta in sorted(nvidia_meta.items()):
+        if re.fullmatch(r"nvidia-cudnn(-cu\d+)?", name) and meta.get("version"):
+            return meta["version"], f"{name} {meta['version']} dist-info"
+    cudnn = [f for f in found.values() if f.family == libs.CUDNN]
+    if platform == libs.WINDOWS:
+        # Only a file that still matches RECORD tells the stock version.
+        for f in sorted(cudnn, key=lambda f: (f.member != "", f.member)):
+            p = sp / f.rel
+            if f.stock_sha256:
+                # only a file that is still stock tells the version torch shipped
+                if p.stat().st_size != f.stock_size:
+                    continue
+                from .fsutil import sha256_file
+
+                if sha256_file(p) != f.stock_sha256:
+                    continue
+            info = versions.pe_version(p)
+            v = versions.dotted((info or {}).get("FileVersion"))
+            if v:
+                return v, f"{f.key} version resource"
+    if cudnn:
+        return str(cudnn[0].major), f"{cudnn[0].key} file name (major only)"
+    return None, None

@@ -1,0 +1,193 @@
+"""Reading versions from what files really contain: PE resources, ELF sonames, headers,
+version.json, dist-info METADATA and torch/version.py. Nothing here imports torch."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+
+def pe_version(path: Path) -> dict | None:
+    """FileVersion / ProductName from a DLL's version resource; None when it has none."""
+    import pefile
+
+    try:
+        pe = pefile.PE(str(path), fast_load=True)
+        pe.parse_data_directories(
+            directories=[pefile.DIRECTORY_ENTRY["IMAGE_DIRECTORY_ENTRY_RESOURCE"]])
+    except pefile.PEFormatError:
+        return None
+    try:
+        out = {}
+        for fileinfo in getattr(pe, "FileInfo", None) or []:
+            for entry in fileinfo:
+                for table in getattr(entry, "StringTable", []) or []:
+                    for k, v in table.entries.items():
+                        out[k.decode(errors="replace")] = v.decode(errors="replace")
+        fixed = getattr(pe, "VS_FIXEDFILEINFO", None)
+        if fixed:
+            f = fixed[0]
+            out.setdefault("FileVersion", "%d.%d.%d.%d" % (
+                f.FileVersionMS >> 16, f.FileVersionMS & 0xFFFF,
+                f.FileVersionLS >> 16, f.FileVersionLS & 0xFFFF))
+        return out or None
+    finally:
+        pe.close()
+
+
+def dotted(version: str | None) -> str | None:
+    """'6,14,11,12040' or '9.1.0.70' -> dotted string."""
+    if not version:
+        return None
+    v = re.sub(r"\s*,\s*", ".", version.strip())
+    m = re.match(r"^\d+(\.\d+)*", v)
+    return m.group(0) if m else None
+
+
+def cuda_version_from_product(product: str | None) -> str | None:
+    """'NVIDIA CUDA 12.4.127 Runtime' -> '12.4.127'."""
+    if not product:
+        return None
+    m = re.search(r"CUDA\s+(\d+\.\d+(?:\.\d+)?)", product)
+    return m.group(1) if m else None
+
+
+def elf_soname(path: Path) -> str | None:
+    from elftools.common.exceptions import ELFError
+    from elftools.elf.dynamic import DynamicSection
+    from elftools.elf.elffile import ELFFile
+
+    try:
+        with open(path, "rb") as f:
+            elf = ELFFile(f)
+            for section in elf.iter_sections():
+                if isinstance(section, DynamicSection):
+                    for tag in section.iter_tags():
+                        if tag.entry.d_tag == "DT_SONAME":
+                            return tag.soname
+    except (ELFError, OSError, ValueError):
+        return None
+    return None
+
+
+def is_elf(path: Path) -> bool:
+    try:
+        with open(path, "rb") as f:
+            return f.read(4) == b"\x7fELF"
+    except OSError:
+        return False
+
+
+def is_pe(path: Path) -> bool:
+    try:
+        with open(path, "rb") as f:
+            return f.read(2) == b"MZ"
+    except OSError:
+        return False
+
+
+def _defines(text: str) -> dict[str, int]:
+    return {m.group(1): int(m.group(2))
+            for m in re.finditer(r"^\s*#\s*define\s+(\w+)\s+(\d+)\b", text, re.M)}
+
+
+def cudnn_version_from_header(path: Path) -> str | None:
+    d = _defines(path.read_text(errors="replace"))
+    if "CUDNN_MAJOR" not in d:
+        return None
+    return f"{d['CUDNN_MAJOR']}.{d.get('CUDNN_MINOR', 0)}.{d.get('CUDNN_PATCHLEVEL', 0)}"
+
+
+def cuda_version_from_header(path: Path) -> str | None:
+    d = _defines(path.read_text(errors="replace"))
+    v = d.get("CUDART_VERSION")
+    if v is None:
+        return None
+    return f"{v // 1000}.{(v % 1000) // 10}"
+
+
+def cuda_version_from_json(path: Path) -> dict:
+    """version.json of a CUDA toolkit -> {'cuda': '12.4.1', 'cudart': '12.4.127', 'cublas': ...}."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    out = {}
+    for key, name in (("cuda", "cuda"), ("cuda_cudart", "cudart"), ("libcublas", "cublas")):
+        v = data.get(key, {}).get("version") if isinstance(data.get(key), dict) else None
+        if v:
+            out[name] = str(v)
+    return out
+
+
+def read_metadata(path: Path) -> dict:
+    """Name, Version and Requires-Dist lines of a METADATA file."""
+    try:
+        return read_metadata_bytes(path.read_bytes())
+    except OSError:
+        return {"requires": []}
+
+
+def read_metadata_bytes(data: bytes) -> dict:
+    out: dict = {"requires": []}
+    text = data.decode("utf-8", errors="replace")
+    for line in text.splitlines():
+        if not line.strip():
+            break  # the body (description) starts after the first blank line
+        k, _, v = line.partition(":")
+        k, v = k.strip(), v.strip()
+        if k == "Name":
+            out["name"] = v
+        elif k == "Version":
+            out["version"] = v
+        elif k == "Requires-Dist":
+            out["requires"].append(v)
+    return out
+
+
+def pinned(requires: list[str], pattern: str) -> tuple[str, str] | None:
+    """('nvidia-cudnn-cu12', '9.1.0.70') for the first Requires-Dist 'name==ver' matching pattern."""
+    rx = re.compile(pattern)
+    for r in requires:
+        m = re.match(r"^([A-Za-z0-9_.\-]+)\s*(?:\[[^\]]*\])?\s*==\s*([0-9][^\s;,]*)", r)
+        if m and rx.fullmatch(m.group(1).lower().replace("_", "-")):
+            return m.group(1), m.group(2)
+    return None
+
+
+def torch_version_py(path: Path) -> tuple[str | None, str | None]:
+    """(__version__, cuda) from torch/version.py, read as text."""
+    try:
+        text = path.read_text(errors="replace")
+    except OSError:
+        return None, None
+    v = re.search(r"^__version__\s*=\s*['\"]([^'\"]+)['\"]", text, re.M)
+    c = re.search(r"^cuda\s*(?::[^=]+)?=\s*(?:['\"]([^'\"]*)['\"]|None)", text, re.M)
+    return (v.group(1) if v else None), (c.group(1) if c and c.group(1) else None)
+
+
+def major_minor(version: str | None) -> tuple[int, int] | None:
+    if not version:
+        return None
+    m = re.match(r"^(\d+)(?:\.(\d+))?", version)
+    if not m:
+        return None
+    return int(m.group(1)), int(m.group(2) or 0)
+
+
+def cudnn_int(version: str | None) -> int | None:
+    """torch.backends.cudnn.version() style integer: 8.9.7 -> 8907, 9.1.0 -> 90100."""
+    if not version:
+        return None
+    parts = [int(p) for p in re.findall(r"\d+", version)[:3]] + [0, 0, 0]
+    major, minor, patch = parts[:3]
+    if major >= 9:
+        return major * 10000 + minor * 100 + patch
+    return major * 1000 + minor * 100 + patch
+
+
+def short(version: str | None, n: int = 3) -> str | None:
+    if not version:
+        return None
+    return ".".join(version.split(".")[:n])
