@@ -89,6 +89,13 @@ def check(info: TargetInfo, m: dict, driver=None) -> list[Reason]:
     """The version rules of the gate (no file I/O)."""
     reasons: list[Reason] = []
     bname = m.get("name", m["id"][:12])
+    torch_cuda = versions.major_minor(info.torch_cuda)
+    if torch_cuda is None:
+        reasons.append(Reason(
+            "cuda-major", "refuse",
+            f"torch {info.torch_version or '?'} is a CPU build (torch.version.cuda is None): it "
+            "loads no CUDA libraries", "install a CUDA build of torch first"))
+        return reasons
     if m["platform"] != info.platform:
         want = "Linux .so" if info.platform == libs.LINUX else "Windows DLL"
         reasons.append(Reason(
@@ -96,14 +103,7 @@ def check(info: TargetInfo, m: dict, driver=None) -> list[Reason]:
             f"bundle '{bname}' holds {m['platform']} libraries but this torch loads {want} files",
             f"build a bundle from the {info.platform} cuDNN archive or nvidia-* wheel"))
         return reasons
-    torch_cuda = versions.major_minor(info.torch_cuda)
     bundle_cuda_major = m.get("cuda_major")
-    if torch_cuda is None:
-        reasons.append(Reason(
-            "cuda-major", "refuse",
-            f"torch {info.torch_version or '?'} is a CPU build (torch.version.cuda is None): it "
-            "loads no CUDA libraries", "install a CUDA build of torch first"))
-        return reasons
     if bundle_cuda_major is not None and bundle_cuda_major != torch_cuda[0]:
         what = (f"cuDNN {m['cudnn']} built for CUDA {bundle_cuda_major}"
                 if m.get("cudnn") and not m.get("cuda") else f"CUDA {m.get('cuda') or bundle_cuda_major}")
@@ -126,7 +126,12 @@ def check(info: TargetInfo, m: dict, driver=None) -> list[Reason]:
                 f"bundle '{bname}' is cuDNN {m['cudnn']} but torch {info.torch_version} uses cuDNN "
                 f"{t[0]}.x ({info.cudnn_build}); PyTorch requires the same major",
                 f"build a bundle from cuDNN {t[0]}.x for CUDA {torch_cuda[0]}"))
-        elif info.cudnn_build.count(".") >= 1 and b[1] < t[1]:
+        elif info.cudnn_build.count(".") == 0:
+            reasons.append(Reason(
+                "cudnn-version", "note",
+                f"torch {info.torch_version} says only that it uses cuDNN {t[0]} "
+                f"({info.cudnn_build_source}); PyTorch's minor-version check is unverified"))
+        elif b[1] < t[1]:
             reasons.append(Reason(
                 "cudnn-version", "refuse",
                 f"bundle '{bname}' is cuDNN {m['cudnn']}, older than the {info.cudnn_build} torch "
@@ -154,8 +159,8 @@ def plan(name: str, info: TargetInfo, m: dict, bundle_dir: Path, overlay: dict |
     """The file-by-file plan and the verdict for applying bundle ``m`` to a target."""
     p = Plan(name, m["id"], m.get("name", m["id"][:12]))
     p.reasons = check(info, m, driver)
-    if any(r.rule == "platform" for r in p.reasons):
-        return p
+    if info.torch_cuda is None or m["platform"] != info.platform:
+        return p  # nothing file by file to say
     applied = {}  # rel -> file record of an earlier overlay on this target
     if overlay:
         applied = overlay.get("files", {})

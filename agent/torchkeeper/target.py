@@ -217,6 +217,13 @@ def inspect(path: str | Path) -> TargetInfo:
     if len(platforms) > 1:
         notes.append("both Windows and Linux libraries found; treating as " +
                      (libs.WINDOWS if (sp.parent.name == "Lib") else libs.LINUX))
+    if not platforms:  # a CPU build: torch's own libraries still show the layout
+        tl = sp / "torch" / "lib"
+        names = [p.name.lower() for p in tl.iterdir()] if tl.is_dir() else []
+        if any(n.endswith(".dll") for n in names):
+            platforms = {libs.WINDOWS}
+        elif any(".so" in n for n in names):
+            platforms = {libs.LINUX}
     if platforms == {libs.WINDOWS} or (len(platforms) != 1 and sp.parent.name == "Lib"):
         platform = libs.WINDOWS
     else:
