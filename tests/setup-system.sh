@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# Installs the system tools torchkeeper's tests need, when they are missing (idempotent).
+#   gcc (+ libc6-dev)            real ELF .so files          (tests/builders.py build_so)
+#   x86_64-w64-mingw32-gcc/-windres  real PE DLLs with version resources (build_dll)
+#   python3-venv                 only when python3 cannot make a venv with pip (ensurepip)
+# As root: apt-get update + install. Otherwise: says what to install and exits 1.
+set -euo pipefail
+
+missing=()
+
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+printf 'int tk_probe(void) { return 1; }\n' >"$tmp/t.c"
+
+# gcc that can link a shared object (needs libc6-dev's crt files, not just the compiler)
+if ! command -v gcc >/dev/null 2>&1 || ! gcc -shared -fPIC -o "$tmp/t.so" "$tmp/t.c" >/dev/null 2>&1; then
+    missing+=(gcc libc6-dev)
+fi
+# mingw: compiler (+ mingw-w64-x86-64-dev, a dependency) and windres (binutils)
+if ! command -v x86_64-w64-mingw32-gcc >/dev/null 2>&1 \
+    || ! x86_64-w64-mingw32-gcc -shared -nostdlib -o "$tmp/t.dll" "$tmp/t.c" -lkernel32 >/dev/null 2>&1; then
+    missing+=(gcc-mingw-w64-x86-64-win32 binutils-mingw-w64-x86-64)
+elif ! command -v x86_64-w64-mingw32-windres >/dev/null 2>&1; then
+    missing+=(binutils-mingw-w64-x86-64)
+fi
+# run-tests makes .venv with `python3 -m venv` (needs ensurepip; Debian ships it in python3-venv)
+if command -v python3 >/dev/null 2>&1 && ! python3 -c 'import ensurepip, venv' >/dev/null 2>&1; then
+    missing+=(python3-venv)
+fi
+
+if [ ${#missing[@]} -eq 0 ]; then
+    exit 0
+fi
+
+if [ "$(id -u)" -ne 0 ]; then
+    echo "tests/setup-system.sh: missing system packages: ${missing[*]}" >&2
+    echo "install them with:  sudo apt-get update && sudo apt-get install -y --no-install-recommends ${missing[*]}" >&2
+    exit 1
+fi
+
+echo "tests/setup-system.sh: installing ${missing[*]}" >&2
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -qq
+apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
