@@ -35,6 +35,9 @@ class Progress:
         self.shown = False
         self.enabled = sys.stderr.isatty() and not os.environ.get("TORCHKEEPER_NO_PROGRESS")
 
+    def set_total(self, total: int) -> None:
+        self.total = max(total, 1)
+
     def __call__(self, n: int) -> None:
         self.done += n
         if not self.enabled:
@@ -276,8 +279,6 @@ def cmd_apply(args, eng):
     def one(n):
         prog = Progress(0, f"applying to {n}")
         try:
-            p, _, m = eng.plan(n)
-            prog.total = max(sum(s.new_size for s in p.changes), 1)
             return eng.apply(n, force=args.force, dry_run=args.dry_run, progress=prog)
         finally:
             prog.close()

@@ -202,6 +202,8 @@ class Engine:
             if dry_run:
                 return Result(name, True, "dry run",
                               f"would change {len(p.changes)} file(s) of '{name}'", p.to_dict())
+            if progress is not None and hasattr(progress, "set_total"):
+                progress.set_total(sum(s.new_size for s in p.changes))
             st = self.state.read()
             overlay = st["overlays"].get(name)
             if not p.changes and overlay and overlay.get("bundle") == m["id"]:
@@ -378,7 +380,8 @@ class Engine:
                 if full:
                     if sha256_file(p) != f["sha256"]:
                         drift.append(f"{rel} changed")
-                elif stat_key(p) != {k: f.get(k) for k in ("size", "mtime_ns", "ino")}:
+                elif (stat_key(p) != {k: f.get(k) for k in ("size", "mtime_ns", "ino")}
+                      and sha256_file(p) != f["sha256"]):  # a rollback restores copies: new inode
                     drift.append(f"{rel} changed")
         refused = None
         if m is not None:

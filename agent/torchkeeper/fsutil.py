@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import base64
+import errno
 import hashlib
 import json
 import os
 import tempfile
+import threading
 from pathlib import Path
 from typing import Callable
 
@@ -26,26 +28,76 @@ def sha256_file(path: os.PathLike | str) -> str:
 
 
 def copy_hashing(src: os.PathLike | str, dst: os.PathLike | str,
-                 progress: Callable[[int], None] | None = None) -> tuple[str, int]:
-    """Copy src to dst (created exclusively), hashing the bytes on the way; fsync dst.
+                 progress: Callable[[int], None] | None = None, fsync: bool = True) -> tuple[str, int]:
+    """Copy src to dst (created exclusively) and return (sha256 of src, bytes copied);
+    fsync dst unless told not to.
 
-    One read pass instead of copy-then-hash: applying a 1 GB bundle reads it once.
+    The copy (in the kernel where it can: copy_file_range) and the hash of the source run
+    side by side on two threads, both without the GIL: a 1 GB bundle costs about one
+    hash pass of wall time instead of a copy plus a hash.
     """
-    h = hashlib.sha256()
+    result: dict = {}
+
+    def hash_src():
+        try:
+            result["sha256"] = sha256_file(src)
+        except BaseException as e:  # re-raised below
+            result["error"] = e
+
+    t = threading.Thread(target=hash_src, name="tk-hash", daemon=True)
+    t.start()
     size = 0
+    try:
+        with open(src, "rb") as fi, open(dst, "xb") as fo:
+            size = _copy_fd(fi, fo, progress)
+            if fsync:
+                os.fsync(fo.fileno())
+    finally:
+        t.join()
+    if "error" in result:
+        raise result["error"]
+    return result["sha256"], size
+
+
+def _copy_fd(fi, fo, progress) -> int:
+    size = 0
+    if hasattr(os, "copy_file_range"):
+        try:
+            while n := os.copy_file_range(fi.fileno(), fo.fileno(), 8 * CHUNK):
+                size += n
+                if progress:
+                    progress(n)
+            return size
+        except OSError as e:
+            if e.errno not in (errno.EXDEV, errno.ENOSYS, errno.EOPNOTSUPP, errno.EINVAL) or size:
+                raise
     buf = bytearray(4 * CHUNK)
     view = memoryview(buf)
-    with open(src, "rb") as fi, open(dst, "xb") as fo:
-        while n := fi.readinto(buf):
-            chunk = view[:n]
-            h.update(chunk)
-            fo.write(chunk)
-            size += n
-            if progress:
-                progress(n)
-        fo.flush()
-        os.fsync(fo.fileno())
-    return h.hexdigest(), size
+    while n := fi.readinto(buf):
+        fo.write(view[:n])
+        size += n
+        if progress:
+            progress(n)
+    fo.flush()
+    return size
+
+
+def hash_many(paths) -> dict[Path, tuple[str, dict]]:
+    """{path: (sha256, stat_key before hashing)} for existing files, two at a time
+    (hashlib drops the GIL), largest first so the pair finishes together."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    todo = sorted({Path(p) for p in paths if Path(p).is_file()},
+                  key=lambda p: p.stat().st_size, reverse=True)
+
+    def one(p: Path):
+        st = stat_key(p)
+        return p, (sha256_file(p), st)
+
+    if len(todo) <= 1:
+        return dict(map(one, todo))
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        return dict(pool.map(one, todo))
 
 
 def record_hash_to_hex(value: str) -> str | None:

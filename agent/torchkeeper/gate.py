@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import libs, versions
-from .fsutil import sha256_file
+from .fsutil import hash_many
 from .target import TargetInfo
 
 REPLACE = "replace"
@@ -46,6 +46,7 @@ class FileStep:
     stock_sha256: str | None = None
     stock_size: int | None = None
     prior: str | None = None  # "stock" | "overlay" | "foreign" | "absent"
+    current_stat: dict | None = None  # stat data when current_sha256 was taken
 
     def to_dict(self) -> dict:
         return dict(self.__dict__)
@@ -165,6 +166,21 @@ def plan(name: str, info: TargetInfo, m: dict, bundle_dir: Path, overlay: dict |
     if overlay:
         applied = overlay.get("files", {})
     sp = info.site_packages
+    paths = []
+    for f in m["files"]:
+        lf = info.libs.get(f["name"])
+        if lf is not None:
+            paths.append(sp / lf.rel)
+        else:
+            d = info.dir_for_family(f["family"], f["major"])
+            if d is not None:
+                paths.append(sp / d / f["name"])
+    hashed = hash_many(paths) if hash_current else {}
+
+    def current(path: Path) -> str | None:
+        h = hashed.get(path)
+        return h[0] if h else None
+
     bundle_families: dict[tuple[str, int], set[str]] = {}
     for f in m["files"]:
         bundle_families.setdefault((f["family"], f["major"]), set()).add(f["name"])
@@ -178,7 +194,8 @@ def plan(name: str, info: TargetInfo, m: dict, bundle_dir: Path, overlay: dict |
             step = FileStep(f["name"], rel, ADD, f["sha256"], f["size"], prior="absent")
             path = sp / rel
             if path.exists():  # left by an earlier overlay or another tool
-                step.current_sha256 = sha256_file(path) if hash_current else None
+                step.current_sha256 = current(path)
+                step.current_stat = (hashed.get(path) or (None, None))[1]
                 rec = applied.get(rel)
                 if step.current_sha256 == f["sha256"]:
                     step.action = IN_PLACE
@@ -191,8 +208,9 @@ def plan(name: str, info: TargetInfo, m: dict, bundle_dir: Path, overlay: dict |
         path = sp / lf.rel
         step = FileStep(f["name"], lf.rel, REPLACE, f["sha256"], f["size"],
                         stock_sha256=lf.stock_sha256, stock_size=lf.stock_size)
-        cur = sha256_file(path) if hash_current else None
+        cur = current(path)
         step.current_sha256 = cur
+        step.current_stat = (hashed.get(path) or (None, None))[1]
         rec = applied.get(lf.rel)
         if cur == f["sha256"]:
             step.action = IN_PLACE

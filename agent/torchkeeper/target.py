@@ -12,7 +12,7 @@ from pathlib import Path
 
 from . import libs, versions
 from .errors import NotFound, UsageError
-from .fsutil import record_hash_to_hex
+from .fsutil import record_hash_to_hex, sha256_file
 
 # Folders an app keeps its Python in, tried below a path that is not itself an env.
 APP_ENV_DIRS = ("venv", ".venv", "python_embeded", "python_embedded", "system/python", "env",
@@ -243,22 +243,17 @@ def _cudnn_build(sp: Path, platform: str, found: dict[str, LibFile], torch_meta:
         if re.fullmatch(r"nvidia-cudnn(-cu\d+)?", name) and meta.get("version"):
             return meta["version"], f"{name} {meta['version']} dist-info"
     cudnn = [f for f in found.values() if f.family == libs.CUDNN]
-    if platform == libs.WINDOWS:
-        # Only a file that still matches RECORD tells the stock version.
-        for f in sorted(cudnn, key=lambda f: (f.member != "", f.member)):
-            p = sp / f.rel
-            if f.stock_sha256:
-                # only a file that is still stock tells the version torch shipped
-                if p.stat().st_size != f.stock_size:
-                    continue
-                from .fsutil import sha256_file
-
-                if sha256_file(p) != f.stock_sha256:
-                    continue
-            info = versions.pe_version(p)
-            v = versions.dotted((info or {}).get("FileVersion"))
-            if v:
-                return v, f"{f.key} version resource"
+    main = [f for f in cudnn if f.member == ""]
+    if platform == libs.WINDOWS and main:
+        # The main cuDNN DLL (small) tells the version torch shipped, if it is still stock.
+        f = main[0]
+        p = sp / f.rel
+        stock = f.stock_sha256 is None or (
+            p.stat().st_size == f.stock_size and sha256_file(p) == f.stock_sha256)
+        info = versions.pe_version(p) if stock else None
+        v = versions.dotted((info or {}).get("FileVersion"))
+        if v:
+            return v, f"{f.key} version resource"
     if cudnn:
         return str(cudnn[0].major), f"{cudnn[0].key} file name (major only)"
     return None, None
