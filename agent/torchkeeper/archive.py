@@ -44,7 +44,7 @@ def export(store: Store, m: dict, dest: Path) -> Path:
         raise NotFound(f"folder {dest.parent} does not exist", "create it or choose another path")
     mode = _mode_for(dest)
     tmp = dest.with_name(f".{dest.name}.part")
-    manifest = json.dumps(public(m), indent=1, sort_keys=True).encode()
+    manifest = json.dumps(_shareable(m), indent=1, sort_keys=True).encode()
     try:
         with tarfile.open(tmp, "w:" + mode if mode else "w", format=tarfile.PAX_FORMAT) as tar:
             ti = tarfile.TarInfo("manifest.json")
@@ -63,6 +63,17 @@ def export(store: Store, m: dict, dest: Path) -> Path:
         if tmp.exists():
             tmp.unlink()
     return dest
+
+
+def _shareable(m: dict) -> dict:
+    """The manifest without this machine's folder names (sources keep their last part)."""
+    out = json.loads(json.dumps(public(m)))
+    for src in out.get("sources", []):
+        src["path"] = Path(src.get("path", "")).name
+    for f in out["files"]:
+        if "from" in f:
+            f["from"] = Path(f["from"]).name
+    return out
 
 
 def _bad(archive: Path, what: str) -> BadArchive:
@@ -116,7 +127,10 @@ def import_(store: Store, archive: Path) -> tuple[dict, bool]:
         try:
             tar = tarfile.open(archive, "r:*")
         except (tarfile.TarError, OSError) as e:
-            raise BadArchive(f"{archive} is not a readable bundle archive ({e})",
+            # tarfile's own message lists every method it tried, one per line
+            why = (e.strerror if isinstance(e, OSError) and e.strerror
+                   else "not a tar, .tar.gz or .tar.xz file")
+            raise BadArchive(f"{archive} is not a readable bundle archive ({why})",
                              "give a file made by `torchkeeper bundle export`") from None
         m = None
         got: dict[str, str] = {}
@@ -163,10 +177,11 @@ def import_(store: Store, archive: Path) -> tuple[dict, bool]:
                     if h.hexdigest() != f["sha256"]:
                         raise _bad(archive, f"{key} does not match its sha256 in the manifest")
                     got[key] = h.hexdigest()
-        except (tarfile.TarError, EOFError, OSError, zlib_error()) as e:
+        except (tarfile.TarError, EOFError, OSError, *codec_errors()) as e:
             if isinstance(e, OSError) and not isinstance(e, (EOFError,)) and e.errno is not None:
                 raise
-            raise _bad(archive, f"the archive is truncated or corrupt ({e})") from None
+            why = " ".join(str(e).split())
+            raise _bad(archive, f"the archive is truncated or corrupt ({why})") from None
         if m is None:
             raise _bad(archive, "the archive is empty")
         missing = sorted(set(want) - set(got))
@@ -174,12 +189,22 @@ def import_(store: Store, archive: Path) -> tuple[dict, bool]:
             raise _bad(archive, f"missing {', '.join(missing)}")
         m = dict(m)
         m.pop("_dir", None)
+        # the name is not part of the id: a local bundle with the same name keeps it
+        m["name"] = store._free_name(m["name"], m["id"])
         return store._commit(stage, m)
     finally:
         _rmtree(tmp)
 
 
-def zlib_error():
+def codec_errors() -> tuple:
+    """What a damaged .tar.gz / .tar.xz raises while it is read (not OSError subclasses)."""
     import zlib
 
-    return zlib.error
+    errors = [zlib.error]
+    try:
+        import lzma
+    except ImportError:  # Python built without lzma: tarfile cannot open .xz either
+        pass
+    else:
+        errors.append(lzma.LZMAError)
+    return tuple(errors)

@@ -2,7 +2,8 @@
 
 A bundle lives in ``<cache>/bundles/<id>/`` as ``manifest.json`` plus ``files/<key>``,
 all read-only. The id is the sha256 of what makes the bundle what it is (platform,
-versions, every file's key and hash), so the same files always give the same id.
+versions as read, every file's key and hash): the same sources always give the same id,
+whatever the bundle is named or where it came from.
 """
 
 from __future__ import annotations
@@ -52,6 +53,8 @@ class Collected:
 def _classify_file(path: Path, origin: str, col: Collected, display: str) -> None:
     ln = libs.parse(path.name)
     if ln is None:
+        if path.is_symlink() and _is_alias(path):
+            return  # libcudnn.so -> libcudnn.so.9: the same library, taken by its soname
         if libs.is_library_file(path.name):
             col.left_out.append(display)
         return
@@ -84,6 +87,13 @@ def _classify_file(path: Path, origin: str, col: Collected, display: str) -> Non
                 col.cuda_full = full
                 col.read.append(f"CUDA {full} from {display} (ProductName)")
     col.files[ln.key] = Candidate(ln.key, real, ln, origin, ver)
+
+
+def _is_alias(link: Path) -> bool:
+    """A link (libcudnn.so) to a managed library that is collected under its soname."""
+    real = link.resolve()
+    soname = versions.elf_soname(real) if versions.is_elf(real) else None
+    return soname is not None and libs.parse(soname) is not None
 
 
 def _walk(root: Path, depth: int = 0):
@@ -330,15 +340,29 @@ class Store:
         if not self.root.is_dir():
             return out
         for d in sorted(self.root.iterdir()):
-            mf = d / "manifest.json"
-            if len(d.name) == 64 and mf.is_file():
-                try:
-                    m = json.loads(mf.read_text())
-                except ValueError:
-                    continue
-                m["_dir"] = str(d)
+            m = self._read(d) if len(d.name) == 64 else None
+            if m is not None:
                 out.append(m)
         return sorted(out, key=lambda m: (m.get("name", ""), m["id"]))
+
+    def damaged(self) -> list[Path]:
+        """Bundle folders whose manifest is missing or unreadable."""
+        if not self.root.is_dir():
+            return []
+        return [d for d in sorted(self.root.iterdir())
+                if len(d.name) == 64 and d.is_dir() and self._read(d) is None]
+
+    @staticmethod
+    def _read(d: Path) -> dict | None:
+        """The manifest of bundle folder d; None when it is missing or damaged."""
+        try:
+            m = json.loads((d / "manifest.json").read_text())
+        except (OSError, ValueError):
+            return None
+        if not isinstance(m, dict) or m.get("id") != d.name or not isinstance(m.get("files"), list):
+            return None
+        m["_dir"] = str(d)
+        return m
 
     def get(self, ref: str) -> dict:
         ms = self.all()
@@ -375,7 +399,9 @@ class Store:
                 if not re.fullmatch(r"\d+\.\d+(\.\d+){0,2}", cudnn):
                     raise UsageError(f"--cudnn {cudnn!r} is not a version", "write it like 9.5.1")
                 if col.cudnn and versions.short(col.cudnn) != versions.short(cudnn):
-                    raise UsageError(f"--cudnn {cudnn} contradicts the files: " + col.read[0],
+                    said = next((r for r in col.read if r.startswith(f"cuDNN {col.cudnn} ")),
+                                col.read[0])
+                    raise UsageError(f"--cudnn {cudnn} contradicts the files: " + said,
                                      "drop --cudnn, or check the source")
                 if not col.cudnn:
                     _note_cudnn(col, cudnn, "--cudnn")
@@ -389,6 +415,12 @@ class Store:
                     _note_cuda(col, cuda, "--cuda")
             _infer_from_binaries(col)
             platform, cuda_major, cudnn_major = _check_consistency(col)
+            if cudnn and cudnn_major is None:  # else it would be recorded as read, then dropped
+                raise UsageError(f"--cudnn {cudnn} was given, but the sources hold no cuDNN library",
+                                 "drop --cudnn, or add the cuDNN archive folder or wheel")
+            if cuda and cuda_major is None:
+                raise UsageError(f"--cuda {cuda} was given, but the sources hold no CUDA runtime "
+                                 "or cuBLAS library", "drop --cuda, or add the CUDA toolkit folder")
             if cudnn_major is not None and not col.cudnn:
                 raise UsageError("cannot tell which cuDNN version these files are",
                                  "pass --cudnn X.Y.Z, or include the cuDNN include/ folder")
@@ -428,7 +460,7 @@ class Store:
                 "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             }
             m["id"] = bundle_id(m)
-            m["name"] = name or _default_name(m)
+            m["name"] = name or self._free_name(_default_name(m), m["id"])
             return self._commit(stage, m)
         finally:
             _rmtree(tmp)
@@ -446,17 +478,24 @@ class Store:
         for p in [stage / "manifest.json", *(stage / "files").iterdir()]:
             os.chmod(p, stat.S_IRUSR | stat.S_IRGRP | stat.S_IROTH)
         final = self.root / m["id"]
+        if final.exists():  # a damaged copy (its manifest unreadable): the verified one replaces it
+            trash = self.home.tmp_dir() / f"damaged-{m['id']}-{os.getpid()}"
+            os.replace(final, trash)
+            _rmtree(trash)
         os.replace(stage, final)
         m["_dir"] = str(final)
         return m, True
 
+    def _free_name(self, base: str, bid: str) -> str:
+        """base, or base-2, base-3, ... when a different bundle already has the name."""
+        taken = {x.get("name") for x in self.all() if x["id"] != bid}
+        name, i = base, 2
+        while name in taken:
+            name, i = f"{base[:64 - len(str(i)) - 1]}-{i}", i + 1  # NAME_RX: at most 64
+        return name
+
     def _by_id(self, bid: str) -> dict | None:
-        mf = self.root / bid / "manifest.json"
-        if mf.is_file():
-            m = json.loads(mf.read_text())
-            m["_dir"] = str(mf.parent)
-            return m
-        return None
+        return self._read(self.root / bid)
 
     def remove(self, m: dict) -> None:
         d = self.dir(m)

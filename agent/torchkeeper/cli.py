@@ -134,6 +134,8 @@ def cmd_bundle_create(args, eng):
 
     m, created = eng.bundles.create(args.sources, args.name, args.cuda, args.cudnn)
     lines = [("created bundle " if created else "already in the cache: ") + _bundle_line(m)]
+    if not created and args.name and args.name != m["name"]:
+        lines.append(f"  (these files are already bundle '{m['name']}'; --name {args.name} was not used)")
     lines += [f"  read: {r}" for r in m.get("read", [])]
     if m.get("left_out"):
         lines.append(f"  left out ({len(m['left_out'])}, not CUDA runtime/cuBLAS/cuDNN): " +
@@ -171,6 +173,10 @@ def cmd_bundle_show(args, eng):
 def cmd_bundle_verify(args, eng):
     ms = [eng.bundles.get(args.bundle)] if args.bundle else eng.bundles.all()
     results = [{"bundle": m["name"], "id": m["id"], "problems": eng.bundles.verify(m)} for m in ms]
+    if not args.bundle:
+        results += [{"bundle": d.name[:12], "id": d.name,
+                     "problems": ["its manifest.json is missing or unreadable"]}
+                    for d in eng.bundles.damaged()]
     bad = [r for r in results if r["problems"]]
     lines = []
     for r in results:

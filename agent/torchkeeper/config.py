@@ -65,16 +65,25 @@ def _line_of(text: str, section: str, key: str) -> int | None:
     return None
 
 
+def _clip(text: str, n: int = 40) -> str:
+    """A user's name or value, shortened so an error stays one readable line."""
+    text = text.replace("\n", " ").replace("\r", " ")
+    return text if len(text) <= n else text[:n - 3] + "..."
+
+
 def parse(text: str, origin: str) -> dict:
     """Validate a user config's text and merge it over the defaults."""
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         raise UsageError(f"{origin}: {e}", "fix that line, or delete the file to use the defaults") from None
+    except RecursionError:  # tomllib recurses once per nested array/table: 'a = [[[[...'
+        raise UsageError(f"{origin}: values are nested too deeply to be a torchkeeper config",
+                         "fix the file, or delete it to use the defaults") from None
     merged = copy.deepcopy(defaults())
     for section, values in data.items():
         if section not in SCHEMA:
-            raise UsageError(f"{origin}: unknown section [{section}]",
+            raise UsageError(f"{origin}: unknown section [{_clip(section)}]",
                              f"known sections: {', '.join('[' + s + ']' for s in SCHEMA)}")
         if not isinstance(values, dict):
             raise UsageError(f"{origin}: '{section}' must be a [section], not a value",
@@ -84,14 +93,14 @@ def parse(text: str, origin: str) -> dict:
             line = _line_of(text, section, key)
             where = f"{origin}, line {line}" if line else origin
             if spec is None:
-                raise UsageError(f"{where}: unknown setting '{key}' in [{section}]",
+                raise UsageError(f"{where}: unknown setting '{_clip(key)}' in [{section}]",
                                  f"known settings: {', '.join(SCHEMA[section])}")
             typ, check, allowed = spec
             ok = isinstance(value, typ) and not (typ is not bool and isinstance(value, bool))
             if ok and check is not None:
                 ok = bool(check(value))
             if not ok:
-                raise UsageError(f"{where}: {section}.{key} = {value!r} is not allowed",
+                raise UsageError(f"{where}: {section}.{key} = {_clip(repr(value))} is not allowed",
                                  f"use {allowed}")
             merged.setdefault(section, {})[key] = value
     return merged
@@ -110,7 +119,7 @@ def load(path: Path) -> dict:
         raise UsageError(f"the config file {path} is {size:,} bytes, too large to be a config",
                          "replace it with the commented default (see the README)")
     try:
-        text = path.read_bytes().decode("utf-8")
+        text = path.read_bytes().decode("utf-8-sig")  # Notepad writes a BOM
     except UnicodeDecodeError:
         raise UsageError(f"the config file {path} is not UTF-8 text",
                          "save it as UTF-8, or delete it to use the defaults") from None

@@ -126,6 +126,7 @@ class Engine:
         return name, rec, info
 
     def remove_target(self, name: str, force: bool = False) -> None:
+        self.target(name)
         with target_lock(self.home, name), self.state.edit() as st:
             if name not in st["targets"]:
                 self.target(name)
@@ -190,6 +191,7 @@ class Engine:
 
     # -- apply -----------------------------------------------------------------------
     def apply(self, name: str, force: bool = False, dry_run: bool = False, progress=None) -> Result:
+        self.target(name)
         with target_lock(self.home, name):
             p, info, m = self.plan(name)
             if p.refusals:
@@ -315,6 +317,7 @@ class Engine:
 
     # -- revert ----------------------------------------------------------------------
     def revert(self, name: str, progress=None) -> Result:
+        self.target(name)
         with target_lock(self.home, name):
             st = self.state.read()
             if name not in st["targets"]:

@@ -13,8 +13,6 @@ import re
 import time
 from pathlib import Path
 
-from filelock import FileLock, Timeout
-
 from .errors import OperationFailed, UsageError
 from .fsutil import atomic_write_json
 from .home import Home
@@ -47,6 +45,11 @@ class StateStore:
                              "upgrade torchkeeper, or move the file away to start over")
         for k, v in empty().items():
             data.setdefault(k, v)
+        problem = _shape_problem(data)
+        if problem:
+            raise UsageError(f"the state file {self.path} is damaged: {problem}",
+                             f"restore it from {self.path.name}.bak beside it, or move it away to "
+                             "start over (backups in the data folder are kept)")
         return data
 
     def write(self, data: dict) -> None:
@@ -68,14 +71,38 @@ class StateStore:
         return _timed_lock(self.home.data_dir / "state.lock", "the torchkeeper state")
 
 
+def _shape_problem(data: dict) -> str | None:
+    """What is wrong with the shape of a state file, or None."""
+    if not isinstance(data["targets"], dict) or not isinstance(data["overlays"], dict):
+        return "'targets' and 'overlays' must be tables"
+    for name, t in data["targets"].items():
+        if not TARGET_NAME_RX.match(name) or not isinstance(t, dict) \
+                or not isinstance(t.get("site_packages"), str) or not isinstance(t.get("path"), str):
+            return f"target {name[:40]!r} is malformed"
+    for name, o in data["overlays"].items():
+        if not isinstance(o, dict) or not isinstance(o.get("files"), dict) \
+                or not isinstance(o.get("bundle"), str):
+            return f"the overlay of {name[:40]!r} is malformed"
+        if not all(isinstance(f, dict) for f in o["files"].values()):
+            return f"the overlay of {name[:40]!r} is malformed"
+    if data["default_bundle"] is not None and not isinstance(data["default_bundle"], str):
+        return "'default_bundle' must be a bundle id"
+    return None
+
+
 def target_lock(home: Home, name: str):
     """Cross-process lock per target: the CLI and the agent never apply at once."""
+    if not TARGET_NAME_RX.match(name):  # a name becomes a file name: never a path
+        raise UsageError(f"no target named {name[:64]!r}",
+                         "see `torchkeeper target list` for the names")
     home.locks_dir.mkdir(parents=True, exist_ok=True)
     return _timed_lock(home.locks_dir / f"{name}.lock", f"target '{name}'")
 
 
 @contextlib.contextmanager
 def _timed_lock(path: Path, what: str):
+    from filelock import FileLock, Timeout  # imported here: status never locks
+
     lock = FileLock(str(path))
     try:
         lock.acquire(timeout=LOCK_TIMEOUT_S)
