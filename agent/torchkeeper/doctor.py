@@ -20,10 +20,12 @@ try:
     out["torch_version"] = getattr(torch, "__version__", None)
     out["torch_cuda"] = getattr(getattr(torch, "version", None), "cuda", None)
     try:
+        import torch.backends.cudnn
         out["cudnn"] = torch.backends.cudnn.version()
     except Exception as e:
         out["cudnn_error"] = f"{type(e).__name__}: {e}"
     try:
+        import torch.cuda
         out["cuda_available"] = bool(torch.cuda.is_available())
     except Exception as e:
         out["cuda_error"] = f"{type(e).__name__}: {e}"
