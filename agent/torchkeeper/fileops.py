@@ -3,7 +3,9 @@
 Windows refuses to replace or delete a DLL that a running process has loaded (a sharing
 violation); POSIX never does. :class:`FileOps` is the small interface the transaction uses;
 :func:`get_ops` picks the implementation. Tests simulate a locked file through the same
-interface with ``TORCHKEEPER_TEST_LOCKED`` (file names separated by os.pathsep).
+interface with ``TORCHKEEPER_TEST_LOCKED`` (file names separated by os.pathsep), and a full
+disk with ``TORCHKEEPER_TEST_NO_SPACE`` (folders separated by os.pathsep: creating a file
+there fails with ENOSPC; for tests that cannot mount a small filesystem).
 """
 
 from __future__ import annotations
@@ -83,6 +85,13 @@ def holders(path: Path) -> list[str]:
         except (psutil.Error, OSError):
             continue
     return out
+
+
+def check_space(folder: Path) -> None:
+    """Test hook: raise ENOSPC when ``folder`` is one TORCHKEEPER_TEST_NO_SPACE names."""
+    full = os.environ.get("TORCHKEEPER_TEST_NO_SPACE")
+    if full and os.path.realpath(folder) in {os.path.realpath(p) for p in full.split(os.pathsep) if p}:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(folder))
 
 
 def is_no_space(e: OSError) -> bool:

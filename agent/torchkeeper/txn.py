@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import threading
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
@@ -28,12 +29,13 @@ from pathlib import Path
 from typing import Callable
 
 from .errors import FileInUse, OperationFailed, TKError
-from .fileops import FileOps, get_ops, is_no_space
+from .fileops import FileOps, check_space, get_ops, is_no_space
 from .fsutil import atomic_write_json, copy_hashing, fsync_dir, sha256_file
 from .home import Home
 
 STAGED = ".tk-new"
 RESTORE = ".tk-restore"
+PARTIAL = ".in-"  # a backup being written: .in-<txn>-<random> in the backup store
 
 
 @dataclass
@@ -54,15 +56,19 @@ class _Crash:
         v = os.environ.get("TORCHKEEPER_TEST_CRASH_AT")
         self.at = int(v) if v and v.isdigit() else None
         self.n = 0
+        self.lock = threading.Lock()  # prepare passes checkpoints from two threads
 
     def __call__(self, label: str) -> None:
-        self.n += 1
-        if self.at is not None and self.n == self.at:
-            trace = os.environ.get("TORCHKEEPER_TEST_CRASH_TRACE")
-            if trace:
-                with open(trace, "a") as f:
-                    f.write(f"{self.n} {label}\n")
-            os.kill(os.getpid(), signal.SIGKILL if hasattr(signal, "SIGKILL") else signal.SIGTERM)
+        if self.at is None:
+            return
+        with self.lock:
+            self.n += 1
+            if self.n == self.at:
+                trace = os.environ.get("TORCHKEEPER_TEST_CRASH_TRACE")
+                if trace:
+                    with open(trace, "a") as f:
+                        f.write(f"{self.n} {label}\n")
+                os.kill(os.getpid(), signal.SIGKILL if hasattr(signal, "SIGKILL") else signal.SIGTERM)
 
 
 class BackupStore:
@@ -78,20 +84,28 @@ class BackupStore:
         p = self.path(digest)
         return p.is_file()
 
-    def put(self, src: Path, expect: str | None) -> str:
+    def put(self, src: Path, expect: str | None, txn: str = "") -> str:
         """Back up src; returns its sha256. A hard link when on the same volume (the
         transaction then replaces the target by rename, so the linked inode keeps the old
-        bytes), else a hashed copy."""
+        bytes), else a hashed copy. txn names the transaction, so that what a crash left
+        half-written can be found (:meth:`discard_partial`)."""
         if expect and self.has(expect):
             return expect
         self.dir.mkdir(parents=True, exist_ok=True)
-        tmp = self.dir / f".in-{uuid.uuid4().hex}"
+        tmp = self.dir / f"{PARTIAL}{txn}-{uuid.uuid4().hex}"
         try:
+            check_space(self.dir)
             try:
                 os.link(src, tmp)
-                digest = expect or sha256_file(tmp)
             except OSError:
-                digest, _ = copy_hashing(src, tmp)
+                try:
+                    digest, _ = copy_hashing(src, tmp)
+                except OSError as e:
+                    raise _at(e, self.dir) from None
+            else:
+                # the link is the file itself, which may have changed since it was hashed:
+                # hash it, so no other bytes are ever stored under the expected digest
+                digest = sha256_file(tmp)
             if expect and digest != expect:
                 raise OperationFailed(f"{src} changed while it was being backed up",
                                       "run the command again")
@@ -106,6 +120,17 @@ class BackupStore:
         finally:
             if tmp.exists():
                 os.unlink(tmp)
+
+    def discard_partial(self, txn: str) -> None:
+        """Remove the backups a killed transaction was writing (a hard link there keeps a
+        whole old library alive)."""
+        if not txn or not self.dir.is_dir():
+            return
+        for p in self.dir.glob(f"{PARTIAL}{txn}-*"):
+            try:
+                os.unlink(p)
+            except OSError:
+                pass
 
     def remove_unreferenced(self, keep: set[str]) -> int:
         n = 0
@@ -202,7 +227,7 @@ class Transaction:
                     raise OperationFailed(f"{p} appeared while the transaction ran",
                                           "run the command again")
                 continue
-            c.backup = self.backups.put(p, c.old_sha256)
+            c.backup = self.backups.put(p, c.old_sha256, self.id)
             self.crash(f"backed up {c.rel}")
 
     def _stage_all(self) -> None:
@@ -212,7 +237,13 @@ class Transaction:
             staged = Path(str(self._path(c)) + STAGED)
             if staged.exists():
                 os.unlink(staged)
-            digest, size = copy_hashing(c.src, staged, self.progress)
+            try:
+                check_space(staged.parent)
+                # no fsync: recovery checks hashes, so a staged file lost to a power cut is
+                # rolled back like any other (and cp-speed matters for 1 GB bundles)
+                digest, size = copy_hashing(c.src, staged, self.progress, fsync=False)
+            except OSError as e:
+                raise _at(e, staged) from None
             if digest != c.new_sha256:
                 raise OperationFailed(f"{c.src} does not match its recorded sha256",
                                       "run `torchkeeper bundle verify`; re-create or re-import the "
@@ -313,13 +344,23 @@ def recover(home: Home, j: dict, on_commit: Callable[[dict, list[Change]], None]
         return "discarded"
     root = Path(j["root"])
     changes = [Change(**c) for c in j["changes"]]
+    backups = BackupStore(home)
     if j["phase"] == "commit":
         on_commit(j, changes)
         os.unlink(path)
         return "rolled forward"
-    rollback(home, root, changes, BackupStore(home))
+    rollback(home, root, changes, backups, get_ops())
+    backups.discard_partial(j.get("txn", ""))
     os.unlink(path)
     return "rolled back"
+
+
+def _at(e: OSError, path: Path) -> OSError:
+    """Name the path a failed write was for: a write error carries no file name, and 'disk
+    full' must say which disk (the target's, or the one holding the backups)."""
+    if e.filename is None:
+        e.filename = str(path)
+    return e
 
 
 def _os_failure(e: OSError, target: str) -> OperationFailed:
