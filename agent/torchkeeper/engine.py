@@ -80,6 +80,8 @@ class Engine:
                     else:
                         msg = f"recovered target '{name}': discarded an unreadable journal"
                     log_event(self.home, "recovered", target=name, op=op, how=how)
+                    if how == "rolled back":
+                        self._refresh_stats(name)
                     out.append(msg)
         if out:
             self._gc_backups()
@@ -226,7 +228,8 @@ class Engine:
                 }
                 if s.action in (gate.REPLACE, gate.ADD, gate.FOREIGN):
                     changes.append(Change(s.rel, str(self.bundles.file_path(m, s.key)),
-                                          s.new_sha256, s.new_size, s.current_sha256))
+                                          s.new_sha256, s.new_size, s.current_sha256,
+                                          s.current_stat))
                 elif s.action == gate.IN_PLACE and s.prior == "stock" and s.stock_sha256:
                     # stock bytes that equal the bundle's: nothing to restore on revert
                     meta_files[s.rel]["stock_backup"] = None
@@ -246,6 +249,7 @@ class Engine:
                 tx.run(lambda t: self._commit(name, "apply", t.root, t.meta, t.changes))
             except TKError as e:
                 log_event(self.home, "apply failed", target=name, bundle=m["id"], error=e.message)
+                self._refresh_stats(name)
                 self._gc_backups()
                 raise
             self._gc_backups()
@@ -257,17 +261,18 @@ class Engine:
 
     def _restore_change(self, info, rel: str, prev: dict) -> Change:
         path = info.site_packages / rel
-        cur = sha256_file(path) if path.is_file() else None
+        st = stat_key(path) if path.is_file() else None
+        cur = sha256_file(path) if st else None
         if prev.get("action") == gate.ADD:
-            return Change(rel, None, None, None, cur)
+            return Change(rel, None, None, None, cur, st)
         lf = next((f for f in info.libs.values() if f.rel == rel), None)
         stock = (lf.stock_sha256 if lf else None) or prev.get("stock_sha256")
         backups = BackupStore(self.home)
         if stock and backups.has(stock):
             return Change(rel, str(backups.path(stock)), stock,
-                          backups.path(stock).stat().st_size, cur)
+                          backups.path(stock).stat().st_size, cur, st)
         if cur is not None and cur == stock:
-            return Change(rel, str(path), cur, path.stat().st_size, cur)
+            return Change(rel, str(path), cur, path.stat().st_size, cur, st)
         raise OperationFailed(
             f"no stock copy of {path} to restore (it was {prev.get('prior', 'unknown')} before the "
             "overlay)", f"reinstall torch: pip install --force-reinstall --no-deps torch=={info.torch_version}")
@@ -303,6 +308,21 @@ class Engine:
             "site_packages": str(root), "applied": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "torch_version": meta.get("torch_version"), "torch_cuda": meta.get("torch_cuda"),
             "cudnn_stock": meta.get("cudnn_stock"), "files": files}
+
+    def _refresh_stats(self, name: str) -> None:
+        """After a rollback: files put back as copies of our own bytes get new stat data
+        in the overlay record, so quick verification need not hash them again."""
+        with self.state.edit() as st:
+            ov = st["overlays"].get(name)
+            root = Path(ov["site_packages"]) if ov else None
+            for rel, f in (ov or {}).get("files", {}).items():
+                p = root / rel
+                if not p.is_file():
+                    continue
+                cur = stat_key(p)
+                if cur != {k: f.get(k) for k in cur} and cur["size"] == f.get("size") \
+                        and sha256_file(p) == f["sha256"]:
+                    f.update(cur)
 
     def _gc_backups(self) -> None:
         st = self.state.read()
@@ -342,6 +362,7 @@ class Engine:
                 tx.run(lambda t: self._commit(name, "revert", t.root, t.meta, t.changes))
             except TKError as e:
                 log_event(self.home, "revert failed", target=name, error=e.message)
+                self._refresh_stats(name)
                 self._gc_backups()
                 raise
             self._gc_backups()
@@ -383,9 +404,14 @@ class Engine:
                 if full:
                     if sha256_file(p) != f["sha256"]:
                         drift.append(f"{rel} changed")
-                elif (stat_key(p) != {k: f.get(k) for k in ("size", "mtime_ns", "ino")}
-                      and sha256_file(p) != f["sha256"]):  # a rollback restores copies: new inode
-                    drift.append(f"{rel} changed")
+                else:
+                    st = stat_key(p)
+                    if st == {k: f.get(k) for k in ("size", "mtime_ns", "ino")}:
+                        continue
+                    # Another size is drift. The same size with new stat data is hashed:
+                    # a rolled-back transaction puts back copies (new inodes) of our bytes.
+                    if st["size"] != f["size"] or sha256_file(p) != f["sha256"]:
+                        drift.append(f"{rel} changed")
         refused = None
         if m is not None:
             refusals = [r for r in gate.check(info, m, None) if r.level == "refuse"]

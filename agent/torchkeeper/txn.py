@@ -28,9 +28,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
 
-from .errors import FileInUse, OperationFailed, TKError
+from .errors import OperationFailed, TKError
 from .fileops import FileOps, check_space, get_ops, is_no_space
-from .fsutil import atomic_write_json, copy_hashing, fsync_dir, sha256_file
+from .fsutil import atomic_write_json, copy_hashing, fsync_dir, sha256_file, stat_key
 from .home import Home
 
 STAGED = ".tk-new"
@@ -45,6 +45,7 @@ class Change:
     new_sha256: str | None      # expected hash of src (None when removing)
     new_size: int | None = None
     old_sha256: str | None = None  # what is there now (None: absent); checked before backup
+    old_stat: dict | None = None   # stat data of the file when old_sha256 was taken
     backup: str | None = None   # sha256 of the backed-up old bytes (set in prepare)
     done: bool = False
 
@@ -84,7 +85,7 @@ class BackupStore:
         p = self.path(digest)
         return p.is_file()
 
-    def put(self, src: Path, expect: str | None, txn: str = "") -> str:
+    def put(self, src: Path, expect: str | None, txn: str = "", expect_stat: dict | None = None) -> str:
         """Back up src; returns its sha256. A hard link when on the same volume (the
         transaction then replaces the target by rename, so the linked inode keeps the old
         bytes), else a hashed copy. txn names the transaction, so that what a crash left
@@ -103,9 +104,14 @@ class BackupStore:
                 except OSError as e:
                     raise _at(e, self.dir) from None
             else:
-                # the link is the file itself, which may have changed since it was hashed:
-                # hash it, so no other bytes are ever stored under the expected digest
-                digest = sha256_file(tmp)
+                # The link is the file itself, which may have changed since it was hashed.
+                # The same inode with the same size and mtime as when it was hashed holds
+                # the same bytes; anything else is hashed again, so no other bytes are ever
+                # stored under the expected digest.
+                if expect and expect_stat and stat_key(tmp) == expect_stat:
+                    digest = expect
+                else:
+                    digest = sha256_file(tmp)
             if expect and digest != expect:
                 raise OperationFailed(f"{src} changed while it was being backed up",
                                       "run the command again")
@@ -227,7 +233,7 @@ class Transaction:
                     raise OperationFailed(f"{p} appeared while the transaction ran",
                                           "run the command again")
                 continue
-            c.backup = self.backups.put(p, c.old_sha256, self.id)
+            c.backup = self.backups.put(p, c.old_sha256, self.id, c.old_stat)
             self.crash(f"backed up {c.rel}")
 
     def _stage_all(self) -> None:
@@ -239,9 +245,9 @@ class Transaction:
                 os.unlink(staged)
             try:
                 check_space(staged.parent)
-                # no fsync: recovery checks hashes, so a staged file lost to a power cut is
-                # rolled back like any other (and cp-speed matters for 1 GB bundles)
-                digest, size = copy_hashing(c.src, staged, self.progress, fsync=False)
+                # fsync: once swapped in, a file must survive a power cut (the backups
+                # thread runs meanwhile, so the wait overlaps with its work)
+                digest, size = copy_hashing(c.src, staged, self.progress)
             except OSError as e:
                 raise _at(e, staged) from None
             if digest != c.new_sha256:
