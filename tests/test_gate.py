@@ -18,7 +18,7 @@ def snapshot(*roots: Path) -> dict:
     out = {}
     for root in roots:
         for dirpath, dirnames, filenames in os.walk(root):
-            if Path(dirpath).name in ("logs", "locks"):  # runtime files, not content
+            if Path(dirpath).name in ("logs", "locks", "inspect"):  # runtime files and caches
                 dirnames[:] = []
                 continue
             for f in filenames:

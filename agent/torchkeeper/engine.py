@@ -11,7 +11,7 @@ from pathlib import Path
 from . import gate, libs, target as targetmod, versions
 from .bundle import Store, describe
 from .errors import NotFound, OperationFailed, Refused, TKError, UsageError
-from .fsutil import sha256_file, stat_key
+from .fsutil import hash_many, sha256_file, stat_key
 from .home import Home, get_home
 from .state import TARGET_NAME_RX, StateStore, log_event, target_lock
 from .txn import BackupStore, Change, Transaction, pending, recover
@@ -158,7 +158,7 @@ class Engine:
 
     def inspect(self, name: str, rec: dict | None = None, overlay: dict | None = None) -> targetmod.TargetInfo:
         rec = rec or self.target(name)
-        info = targetmod.inspect(rec["site_packages"])
+        info = targetmod.inspect(rec["site_packages"], self.home.cache_dir)
         if overlay and overlay.get("cudnn_stock") and overlay.get("torch_version") == info.torch_version:
             src = info.cudnn_build_source or ""
             if info.cudnn_build is None or "major only" in src:
@@ -396,13 +396,14 @@ class Engine:
                              "cudnn": m.get("cudnn")}
         drift = []
         if overlay:
+            hashed = hash_many(info.site_packages / rel for rel in overlay["files"]) if full else {}
             for rel, f in sorted(overlay["files"].items()):
                 p = info.site_packages / rel
                 if not p.is_file():
                     drift.append(f"{rel} is missing")
                     continue
                 if full:
-                    if sha256_file(p) != f["sha256"]:
+                    if hashed[p][0] != f["sha256"]:
                         drift.append(f"{rel} changed")
                 else:
                     st = stat_key(p)

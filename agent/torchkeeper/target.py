@@ -6,13 +6,16 @@ Everything here is data that works on any OS: a Windows venv (``Lib/site-package
 
 from __future__ import annotations
 
+import json
+import os
 import re
 from dataclasses import dataclass, field
+from hashlib import sha256
 from pathlib import Path
 
 from . import libs, versions
 from .errors import NotFound, UsageError
-from .fsutil import record_hash_to_hex, sha256_file
+from .fsutil import atomic_write_json, record_hash_to_hex, sha256_file
 
 # Folders an app keeps its Python in, tried below a path that is not itself an env.
 APP_ENV_DIRS = ("venv", ".venv", "python_embeded", "python_embedded", "system/python", "env",
@@ -56,6 +59,13 @@ class TargetInfo:
             if f.family == family and f.major == major:
                 return f.rel.rpartition("/")[0]
         return None
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TargetInfo":
+        return cls(Path(d["site_packages"]), d["platform"], d["torch_version"], d["torch_cuda"],
+                   d["cudnn_build"], d["cudnn_build_source"],
+                   {k: LibFile(**v) for k, v in d["libs"].items()}, list(d["lib_dirs"]),
+                   list(d["notes"]))
 
     def to_dict(self) -> dict:
         return {
@@ -161,9 +171,60 @@ def _lib_dirs(sp: Path) -> list[Path]:
     return [d for d in dirs if d.is_dir()]
 
 
-def inspect(path: str | Path) -> TargetInfo:
-    """Inspect a target without importing torch."""
+def inspect(path: str | Path, cache_dir: Path | None = None) -> TargetInfo:
+    """Inspect a target without importing torch.
+
+    With cache_dir, the result is kept there with a stamp of the stat data it depends on
+    (site-packages, the dist-infos' RECORD and METADATA, torch/version.py, the library
+    folders and the main cuDNN file): a real torch RECORD is ~15,000 lines, and status
+    with 20 targets must not parse 20 of them when nothing changed.
+    """
     sp = resolve(path)
+    if cache_dir is None:
+        return _inspect(sp)
+    cache = Path(cache_dir) / "inspect" / (sha256(str(sp).encode()).hexdigest()[:32] + ".json")
+    before = _stamp(sp)
+    try:
+        data = json.loads(cache.read_text())
+        if data.get("stamp") == before:
+            return TargetInfo.from_dict(data["info"])
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    info = _inspect(sp)
+    if _stamp(sp) == before:  # nothing changed while it was read: safe to keep
+        try:
+            atomic_write_json(cache, {"stamp": before, "info": info.to_dict()}, durable=False)
+        except OSError:
+            pass
+    return info
+
+
+def _stamp(sp: Path) -> list:
+    def st(p: Path):
+        try:
+            s = p.stat()
+        except OSError:
+            return None
+        return [s.st_mtime_ns, s.st_size, s.st_ino]
+
+    paths = [sp, sp / "torch" / "version.py", sp / "torch" / "lib", sp / "nvidia"]
+    try:
+        names = sorted(os.listdir(sp))
+    except OSError:
+        names = []
+    for n in names:
+        if n.endswith(".dist-info") and (n.startswith("torch-") or n.lower().startswith("nvidia")):
+            paths += [sp / n / "RECORD", sp / n / "METADATA"]
+    for d in _lib_dirs(sp):
+        paths.append(d)
+        try:
+            paths += [d / n for n in os.listdir(d) if n.lower().startswith("cudnn64_")]
+        except OSError:
+            pass
+    return [[p.relative_to(sp).as_posix(), st(p)] for p in paths]
+
+
+def _inspect(sp: Path) -> TargetInfo:
     torch_dirs = _find_dist_info(sp, r"^torch-\d")
     notes = []
     torch_meta: dict = {"requires": []}

@@ -23,7 +23,6 @@ import os
 import signal
 import threading
 import uuid
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
@@ -212,6 +211,8 @@ class Transaction:
             raise
 
     def _prepare(self) -> None:
+        from concurrent.futures import ThreadPoolExecutor  # not on status's import path
+
         # Hash-checked backups of the current files and staged copies of the new ones are
         # independent: do them side by side (hashlib and file I/O release the GIL).
         with ThreadPoolExecutor(max_workers=2) as pool:
