@@ -243,15 +243,29 @@ def test_permission_error_is_skipped(tmp_path, monkeypatch):
     assert [f.path for f in discover([tmp_path])] == [tmp_path / "ok" / "venv"]
 
 
-@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() == 0, reason="root reads everything")
 def test_unreadable_folder_is_skipped(tmp_path):
+    """A real permission error: as root, discovery runs without CAP_DAC_OVERRIDE."""
+    import shutil
+    import subprocess
+    import sys
+
     venv_posix(tmp_path / "locked" / "venv")
     venv_posix(tmp_path / "ok" / "venv")
     (tmp_path / "locked").chmod(0)
+    code = ("import sys; from pathlib import Path; from torchkeeper.discover import discover; "
+            "print([str(f.path) for f in discover([Path(sys.argv[1])])])")
+    argv = [sys.executable, "-c", code, str(tmp_path)]
+    if os.geteuid() == 0:
+        setpriv = shutil.which("setpriv")
+        assert setpriv, "as root this test needs setpriv (util-linux) to drop CAP_DAC_OVERRIDE"
+        argv = [setpriv, "--inh-caps=-all", "--bounding-set=-dac_override,-dac_read_search", "--", *argv]
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1] / "agent"))
     try:
-        assert [f.path for f in discover([tmp_path])] == [tmp_path / "ok" / "venv"]
+        cp = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=60)
     finally:
         (tmp_path / "locked").chmod(0o755)
+    assert cp.returncode == 0, cp.stderr
+    assert cp.stdout.strip() == str([str(tmp_path / "ok" / "venv")])
 
 
 def test_deadline_returns_what_it_has(home):
