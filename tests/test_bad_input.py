@@ -502,7 +502,9 @@ CONFIGS = [
     ("nul_bytes", b"[agent]\x00\nauto_reapply = true\n", "line 1"),
     ("deep_arrays", b"a = " + b"[" * 5000 + b"]" * 5000 + b"\n", "nested too deeply"),
     ("deep_inline_tables", b"a = " + b"{b = " * 3000 + b"1" + b"}" * 3000 + b"\n", "nested too deeply"),
-    ("deep_table_header", b"[" + b".".join([b"a"] * 5000) + b"]\n", "unknown section [a]"),
+    # tomllib (3.11+) parses the header and the schema refuses it; tomli (3.10) recurses
+    ("deep_table_header", b"[" + b".".join([b"a"] * 5000) + b"]\n",
+     ("unknown section [a]", "nested too deeply")),
 ]
 
 
@@ -512,7 +514,7 @@ def test_bad_config_file(run_tk, tk_home, tmp_path, config_file, data, says):
     watch = Watch(tmp_path, tk_home)
     r = run_tk("status")
     line = check_error(r, 2, config_file)
-    assert says in line
+    assert any(x in line for x in ((says,) if isinstance(says, str) else says)), line
     watch.unchanged()
 
 
