@@ -30,6 +30,7 @@ for _p in (str(AGENT), str(TESTS)):
         sys.path.insert(0, _p)
 
 import builders  # noqa: E402
+from nvmlstub import nvml_stub  # noqa: E402,F401  (a fixture: the stub libnvidia-ml.so.1's folder)
 
 CACHE_MAX_AGE_S = 14 * 24 * 3600
 

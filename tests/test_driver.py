@@ -22,7 +22,7 @@ AGENT_DIR = str(TESTS.parent / "agent")
 sys.path.insert(0, AGENT_DIR)
 sys.path.insert(0, str(TESTS))
 
-from nvmlstub import nvml_stub, write_answers  # noqa: E402,F401 - nvml_stub is a fixture
+from nvmlstub import write_answers  # noqa: E402
 from torchkeeper import driver  # noqa: E402
 
 ONE_SHOT = ("import json,sys; sys.path.insert(0, sys.argv[1]); from torchkeeper import driver; "

@@ -27,6 +27,14 @@ def record_libs(sp: Path, dists=("torch",)) -> dict:
     return out
 
 
+def venv_with_torch(tmp_path, build, **wheel):
+                              """A real venv with a torch-shaped wheel installed by real pip: (wheel, venv)."""
+    w = build.torch_wheel(tmp_path / "w", **wheel)
+    venv = builders.make_venv(tmp_path / "venv")
+    builders.pip_install(venv, w)
+    return w, venv
+
+
 def cycle(run_tk, venv: Path, wheels: list, sources: list, dists, bundle_files_expected: int):
     sp = builders.site_packages(venv)
     stock = record_libs(sp, dists)
@@ -78,10 +86,8 @@ def cycle(run_tk, venv: Path, wheels: list, sources: list, dists, bundle_files_e
 
 
 def test_windows_layout_cudnn8_cuda12(tmp_path, build, run_tk):
-    w = build.torch_wheel(tmp_path / "w", version="2.3.1+cu121", cuda="12.1", layout="windows",
-                          cudnn="8.8.1.3")
-    venv = builders.make_venv(tmp_path / "venv")
-    builders.pip_install(venv, w)
+    w, venv = venv_with_torch(tmp_path, build, version="2.3.1+cu121", cuda="12.1", layout="windows",
+                              cudnn="8.8.1.3")
     arch = build.cudnn_archive(tmp_path / "src", version="8.9.7.29", cuda_major=12, platform="windows")
     tk = build.cuda_toolkit(tmp_path / "src", version="12.4.127", platform="windows")
     m = cycle(run_tk, venv, [w], [arch, tk], ["torch"], 10)
@@ -89,10 +95,8 @@ def test_windows_layout_cudnn8_cuda12(tmp_path, build, run_tk):
 
 
 def test_windows_layout_cudnn9_cuda11(tmp_path, build, run_tk):
-    w = build.torch_wheel(tmp_path / "w", version="2.4.1+cu118", cuda="11.8", layout="windows",
-                          cudnn="9.1.0.70")
-    venv = builders.make_venv(tmp_path / "venv")
-    builders.pip_install(venv, w)
+    w, venv = venv_with_torch(tmp_path, build, version="2.4.1+cu118", cuda="11.8", layout="windows",
+                              cudnn="9.1.0.70")
     arch = build.cudnn_archive(tmp_path / "src", version="9.5.1.17", cuda_major=11, platform="windows")
     cycle(run_tk, venv, [w], [arch], ["torch"], 8)
 
@@ -100,10 +104,8 @@ def test_windows_layout_cudnn9_cuda11(tmp_path, build, run_tk):
 def test_windows_cudnn9_newer_minor_adds_siblings_and_revert_removes_them(tmp_path, build, run_tk):
     """cuDNN 9.10+ ships two more sub-libraries: they are added beside the family and
     removed again on revert (torch on Windows loads every DLL in torch\\lib)."""
-    w = build.torch_wheel(tmp_path / "w", version="2.5.1+cu124", cuda="12.4", layout="windows",
-                          cudnn="9.1.0.70")
-    venv = builders.make_venv(tmp_path / "venv")
-    builders.pip_install(venv, w)
+    w, venv = venv_with_torch(tmp_path, build, version="2.5.1+cu124", cuda="12.4", layout="windows",
+                              cudnn="9.1.0.70")
     sp = builders.site_packages(venv)
     arch = build.cudnn_archive(tmp_path / "src", version="9.10.2.21", cuda_major=12, platform="windows")
     assert run_tk("target", "add", venv, "--name", "forge").rc == 0
@@ -140,10 +142,8 @@ def test_linux_nvidia_layout(tmp_path, build, run_tk):
 
 def test_linux_torchlib_layout(tmp_path, build, run_tk):
     """Older '+cuXXX' Linux wheels bundled libcudnn.so.8 inside torch/lib."""
-    w = build.torch_wheel(tmp_path / "w", version="1.13.1+cu117", cuda="11.7", layout="linux-torchlib",
-                          cudnn="8.5.0.96")
-    venv = builders.make_venv(tmp_path / "venv")
-    builders.pip_install(venv, w)
+    w, venv = venv_with_torch(tmp_path, build, version="1.13.1+cu117", cuda="11.7", layout="linux-torchlib",
+                              cudnn="8.5.0.96")
     arch = build.cudnn_archive(tmp_path / "src", version="8.9.7.29", cuda_major=11, platform="linux")
     cycle(run_tk, venv, [w], [arch], ["torch"], 7)
 
@@ -186,10 +186,8 @@ def test_target_add_resolves_every_kind_of_path(tmp_path, build, run_tk, which):
 
 
 def test_status_reports_versions_and_bundle(tmp_path, build, run_tk):
-    w = build.torch_wheel(tmp_path / "w", version="2.3.1+cu121", cuda="12.1", layout="windows",
-                          cudnn="8.8.1.3")
-    venv = builders.make_venv(tmp_path / "venv")
-    builders.pip_install(venv, w)
+    w, venv = venv_with_torch(tmp_path, build, version="2.3.1+cu121", cuda="12.1", layout="windows",
+                              cudnn="8.8.1.3")
     arch = build.cudnn_archive(tmp_path / "src", version="8.9.7.29", cuda_major=12, platform="windows")
     assert run_tk("target", "add", venv, "--name", "a1111").rc == 0
     name = run_tk("bundle", "create", arch, "--json").json()["name"]
@@ -214,10 +212,8 @@ def test_status_reports_versions_and_bundle(tmp_path, build, run_tk):
 
 def test_quick_verify_sees_a_manual_copy(tmp_path, build, run_tk):
     """Another tool copies a file over the overlay: quick verify (stat data) notices."""
-    w = build.torch_wheel(tmp_path / "w", version="2.3.1+cu121", cuda="12.1", layout="windows",
-                          cudnn="8.8.1.3")
-    venv = builders.make_venv(tmp_path / "venv")
-    builders.pip_install(venv, w)
+    w, venv = venv_with_torch(tmp_path, build, version="2.3.1+cu121", cuda="12.1", layout="windows",
+                              cudnn="8.8.1.3")
     sp = builders.site_packages(venv)
     arch = build.cudnn_archive(tmp_path / "src", version="8.9.7.29", cuda_major=12, platform="windows")
     assert run_tk("target", "add", venv, "--name", "k").rc == 0

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import builders
 import pytest
-from nvmlstub import nvml_stub, write_answers  # noqa: F401  (fixture)
+from nvmlstub import write_answers
 
 
 def snapshot(*roots: Path) -> dict:

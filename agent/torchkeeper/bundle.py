@@ -173,7 +173,7 @@ def _read_folder(src: Path, col: Collected) -> None:
             if vj.get("cudart") or vj.get("cuda"):
                 kind = "CUDA toolkit"
                 _note_cuda(col, vj.get("cudart") or vj["cuda"], display)
-        elif p.name.endswith(".dist-info") or p.parent.name.endswith(".dist-info"):
+        elif p.parent.name.endswith(".dist-info"):
             if p.name == "METADATA":
                 _read_wheel_metadata(versions.read_metadata(p), col, display)
         else:

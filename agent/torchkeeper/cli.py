@@ -263,7 +263,7 @@ def cmd_plan(args, eng):
     return rc
 
 
-def _run_each(args, eng, fn, verb):
+def _run_each(args, eng, fn):
     results, rc = [], OK
     for n in _names(args, eng):
         try:
@@ -289,11 +289,11 @@ def cmd_apply(args, eng):
         finally:
             prog.close()
 
-    return _run_each(args, eng, one, "apply")
+    return _run_each(args, eng, one)
 
 
 def cmd_revert(args, eng):
-    return _run_each(args, eng, lambda n: eng.revert(n), "revert")
+    return _run_each(args, eng, lambda n: eng.revert(n))
 
 
 def cmd_verify(args, eng):

@@ -3,9 +3,8 @@ toasts or timers; the CLI and the agent both drive it."""
 
 from __future__ import annotations
 
-import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from . import gate, libs, target as targetmod, versions
@@ -26,17 +25,11 @@ class Result:
     action: str                  # applied, already applied, reverted, ...
     message: str
     plan: dict | None = None
-    error: dict | None = None
-    exit_code: int = 0
-    details: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         d = {"target": self.target, "ok": self.ok, "action": self.action, "message": self.message}
         if self.plan is not None:
             d["plan"] = self.plan
-        if self.error is not None:
-            d["error"] = self.error
-        d.update(self.details)
         return d
 
 
@@ -188,7 +181,7 @@ class Engine:
                              f"choose one with `torchkeeper use BUNDLE --target {name}`")
         overlay = st["overlays"].get(name)
         info = self.inspect(name, st["targets"][name], overlay)
-        p = gate.plan(name, info, m, self.bundles.dir(m), overlay, self.driver())
+        p = gate.plan(name, info, m, overlay, self.driver())
         return p, info, m
 
     # -- apply -----------------------------------------------------------------------

@@ -155,7 +155,7 @@ def check(info: TargetInfo, m: dict, driver=None) -> list[Reason]:
     return reasons
 
 
-def plan(name: str, info: TargetInfo, m: dict, bundle_dir: Path, overlay: dict | None = None,
+def plan(name: str, info: TargetInfo, m: dict, overlay: dict | None = None,
          driver=None, hash_current: bool = True) -> Plan:
     """The file-by-file plan and the verdict for applying bundle ``m`` to a target."""
     p = Plan(name, m["id"], m.get("name", m["id"][:12]))

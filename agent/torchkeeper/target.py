@@ -117,12 +117,10 @@ def resolve(path: str | Path) -> Path:
         raise UsageError(f"{root} is a file, not a folder",
                          "give the folder of the Python environment, not a file inside it")
     root = root.resolve()
-    tried = []
     for base in [root] + [root / d for d in APP_ENV_DIRS]:
         if base != root and not base.is_dir():
             continue
         for sp in _candidates(base):
-            tried.append(sp)
             if _has_torch(sp):
                 return sp
     raise NotFound(f"no torch found in {root}",
