@@ -47,6 +47,9 @@ class Progress:
             return
         self.last = now
         self.shown = True
+        self._draw()
+
+    def _draw(self) -> None:
         frac = min(self.done / self.total, 1.0)
         bar = "#" * int(frac * 30)
         sys.stderr.write(f"\r{self.label} [{bar:<30}] {frac * 100:5.1f}% "
@@ -55,6 +58,7 @@ class Progress:
 
     def close(self) -> None:
         if self.shown:
+            self._draw()  # the last frame, at the real end
             sys.stderr.write("\n")
 
 
@@ -118,7 +122,10 @@ def cmd_discover(args, eng):
         lines = ["no torch installs found under " + ", ".join(str(r) for r in roots)]
     if added:
         lines.append(f"added {len(added)} target(s): {', '.join(added)}")
-    _emit(args, {"found": rows, "added": added}, "\n".join(lines))
+    timed_out = bool(getattr(found, "timed_out", False))
+    if timed_out:
+        lines.append("the search stopped at its time limit: give a folder to search it fully")
+    _emit(args, {"found": rows, "added": added, "timed_out": timed_out}, "\n".join(lines))
     return OK
 
 
