@@ -28,7 +28,7 @@ def record_libs(sp: Path, dists=("torch",)) -> dict:
 
 
 def venv_with_torch(tmp_path, build, **wheel):
-                              """A real venv with a torch-shaped wheel installed by real pip: (wheel, venv)."""
+    """A real venv with a torch-shaped wheel installed by real pip: (wheel, venv)."""
     w = build.torch_wheel(tmp_path / "w", **wheel)
     venv = builders.make_venv(tmp_path / "venv")
     builders.pip_install(venv, w)

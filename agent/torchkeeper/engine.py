@@ -229,9 +229,10 @@ class Engine:
                     meta_files[s.rel]["same_as_stock"] = True
             # files of an earlier overlay this bundle no longer has go back to stock
             for rel, prev in prev_files.items():
-                if rel in meta_files:
-                    continue
-                changes.append(self._restore_change(info, rel, prev))
+                if rel not in meta_files:
+                    c = self._restore_change(info, rel, prev)
+                    if _needed(c):
+                        changes.append(c)
             meta = {"bundle": m["id"], "bundle_name": m["name"], "files": meta_files,
                     "torch_version": info.torch_version, "torch_cuda": info.torch_cuda,
                     "cudnn_stock": (overlay or {}).get("cudnn_stock") or info.cudnn_build}
@@ -344,11 +345,8 @@ class Engine:
                 if prev.get("same_as_stock"):
                     continue
                 c = self._restore_change(info, rel, prev)
-                if c.src is not None and c.old_sha256 == c.new_sha256:
-                    continue  # already stock (a pip reinstall restored it)
-                if c.src is None and c.old_sha256 is None:
-                    continue
-                changes.append(c)
+                if _needed(c):  # else already stock: a pip reinstall restored it
+                    changes.append(c)
             tx = Transaction(self.home, name, info.site_packages, "revert", changes,
                              {"bundle": overlay["bundle"]}, progress=progress)
             try:
@@ -483,6 +481,13 @@ class Engine:
         if d is None or not getattr(d, "ok", False):
             return None
         return {"version": d.version, "cuda": d.cuda, "gpus": d.gpus}
+
+
+def _needed(c: Change) -> bool:
+    """Whether a restoring change changes anything (the file may already be stock)."""
+    if c.src is None:
+        return c.old_sha256 is not None
+    return c.old_sha256 != c.new_sha256
 
 
 def _default_target_name(path: Path, sp: Path) -> str:
