@@ -53,9 +53,15 @@ class StateStore:
         return data
 
     def write(self, data: dict) -> None:
-        if self.path.exists():
-            with contextlib.suppress(OSError):
-                os.replace(self.path, self.path.with_suffix(".json.bak"))
+        # Keep the previous state as state.json.bak: a hard link to the current file, which
+        # the atomic write then replaces by a new one. state.json itself never goes missing.
+        bak = self.path.with_suffix(".json.bak")
+        tmp = self.path.with_suffix(".json.bak.tmp")
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        with contextlib.suppress(OSError):
+            os.link(self.path, tmp)
+            os.replace(tmp, bak)
         atomic_write_json(self.path, data)
 
     @contextlib.contextmanager

@@ -151,6 +151,10 @@ class BackupStore:
                         n += 1
                     except OSError:
                         pass
+            try:
+                sub.rmdir()  # only when empty
+            except OSError:
+                pass
         return n
 
 
