@@ -333,17 +333,25 @@ class Store:
     def __init__(self, home: Home):
         self.home = home
         self.root = home.bundles_dir
+        self._cached: tuple | None = None  # (stat of root, manifests)
 
     # -- reading ---------------------------------------------------------------------
     def all(self) -> list[dict]:
-        out = []
-        if not self.root.is_dir():
-            return out
-        for d in sorted(self.root.iterdir()):
-            m = self._read(d) if len(d.name) == 64 else None
-            if m is not None:
-                out.append(m)
-        return sorted(out, key=lambda m: (m.get("name", ""), m["id"]))
+        """Every readable manifest. Read once while the cache folder is unchanged (a
+        bundle enters or leaves it by a rename): status asks once per target."""
+        try:
+            st = self.root.stat()
+        except OSError:
+            return []
+        key = (st.st_mtime_ns, st.st_ino)
+        if self._cached is None or self._cached[0] != key:
+            out = []
+            for d in sorted(self.root.iterdir()):
+                m = self._read(d) if len(d.name) == 64 else None
+                if m is not None:
+                    out.append(m)
+            self._cached = (key, sorted(out, key=lambda m: (m.get("name", ""), m["id"])))
+        return list(self._cached[1])
 
     def damaged(self) -> list[Path]:
         """Bundle folders whose manifest is missing or unreadable."""

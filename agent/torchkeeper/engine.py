@@ -313,9 +313,8 @@ class Engine:
                 p = root / rel
                 if not p.is_file():
                     continue
-                cur = stat_key(p)
-                if cur != {k: f.get(k) for k in cur} and cur["size"] == f.get("size") \
-                        and sha256_file(p) == f["sha256"]:
+                same, cur = _holds(p, f)
+                if same:
                     f.update(cur)
 
     def _gc_backups(self) -> None:
@@ -396,14 +395,8 @@ class Engine:
                 if full:
                     if hashed[p][0] != f["sha256"]:
                         drift.append(f"{rel} changed")
-                else:
-                    st = stat_key(p)
-                    if st == {k: f.get(k) for k in ("size", "mtime_ns", "ino")}:
-                        continue
-                    # Another size is drift. The same size with new stat data is hashed:
-                    # a rolled-back transaction puts back copies (new inodes) of our bytes.
-                    if st["size"] != f["size"] or sha256_file(p) != f["sha256"]:
-                        drift.append(f"{rel} changed")
+                elif not _holds(p, f)[0]:
+                    drift.append(f"{rel} changed")
         refused = None
         if m is not None:
             refusals = [r for r in gate.check(info, m, None) if r.level == "refuse"]
@@ -481,6 +474,18 @@ class Engine:
         if d is None or not getattr(d, "ok", False):
             return None
         return {"version": d.version, "cuda": d.cuda, "gpus": d.gpus}
+
+
+def _holds(p: Path, f: dict) -> tuple[bool, dict]:
+    """Whether p still holds the bytes an overlay record f describes, and p's stat data.
+    The recorded stat data says yes, another size says no; anything else is hashed: a
+    rolled-back transaction puts back copies (new inodes) of our own bytes."""
+    cur = stat_key(p)
+    if cur == {k: f.get(k) for k in cur}:
+        return True, cur
+    if cur["size"] != f.get("size"):
+        return False, cur
+    return sha256_file(p) == f["sha256"], cur
 
 
 def _needed(c: Change) -> bool:

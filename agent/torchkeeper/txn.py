@@ -46,7 +46,6 @@ class Change:
     old_sha256: str | None = None  # what is there now (None: absent); checked before backup
     old_stat: dict | None = None   # stat data of the file when old_sha256 was taken
     backup: str | None = None   # sha256 of the backed-up old bytes (set in prepare)
-    done: bool = False
 
 
 class _Crash:
@@ -268,7 +267,6 @@ class Transaction:
                 self.ops.remove(p)
             else:
                 self.ops.replace(Path(str(p) + STAGED), p)
-            c.done = True
             self.crash(f"swapped {c.rel}")
         for d in {self._path(c).parent for c in self.changes}:
             fsync_dir(d)
