@@ -3,6 +3,9 @@
 #   gcc (+ libc6-dev)            real ELF .so files          (tests/builders.py build_so)
 #   x86_64-w64-mingw32-gcc/-windres  real PE DLLs with version resources (build_dll)
 #   python3-venv                 only when python3 cannot make a venv with pip (ensurepip)
+#   xvfb, trayer                 an X server and a system-tray host for the tray's screen test
+#   dbus-daemon, dbus-bin        a private session bus (dbus-run-session) for notification tests
+#   libnotify-bin                notify-send: plyer's Linux notifier when dbus-python is absent
 # As root: apt-get update + install. Otherwise: says what to install and exits 1.
 set -euo pipefail
 
@@ -27,6 +30,11 @@ fi
 if command -v python3 >/dev/null 2>&1 && ! python3 -c 'import ensurepip, venv' >/dev/null 2>&1; then
     missing+=(python3-venv)
 fi
+
+# the agent's tests: X server + tray host, private D-Bus session, notify-send
+for tool in Xvfb:xvfb trayer:trayer dbus-daemon:dbus-daemon dbus-run-session:dbus-bin notify-send:libnotify-bin; do
+    command -v "${tool%%:*}" >/dev/null 2>&1 || missing+=("${tool#*:}")
+done
 
 if [ ${#missing[@]} -eq 0 ]; then
     exit 0

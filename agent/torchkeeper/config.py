@@ -37,6 +37,8 @@ SCHEMA = {
     "notifications": {
         "enabled": (bool, None, "true or false"),
         "dedupe_seconds": (_NUM, lambda v: 0 <= v <= 86400, "a number of seconds, 0 to 86400"),
+        "backend": (str, lambda v: v in ("auto", "desktop-notifier", "plyer", "tray", "log"),
+                    '"auto", "desktop-notifier", "plyer", "tray" or "log"'),
     },
 }
 

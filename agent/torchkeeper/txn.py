@@ -22,6 +22,7 @@ import json
 import os
 import signal
 import threading
+import time
 import uuid
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -49,19 +50,27 @@ class Change:
 
 
 class _Crash:
-    """Test hook: TORCHKEEPER_TEST_CRASH_AT=N kills the process (SIGKILL) at checkpoint N."""
+    """Test hooks: TORCHKEEPER_TEST_CRASH_AT=N kills the process (SIGKILL) at checkpoint N;
+    TORCHKEEPER_TEST_PAUSE_AT=N creates the file TORCHKEEPER_TEST_PAUSE_FILE and sleeps
+    2 s there (the agent's tests send SIGTERM in the middle of a transaction)."""
 
     def __init__(self):
         v = os.environ.get("TORCHKEEPER_TEST_CRASH_AT")
         self.at = int(v) if v and v.isdigit() else None
+        v = os.environ.get("TORCHKEEPER_TEST_PAUSE_AT")
+        self.pause_at = int(v) if v and v.isdigit() else None
         self.n = 0
         self.lock = threading.Lock()  # prepare passes checkpoints from two threads
 
     def __call__(self, label: str) -> None:
-        if self.at is None:
+        if self.at is None and self.pause_at is None:
             return
         with self.lock:
             self.n += 1
+            if self.n == self.pause_at:
+                with open(os.environ["TORCHKEEPER_TEST_PAUSE_FILE"], "a") as f:
+                    f.write(f"{self.n} {label}\n")
+                time.sleep(2)
             if self.n == self.at:
                 trace = os.environ.get("TORCHKEEPER_TEST_CRASH_TRACE")
                 if trace:

@@ -1,0 +1,725 @@
+"""The agent: a thin loop around the engine.
+
+Watchers, timers, the NVML poll, tray clicks and toast buttons only *queue* work; one
+worker thread runs every check and every mutation, in order. A request that arrives
+while the same job is running is queued again (a dirty flag, never a dropped check);
+requests already waiting are merged.
+
+Decisions (see README "The agent"):
+- drift + a bundle the gate accepts + auto re-apply on -> re-apply, then a toast;
+- auto off, paused, or the gate only warns -> a toast that asks; the tray shows attention;
+- the gate refuses (torch changed under the bundle) -> nothing applied; the toast says
+  why and names a bundle that would fit;
+- files in use -> nothing written; retry with backoff, tell the user once.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import config as configmod, gate, view as V
+from .bundle import describe
+from .engine import DRIFTED, INCOMPATIBLE, MISSING, PATCHED, STOCK, Engine
+from .errors import FileInUse, NotFound, OperationFailed, Refused, TKError
+from .fsutil import atomic_write_json, stat_key
+from .home import Home
+from .state import log_event
+from .txn import RESTORE, STAGED
+
+log = logging.getLogger("torchkeeper.agent")
+
+RETRY_FIRST_S = 2.0
+RETRY_MAX_S = 60.0
+
+
+@dataclass(order=True)
+class Job:
+    at: float                                  # not before (clock time)
+    seq: int
+    action: str = field(compare=False)
+    target: str | None = field(compare=False, default=None)
+    reason: str = field(compare=False, default="")
+    detected: float | None = field(compare=False, default=None)  # wall time of the first event
+    explicit: bool = field(compare=False, default=False)         # the user asked (click, button)
+
+
+# internal job kinds besides view's actions
+CHECK, FULL, DRIVER, CONFIG = "check", "full check", "driver", "config"
+
+
+class Agent:
+    """The agent. ``start()`` recovers, verifies and starts watching; ``stop()`` waits for
+    the running job (never stops inside a transaction)."""
+
+    def __init__(self, home: Home, engine: Engine | None = None, notifier=None,
+                 clock=time.monotonic, watch: bool = True, schedule: bool = True,
+                 driver_query=None):
+        self.home = home
+        self.engine = engine or Engine(home, driver_query=driver_query)
+        self.clock = clock
+        self.notifier = notifier
+        self.config_file = home.config_file
+        self.log_file = home.log_dir / "agent.log"
+        self.cfg, problem = self._load_config()
+        self._config_problem = problem
+        self._cv = threading.Condition()
+        self._jobs: dict[tuple, Job] = {}
+        self._seq = 0
+        self._running: Job | None = None
+        self._stopping = False
+        self._stopped = threading.Event()
+        self._worker = threading.Thread(target=self._work, name="tk-worker", daemon=True)
+        self._listeners = []
+        self._views: dict[str, V.TargetView] = {}
+        self._asks: dict[str, str] = {}         # target -> why it needs the user
+        self._retry: dict[str, float] = {}      # target -> current backoff (files in use)
+        self._busy: dict[str, set[str]] = {}    # target -> file names a running txn writes
+        self._own: dict[str, dict | None] = {}  # path -> stat after our write (None: we deleted it)
+        self._own_lock = threading.Lock()
+        self._agent_state = self._read_agent_state()
+        self._driver_line = "driver: not checked yet"
+        self._driver_error = False
+        self.watcher = None
+        self.safety = None
+        self._config_watch = None
+        self._watch, self._schedule = watch, schedule
+        self._last_rels: dict[str, set[str]] = {}  # target -> overlay files after our last write
+        self._working: str | None = None         # target an apply / revert is writing to
+        self.checks = 0       # counters, for tests and the benchmark
+        self.applies = 0
+
+    # -- config and the agent's own small state --------------------------------------
+    def _load_config(self):
+        try:
+            return configmod.load(self.config_file), None
+        except TKError as e:
+            log.error("%s (%s); using the defaults", e.message, e.hint)
+            return configmod.defaults(), e.message
+
+    @property
+    def _agent_state_file(self) -> Path:
+        return self.home.data_dir / "agent.json"
+
+    def _read_agent_state(self) -> dict:
+        import json
+
+        try:
+            data = json.loads(self._agent_state_file.read_text(encoding="utf-8"))
+            return data if isinstance(data, dict) else {}
+        except (OSError, ValueError):
+            return {}
+
+    def _save_agent_state(self) -> None:
+        self.home.data_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(self._agent_state_file, self._agent_state, durable=False)
+
+    # -- lifecycle -------------------------------------------------------------------
+    def start(self) -> None:
+        for line in self.engine.recover_all():
+            log.warning(line)
+            self._event("recovered", message=line)
+        if self._config_problem:
+            self._toast(V.Toast("config", "torchkeeper: config not used",
+                                f"{self._config_problem} - using the defaults", level="error"))
+        if self._watch:
+            from .watch import Debouncer, Watcher
+
+            a = self.cfg["agent"]
+            self.watcher = Watcher(Debouncer(a["quiet_seconds"], a["max_wait_seconds"]),
+                                   self._on_burst, self._is_own)
+            self.watcher.start()
+            self._watch_config()
+        self._worker.start()
+        self.poll_driver(initial=True)
+        self.request(V.CHECK_ALL, reason="start")
+        if self._schedule:
+            from .schedule import SafetyNet
+
+            self.safety = SafetyNet(self.cfg["agent"], self.poll_driver,
+                                    lambda why: self.request(V.CHECK_ALL, reason=why),
+                                    lambda: self._enqueue(FULL, None, "daily full check"))
+            self.safety.start()
+        self._event("started", targets=len(self.engine.targets()))
+
+    def stop(self, timeout: float | None = None) -> None:
+        """Stop taking work, let the running job finish, stop the watchers."""
+        with self._cv:
+            self._stopping = True
+            self._jobs.clear()
+            self._cv.notify_all()
+        if self._worker.is_alive():
+            self._worker.join(timeout)
+        if self.safety:
+            self.safety.stop()
+        if self.watcher:
+            self.watcher.stop()
+        if self._config_watch is not None:
+            self._config_watch.stop()
+        if self.notifier is not None and hasattr(self.notifier, "close"):
+            self.notifier.close()
+        self._stopped.set()
+        log.info("agent stopped")
+
+    def wait_stopped(self, timeout: float | None = None) -> bool:
+        return self._stopped.wait(timeout)
+
+    def idle(self) -> bool:
+        """No job running or queued (tests and benchmarks wait for this)."""
+        with self._cv:
+            return self._running is None and not self._jobs
+
+    # -- the Controller interface (tray, toast buttons) -----------------------------
+    def view(self) -> V.AgentView:
+        with self._cv:
+            targets = [self._views[n] for n in sorted(self._views)]
+        paused = bool(self._agent_state.get("paused"))
+        states = {t.state for t in targets}
+        if states & {MISSING} or self._driver_error:
+            overall = V.ERROR
+        elif self._working is not None:
+            overall = V.WORKING
+        elif states & {DRIFTED, INCOMPATIBLE, V.WAITING} or self._asks:
+            overall = V.ATTENTION
+        elif paused:
+            overall = V.PAUSED
+        else:
+            overall = V.OK
+        bad = [t for t in targets if t.state not in (PATCHED, STOCK)]
+        if not targets:
+            tip = "torchkeeper: no targets yet"
+        elif not bad:
+            tip = f"torchkeeper: {len(targets)} target{'s' if len(targets) != 1 else ''} ok"
+        else:
+            tip = "torchkeeper: " + "; ".join(f"{t.name} {t.state}" for t in bad[:3])
+        if paused:
+            tip += " (auto re-apply paused)"
+        return V.AgentView(overall, tip, targets, self._driver_line, paused,
+                           self._agent_state.get("autostart") if "autostart" in self._agent_state else None)
+
+    def request(self, action: str, target: str | None = None, reason: str = "",
+                explicit: bool | None = None) -> None:
+        if action == V.QUIT:
+            threading.Thread(target=self.stop, name="tk-quit", daemon=True).start()
+            return
+        if explicit is None:
+            explicit = action in (V.REAPPLY, V.REVERT, V.REAPPLY_ALL)
+        if action == V.CHECK_ALL:
+            for name in self.engine.targets():
+                self._enqueue(CHECK, name, reason or "check now")
+            return
+        if action == V.REAPPLY_ALL:
+            for name in self.engine.targets():
+                self._enqueue(V.REAPPLY, name, reason or "reapply all", explicit=explicit)
+            return
+        self._enqueue(action, target, reason, explicit=explicit)
+
+    def set_paused(self, paused: bool) -> None:
+        self._agent_state["paused"] = bool(paused)
+        self._save_agent_state()
+        self._event("paused" if paused else "resumed")
+        if not paused:
+            self.request(V.CHECK_ALL, reason="auto re-apply resumed")
+        self._changed()
+
+    def set_autostart(self, enabled: bool) -> None:  # wired when the autostart issue lands
+        log.info("start at login is not available yet")
+
+    def subscribe(self, callback) -> None:
+        self._listeners.append(callback)
+
+    def _changed(self) -> None:
+        v = self.view()
+        for cb in list(self._listeners):
+            try:
+                cb(v)
+            except Exception:
+                log.exception("a view listener failed")
+
+    # -- the queue -------------------------------------------------------------------
+    def _enqueue(self, action: str, target: str | None, reason: str = "", delay: float = 0.0,
+                 detected: float | None = None, explicit: bool = False) -> None:
+        key = (action, target)
+        with self._cv:
+            if self._stopping:
+                return
+            at = self.clock() + delay
+            old = self._jobs.get(key)
+            if old is not None:
+                # merge: keep the earliest time, the first detection, and any explicit ask
+                old.at = min(old.at, at)
+                old.detected = old.detected or detected
+                old.explicit = old.explicit or explicit
+                self._cv.notify_all()
+                return
+            self._seq += 1
+            self._jobs[key] = Job(at, self._seq, action, target, reason, detected, explicit)
+            self._cv.notify_all()
+
+    def _next_job(self) -> Job | None:
+        with self._cv:
+            while True:
+                if self._stopping:
+                    return None
+                if self._jobs:
+                    job = min(self._jobs.values())
+                    wait = job.at - self.clock()
+                    if wait <= 0:
+                        del self._jobs[(job.action, job.target)]
+                        self._running = job
+                        return job
+                    self._cv.wait(timeout=min(wait, 1.0))
+                else:
+                    self._cv.wait(timeout=1.0)
+
+    def _work(self) -> None:
+        while True:
+            job = self._next_job()
+            if job is None:
+                return
+            self._changed()
+            try:
+                self._run(job)
+            except Exception as e:  # a bug must not stop the agent; say so and go on
+                log.exception("job %s %s failed", job.action, job.target or "")
+                self._event("agent error", target=job.target, error=f"{type(e).__name__}: {e}")
+            finally:
+                with self._cv:
+                    self._running = None
+                self._changed()
+
+    def _run(self, job: Job) -> None:
+        if job.action == CHECK:
+            self._check(job)
+        elif job.action == FULL:
+            self._full_check()
+        elif job.action == DRIVER:
+            for name in self.engine.targets():
+                self._check(Job(0, 0, CHECK, name, job.reason))
+        elif job.action == CONFIG:
+            self._reload_config()
+        elif job.action == V.REAPPLY:
+            self._reapply(job)
+        elif job.action == V.REVERT:
+            self._revert(job)
+        else:
+            log.warning("unknown job %s", job.action)
+
+    # -- checking and deciding -------------------------------------------------------
+    def _check(self, job: Job) -> None:
+        name = job.target
+        if name not in self.engine.targets():
+            self._forget(name)
+            return
+        self.checks += 1
+        s = self.engine.target_state(name, with_versions=True)
+        self._rewatch(name, s)
+        state = s["state"]
+        if state == MISSING:
+            self._set_view(name, s, MISSING, s["problems"][0] if s["problems"] else "missing")
+            if job.reason == "file events":
+                # maybe the middle of a long install (a check forced by max_wait_seconds):
+                # look again before alarming anyone
+                self._enqueue(CHECK, name, "still missing?",
+                              delay=self.cfg["agent"]["max_wait_seconds"], detected=job.detected)
+            else:
+                self._toast(V.Toast(f"missing:{name}", f"torchkeeper: '{name}' has no torch",
+                                    f"{s['problems'][0] if s['problems'] else ''}", name,
+                                    level="error"))
+            return
+        if state == INCOMPATIBLE:
+            self._incompatible(name, s, job)
+            return
+        if state == DRIFTED and s.get("applied"):
+            self._drifted(name, s, job)
+            return
+        if state == DRIFTED:
+            msg = "files differ from torch's RECORD (changed outside torchkeeper)"
+            self._set_view(name, s, DRIFTED, msg)
+            self._event("drift", target=name, reason=job.reason, detected=job.detected,
+                        decided=time.time(), decision="left alone: not torchkeeper's overlay")
+            return
+        self._asks.pop(name, None)
+        self._retry.pop(name, None)
+        self._set_view(name, s, state, self._ok_message(s))
+        if state == PATCHED and job.reason.startswith("driver"):
+            self._driver_gate(name, s)
+
+    def _drifted(self, name: str, s: dict, job: Job) -> None:
+        detected = job.detected or time.time()
+        stock_now = s.get("cudnn_now") or (s.get("info") or {}).get("cudnn_build")
+        paused = bool(self._agent_state.get("paused"))
+        auto = self.cfg["agent"]["auto_reapply"] and not paused
+        what = "; ".join(s["problems"][:2])
+        if not auto:
+            why = "auto re-apply is paused" if paused else "auto re-apply is off"
+            self._ask(name, s, f"the overlay was undone ({what}); {why}", detected, job)
+            return
+        self._event("drift", target=name, reason=job.reason, detected=detected,
+                    decided=time.time(), decision="re-apply", what=what)
+        self._apply(name, s, job, detected, stock_now, explicit=False)
+
+    def _apply(self, name: str, s: dict, job: Job, detected: float, stock_now: str | None,
+               explicit: bool) -> None:
+        decided = time.time()
+        m = s.get("bundle")
+        self._set_view(name, s, V.APPLYING, "re-applying ...")
+        try:
+            self._begin_own(name)
+            try:
+                res = self.engine.apply(name, force=explicit)
+            finally:
+                self._end_own(name)
+        except FileInUse as e:
+            self._file_in_use(name, s, e, job, detected)
+            return
+        except Refused as e:
+            if any(r.get("level") == "refuse" for r in e.reasons):
+                self._incompatible(name, s, job, refusal=e.message)
+            else:  # only warnings (driver older than the bundle, foreign files): ask
+                self._ask(name, s, e.message, detected, job)
+            return
+        except TKError as e:
+            self._set_view(name, s, DRIFTED, e.message)
+            self._event("reapply failed", target=name, detected=detected, decided=decided,
+                        error=e.message)
+            self._toast(V.Toast(f"failed:{name}", f"torchkeeper: could not re-apply to '{name}'",
+                                f"{e.message}. {e.hint or ''}".strip(), name, (V.REAPPLY,),
+                                level="error"))
+            return
+        applied = time.time()
+        after = self.engine.target_state(name)
+        verified = time.time()
+        self.applies += 1
+        self._retry.pop(name, None)
+        self._asks.pop(name, None)
+        ok = after["state"] == PATCHED
+        self._set_view(name, after, after["state"], self._ok_message(after))
+        self._event("repaired" if ok else "reapply unverified", target=name, reason=job.reason,
+                    detected=detected, decided=decided, applied=applied, verified=verified,
+                    bundle=(m or {}).get("id"), action=res.action, latency=round(verified - detected, 3))
+        bundle_cudnn = (m or {}).get("cudnn")
+        what = f"cuDNN {bundle_cudnn}" if bundle_cudnn else f"bundle '{(m or {}).get('name')}'"
+        if res.action == "already applied":
+            return
+        if job.reason == "file events" and stock_now and stock_now != bundle_cudnn:
+            because = f"a pip reinstall had restored stock {stock_now}"
+        elif job.reason:
+            because = f"after {job.reason}"
+        else:
+            because = "as asked"
+        self._toast(V.Toast(f"reapplied:{name}", f"torchkeeper: re-applied to '{name}'",
+                            f"Re-applied {what} to '{name}' — {because}", name))
+
+    def _reapply(self, job: Job) -> None:
+        name = job.target
+        if name not in self.engine.targets():
+            return
+        s = self.engine.target_state(name, with_versions=True)
+        self._rewatch(name, s)
+        if s["state"] == PATCHED:
+            self._set_view(name, s, PATCHED, self._ok_message(s))
+            return
+        if not s.get("bundle"):
+            self._set_view(name, s, s["state"], "no bundle chosen")
+            if job.explicit and job.reason != "reapply all":
+                self._toast(V.Toast(f"nobundle:{name}", f"torchkeeper: '{name}' has no bundle",
+                                    f"choose one with `torchkeeper use BUNDLE --target {name}`", name))
+            return
+        if s["state"] == INCOMPATIBLE:
+            self._incompatible(name, s, job)
+            return
+        stock_now = s.get("cudnn_now") or (s.get("info") or {}).get("cudnn_build")
+        self._apply(name, s, job, job.detected or time.time(), stock_now, explicit=job.explicit)
+
+    def _revert(self, job: Job) -> None:
+        name = job.target
+        if name not in self.engine.targets():
+            return
+        try:
+            self._begin_own(name)
+            try:
+                res = self.engine.revert(name)
+            finally:
+                self._end_own(name)
+        except FileInUse as e:
+            self._toast(V.Toast(f"inuse:{name}", f"torchkeeper: '{name}' is in use",
+                                f"{e.message}. Close it and choose Revert again.", name,
+                                level="warning"))
+            return
+        except TKError as e:
+            self._toast(V.Toast(f"failed:{name}", f"torchkeeper: could not revert '{name}'",
+                                f"{e.message}. {e.hint or ''}".strip(), name, level="error"))
+            return
+        self._asks.pop(name, None)
+        s = self.engine.target_state(name)
+        self._set_view(name, s, s["state"], self._ok_message(s))
+        self._toast(V.Toast(f"reverted:{name}", f"torchkeeper: '{name}' reverted", res.message, name))
+
+    def _ask(self, name, s, why, detected, job) -> None:
+        self._asks[name] = why
+        self._set_view(name, s, DRIFTED, why)
+        self._event("drift", target=name, reason=job.reason, detected=detected,
+                    decided=time.time(), decision="asked the user", why=why)
+        self._toast(V.Toast(f"drift:{name}", f"torchkeeper: '{name}' needs you",
+                            f"{why}. Choose Reapply to put the overlay back.", name,
+                            (V.REAPPLY,), level="warning"))
+
+    def _incompatible(self, name: str, s: dict, job: Job, refusal: str | None = None) -> None:
+        why = refusal or (s["problems"][0] if s["problems"] else "the gate refuses the bundle")
+        fits = self._bundles_that_fit(name)
+        hint = (f"bundle '{fits[0]}' would fit: `torchkeeper use {fits[0]} --target {name}`"
+                if fits else "create a bundle that matches it (`torchkeeper bundle create`)")
+        self._set_view(name, s, INCOMPATIBLE, why)
+        self._event("incompatible", target=name, reason=job.reason, detected=job.detected,
+                    decided=time.time(), decision="not applied", why=why, fits=fits)
+        self._toast(V.Toast(f"incompatible:{name}:{s.get('torch_version')}",
+                            f"torchkeeper: not re-applying to '{name}'",
+                            f"{why}. Nothing was changed; {hint}.", name, level="warning"))
+
+    def _bundles_that_fit(self, name: str) -> list[str]:
+        try:
+            info = self.engine.inspect(name)
+        except TKError:
+            return []
+        out = []
+        for m in self.engine.bundles.all():
+            if not any(r.level == "refuse" for r in gate.check(info, m, None)):
+                out.append(m["name"])
+        return out
+
+    def _file_in_use(self, name, s, e: FileInUse, job: Job, detected: float) -> None:
+        backoff = self._retry.get(name)
+        first = backoff is None
+        backoff = RETRY_FIRST_S if first else min(backoff * 2, RETRY_MAX_S)
+        self._retry[name] = backoff
+        self._set_view(name, s, V.WAITING, f"waiting: {e.message}")
+        self._event("files in use", target=name, detected=detected, decided=time.time(),
+                    error=e.message, retry_in=backoff)
+        if first:
+            self._toast(V.Toast(f"inuse:{name}", f"torchkeeper: '{name}' is in use",
+                                f"{e.message}. torchkeeper will re-apply as soon as it is closed.",
+                                name, level="warning"))
+        self._enqueue(V.REAPPLY if job.explicit else CHECK, name, job.reason, delay=backoff,
+                      detected=detected, explicit=job.explicit)
+
+    def _driver_gate(self, name: str, s: dict) -> None:
+        """After a driver change: does the applied bundle still suit this driver?"""
+        try:
+            p, _, _ = self.engine.plan(name)
+        except TKError:
+            return
+        warn = [r for r in p.reasons if r.level == "force"]
+        if warn:
+            self._asks[name] = warn[0].message
+            self._set_view(name, s, PATCHED, warn[0].message)
+            self._toast(V.Toast(f"driver-gate:{name}", f"torchkeeper: '{name}' and the new driver",
+                                f"{warn[0].message}. {warn[0].hint or ''}".strip(), name,
+                                level="warning"))
+
+    def _full_check(self) -> None:
+        for r in self.engine.verify(full=True):
+            if r["state"] == DRIFTED:
+                self._enqueue(CHECK, r["name"], "daily full check")
+
+    def _ok_message(self, s: dict) -> str:
+        b = s.get("bundle") or {}
+        if s["state"] == PATCHED:
+            return f"{b.get('name') or 'overlay'} applied" + (f" (cuDNN {s['cudnn_now']})" if s.get("cudnn_now") else "")
+        if s["state"] == STOCK:
+            return "stock" + (f", bundle '{b['name']}' chosen, not applied" if b else "")
+        return s["state"]
+
+    def _set_view(self, name: str, s: dict, state: str, message: str) -> None:
+        info = s.get("info") or {}
+        lib_dirs = info.get("lib_dirs") or []
+        folder = str(Path(s["site_packages"]) / lib_dirs[0]) if lib_dirs else s.get("site_packages")
+        details = [f"target: {name}", f"path: {s.get('path')}", f"state: {state}",
+                   f"torch: {s.get('torch_version')} (CUDA {s.get('torch_cuda')})"]
+        b = s.get("bundle")
+        if b:
+            vs = ", ".join(f"{label} {b[k]}" for k, label in (("cuda", "CUDA"), ("cudnn", "cuDNN"))
+                           if b.get(k))
+            details.append(f"bundle: {b['name']}" + (f" ({vs})" if vs else ""))
+        details += [f"problem: {p}" for p in s.get("problems", [])]
+        old = self._views.get(name)
+        if old is not None and not lib_dirs:
+            folder = old.folder
+        with self._cv:
+            self._views[name] = V.TargetView(name, state, (s.get("bundle") or {}).get("name"),
+                                             message, folder, "\n".join(details))
+        self._changed()
+
+    def _forget(self, name: str) -> None:
+        with self._cv:
+            self._views.pop(name, None)
+        if self.watcher:
+            self.watcher.remove_target(name)
+        self._changed()
+
+    # -- watching --------------------------------------------------------------------
+    def _rewatch(self, name: str, s: dict) -> None:
+        if self.watcher is None:
+            return
+        info = s.get("info") or {}
+        dirs = list(info.get("lib_dirs") or [])
+        # also watch where the overlay's files are (a bundle may add beside the family)
+        dirs += sorted({rel.rpartition("/")[0] for rel in self._overlay_files(name)})
+        self.watcher.set_target(name, Path(s["site_packages"]), [d for d in dirs if d])
+
+    def _overlay_files(self, name: str) -> dict:
+        ov = self.engine.state.read()["overlays"].get(name) or {}
+        return ov.get("files", {})
+
+    def _on_burst(self, name: str, burst) -> None:
+        self._event("files changed", target=name, events=burst.events, detected=burst.first_wall,
+                    stashes=sorted(burst.stashes) or None)
+        self._enqueue(CHECK, name, "file events", detected=burst.first_wall)
+
+    def _begin_own(self, name: str) -> None:
+        self._working = name
+        self._changed()
+        names = {Path(rel).name for rel in self._overlay_files(name)}
+        try:
+            m = self.engine.desired_bundle(name)
+        except TKError:
+            m = None
+        if m:
+            names |= {f["name"] for f in m.get("files", [])}
+        with self._own_lock:
+            self._busy[name] = names
+
+    def _end_own(self, name: str) -> None:
+        """Remember what our write left, so its late events are not taken for drift."""
+        st = self.engine.state.read()
+        ov = st["overlays"].get(name) or {}
+        rec = st["targets"].get(name) or {}
+        sp = Path(ov.get("site_packages") or rec.get("site_packages") or ".")
+        own = {}
+        for rel in set(ov.get("files", {})) | {r for r in self._last_rels.get(name, ())}:
+            p = sp / rel
+            try:
+                own[str(p)] = stat_key(p)
+            except OSError:
+                own[str(p)] = None
+        with self._own_lock:
+            self._own.update(own)
+            self._busy.pop(name, None)
+        self._working = None
+        self._last_rels[name] = set(ov.get("files", {}))
+
+    def _is_own(self, target: str, path: str) -> bool:
+        if path.endswith((STAGED, RESTORE)):
+            return True
+        with self._own_lock:
+            busy = self._busy.get(target)
+            if busy is not None and Path(path).name in busy:
+                return True
+            if path not in self._own:
+                return False
+            want = self._own[path]
+        try:
+            now = stat_key(Path(path))
+        except OSError:
+            now = None
+        return now == want
+
+    def _watch_config(self) -> None:
+        """Re-read config.toml when it changes (its folder, non-recursive)."""
+        from watchdog.events import FileSystemEventHandler
+        from watchdog.observers import Observer
+
+        agent = self
+        target = str(self.config_file)
+
+        class H(FileSystemEventHandler):
+            def on_any_event(self, ev):
+                if ev.event_type in ("opened", "closed_no_write"):
+                    return
+                if target in (ev.src_path, getattr(ev, "dest_path", "")):
+                    agent._enqueue(CONFIG, None, "config changed", delay=0.2)
+
+        self.config_file.parent.mkdir(parents=True, exist_ok=True)
+        self._config_watch = Observer()
+        self._config_watch.schedule(H(), str(self.config_file.parent), recursive=False)
+        self._config_watch.start()
+
+    def _reload_config(self) -> None:
+        try:
+            new = configmod.load(self.config_file)
+        except TKError as e:
+            self._event("config rejected", error=e.message)
+            self._toast(V.Toast("config", "torchkeeper: config change not used",
+                                f"{e.message}. The last good settings stay in use.", level="error"))
+            return
+        if new == self.cfg:
+            return
+        self.cfg = new
+        a = new["agent"]
+        if self.watcher:
+            self.watcher.debouncer.configure(a["quiet_seconds"], a["max_wait_seconds"])
+        if self.safety:
+            self.safety.reconfigure(a)
+        if self.notifier is not None and hasattr(self.notifier, "update_config"):
+            self.notifier.update_config(new["notifications"])
+        self._event("config reloaded", auto_reapply=a["auto_reapply"],
+                    quiet_seconds=a["quiet_seconds"])
+        if a["auto_reapply"]:
+            self.request(V.CHECK_ALL, reason="config changed")
+
+    # -- the driver ------------------------------------------------------------------
+    def poll_driver(self, initial: bool = False) -> None:
+        d = self.engine.driver(refresh=True)
+        now = {"state": d.state, "version": d.version, "cuda": d.cuda,
+               "gpus": sorted(g.get("name") or "?" for g in d.gpus)}
+        before = self._agent_state.get("driver")
+        self._driver_error = d.state in ("error", "reboot_needed")
+        self._driver_line = d.summary() if d.ok else (d.message or d.state)
+        if before != now:
+            self._agent_state["driver"] = now
+            self._save_agent_state()
+            if before is not None:
+                title, body = _driver_change_text(before, now, d)
+                self._event("driver changed", before=before, after=now)
+                self._toast(V.Toast(f"driver:{now['state']}:{now['version']}", title, body,
+                                    level="warning" if not d.ok else "info"))
+                self._enqueue(DRIVER, None, "driver changed")
+        self._changed()
+
+    # -- telling ---------------------------------------------------------------------
+    def _toast(self, toast: V.Toast) -> None:
+        self._event("toast", key=toast.key, title=toast.title, body=toast.body, target=toast.target)
+        if self.notifier is None:
+            log.info("toast: %s - %s", toast.title, toast.body)
+            return
+        try:
+            self.notifier.notify(toast)
+        except Exception:
+            log.exception("notification failed")
+
+    def _event(self, kind: str, **fields) -> None:
+        fields = {k: v for k, v in fields.items() if v is not None}
+        log.info("%s %s", kind, " ".join(f"{k}={v}" for k, v in fields.items()))
+        try:
+            log_event(self.home, kind, source="agent", **fields)
+        except OSError as e:  # a full disk must not stop the agent
+            log.error("cannot write the event log: %s", e)
+
+
+def _driver_change_text(before: dict, now: dict, d) -> tuple[str, str]:
+    if now["state"] == "ok" and before.get("state") == "ok":
+        parts = []
+        if before.get("version") != now["version"]:
+            parts.append(f"Driver {before.get('version')} → {now['version']}")
+        if before.get("cuda") != now["cuda"]:
+            parts.append(f"CUDA {before.get('cuda')} → {now['cuda']}")
+        if before.get("gpus") != now["gpus"]:
+            parts.append("GPUs: " + (", ".join(now["gpus"]) or "none"))
+        return "torchkeeper: driver changed", ", ".join(parts) or d.summary()
+    if now["state"] == "ok":
+        return "torchkeeper: driver available", d.summary()
+    return "torchkeeper: driver " + now["state"].replace("_", " "), \
+        f"{d.message or now['state']}. {d.hint or ''}".strip()

@@ -1,0 +1,73 @@
+"""What the agent shows and what it can be asked to do: the small contract between the
+agent loop and its front ends (tray, toasts). Plain data, no threads, no GUI imports."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+# overall states, one icon each (icons/<state>-<size>.png)
+OK, ATTENTION, ERROR, WORKING, PAUSED = "ok", "attention", "error", "working", "paused"
+ICON_STATES = (OK, ATTENTION, ERROR, WORKING, PAUSED)
+
+# per-target states: the engine's (patched, drifted, stock, incompatible, missing) plus
+# the agent's own: checking / applying (a job is running), waiting (files in use, retrying)
+CHECKING, APPLYING, WAITING = "checking", "applying", "waiting"
+
+# actions a front end may request (Controller.request)
+CHECK_ALL = "check all"         # quick verification of every target
+REAPPLY_ALL = "reapply all"     # re-apply every drifted target the gate accepts
+REAPPLY = "reapply"             # one target (target=name); an explicit ask, so gate warnings pass
+REVERT = "revert"               # one target back to stock
+QUIT = "quit"
+
+
+@dataclass
+class TargetView:
+    name: str
+    state: str                  # patched / drifted / stock / incompatible / missing / checking / applying / waiting
+    bundle: str | None          # name of the bundle chosen for it, if any
+    message: str                # one line for a menu or a toast ("cuDNN 9.5.1 applied", "...")
+    folder: str | None          # the library folder to open ("Open folder")
+    details: str = ""           # several lines for "Show details"
+
+
+@dataclass
+class AgentView:
+    overall: str                # one of ICON_STATES
+    tooltip: str                # one or two lines, e.g. "torchkeeper: 3 targets ok"
+    targets: list[TargetView] = field(default_factory=list)
+    driver: str = "driver: not checked yet"
+    paused: bool = False        # auto re-apply paused by the user
+    autostart: bool | None = None  # start at login; None = not available on this system
+
+
+@dataclass
+class Toast:
+    key: str                    # de-duplication key, e.g. "drift:a1111"; same key within
+                                # [notifications] dedupe_seconds -> one toast
+    title: str
+    body: str
+    target: str | None = None
+    actions: tuple[str, ...] = ()   # e.g. (REAPPLY,): a button, where the backend has them
+    level: str = "info"         # info / warning / error
+
+
+class Controller(Protocol):
+    """What the tray (and a toast button) may call. Every method returns at once and is
+    safe from any thread: work goes to the agent's queue, never runs on the caller."""
+
+    config_file: Path
+    log_file: Path
+
+    def view(self) -> AgentView: ...
+
+    def request(self, action: str, target: str | None = None) -> None: ...
+
+    def set_paused(self, paused: bool) -> None: ...
+
+    def set_autostart(self, enabled: bool) -> None: ...
+
+    def subscribe(self, callback) -> None:
+        """callback(view) after every change of the view, from the agent's threads."""

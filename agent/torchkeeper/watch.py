@@ -1,0 +1,330 @@
+"""Noticing: file events on each target's folders, turned into one "look at target X"
+once an install has finished.
+
+Two parts:
+- :class:`Debouncer` - pure logic on an injected clock: a burst of events for a target
+  becomes one check after a quiet period, once the install looks finished (every
+  ``*.dist-info`` created in the burst has its RECORD, pip's ``~orch`` stash is gone),
+  and never later than a bound after the first event.
+- :class:`Watcher` - watchdog watches (non-recursive) on each target's site-packages and
+  library folders, re-armed when pip swaps ``torch/`` for a new folder. A watch follows
+  the inode it was put on, so after ``torch -> ~orch`` it reports the stash's deletions
+  under the old name: each watch remembers its folder's inode and drops what comes from
+  a folder that is no longer there.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+log = logging.getLogger("torchkeeper.agent")
+
+# top-level names in site-packages whose changes matter: torch itself, the nvidia-* wheels
+# torch loads its CUDA libraries from on Linux, their dist-info, and pip's stashes (~orch)
+_RELEVANT_PREFIXES = ("torch", "nvidia", "~")
+
+
+def relevant_top(name: str) -> bool:
+    n = name.lower()
+    return n.startswith(_RELEVANT_PREFIXES)
+
+
+@dataclass
+class Burst:
+    first: float                 # clock time of the first event
+    last: float                  # clock time of the latest event
+    first_wall: float            # wall time of the first event, for the event log
+    events: int = 0
+    dist_infos: set[str] = field(default_factory=set)  # dist-info folders created in the burst
+    stashes: set[str] = field(default_factory=set)     # ~xxx folders pip stashed into
+
+
+class Debouncer:
+    """Coalesces events per target. Thread-safe; time comes from ``clock``.
+
+    ``finished(site_packages, burst)`` says whether an install has finished (checked only
+    once the quiet period has passed); the default looks at the file system.
+    """
+
+    def __init__(self, quiet: float, max_wait: float, clock: Callable[[], float] = time.monotonic,
+                 finished: Callable[[Path, Burst], bool] | None = None):
+        self.quiet = quiet
+        self.max_wait = max_wait
+        self.clock = clock
+        self.finished = finished or install_finished
+        self._bursts: dict[str, Burst] = {}
+        self._roots: dict[str, Path] = {}
+        self._lock = threading.Lock()
+
+    def configure(self, quiet: float, max_wait: float) -> None:
+        with self._lock:
+            self.quiet, self.max_wait = quiet, max_wait
+
+    def event(self, target: str, root: Path, top: str | None = None, kind: str = "") -> None:
+        """One relevant event. ``top`` is the site-packages entry it touched, when it came
+        from the site-packages watch (``torch``, ``~orch``, ``torch-2.5.1.dist-info``)."""
+        now = self.clock()
+        with self._lock:
+            b = self._bursts.get(target)
+            if b is None:
+                b = self._bursts[target] = Burst(now, now, time.time())
+            b.last = now
+            b.events += 1
+            self._roots[target] = root
+            if top:
+                if top.endswith(".dist-info") and kind in ("created", "moved_to"):
+                    b.dist_infos.add(top)
+                elif top.startswith("~") and kind in ("created", "moved_to"):
+                    b.stashes.add(top)
+
+    def pending(self) -> bool:
+        with self._lock:
+            return bool(self._bursts)
+
+    def pending_targets(self) -> list[str]:
+        with self._lock:
+            return list(self._bursts)
+
+    def due(self) -> list[tuple[str, Burst]]:
+        """Bursts ready for their check; they are removed from the pending set."""
+        now = self.clock()
+        out = []
+        with self._lock:
+            for name, b in list(self._bursts.items()):
+                if now - b.first >= self.max_wait or (
+                        now - b.last >= self.quiet and self.finished(self._roots[name], b)):
+                    out.append((name, b))
+                    del self._bursts[name]
+        return out
+
+    def next_wakeup(self, poll: float = 0.05) -> float | None:
+        """Seconds until something may be due; None when nothing is pending."""
+        now = self.clock()
+        with self._lock:
+            if not self._bursts:
+                return None
+            waits = []
+            for b in self._bursts.values():
+                quiet_left = b.last + self.quiet - now
+                # once quiet, poll for the install to finish (RECORD written, stash gone)
+                waits.append(min(max(quiet_left, poll), b.first + self.max_wait - now))
+            return max(0.0, min(waits))
+
+    def forget(self, target: str) -> None:
+        with self._lock:
+            self._bursts.pop(target, None)
+
+
+def install_finished(root: Path, b: Burst) -> bool:
+    """pip writes RECORD last in a new dist-info, then deletes its ``~xxx`` stash."""
+    for d in b.dist_infos:
+        if (root / d).is_dir() and not (root / d / "RECORD").is_file():
+            return False
+    return not any((root / s).exists() for s in b.stashes)
+
+
+@dataclass
+class _Watch:
+    target: str
+    path: str
+    ino: tuple[int, int] | None
+    handle: object = None
+    top_level: bool = False      # the site-packages watch
+
+
+def _ino(path: str) -> tuple[int, int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino)
+
+
+# watchdog event types that never mean "a file changed": reads by a running webui
+_IGNORED = {"opened", "closed_no_write"}
+
+
+class Watcher:
+    """watchdog watches for every target; events go to a :class:`Debouncer`, and due
+    bursts to ``on_due(target, burst)`` from the watcher's own timer thread.
+
+    ``is_own(target, path)`` lets the agent drop events its own writes caused.
+    """
+
+    def __init__(self, debouncer: Debouncer, on_due: Callable[[str, Burst], None],
+                 is_own: Callable[[str, str], bool] = lambda t, p: False, observer=None):
+        self.debouncer = debouncer
+        self.on_due = on_due
+        self.is_own = is_own
+        if observer is None:
+            from watchdog.observers import Observer
+
+            observer = Observer()
+        self._observer = observer
+        self._watches: dict[str, list[_Watch]] = {}     # target -> watches
+        self._dirs: dict[str, tuple[Path, list[str]]] = {}  # target -> (site-packages, lib dirs)
+        self._lock = threading.RLock()
+        self._wake = threading.Condition()
+        self._stop = False
+        self._rearm: set[str] = set()
+        self._thread = threading.Thread(target=self._timer_loop, name="tk-debounce", daemon=True)
+        self.dropped_own = 0
+        self.dropped_stale = 0
+
+    # -- lifecycle -------------------------------------------------------------------
+    def start(self) -> None:
+        self._observer.start()
+        self._thread.start()
+
+    def stop(self) -> None:
+        with self._wake:
+            self._stop = True
+            self._wake.notify_all()
+        self._observer.stop()
+        self._observer.join(timeout=5)
+        self._thread.join(timeout=5)
+
+    # -- watches ---------------------------------------------------------------------
+    def set_target(self, name: str, site_packages: Path, lib_dirs: list[str]) -> None:
+        """Watch (or re-watch) a target: its site-packages and the folders it loads from."""
+        with self._lock:
+            self._dirs[name] = (Path(site_packages), sorted(set(lib_dirs)))
+            self._arm(name)
+
+    def remove_target(self, name: str) -> None:
+        with self._lock:
+            self._dirs.pop(name, None)
+            for w in self._watches.pop(name, []):
+                self._unschedule(w)
+        self.debouncer.forget(name)
+
+    def targets(self) -> list[str]:
+        with self._lock:
+            return sorted(self._dirs)
+
+    def watched(self, name: str) -> list[str]:
+        with self._lock:
+            return sorted(w.path for w in self._watches.get(name, []) if w.handle is not None)
+
+    def _arm(self, name: str) -> None:
+        """Keep each watch that still sits on its folder; re-create the rest."""
+        sp, lib_dirs = self._dirs[name]
+        wanted = [(str(sp), True)] + [(str(sp / d), False) for d in lib_dirs]
+        old = {w.path: w for w in self._watches.get(name, [])}
+        new = []
+        for path, top in wanted:
+            ino = _ino(path)
+            w = old.pop(path, None)
+            if w is not None and w.handle is not None and w.ino == ino:
+                new.append(w)
+                continue
+            if w is not None:
+                self._unschedule(w)
+            w = _Watch(name, path, ino, None, top)
+            if ino is not None:
+                try:
+                    w.handle = self._observer.schedule(_Handler(self, w), path, recursive=False)
+                except OSError as e:  # vanished in between, or out of inotify watches
+                    log.warning("cannot watch %s for target '%s': %s", path, name, e)
+                    w.handle = None
+            new.append(w)
+        for w in old.values():
+            self._unschedule(w)
+        self._watches[name] = new
+
+    def _unschedule(self, w: _Watch) -> None:
+        if w.handle is not None:
+            try:
+                self._observer.unschedule(w.handle)
+            except (KeyError, ValueError, OSError):
+                pass  # its folder is gone: watchdog already dropped it
+            w.handle = None
+
+    def _request_rearm(self, name: str) -> None:
+        with self._wake:
+            self._rearm.add(name)
+            self._wake.notify_all()
+
+    # -- events ----------------------------------------------------------------------
+    def _event(self, w: _Watch, ev) -> None:
+        kind = ev.event_type
+        if kind in _IGNORED or (ev.is_directory and kind == "modified"):
+            return
+        if w.top_level:
+            sp = Path(w.path)
+            touched = [(ev.src_path, "moved_from" if kind == "moved" else kind)]
+            if kind == "moved":
+                touched.append((ev.dest_path, "moved_to"))
+            touched = [(Path(p).name, k) for p, k in touched
+                       if p and Path(p).parent == sp and relevant_top(Path(p).name)]
+            if not touched:
+                return  # another package changed
+            for top, k in touched:
+                self.debouncer.event(w.target, sp, top, k)
+            # torch/ replaced or a library folder appeared: watch the new folders
+            self._request_rearm(w.target)
+            self._nudge()
+            return
+        if _ino(w.path) != w.ino:
+            # this watch followed its folder into pip's stash (or the folder is gone):
+            # what it reports is not the target's; watch the new folder instead
+            self.dropped_stale += 1
+            self._request_rearm(w.target)
+            return
+        paths = [p for p in (ev.src_path, getattr(ev, "dest_path", "") or "") if p]
+        if paths and all(self.is_own(w.target, p) for p in paths):
+            self.dropped_own += 1
+            return
+        self.debouncer.event(w.target, self._dirs.get(w.target, (Path(w.path),))[0])
+        self._nudge()
+
+    def _nudge(self) -> None:
+        with self._wake:
+            self._wake.notify_all()
+
+    def _timer_loop(self) -> None:
+        last_sweep = 0.0
+        while True:
+            with self._wake:
+                if self._stop:
+                    return
+                if not self._rearm:
+                    wait = self.debouncer.next_wakeup()
+                    self._wake.wait(timeout=wait if wait is not None else 1.0)
+                if self._stop:
+                    return
+                rearm, self._rearm = self._rearm, set()
+            now = time.monotonic()
+            if now - last_sweep >= 0.1:
+                # during an install, folders appear between events: watch them as soon
+                # as they exist, so the rest of the burst is seen
+                rearm.update(self.debouncer.pending_targets())
+                last_sweep = now
+            for name in rearm:
+                with self._lock:
+                    if name in self._dirs:
+                        self._arm(name)
+            for name, burst in self.debouncer.due():
+                with self._lock:  # the folders may have changed under an old watch
+                    if name in self._dirs:
+                        self._arm(name)
+                try:
+                    self.on_due(name, burst)
+                except Exception:  # the agent's callback must never kill the watcher
+                    log.exception("handling file events for target '%s' failed", name)
+
+
+class _Handler:
+    """A watchdog handler bound to one watch (watchdog calls ``dispatch``)."""
+
+    def __init__(self, watcher: Watcher, w: _Watch):
+        self._watcher, self._w = watcher, w
+
+    def dispatch(self, event) -> None:
+        self._watcher._event(self._w, event)
