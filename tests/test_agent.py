@@ -349,3 +349,54 @@ def test_log_command_shows_agent_events(tmp_path, build, run_tk, tk_home):
     assert r.rc == 0 and r.json() and all(e["source"] == "agent" for e in r.json())
     r = run_tk("log")
     assert "applied" in r.out  # the CLI's own events stay in the same log
+
+
+def test_daily_full_check_finds_what_stat_data_cannot(tmp_path, build, run_tk, tk_home):
+    from torchkeeper import daemon, view as V
+
+    venv, w, m = patched_target(tmp_path, build, run_tk)
+    dll = builders.site_packages(venv) / "torch" / "lib" / "cudnn_ops_infer64_8.dll"
+    agent = start_agent(tk_home, watch=False)
+    try:
+        wait_idle(agent, 0.3)
+        # same size, same inode, same times: only a hash can tell
+        st = dll.stat()
+        data = bytearray(dll.read_bytes())
+        data[-1] ^= 0xFF
+        os.chmod(dll, 0o644)
+        with open(dll, "r+b") as f:
+            f.write(data)
+        os.utime(dll, ns=(st.st_atime_ns, st.st_mtime_ns))
+        assert run_tk("verify").rc == 0  # the quick check sees nothing
+        agent._enqueue(daemon.FULL, None, "daily full check")
+        # bytes that are neither stock nor ours are "foreign": the gate wants a person's yes
+        ask = wait_for(lambda: [e for e in agent_events(tk_home, "drift")
+                                if e["decision"] == "asked the user"], 20, "the question")[0]
+        assert ask["reason"] == "daily full check" and "cudnn_ops_infer64_8.dll" in ask["why"]
+        agent.request(V.REAPPLY, "a1111")  # the toast's button / the tray's Reapply
+        wait_for(lambda: agent_events(tk_home, "repaired"), 20, "the repair")
+        wait_idle(agent, 0.3)
+    finally:
+        agent.stop()
+    assert run_tk("verify", "--full").rc == 0
+
+
+def test_scheduled_check_catches_lost_events(tmp_path, build, run_tk, tk_home):
+    """With no file events at all (an inotify overflow, the agent not watching), the
+    safety net's quick check repairs."""
+    from torchkeeper import view as V
+
+    venv, w, m = patched_target(tmp_path, build, run_tk)
+    agent = start_agent(tk_home, watch=False)
+    try:
+        wait_idle(agent, 0.3)
+        builders.pip_install(venv, w, force_reinstall=True)
+        time.sleep(0.5)
+        assert not agent_events(tk_home, "repaired")
+        agent.request(V.CHECK_ALL, reason="scheduled")
+        rep = wait_for(lambda: agent_events(tk_home, "repaired"), 20, "the repair")[0]
+        wait_idle(agent, 0.3)
+    finally:
+        agent.stop()
+    assert rep["reason"] == "scheduled"
+    assert run_tk("verify", "--full").rc == 0

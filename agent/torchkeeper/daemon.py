@@ -393,24 +393,23 @@ class Agent:
         applied = time.time()
         after = self.engine.target_state(name)
         verified = time.time()
-        self.applies += 1
         self._retry.pop(name, None)
         self._asks.pop(name, None)
         ok = after["state"] == PATCHED
         self._set_view(name, after, after["state"], self._ok_message(after))
+        if res.action == "already applied":
+            self._event("already applied", target=name, reason=job.reason)
+            return
+        self.applies += 1
         self._event("repaired" if ok else "reapply unverified", target=name, reason=job.reason,
                     detected=detected, decided=decided, applied=applied, verified=verified,
                     bundle=(m or {}).get("id"), action=res.action, latency=round(verified - detected, 3))
         bundle_cudnn = (m or {}).get("cudnn")
         what = f"cuDNN {bundle_cudnn}" if bundle_cudnn else f"bundle '{(m or {}).get('name')}'"
-        if res.action == "already applied":
-            return
         if job.reason == "file events" and stock_now and stock_now != bundle_cudnn:
             because = f"a pip reinstall had restored stock {stock_now}"
-        elif job.reason:
-            because = f"after {job.reason}"
         else:
-            because = "as asked"
+            because = _BECAUSE.get(job.reason, "as asked" if job.explicit else "its files had changed")
         self._toast(V.Toast(f"reapplied:{name}", f"torchkeeper: re-applied to '{name}'",
                             f"Re-applied {what} to '{name}' — {because}", name))
 
@@ -420,9 +419,11 @@ class Agent:
             return
         s = self.engine.target_state(name, with_versions=True)
         self._rewatch(name, s)
-        if s["state"] == PATCHED:
+        if s["state"] == PATCHED and not job.explicit:
             self._set_view(name, s, PATCHED, self._ok_message(s))
             return
+        # asked by a person: apply's own plan hashes every file, so it also fixes what
+        # stat data cannot see, and is a no-op ("already applied") when all is in place
         if not s.get("bundle"):
             self._set_view(name, s, s["state"], "no bundle chosen")
             if job.explicit and job.reason != "reapply all":
@@ -521,9 +522,13 @@ class Agent:
                                 level="warning"))
 
     def _full_check(self) -> None:
+        """Every file re-hashed: catches what stat data cannot (same size, same times)."""
         for r in self.engine.verify(full=True):
-            if r["state"] == DRIFTED:
-                self._enqueue(CHECK, r["name"], "daily full check")
+            job = Job(0, 0, CHECK, r["name"], "daily full check")
+            if r["state"] == DRIFTED and r.get("applied"):
+                self._drifted(r["name"], r, job)  # not via a quick check: it may see no change
+            elif r["state"] != PATCHED:
+                self._check(job)
 
     def _ok_message(self, s: dict) -> str:
         b = s.get("bundle") or {}
@@ -707,6 +712,18 @@ class Agent:
             log_event(self.home, kind, source="agent", **fields)
         except OSError as e:  # a full disk must not stop the agent
             log.error("cannot write the event log: %s", e)
+
+
+# why a re-apply happened, for its toast
+_BECAUSE = {
+    "file events": "its files had changed",
+    "start": "found undone when the agent started",
+    "scheduled": "a scheduled check found it undone",
+    "resume from sleep": "found undone after the computer woke up",
+    "daily full check": "the daily full check found it undone",
+    "config changed": "auto re-apply was turned on",
+    "auto re-apply resumed": "auto re-apply was resumed",
+}
 
 
 def _driver_change_text(before: dict, now: dict, d) -> tuple[str, str]:
