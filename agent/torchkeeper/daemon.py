@@ -689,7 +689,8 @@ class Agent:
             if before is not None:
                 title, body = _driver_change_text(before, now, d)
                 self._event("driver changed", before=before, after=now)
-                self._toast(V.Toast(f"driver:{now['state']}:{now['version']}", title, body,
+                # the state in the kind: "reboot needed" is never merged into a "changed" toast
+                self._toast(V.Toast(f"driver-{now['state']}:{now['version']}", title, body,
                                     level="warning" if not d.ok else "info"))
                 self._enqueue(DRIVER, None, "driver changed")
         self._changed()

@@ -1,0 +1,530 @@
+"""watch.Debouncer on an injected clock, and watch.Watcher on real folders with real watchdog.
+
+The Debouncer tests never sleep: a :class:`Clock` is advanced by hand. The Watcher tests use
+short quiet periods (0.1-0.2 s) and poll with deadlines.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from agentkit import wait_for
+from torchkeeper.watch import Burst, Debouncer, Watcher, install_finished, relevant_top
+
+
+class Clock:
+    """A monotonic clock the test advances (integers and halves: exact in binary)."""
+
+    def __init__(self, t: float = 1000.0):
+        self.t = t
+
+    def __call__(self) -> float:
+        return self.t
+
+    def advance(self, dt: float) -> None:
+        self.t += dt
+
+
+@pytest.fixture
+def clock():
+    return Clock()
+
+
+@pytest.fixture
+def sp(tmp_path) -> Path:
+    d = tmp_path / "site-packages"
+    (d / "torch" / "lib").mkdir(parents=True)
+    return d
+
+
+def names(due):
+    return [n for n, _ in due]
+
+
+# ---- Debouncer ------------------------------------------------------------------------------
+
+def test_one_event_is_due_after_quiet_not_before(clock, sp):
+    d = Debouncer(quiet=2, max_wait=10, clock=clock)
+    assert not d.pending() and d.due() == []
+    d.event("a", sp)
+    assert d.pending() and d.pending_targets() == ["a"]
+    clock.advance(1.5)
+    assert d.due() == []
+    assert d.pending()
+    clock.advance(0.5)
+    due = d.due()
+    assert names(due) == ["a"]
+    b = due[0][1]
+    assert isinstance(b, Burst)
+    assert b.events == 1 and b.first == 1000.0 and b.last == 1000.0
+    assert abs(b.first_wall - time.time()) < 60   # wall time, for the event log
+    # handed out once: no longer pending
+    assert not d.pending() and d.due() == []
+    clock.advance(100)
+    assert d.due() == []
+
+
+def test_stream_postpones_until_quiet(clock, sp):
+    d = Debouncer(quiet=2, max_wait=10, clock=clock)
+    d.event("a", sp)
+    for _ in range(3):  # an event every 1.5 s: never 2 s of quiet
+        clock.advance(1.5)
+        assert d.due() == []
+        d.event("a", sp)
+    clock.advance(1.5)
+    assert d.due() == []
+    clock.advance(0.5)          # 2 s after the last event
+    due = d.due()
+    assert names(due) == ["a"]
+    assert due[0][1].events == 4
+    assert due[0][1].first == 1000.0 and due[0][1].last == 1004.5
+
+
+def test_max_wait_bounds_a_stream_from_the_first_event(clock, sp):
+    d = Debouncer(quiet=2, max_wait=10, clock=clock)
+    d.event("a", sp)
+    for _ in range(9):
+        clock.advance(1)
+        d.event("a", sp)
+        assert d.due() == []   # t = 1..9: never quiet, not yet max_wait
+    clock.advance(1)           # t = 10: still busy (last event 1 s ago), but max_wait is up
+    d.event("a", sp)
+    due = d.due()
+    assert names(due) == ["a"]
+    assert due[0][1].events == 11
+    # the next event starts a new burst, timed from itself
+    d.event("a", sp)
+    clock.advance(1.5)
+    assert d.due() == []
+    clock.advance(0.5)
+    assert names(d.due()) == ["a"]
+
+
+def test_dist_info_without_record_waits_for_record(clock, sp):
+    d = Debouncer(quiet=2, max_wait=10, clock=clock)   # finished: the real install_finished
+    di = sp / "torch-2.5.1.dist-info"
+    di.mkdir()
+    (di / "METADATA").write_text("Name: torch\n")
+    d.event("a", sp, "torch", "created")
+    d.event("a", sp, di.name, "created")
+    clock.advance(2)
+    assert d.due() == []          # quiet, but pip has not written RECORD yet
+    clock.advance(3)
+    assert d.due() == []
+    (di / "RECORD").write_text("torch/__init__.py,,\n")
+    due = d.due()
+    assert names(due) == ["a"]
+    assert due[0][1].dist_infos == {"torch-2.5.1.dist-info"}
+
+
+def test_dist_info_without_record_is_due_at_max_wait(clock, sp):
+    d = Debouncer(quiet=2, max_wait=10, clock=clock)
+    (sp / "torch-2.5.1.dist-info").mkdir()
+    d.event("a", sp, "torch-2.5.1.dist-info", "moved_to")
+    clock.advance(9.5)
+    assert d.due() == []
+    clock.advance(0.5)
+    assert names(d.due()) == ["a"]    # never RECORD (a killed pip): checked anyway
+
+
+def test_dist_info_only_modified_or_gone_does_not_block(clock, sp):
+    d = Debouncer(quiet=2, max_wait=10, clock=clock)
+    (sp / "torch-2.5.1.dist-info").mkdir()      # no RECORD, but only modified: not new
+    d.event("a", sp, "torch-2.5.1.dist-info", "modified")
+    d.event("a", sp, "torch-2.4.0.dist-info", "created")  # created, then removed again
+    clock.advance(2)
+    due = d.due()
+    assert names(due) == ["a"]
+    assert due[0][1].dist_infos == {"torch-2.4.0.dist-info"}
+
+
+@pytest.mark.parametrize("kind", ["created", "moved_to"])
+def test_stash_blocks_until_gone(clock, sp, kind):
+    d = Debouncer(quiet=2, max_wait=10, clock=clock)
+    stash = sp / "~orch"
+    (stash / "lib").mkdir(parents=True)
+    d.event("a", sp, "torch", "moved_from")
+    d.event("a", sp, "~orch", kind)
+    clock.advance(2)
+    assert d.due() == []
+    clock.advance(5)
+    assert d.due() == []
+    shutil.rmtree(stash)
+    due = d.due()
+    assert names(due) == ["a"]
+    assert due[0][1].stashes == {"~orch"}
+
+
+def test_stash_deleted_event_alone_does_not_block(clock, sp):
+    d = Debouncer(quiet=2, max_wait=10, clock=clock)
+    (sp / "~orch").mkdir()          # there, but the burst only saw it deleted
+    d.event("a", sp, "~orch", "deleted")
+    clock.advance(2)
+    due = d.due()
+    assert names(due) == ["a"] and due[0][1].stashes == set()
+
+
+def test_stash_is_due_at_max_wait(clock, sp):
+    d = Debouncer(quiet=2, max_wait=10, clock=clock)
+    (sp / "~orch").mkdir()
+    d.event("a", sp, "~orch", "created")
+    clock.advance(9.5)
+    assert d.due() == []
+    clock.advance(0.5)
+    assert names(d.due()) == ["a"]
+
+
+def test_targets_are_independent(clock, tmp_path):
+    sp_a, sp_b = tmp_path / "a", tmp_path / "b"
+    sp_a.mkdir()
+    sp_b.mkdir()
+    (sp_b / "~orch").mkdir()
+    d = Debouncer(quiet=2, max_wait=10, clock=clock)
+    d.event("a", sp_a)
+    clock.advance(1)
+    d.event("b", sp_b, "~orch", "created")
+    d.event("c", sp_a)
+    assert sorted(d.pending_targets()) == ["a", "b", "c"]
+    clock.advance(1)
+    assert names(d.due()) == ["a"]            # b and c only 1 s quiet
+    clock.advance(1)
+    assert names(d.due()) == ["c"]            # b's stash is still there
+    assert d.pending_targets() == ["b"]
+    clock.advance(1)
+    d.event("a", sp_a)                        # a new burst for a; b still waits
+    clock.advance(2)
+    assert names(d.due()) == ["a"]
+    (sp_b / "~orch").rmdir()
+    assert names(d.due()) == ["b"]
+    assert not d.pending()
+
+
+def test_finished_callback_gets_root_and_burst(clock, sp):
+    seen = []
+    answer = [False]
+
+    def finished(root, burst):
+        seen.append((root, burst.events))
+        return answer[0]
+
+    d = Debouncer(quiet=2, max_wait=10, clock=clock, finished=finished)
+    d.event("a", sp)
+    d.event("a", sp)
+    clock.advance(1)
+    assert d.due() == [] and seen == []       # not asked before quiet
+    clock.advance(1)
+    assert d.due() == []
+    assert seen == [(sp, 2)]
+    answer[0] = True
+    assert names(d.due()) == ["a"]
+
+
+def test_next_wakeup(clock, sp):
+    d = Debouncer(quiet=2, max_wait=10, clock=clock)
+    assert d.next_wakeup() is None
+    (sp / "~orch").mkdir()
+    d.event("a", sp, "~orch", "created")
+    assert d.next_wakeup() == pytest.approx(2)
+    clock.advance(1.5)
+    assert d.next_wakeup() == pytest.approx(0.5)
+    clock.advance(1)
+    # quiet, but the stash is still there: poll for it
+    assert d.next_wakeup() == pytest.approx(0.05)
+    assert d.next_wakeup(poll=0.25) == pytest.approx(0.25)
+    clock.advance(7.25)                       # 0.25 s before max_wait
+    assert d.next_wakeup(poll=0.5) == pytest.approx(0.25)
+    clock.advance(1)                          # past max_wait: due now
+    assert d.next_wakeup() == 0.0
+    # the earliest target decides
+    d2 = Debouncer(quiet=2, max_wait=10, clock=clock)
+    d2.event("x", sp)
+    clock.advance(1.5)
+    d2.event("y", sp)
+    assert d2.next_wakeup() == pytest.approx(0.5)
+    assert names(d2.due()) == []
+    clock.advance(0.5)
+    assert names(d2.due()) == ["x"]
+    assert d2.next_wakeup() == pytest.approx(1.5)
+    d2.forget("y")
+    assert d2.next_wakeup() is None
+
+
+def test_configure_applies_to_pending_bursts(clock, sp):
+    d = Debouncer(quiet=2, max_wait=10, clock=clock)
+    d.event("a", sp)
+    d.configure(5, 20)
+    assert (d.quiet, d.max_wait) == (5, 20)
+    clock.advance(2)
+    assert d.due() == []
+    assert d.next_wakeup() == pytest.approx(3)
+    clock.advance(3)
+    assert names(d.due()) == ["a"]
+    # a shorter max_wait bounds a stream sooner
+    (sp / "~orch").mkdir()
+    d.event("a", sp, "~orch", "created")
+    clock.advance(5)
+    assert d.due() == []
+    d.configure(5, 4)
+    assert names(d.due()) == ["a"]
+    # quiet 0: due at once when finished
+    d.configure(0, 10)
+    d.event("a", sp)
+    assert names(d.due()) == ["a"]
+
+
+def test_forget(clock, sp):
+    d = Debouncer(quiet=2, max_wait=10, clock=clock)
+    d.event("a", sp)
+    d.event("b", sp)
+    d.forget("a")
+    d.forget("never-seen")
+    assert d.pending_targets() == ["b"]
+    clock.advance(100)
+    assert names(d.due()) == ["b"]
+    d.event("a", sp)
+    d.forget("a")
+    assert not d.pending() and d.next_wakeup() is None and d.due() == []
+
+
+def test_install_finished_and_relevant_top(sp):
+    b = Burst(0, 0, 0)
+    assert install_finished(sp, b)
+    b.dist_infos.add("nvidia_cudnn_cu12-9.1.0.70.dist-info")
+    (sp / "nvidia_cudnn_cu12-9.1.0.70.dist-info").mkdir()
+    assert not install_finished(sp, b)
+    (sp / "nvidia_cudnn_cu12-9.1.0.70.dist-info" / "RECORD").write_text("")
+    assert install_finished(sp, b)
+    b.stashes.add("~vidia")
+    (sp / "~vidia").write_text("")   # a stash that is a file counts too
+    assert not install_finished(sp, b)
+    assert relevant_top("torch") and relevant_top("Torch-2.5.1.dist-info")
+    assert relevant_top("nvidia") and relevant_top("~orch") and relevant_top("torchvision")
+    assert not relevant_top("gradio") and not relevant_top("numpy-2.0.dist-info")
+
+
+# ---- Watcher on real folders ----------------------------------------------------------------
+
+class Dues:
+    def __init__(self):
+        self.items: list[tuple[str, Burst]] = []
+        self.lock = threading.Lock()
+
+    def __call__(self, name, burst):
+        with self.lock:
+            self.items.append((name, burst))
+
+    def __len__(self):
+        with self.lock:
+            return len(self.items)
+
+    def last(self):
+        with self.lock:
+            return self.items[-1]
+
+
+@pytest.fixture
+def make_watcher():
+    made = []
+
+    def make(quiet=0.1, max_wait=5.0, is_own=None):
+        dues = Dues()
+        kw = {"is_own": is_own} if is_own else {}
+        w = Watcher(Debouncer(quiet, max_wait), dues, **kw)
+        w.start()
+        made.append(w)
+        return w, dues
+
+    yield make
+    for w in made:
+        w.stop()
+
+
+def settle(w: Watcher, dues: Dues, n: int, timeout: float = 5.0):
+    """Until n bursts were handed out and nothing is pending."""
+    wait_for(lambda: len(dues) >= n and not w.debouncer.pending(), timeout, f"{n} due burst(s)")
+
+
+def calm(w: Watcher, dues: Dues, seconds: float = 0.3, timeout: float = 5.0) -> int:
+    """Until nothing was pending and no burst came out for ``seconds``; the count of bursts."""
+    deadline = time.monotonic() + timeout
+    n, since = len(dues), time.monotonic()
+    while time.monotonic() < deadline:
+        if w.debouncer.pending() or len(dues) != n:
+            n, since = len(dues), time.monotonic()
+        elif time.monotonic() - since >= seconds:
+            return n
+        time.sleep(0.02)
+    raise AssertionError("the watcher never calmed down")
+
+
+def quiet_for(w: Watcher, dues: Dues, seconds: float):
+    """Nothing due and nothing pending, for ``seconds``."""
+    n = len(dues)
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        assert len(dues) == n, f"unexpected burst: {dues.last()}"
+        assert not w.debouncer.pending(), "unexpected pending events"
+        time.sleep(0.02)
+
+
+def test_watcher_one_due_per_burst(make_watcher, sp):
+    w, dues = make_watcher(quiet=0.2)
+    w.set_target("t", sp, ["torch/lib"])
+    assert w.targets() == ["t"]
+    assert w.watched("t") == sorted([str(sp), str(sp / "torch" / "lib")])
+    lib = sp / "torch" / "lib"
+    for i in range(10):
+        (lib / f"cudnn{i}.dll").write_bytes(b"x" * 100)
+    settle(w, dues, 1)
+    name, b = dues.last()
+    assert name == "t" and b.events >= 10
+    quiet_for(w, dues, 0.6)                  # the burst came out once
+    assert len(dues) == 1
+    # a second burst, later, is another check
+    (lib / "cudnn0.dll").unlink()
+    settle(w, dues, 2)
+    assert len(dues) == 2
+
+
+def test_watcher_ignores_reads(make_watcher, sp):
+    lib = sp / "torch" / "lib"
+    (lib / "torch_cuda.dll").write_bytes(b"x" * 4096)   # before the watch: not an event
+    w, dues = make_watcher(quiet=0.1)
+    w.set_target("t", sp, ["torch/lib"])
+    for _ in range(5):                       # a running webui loading its libraries
+        assert (lib / "torch_cuda.dll").read_bytes()
+        os.listdir(lib)
+        os.stat(lib / "torch_cuda.dll")
+    quiet_for(w, dues, 0.5)
+    assert len(dues) == 0
+    # the watch is live: a write is seen
+    (lib / "torch_cuda.dll").write_bytes(b"y")
+    settle(w, dues, 1)
+
+
+def test_watcher_drops_events_from_a_renamed_folder_and_rearms(make_watcher, sp):
+    w, dues = make_watcher(quiet=0.1)
+    w.set_target("t", sp, ["torch/lib"])
+    lib = sp / "torch" / "lib"
+    old_ino = os.stat(lib).st_ino
+    # Hold the watcher's lock: the timer thread cannot re-arm, so the old watch (which
+    # followed its inode into the stash) is still there when pip writes into ~orch/lib.
+    # Without the lock that moment is a race the re-arm usually wins.
+    with w._lock:
+        os.rename(sp / "torch", sp / "~orch")
+        lib.mkdir(parents=True)
+        (lib / "new.dll").write_bytes(b"new")
+        (sp / "~orch" / "lib" / "stashed.dll").write_bytes(b"old")
+        wait_for(lambda: w.dropped_stale > 0, 5, "an event from the stale watch dropped")
+    assert os.stat(lib).st_ino != old_ino
+    # the rename's burst waits for the stash, as pip deletes it last
+    time.sleep(0.3)
+    assert len(dues) == 0 and w.debouncer.pending()
+    shutil.rmtree(sp / "~orch")
+    settle(w, dues, 1)
+    b = dues.last()[1]
+    assert b.stashes == {"~orch"}
+    assert w.watched("t") == sorted([str(sp), str(lib)])
+    # the NEW torch/lib is watched: a write there alone (no site-packages event) is seen.
+    # (On a loaded machine the stash's deletion may reach the watcher after the check it
+    # allowed, and make one more burst: let that pass first.)
+    n = calm(w, dues)
+    (lib / "cudnn_ops64_9.dll").write_bytes(b"v9")
+    settle(w, dues, n + 1)
+
+
+def test_watcher_arms_a_lib_folder_that_appears_later(make_watcher, tmp_path):
+    sp = tmp_path / "site-packages"
+    sp.mkdir()
+    w, dues = make_watcher(quiet=0.1)
+    w.set_target("t", sp, ["torch/lib"])
+    assert w.watched("t") == [str(sp)]       # torch/lib is not there yet
+    (sp / "torch" / "lib").mkdir(parents=True)   # "torch" created: a site-packages event
+    settle(w, dues, 1)
+    assert w.watched("t") == sorted([str(sp), str(sp / "torch" / "lib")])
+    (sp / "torch" / "lib" / "x.dll").write_bytes(b"x")
+    settle(w, dues, 2)
+
+
+def test_watcher_drops_own_events(make_watcher, sp):
+    own = lambda target, path: Path(path).name.startswith("own-")  # noqa: E731
+    w, dues = make_watcher(quiet=0.1, is_own=own)
+    w.set_target("t", sp, ["torch/lib"])
+    lib = sp / "torch" / "lib"
+    for i in range(3):
+        (lib / f"own-{i}.dll").write_bytes(b"ours")
+    os.rename(lib / "own-0.dll", lib / "own-0b.dll")
+    wait_for(lambda: w.dropped_own >= 4, 5, "own events dropped")
+    quiet_for(w, dues, 0.4)
+    assert len(dues) == 0
+    # a move from our file to a foreign name is not ours
+    os.rename(lib / "own-1.dll", lib / "cudnn.dll")
+    settle(w, dues, 1)
+
+
+def test_watcher_ignores_unrelated_site_packages_entries(make_watcher, sp):
+    w, dues = make_watcher(quiet=0.1)
+    w.set_target("t", sp, ["torch/lib"])
+    (sp / "gradio").mkdir()
+    (sp / "gradio" / "__init__.py").write_text("")
+    (sp / "gradio-4.44.0.dist-info").mkdir()
+    (sp / "numpy.libs").mkdir()
+    (sp / "six.py").write_text("")
+    os.rename(sp / "gradio", sp / "gradio_old")
+    quiet_for(w, dues, 0.5)
+    assert len(dues) == 0
+
+
+def test_watcher_counts_torch_entries_in_site_packages(make_watcher, sp):
+    w, dues = make_watcher(quiet=0.1)
+    w.set_target("t", sp, ["torch/lib"])
+    di = sp / "torch-2.5.1.dist-info"
+    di.mkdir()
+    (di / "METADATA").write_text("Name: torch\n")
+    # RECORD is missing: quiet, but not finished
+    time.sleep(0.5)
+    assert len(dues) == 0 and w.debouncer.pending()
+    (di / "RECORD").write_text("")   # inside the dist-info: not an event, found by polling
+    settle(w, dues, 1)
+    b = dues.last()[1]
+    assert b.dist_infos == {"torch-2.5.1.dist-info"}
+    # an nvidia wheel in site-packages counts too
+    (sp / "nvidia").mkdir()
+    settle(w, dues, 2)
+
+
+def test_watcher_remove_target(make_watcher, sp):
+    w, dues = make_watcher(quiet=0.1)
+    w.set_target("t", sp, ["torch/lib"])
+    w.remove_target("t")
+    assert w.targets() == [] and w.watched("t") == []
+    (sp / "torch" / "lib" / "x.dll").write_bytes(b"x")
+    (sp / "torch-9.dist-info").mkdir()
+    quiet_for(w, dues, 0.4)
+    assert len(dues) == 0
+
+
+def test_watcher_survives_a_failing_callback(sp):
+    calls = []
+
+    def on_due(name, burst):
+        calls.append(name)
+        raise RuntimeError("boom")
+
+    w = Watcher(Debouncer(0.1, 5), on_due)
+    w.start()
+    try:
+        w.set_target("t", sp, ["torch/lib"])
+        (sp / "torch" / "lib" / "a.dll").write_bytes(b"a")
+        wait_for(lambda: len(calls) == 1, 5, "first burst")
+        time.sleep(0.3)
+        (sp / "torch" / "lib" / "b.dll").write_bytes(b"b")
+        wait_for(lambda: len(calls) == 2, 5, "second burst after a failing callback")
+    finally:
+        w.stop()
