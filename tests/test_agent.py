@@ -400,3 +400,19 @@ def test_scheduled_check_catches_lost_events(tmp_path, build, run_tk, tk_home):
         agent.stop()
     assert rep["reason"] == "scheduled"
     assert run_tk("verify", "--full").rc == 0
+
+
+def test_a_target_added_while_running_is_watched(tmp_path, build, run_tk, tk_home):
+    agent = start_agent(tk_home)
+    try:
+        wait_idle(agent, 0.3)
+        assert agent.watcher.targets() == []
+        venv, w, m = patched_target(tmp_path, build, run_tk, name="forge")
+        wait_for(lambda: agent.watcher.targets() == ["forge"], 20, "the new target's watch")
+        wait_idle(agent, 0.5)
+        builders.pip_install(venv, w, force_reinstall=True)
+        wait_for(lambda: agent_events(tk_home, "repaired", "forge"), 20, "the repair")
+        assert run_tk("target", "remove", "forge", "--force").rc == 0
+        wait_for(lambda: agent.watcher.targets() == [], 20, "the watch to go")
+    finally:
+        agent.stop()

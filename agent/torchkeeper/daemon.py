@@ -48,7 +48,7 @@ class Job:
 
 
 # internal job kinds besides view's actions
-CHECK, FULL, DRIVER, CONFIG = "check", "full check", "driver", "config"
+CHECK, FULL, DRIVER, CONFIG, TARGETS = "check", "full check", "driver", "config", "targets"
 
 
 class Agent:
@@ -271,9 +271,9 @@ class Agent:
                         del self._jobs[(job.action, job.target)]
                         self._running = job
                         return job
-                    self._cv.wait(timeout=min(wait, 1.0))
+                    self._cv.wait(timeout=wait)
                 else:
-                    self._cv.wait(timeout=1.0)
+                    self._cv.wait()  # _enqueue and stop notify: no idle wake-ups
 
     def _work(self) -> None:
         while True:
@@ -301,6 +301,8 @@ class Agent:
                 self._check(Job(0, 0, CHECK, name, job.reason))
         elif job.action == CONFIG:
             self._reload_config()
+        elif job.action == TARGETS:
+            self._sync_targets()
         elif job.action == V.REAPPLY:
             self._reapply(job)
         elif job.action == V.REVERT:
@@ -638,19 +640,34 @@ class Agent:
         from watchdog.observers import Observer
 
         agent = self
-        target = str(self.config_file)
 
         class H(FileSystemEventHandler):
+            def __init__(self, path: Path, job: str):
+                self.path, self.job = str(path), job
+
             def on_any_event(self, ev):
                 if ev.event_type in ("opened", "closed_no_write"):
                     return
-                if target in (ev.src_path, getattr(ev, "dest_path", "")):
-                    agent._enqueue(CONFIG, None, "config changed", delay=0.2)
+                if self.path in (ev.src_path, getattr(ev, "dest_path", "")):
+                    agent._enqueue(self.job, None, self.job + " changed", delay=0.2)
 
-        self.config_file.parent.mkdir(parents=True, exist_ok=True)
+        # config.toml (re-read it), and state.json (targets added or removed by the CLI)
         self._config_watch = Observer()
-        self._config_watch.schedule(H(), str(self.config_file.parent), recursive=False)
+        for path, job in ((self.config_file, CONFIG), (self.home.state_file, TARGETS)):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._config_watch.schedule(H(path, job), str(path.parent), recursive=False)
         self._config_watch.start()
+
+    def _sync_targets(self) -> None:
+        """`torchkeeper target add/remove` ran while the agent did: check new targets, and
+        stop watching removed ones."""
+        names = set(self.engine.targets())
+        with self._cv:
+            known = set(self._views)
+        for name in sorted(names - known):
+            self._enqueue(CHECK, name, "target added")
+        for name in sorted(known - names):
+            self._forget(name)
 
     def _reload_config(self) -> None:
         try:

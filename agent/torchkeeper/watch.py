@@ -296,7 +296,7 @@ class Watcher:
                     return
                 if not self._rearm:
                     wait = self.debouncer.next_wakeup()
-                    self._wake.wait(timeout=wait if wait is not None else 1.0)
+                    self._wake.wait(timeout=wait)  # None: until an event or stop
                 if self._stop:
                     return
                 rearm, self._rearm = self._rearm, set()
