@@ -350,13 +350,22 @@ def cmd_doctor(args, eng):
 def cmd_log(args, eng):
     from .state import read_events
 
-    evs = read_events(eng.home, args.n)
+    evs = read_events(eng.home, None if args.agent else args.n)
+    if args.agent:
+        evs = [e for e in evs if e.get("source") == "agent"][-args.n:]
     lines = []
     for e in evs:
         rest = " ".join(f"{k}={v}" for k, v in sorted(e.items()) if k not in ("ts", "time", "event"))
         lines.append(f"{e.get('time')} {e.get('event')} {rest}")
     _emit(args, evs, "\n".join(lines) or "no events yet")
     return OK
+
+
+def cmd_run(args, eng=None):
+    from .home import get_home
+    from .run import run
+
+    return run(get_home(), headless=args.headless, verbose=args.verbose)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -427,6 +436,11 @@ def build_parser() -> argparse.ArgumentParser:
     dr.add_argument("--probe", action="store_true", help="also run each target's Python: import torch")
     lg = cmd("log", cmd_log, "show recent events")
     lg.add_argument("-n", type=int, default=50, help="how many (default 50)")
+    lg.add_argument("--agent", action="store_true", help="only the agent's events")
+    rn = cmd("run", cmd_run, "run the agent: watch targets and the driver, re-apply, tell "
+             "(a tray icon; headless where there is no tray)", json_opt=False)
+    rn.add_argument("--headless", action="store_true", help="no tray icon")
+    rn.add_argument("--verbose", "-v", action="store_true", help="also log to the terminal")
     return p
 
 
@@ -443,6 +457,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
+        if args.fn is cmd_run:  # the agent reports a broken config itself and keeps going
+            return cmd_run(args)
         eng = _engine()
         from .config import load
 

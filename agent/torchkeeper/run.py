@@ -1,0 +1,134 @@
+"""`torchkeeper run`: one agent per user, with a tray icon or headless.
+
+Threads: the main thread runs the tray's event loop (pystray needs it) or, headless,
+waits for a stop; the agent's worker, the watcher, the scheduler and the notifier have
+their own. SIGTERM / SIGINT / Quit stop the agent after its running job: never inside
+a transaction.
+"""
+
+from __future__ import annotations
+
+import logging
+import logging.handlers
+import os
+import signal
+import sys
+import threading
+
+from .home import Home
+
+log = logging.getLogger("torchkeeper.agent")
+
+
+def setup_logging(home: Home, verbose: bool = False) -> None:
+    home.log_dir.mkdir(parents=True, exist_ok=True)
+    h = logging.handlers.RotatingFileHandler(home.log_dir / "agent.log", maxBytes=1_000_000,
+                                             backupCount=3, encoding="utf-8")
+    h.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    root = logging.getLogger("torchkeeper")
+    root.setLevel(logging.INFO)
+    root.addHandler(h)
+    if verbose:
+        s = logging.StreamHandler(sys.stderr)
+        s.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
+        root.addHandler(s)
+    # apscheduler logs every job run at INFO: noise in a log meant for people; pystray logs
+    # a traceback for every failed dock while no tray host runs yet (it docks again later)
+    logging.getLogger("apscheduler").setLevel(logging.WARNING)
+    logging.getLogger("pystray").setLevel(logging.CRITICAL)
+
+
+class SingleInstance:
+    """An exclusive lock in the data folder; the holder's pid beside it."""
+
+    def __init__(self, home: Home):
+        from filelock import FileLock
+
+        home.data_dir.mkdir(parents=True, exist_ok=True)
+        self.pid_file = home.data_dir / "agent.pid"
+        self._lock = FileLock(str(home.data_dir / "agent.lock"))
+
+    def acquire(self) -> bool:
+        from filelock import Timeout
+
+        try:
+            self._lock.acquire(timeout=0)
+        except Timeout:
+            return False
+        self.pid_file.write_text(str(os.getpid()), encoding="utf-8")
+        return True
+
+    def holder(self) -> str:
+        try:
+            return self.pid_file.read_text(encoding="utf-8").strip() or "?"
+        except OSError:
+            return "?"
+
+    def release(self) -> None:
+        try:
+            self.pid_file.unlink()
+        except OSError:
+            pass
+        self._lock.release()
+
+
+def run(home: Home, headless: bool = False, verbose: bool = False, out=print) -> int:
+    from .daemon import Agent
+    from .notify import Notifier
+
+    stop = threading.Event()
+    shown = {}  # the tray, once there is one
+
+    def on_signal(signum, frame):
+        log.info("signal %d: stopping after the running job", signum)
+        stop.set()
+        if shown.get("tray") is not None:
+            shown["tray"].stop()
+
+    # before anything else: a SIGTERM during start-up still stops cleanly
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    if hasattr(signal, "SIGHUP"):  # logoff closes the session's terminal
+        signal.signal(signal.SIGHUP, on_signal)
+
+    setup_logging(home, verbose)
+    inst = SingleInstance(home)
+    if not inst.acquire():
+        out(f"torchkeeper: the agent is already running (pid {inst.holder()}); nothing to do")
+        return 0
+    try:
+        tray = None
+        if not headless:
+            from . import tray as traymod
+
+            ok, why = traymod.available()
+            if ok:
+                tray_cls = traymod.Tray
+            else:
+                log.warning("no tray here (%s): running headless", why)
+                out(f"torchkeeper: no tray here ({why}); running headless")
+                headless = True
+        agent = Agent(home)
+        if not headless:
+            tray = shown["tray"] = tray_cls(agent)
+        agent.notifier = Notifier(agent.cfg["notifications"],
+                                  on_action=lambda action, target: agent.request(action, target),
+                                  tray=tray, logger=log)
+        if stop.is_set():
+            return 0
+        agent.start()
+        out(f"torchkeeper: agent running ({'headless' if headless else 'tray'}), "
+            f"log: {agent.log_file}")
+        if tray is not None:
+            # Quit from the menu stops the agent; its end stops the tray's loop
+            threading.Thread(target=lambda: (agent.wait_stopped(), tray.stop()),
+                             name="tk-tray-stop", daemon=True).start()
+            if not stop.is_set():
+                tray.run()
+        else:
+            while not stop.is_set() and not agent.wait_stopped(0.5):
+                pass
+        agent.stop()
+        return 0
+    finally:
+        inst.release()
