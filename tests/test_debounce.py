@@ -161,10 +161,21 @@ def test_stash_blocks_until_gone(clock, sp, kind):
     assert due[0][1].stashes == {"~orch"}
 
 
-def test_stash_deleted_event_alone_does_not_block(clock, sp):
+def test_stash_deleted_event_alone_starts_no_burst(clock, sp):
+    """pip deleting its stash after the install's check: nothing torch loads changed."""
     d = Debouncer(quiet=2, max_wait=10, clock=clock)
+    assert d.event("a", sp, "~orch", "deleted") is False
+    assert d.event("a", sp, "~orch", "moved_from") is False
+    assert not d.pending()
+    clock.advance(20)
+    assert d.due() == []
+
+
+def test_stash_deleted_event_in_a_burst_does_not_block(clock, sp):
+    d = Debouncer(quiet=2, max_wait=10, clock=clock)
+    assert d.event("a", sp, "torch", "created") is True
     (sp / "~orch").mkdir()          # there, but the burst only saw it deleted
-    d.event("a", sp, "~orch", "deleted")
+    assert d.event("a", sp, "~orch", "deleted") is True
     clock.advance(2)
     due = d.due()
     assert names(due) == ["a"] and due[0][1].stashes == set()
