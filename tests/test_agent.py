@@ -318,7 +318,7 @@ def test_signal_in_the_middle_of_an_apply(tmp_path, build, run_tk, tk_home, sig)
     out, err = p.communicate()
     assert "Traceback" not in err, err
     if sig == signal.SIGTERM:
-        assert rc == 0, err
+        assert rc == 0, f"rc {rc}\n--- stdout\n{out}\n--- stderr\n{err}"
         # it finished the transaction, then stopped
         assert agent_events(tk_home, "repaired")
         assert run_tk("verify", "--full").rc == 0
@@ -326,9 +326,12 @@ def test_signal_in_the_middle_of_an_apply(tmp_path, build, run_tk, tk_home, sig)
         assert rc == -signal.SIGKILL
     assert not list((tk_home / "data" / "journal").glob("*")) or sig == signal.SIGKILL
     # after a restart the target is consistent and patched
+    starts = len(agent_events(tk_home, "started"))
     p2 = spawn_agent(tk_home)
     try:
         wait_for(lambda: run_tk("verify", "--full").rc == 0, 40, "a patched target after restart")
+        # (a SIGTERM before the agent has started anything just ends the process)
+        wait_for(lambda: len(agent_events(tk_home, "started")) > starts, 20, "the restart")
     finally:
         p2.send_signal(signal.SIGTERM)
         assert p2.wait(timeout=30) == 0

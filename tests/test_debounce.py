@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from agentkit import wait_for
-from torchkeeper.watch import Burst, Debouncer, Watcher, install_finished, relevant_top
+from torchkeeper.watch import NEW, Burst, Debouncer, Watcher, install_finished, relevant_top
 
 
 class Clock:
@@ -173,7 +173,7 @@ def test_stash_deleted_event_alone_starts_no_burst(clock, sp):
 
 def test_stash_deleted_event_in_a_burst_does_not_block(clock, sp):
     d = Debouncer(quiet=2, max_wait=10, clock=clock)
-    assert d.event("a", sp, "torch", "created") is True
+    assert d.event("a", sp, "torch", "created") == NEW
     (sp / "~orch").mkdir()          # there, but the burst only saw it deleted
     assert d.event("a", sp, "~orch", "deleted") is True
     clock.advance(2)

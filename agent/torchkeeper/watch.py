@@ -30,6 +30,9 @@ log = logging.getLogger("torchkeeper.agent")
 _RELEVANT_PREFIXES = ("torch", "nvidia", "~")
 
 
+NEW = "new"  # Debouncer.event: the event started a burst
+
+
 def relevant_top(name: str) -> bool:
     n = name.lower()
     return n.startswith(_RELEVANT_PREFIXES)
@@ -69,7 +72,7 @@ class Debouncer:
     def event(self, target: str, root: Path, top: str | None = None, kind: str = "") -> bool:
         """One relevant event. ``top`` is the site-packages entry it touched, when it came
         from the site-packages watch (``torch``, ``~orch``, ``torch-2.5.1.dist-info``).
-        Returns whether it counted."""
+        Returns False when it did not count, NEW when it started a burst, else True."""
         now = self.clock()
         with self._lock:
             b = self._bursts.get(target)
@@ -77,6 +80,7 @@ class Debouncer:
                 # pip removing its stash: the tail of an install that was already checked
                 # (its stash was gone by then); it changes nothing torch loads
                 return False
+            started = b is None
             if b is None:
                 b = self._bursts[target] = Burst(now, now, time.time())
             b.last = now
@@ -87,7 +91,7 @@ class Debouncer:
                     b.dist_infos.add(top)
                 elif top.startswith("~") and kind in ("created", "moved_to"):
                     b.stashes.add(top)
-        return True
+        return NEW if started else True
 
     def pending(self) -> bool:
         with self._lock:
@@ -156,19 +160,22 @@ def _ino(path: str) -> tuple[int, int] | None:
 _IGNORED = {"opened", "closed_no_write"}
 
 
-def _event_filter() -> list:
-    """The events to ask the kernel for. On Linux a finished write is IN_CLOSE_WRITE, so
-    IN_MODIFY (one per write() call) and IN_OPEN (every read of a DLL by a running webui)
-    are never even queued: a 20,000-file install costs a third of the events. Windows and
-    macOS report a write as "modified" only."""
+def _event_filter(top_level: bool) -> list:
+    """The events to ask the kernel for. On Linux every finished write is IN_CLOSE_WRITE,
+    so a library folder needs no IN_CREATE (a new file is closed after its write), no
+    IN_MODIFY (one per write() call) and no IN_OPEN (every read of a DLL by a running
+    webui): a 20,000-file install costs one event per file, not three. site-packages also
+    needs folder creation (a new torch/). Windows and macOS report writes as create/modify."""
     import sys
 
     from watchdog import events as e
 
-    kinds = [e.FileCreatedEvent, e.FileDeletedEvent, e.FileMovedEvent, e.FileClosedEvent,
-             e.DirCreatedEvent, e.DirDeletedEvent, e.DirMovedEvent]
+    kinds = [e.FileDeletedEvent, e.FileMovedEvent, e.DirDeletedEvent, e.DirMovedEvent]
     if not sys.platform.startswith("linux"):
-        kinds.append(e.FileModifiedEvent)
+        return kinds + [e.FileCreatedEvent, e.FileModifiedEvent, e.DirCreatedEvent]
+    kinds.append(e.FileClosedEvent)
+    if top_level:
+        kinds += [e.FileCreatedEvent, e.DirCreatedEvent]
     return kinds
 
 
@@ -252,7 +259,7 @@ class Watcher:
             if ino is not None:
                 try:
                     w.handle = self._observer.schedule(_Handler(self, w), path, recursive=False,
-                                                       event_filter=_event_filter())
+                                                       event_filter=_event_filter(top))
                 except OSError as e:  # vanished in between, or out of inotify watches
                     log.warning("cannot watch %s for target '%s': %s", path, name, e)
                     w.handle = None
@@ -305,8 +312,8 @@ class Watcher:
         if paths and all(self.is_own(w.target, p) for p in paths):
             self.dropped_own += 1
             return
-        self.debouncer.event(w.target, self._dirs.get(w.target, (Path(w.path),))[0])
-        self._nudge()
+        if self.debouncer.event(w.target, self._dirs.get(w.target, (Path(w.path),))[0]) == NEW:
+            self._nudge()  # later events only move the deadline the timer already waits for
 
     def _nudge(self) -> None:
         with self._wake:
