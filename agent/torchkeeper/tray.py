@@ -109,6 +109,18 @@ def _patch_xorg(icon, image_for) -> None:
         _reliable_flush(proto)
     if hasattr(icon, "_assert_icon_data") and hasattr(icon, "_window"):
         _fit_on_tray(icon, image_for)
+    if hasattr(icon, "_window") and hasattr(icon, "_on_button_press"):
+        _clickable(icon)
+
+
+def _clickable(icon) -> None:
+    """pystray handles a left click (the menu's default item, "Reapply all") but creates its
+    window without ButtonPressMask, so X never sends it the click: ask for it."""
+    import Xlib.X
+
+    icon._window.change_attributes(
+        event_mask=Xlib.X.ExposureMask | Xlib.X.StructureNotifyMask | Xlib.X.ButtonPressMask)
+    icon._display.flush()
 
 
 def _dock_once(icon) -> None:

@@ -1,0 +1,102 @@
+"""The real agent under a real tray: `torchkeeper run` (not headless) on Xvfb with trayer,
+pystray's X11 backend. A pip reinstall turns the icon amber (auto re-apply is off, so it
+asks); a left click on the icon (its default action, "Reapply all") puts the overlay back
+and the icon turns green again."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+
+import builders
+import pytest
+from agentkit import events, patched_target, write_config
+from conftest import tk_env
+from test_tray import AMBER_FILL, OK_FILL, _end, _find, _start_xvfb, _tray_owner, _wait
+
+
+def _click(display: str, x: int, y: int) -> None:
+    """A real left click through the XTEST extension (what xdotool does)."""
+    import Xlib.X
+    import Xlib.display
+    from Xlib.ext import xtest
+
+    d = Xlib.display.Display(display)
+    try:
+        d.screen().root.warp_pointer(x, y)
+        d.sync()
+        xtest.fake_input(d, Xlib.X.ButtonPress, 1)
+        xtest.fake_input(d, Xlib.X.ButtonRelease, 1)
+        d.sync()
+    finally:
+        d.close()
+
+
+@pytest.mark.timeout(180)
+def test_agent_tray_shows_drift_and_a_click_reapplies(tmp_path, build, run_tk, tk_home):
+    missing = [tool for tool in ("Xvfb", "trayer") if shutil.which(tool) is None]
+    if missing:
+        pytest.fail(f"{' and '.join(missing)} not installed: run tests/setup-system.sh")
+    from PIL import ImageGrab
+
+    venv, w, m = patched_target(tmp_path, build, run_tk)
+    write_config(tk_home, "[agent]\nauto_reapply = false\n[notifications]\nbackend = \"tray\"\n")
+    logs = {n: open(tmp_path / f"{n}.log", "wb") for n in ("xvfb", "trayer", "agent")}
+    procs = []
+    try:
+        display, xvfb = _start_xvfb(logs["xvfb"])
+        procs.append(("Xvfb", xvfb))
+        env = tk_env(tk_home, {"DISPLAY": display, "WAYLAND_DISPLAY": None, "PYSTRAY_BACKEND": None,
+                               "DBUS_SESSION_BUS_ADDRESS": None})
+        procs.append(("trayer", subprocess.Popen(
+            ["trayer", "--edge", "top", "--align", "right", "--widthtype", "pixel", "--width", "200",
+             "--heighttype", "pixel", "--height", "32", "--transparent", "false",
+             "--tint", "0x000000", "--SetDockType", "true"],
+            env=env, stdout=logs["trayer"], stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            start_new_session=True)))
+        _wait(lambda: _tray_owner(display), 20, "trayer to own the system tray", procs)
+        agent = subprocess.Popen([sys.executable, "-m", "torchkeeper", "run"], env=env,
+                                 stdout=logs["agent"], stderr=subprocess.STDOUT,
+                                 stdin=subprocess.DEVNULL)
+        procs.append(("torchkeeper run", agent))
+
+        def shot():
+            return ImageGrab.grab(xdisplay=display).convert("RGB")
+
+        def icon(colour):
+            def find():
+                s = shot()
+                box, n = _find(s, colour)
+                return (s, box) if n >= 20 and box[1] < 32 else None
+            return find
+
+        before, box = _wait(icon(OK_FILL), 60, "the green (ok) icon", procs)
+        before.save(tmp_path / "agent-tray-ok.png")
+
+        builders.pip_install(venv, w, force_reinstall=True)
+        after, abox = _wait(icon(AMBER_FILL), 60, "the amber (attention) icon after the reinstall",
+                            procs)
+        after.save(tmp_path / "agent-tray-attention.png")
+        assert [e["decision"] for e in events(tk_home, "drift")] == ["asked the user"]
+        assert not events(tk_home, "repaired")
+
+        # left click: the default menu item, "Reapply all"
+        _click(display, (abox[0] + abox[2]) // 2, (abox[1] + abox[3]) // 2)
+        _wait(lambda: events(tk_home, "repaired"), 60, "the re-apply after the click", procs)
+        again, _ = _wait(icon(OK_FILL), 60, "the green icon again", procs)
+        again.save(tmp_path / "agent-tray-ok-again.png")
+        print(f"\nagent tray screenshots in {tmp_path}: icon at {box} (ok), {abox} (attention)")
+        assert run_tk("verify", "--full").rc == 0
+
+        agent.terminate()
+        assert agent.wait(30) == 0
+    finally:
+        for _, p in reversed(procs):
+            _end(p)
+        for f in logs.values():
+            f.close()
+    log = (tmp_path / "agent.log").read_text(errors="replace")
+    assert "agent running (tray)" in log, log
+    assert "Traceback" not in log and "Traceback" not in (tk_home / "logs" / "agent.log").read_text()
