@@ -133,10 +133,15 @@ class EventTail:
 class AgentProc:
     """`python -m torchkeeper run --headless` with the bench's TORCHKEEPER_HOME."""
 
+    display: str | None = None  # --display: run with the tray on that X display instead
+
     def __init__(self, home: Path, work: Path, tag: str):
         self.out = open(work / f"agent-{tag}.out", "w")
-        self.p = subprocess.Popen([sys.executable, "-m", "torchkeeper", "run", "--headless"],
-                                  env=tk_env(home), stdin=subprocess.DEVNULL, stdout=self.out,
+        args, env = ["--headless"], tk_env(home)
+        if self.display:
+            args, env = [], tk_env(home, {"DISPLAY": self.display, "WAYLAND_DISPLAY": None})
+        self.p = subprocess.Popen([sys.executable, "-m", "torchkeeper", "run", *args],
+                                  env=env, stdin=subprocess.DEVNULL, stdout=self.out,
                                   stderr=subprocess.STDOUT)
         self.ps = psutil.Process(self.p.pid)
         self.home = home
@@ -383,7 +388,10 @@ def part_latency(work: Path, a) -> None:
 
 def part_idle(work: Path, a) -> None:
     header(f"2. idle cost: {a.targets} patched targets, {a.idle_seconds:.0f} s")
-    say("# the agent runs headless here (no display: no tray icon, no GUI toolkit loaded)")
+    if AgentProc.display:
+        say(f"# the agent runs with its tray icon on DISPLAY {AgentProc.display} (pystray, Pillow, Xlib loaded)")
+    else:
+        say("# the agent runs headless here (no display: no tray icon, no GUI toolkit loaded)")
     SUMMARY.append(f"[idle] {machine_line()[2:]}")
     d = work / "idle"
     wheel = builders.torch_wheel(d / "w", cache_dir=CACHE, **WIN)
@@ -542,9 +550,12 @@ def main() -> None:
     ap.add_argument("--burst-files", type=int, default=20_000)
     ap.add_argument("--burst-max-wait", type=float, default=60,
                     help="[agent] max_wait_seconds for the burst part (default 60)")
+    ap.add_argument("--display", help="X display with a tray host (e.g. Xvfb + trayer): run the "
+                    "agent with its tray there instead of headless")
     ap.add_argument("--dir", help="work folder (default: a new temporary folder, removed after)")
     ap.add_argument("--keep", action="store_true", help="keep the work folder")
     a = ap.parse_args()
+    AgentProc.display = a.display
     work = Path(a.dir) if a.dir else Path(tempfile.mkdtemp(prefix="tk-bench-agent-"))
     work.mkdir(parents=True, exist_ok=True)
     print(f"# bench_agent.py --part {a.part}; work dir {work}")

@@ -419,3 +419,28 @@ def test_a_target_added_while_running_is_watched(tmp_path, build, run_tk, tk_hom
         wait_for(lambda: agent.watcher.targets() == [], 20, "the watch to go")
     finally:
         agent.stop()
+
+
+def test_pause_asks_instead_and_resume_reapplies(tmp_path, build, run_tk, tk_home):
+    venv, w, m = patched_target(tmp_path, build, run_tk)
+    agent = start_agent(tk_home)
+    try:
+        wait_idle(agent, 0.5)
+        agent.set_paused(True)
+        assert agent.view().paused and agent.view().overall == "paused"
+        builders.pip_install(venv, w, force_reinstall=True)
+        ev = wait_for(lambda: agent_events(tk_home, "drift"), 20, "the drift")[0]
+        wait_idle(agent, 0.5)
+        assert ev["decision"] == "asked the user" and "paused" in ev["why"]
+        assert agent.view().overall == "attention" and not agent_events(tk_home, "repaired")
+        agent.set_paused(False)
+        rep = wait_for(lambda: agent_events(tk_home, "repaired"), 20, "the repair on resume")[0]
+        wait_idle(agent, 0.5)
+    finally:
+        agent.stop()
+    assert rep["reason"] == "auto re-apply resumed"
+    assert [t for t in agent.notifier.toasts if t.key == "reapplied:a1111"][0].body.endswith(
+        "auto re-apply was resumed")
+    # the choice survives a restart (data/agent.json)
+    import json
+    assert json.loads((tk_home / "data" / "agent.json").read_text())["paused"] is False
