@@ -444,3 +444,21 @@ def test_pause_asks_instead_and_resume_reapplies(tmp_path, build, run_tk, tk_hom
     # the choice survives a restart (data/agent.json)
     import json
     assert json.loads((tk_home / "data" / "agent.json").read_text())["paused"] is False
+
+
+def test_status_says_whether_the_agent_runs(tmp_path, run_tk, tk_home):
+    r = run_tk("status", "--json")
+    assert r.json()["agent"] == {"running": False, "pid": None, "paused": False}
+    assert "agent: not running" in run_tk("status").out
+    p = spawn_agent(tk_home)
+    try:
+        wait_for(lambda: agent_events(tk_home, "started"), 20, "the agent's start")
+        a = run_tk("status", "--json").json()["agent"]
+        assert a["running"] and a["pid"] == p.pid
+        assert f"agent: running (pid {p.pid})" in run_tk("status").out
+    finally:
+        p.terminate()
+        assert p.wait(30) == 0
+    # a pid file left by a crash does not count as running
+    (tk_home / "data" / "agent.pid").write_text(str(os.getpid()))
+    assert run_tk("status", "--json").json()["agent"]["running"] is False

@@ -319,13 +319,19 @@ def cmd_verify(args, eng):
 
 
 def cmd_status(args, eng):
+    from .run import agent_status
+
     st = eng.status()
+    st["agent"] = agent_status(eng.home)
     if args.json:
         _emit(args, st)
         return OK
     d = st["driver"]
     lines = [("driver " + f"{d['version']}, CUDA {d['cuda']}, " + ", ".join(g["name"] for g in d["gpus"]))
              if d else "driver: " + (getattr(eng.driver(), "message", None) or "none found")]
+    a = st["agent"]
+    lines.append(f"agent: running (pid {a['pid']})" + (", auto re-apply paused" if a["paused"] else "")
+                 if a["running"] else "agent: not running (start it with `torchkeeper run`)")
     if not st["targets"]:
         lines.append("no targets yet: `torchkeeper target add PATH` or `torchkeeper discover --add`")
     for t in st["targets"]:

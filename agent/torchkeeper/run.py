@@ -14,6 +14,7 @@ import os
 import signal
 import sys
 import threading
+from pathlib import Path
 
 from .home import Home
 
@@ -70,6 +71,34 @@ class SingleInstance:
         except OSError:
             pass
         self._lock.release()
+
+
+def agent_status(home: Home) -> dict:
+    """Whether the agent runs (from its pid file; a stale one, left by a crash, says no)."""
+    import json
+
+    pid = None
+    try:
+        pid = int((home.data_dir / "agent.pid").read_text(encoding="utf-8").strip())
+    except (OSError, ValueError):
+        pass
+    running = False
+    if pid:
+        import psutil
+
+        try:
+            cmd = psutil.Process(pid).cmdline()
+            # `torchkeeper run`, `python -m torchkeeper run`, torchkeeper.exe run: not a
+            # process that got the pid of one that crashed
+            running = "run" in cmd and any(Path(a).stem == "torchkeeper" for a in cmd)
+        except (psutil.Error, OSError):
+            running = False
+    try:
+        paused = bool(json.loads((home.data_dir / "agent.json").read_text(encoding="utf-8"))
+                      .get("paused"))
+    except (OSError, ValueError, AttributeError):
+        paused = False
+    return {"running": running, "pid": pid if running else None, "paused": paused}
 
 
 def run(home: Home, headless: bool = False, verbose: bool = False, out=print) -> int:
