@@ -139,7 +139,8 @@ class AgentProc:
         self.out = open(work / f"agent-{tag}.out", "w")
         args, env = ["--headless"], tk_env(home)
         if self.display:
-            args, env = [], tk_env(home, {"DISPLAY": self.display, "WAYLAND_DISPLAY": None})
+            args, env = [], dict(tk_env(home), DISPLAY=self.display)
+            env.pop("WAYLAND_DISPLAY", None)
         self.p = subprocess.Popen([sys.executable, "-m", "torchkeeper", "run", *args],
                                   env=env, stdin=subprocess.DEVNULL, stdout=self.out,
                                   stderr=subprocess.STDOUT)
