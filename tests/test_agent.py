@@ -462,3 +462,30 @@ def test_status_says_whether_the_agent_runs(tmp_path, run_tk, tk_home):
     # a pid file left by a crash does not count as running
     (tk_home / "data" / "agent.pid").write_text(str(os.getpid()))
     assert run_tk("status", "--json").json()["agent"]["running"] is False
+
+
+def test_a_failed_reapply_is_told_and_leaves_stock_files(tmp_path, build, run_tk, tk_home, monkeypatch):
+    from torchkeeper import view as V
+
+    venv, w, m = patched_target(tmp_path, build, run_tk)
+    sp = builders.site_packages(venv)
+    monkeypatch.setenv("TORCHKEEPER_TEST_NO_SPACE", str(sp / "torch" / "lib"))  # a full disk
+    agent = start_agent(tk_home)
+    try:
+        wait_idle(agent, 0.5)
+        builders.pip_install(venv, w, force_reinstall=True)
+        ev = wait_for(lambda: agent_events(tk_home, "reapply failed"), 20, "the failure")[0]
+        wait_idle(agent, 0.5)
+        assert "disk full" in ev["error"] and "nothing was changed" in ev["error"]
+        stock = record_libs(sp)
+        assert lib_hashes(sp, stock) == stock  # rolled back: the stock files, whole
+        toast = [t for t in agent.notifier.toasts if t.key == "failed:a1111"][0]
+        assert V.REAPPLY in toast.actions and toast.level == "error"
+        assert agent.view().targets[0].state == "drifted"
+        monkeypatch.delenv("TORCHKEEPER_TEST_NO_SPACE")
+        agent.request(V.REAPPLY, "a1111")
+        wait_for(lambda: agent_events(tk_home, "repaired"), 20, "the repair")
+        wait_idle(agent, 0.3)
+    finally:
+        agent.stop()
+    assert run_tk("verify", "--full").rc == 0

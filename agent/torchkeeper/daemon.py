@@ -87,7 +87,7 @@ class Agent:
         self.safety = None
         self._config_watch = None
         self._watch, self._schedule = watch, schedule
-        self._last_rels: dict[str, set[str]] = {}  # target -> overlay files after our last write
+        self._busy_rels: dict[str, set[str]] = {}  # target -> overlay files before a running txn
         self._working: str | None = None         # target an apply / revert is writing to
         self.checks = 0       # counters, for tests and the benchmark
         self.applies = 0
@@ -384,13 +384,17 @@ class Agent:
             else:  # only warnings (driver older than the bundle, foreign files): ask
                 self._ask(name, s, e.message, detected, job)
             return
-        except TKError as e:
-            self._set_view(name, s, DRIFTED, e.message)
+        except (TKError, OSError) as e:
+            if isinstance(e, TKError):
+                msg, hint = e.message, e.hint or ""
+            else:  # e.g. a folder made read-only under us: say which, never a traceback
+                msg = f"{e.strerror or e}" + (f" ({e.filename})" if e.filename else "")
+                hint = "check that folder's permissions and free space, then choose Reapply"
+            self._set_view(name, s, DRIFTED, msg)
             self._event("reapply failed", target=name, detected=detected, decided=decided,
-                        error=e.message)
+                        error=msg)
             self._toast(V.Toast(f"failed:{name}", f"torchkeeper: could not re-apply to '{name}'",
-                                f"{e.message}. {e.hint or ''}".strip(), name, (V.REAPPLY,),
-                                level="error"))
+                                f"{msg}. {hint}".strip(), name, (V.REAPPLY,), level="error"))
             return
         applied = time.time()
         after = self.engine.target_state(name)
@@ -589,7 +593,8 @@ class Agent:
     def _begin_own(self, name: str) -> None:
         self._working = name
         self._changed()
-        names = {Path(rel).name for rel in self._overlay_files(name)}
+        before = set(self._overlay_files(name))
+        names = {Path(rel).name for rel in before}
         try:
             m = self.engine.desired_bundle(name)
         except TKError:
@@ -598,6 +603,7 @@ class Agent:
             names |= {f["name"] for f in m.get("files", [])}
         with self._own_lock:
             self._busy[name] = names
+            self._busy_rels[name] = before
 
     def _end_own(self, name: str) -> None:
         """Remember what our write left, so its late events are not taken for drift."""
@@ -606,7 +612,9 @@ class Agent:
         rec = st["targets"].get(name) or {}
         sp = Path(ov.get("site_packages") or rec.get("site_packages") or ".")
         own = {}
-        for rel in set(ov.get("files", {})) | {r for r in self._last_rels.get(name, ())}:
+        with self._own_lock:
+            before = self._busy_rels.pop(name, set())
+        for rel in set(ov.get("files", {})) | before:  # what the write put, and took, away
             p = sp / rel
             try:
                 own[str(p)] = stat_key(p)
@@ -616,7 +624,6 @@ class Agent:
             self._own.update(own)
             self._busy.pop(name, None)
         self._working = None
-        self._last_rels[name] = set(ov.get("files", {}))
 
     def _is_own(self, target: str, path: str) -> bool:
         if path.endswith((STAGED, RESTORE)):
