@@ -489,3 +489,26 @@ def test_a_failed_reapply_is_told_and_leaves_stock_files(tmp_path, build, run_tk
     finally:
         agent.stop()
     assert run_tk("verify", "--full").rc == 0
+
+
+def test_an_inotify_overflow_checks_every_target_at_once(tmp_path, build, run_tk, tk_home):
+    """Events lost in the kernel's queue: watchdog only logs a warning; the agent hears it."""
+    import logging
+
+    venv, w, m = patched_target(tmp_path, build, run_tk)
+    agent = start_agent(tk_home)
+    try:
+        wait_idle(agent, 0.5)
+        agent.watcher.remove_target("a1111")  # as if this reinstall's events were lost
+        builders.pip_install(venv, w, force_reinstall=True)
+        time.sleep(0.5)
+        assert not agent_events(tk_home, "repaired")
+        # the warning watchdog's inotify code logs on IN_Q_OVERFLOW
+        logging.getLogger("watchdog.observers.inotify_c").warning(
+            "Inotify queue overflowed; filesystem events were lost")
+        rep = wait_for(lambda: agent_events(tk_home, "repaired"), 20, "the repair")[0]
+        wait_idle(agent, 0.3)
+    finally:
+        agent.stop()
+    assert rep["reason"] == "file events lost"
+    assert run_tk("verify", "--full").rc == 0

@@ -133,6 +133,8 @@ class Agent:
                                    self._on_burst, self._is_own)
             self.watcher.start()
             self._watch_config()
+            self._overflow = _OverflowHook(
+                lambda: self.request(V.CHECK_ALL, reason="file events lost"))
         self._worker.start()
         self.poll_driver(initial=True)
         self.request(V.CHECK_ALL, reason="start")
@@ -157,6 +159,7 @@ class Agent:
             self.safety.stop()
         if self.watcher:
             self.watcher.stop()
+            self._overflow.close()
         if self._config_watch is not None:
             self._config_watch.stop()
         if self.notifier is not None and hasattr(self.notifier, "close"):
@@ -739,11 +742,33 @@ class Agent:
             log.error("cannot write the event log: %s", e)
 
 
+class _OverflowHook(logging.Handler):
+    """watchdog has no callback for a kernel queue overflow (events were lost), only a
+    warning on its logger: turn that warning into a check of every target at once, rather
+    than waiting for the safety net's next run."""
+
+    LOGGER = "watchdog.observers.inotify_c"
+
+    def __init__(self, on_overflow):
+        super().__init__(logging.WARNING)
+        self._on_overflow = on_overflow
+        logging.getLogger(self.LOGGER).addHandler(self)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if "overflow" in record.getMessage().lower():
+            self._on_overflow()
+
+    def close(self) -> None:
+        logging.getLogger(self.LOGGER).removeHandler(self)
+        super().close()
+
+
 # why a re-apply happened, for its toast
 _BECAUSE = {
     "file events": "its files had changed",
     "start": "found undone when the agent started",
     "scheduled": "a scheduled check found it undone",
+    "file events lost": "a check after lost file events found it undone",
     "resume from sleep": "found undone after the computer woke up",
     "daily full check": "the daily full check found it undone",
     "config changed": "auto re-apply was turned on",
