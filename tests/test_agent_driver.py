@@ -236,7 +236,6 @@ def test_single_instance(tk_home, agent_env, answers, procs):
 
 @pytest.mark.timeout(90)
 def test_run_without_display_is_headless(tk_home, agent_env, answers, procs, tmp_path):
-    pytest.importorskip("torchkeeper.tray")
     write_config(tk_home, CONFIG)
     write_answers(answers, driver="551.86", cuda=12040, gpus=[RTX4070])
     env = tk_env(tk_home, dict(agent_env, DISPLAY=None, WAYLAND_DISPLAY=None, PYSTRAY_BACKEND=None))

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from agentkit import wait_for
 
 from torchkeeper import notify, view
 from torchkeeper.notify import Notifier, NotifyUnavailable
@@ -45,20 +46,15 @@ BUS_CONFIG = """<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Config
 
 pytestmark = pytest.mark.timeout(60)
 
-needs_notify_send = pytest.mark.skipif(
-    not shutil.which("notify-send"),
-    reason="notify-send not installed (libnotify-bin; tests/setup-system.sh installs it)")
+def _need(tool: str, package: str) -> None:
+    """A missing tool fails the test (it is part of the test setup), never skips it."""
+    if not shutil.which(tool):
+        pytest.fail(f"{tool} not installed ({package}; tests/setup-system.sh installs it)")
 
 
-def wait_for(predicate, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
-        time.sleep(0.02)
+@pytest.fixture
+def needs_notify_send():
+    _need("notify-send", "libnotify-bin")
 
 
 @dataclass
@@ -159,8 +155,7 @@ def clean_env(tmp_path, monkeypatch):
 
 
 def _private_bus(tmp_path, monkeypatch, mode):
-    if not shutil.which("dbus-daemon"):
-        pytest.skip("dbus-daemon not installed (tests/setup-system.sh installs it)")
+    _need("dbus-daemon", "dbus-daemon")
     bus = PrivateBus(tmp_path, mode)
     monkeypatch.setenv("DBUS_SESSION_BUS_ADDRESS", bus.address)
     return bus
@@ -269,7 +264,7 @@ def drift(name: str, actions=(view.REAPPLY,)) -> view.Toast:
 
 # --- plyer ----------------------------------------------------------------------------------------
 
-@needs_notify_send
+@pytest.mark.usefixtures("needs_notify_send")
 def test_plyer_delivers_title_and_body(notify_bus, notifiers, log):
     n = notifiers({"backend": "plyer"}, logger=log, clock=Clock())
     assert n.notify(drift("a1111")) == "plyer"
@@ -281,7 +276,7 @@ def test_plyer_delivers_title_and_body(notify_bus, notifiers, log):
     assert not log.records.messages(logging.WARNING)
 
 
-@needs_notify_send
+@pytest.mark.usefixtures("needs_notify_send")
 def test_forced_plyer_without_server_goes_to_the_log_not_the_tray(empty_bus, notifiers, log):
     tray = FakeTray()
     n = notifiers({"backend": "plyer"}, tray=tray, logger=log, clock=Clock())
@@ -296,7 +291,7 @@ def test_forced_plyer_without_server_goes_to_the_log_not_the_tray(empty_bus, not
 # --- desktop-notifier -----------------------------------------------------------------------------
 
 def test_desktop_notifier_reapply_button_calls_on_action(notify_bus, notifiers, log):
-    pytest.importorskip("desktop_notifier")
+    import desktop_notifier  # noqa: F401  (the test extra installs it)
     pressed = []
     done = threading.Event()
 
@@ -354,7 +349,7 @@ def test_bus_without_notification_server_falls_back_to_tray_then_log(empty_bus, 
     _assert_falls_back(notifiers, log, "no notification server on the session bus")
 
 
-@needs_notify_send
+@pytest.mark.usefixtures("needs_notify_send")
 def test_hung_notification_server_does_not_hang_the_agent(hung_bus, notifiers, log):
     backends = [notify.PlyerBackend(timeout=1)]
     if notify.DesktopNotifierBackend.installed():
