@@ -200,8 +200,9 @@ class Agent:
             tip = "torchkeeper: " + "; ".join(f"{t.name} {t.state}" for t in bad[:3])
         if paused:
             tip += " (auto re-apply paused)"
+        # autostart: None (greyed in the menu) until the autostart issue stores a choice
         return V.AgentView(overall, tip, targets, self._driver_line, paused,
-                           self._agent_state.get("autostart") if "autostart" in self._agent_state else None)
+                           self._agent_state.get("autostart"))
 
     def request(self, action: str, target: str | None = None, reason: str = "",
                 explicit: bool | None = None) -> None:
