@@ -38,7 +38,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
-from . import view
+from . import icons, view
 
 if TYPE_CHECKING:
     import asyncio
@@ -66,19 +66,9 @@ def _one_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
-def _icon_dir() -> Path | None:
-    here = Path(__file__).resolve().parent
-    for d in (here / "_data" / "icons", here.parent.parent / "icons"):  # wheel, then checkout
-        if d.is_dir():
-            return d
-    return None
-
-
 def icon_path(level: str = "info") -> str:
     """The icon file for a toast of this level, or "" when there is none."""
-    d = _icon_dir()
-    if d is None:
-        return ""
+    d = icons.icons_dir()
     state = _LEVEL_ICON.get(level, view.ATTENTION)
     # plyer on Windows loads the icon with LoadImage: it must be an .ico
     names = ([f"{state}.ico", "torchkeeper.ico"] if sys.platform == "win32"
@@ -447,12 +437,6 @@ class Notifier:
         if message != self._warned_config:
             self._warned_config = message
             self._log.warning("%s", message)
-
-    def set_tray(self, tray) -> None:
-        """The tray, once it exists (it is usually made after the notifier)."""
-        with self._lock:
-            self._tray = tray
-            self._made.pop("tray", None)
 
     # backends
 
