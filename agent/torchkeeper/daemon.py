@@ -22,9 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import config as configmod, gate, view as V
-from .bundle import describe
 from .engine import DRIFTED, INCOMPATIBLE, MISSING, PATCHED, STOCK, Engine
-from .errors import FileInUse, NotFound, OperationFailed, Refused, TKError
+from .errors import FileInUse, Refused, TKError
 from .fsutil import atomic_write_json, stat_key
 from .home import Home
 from .state import log_event
@@ -34,6 +33,21 @@ log = logging.getLogger("torchkeeper.agent")
 
 RETRY_FIRST_S = 2.0
 RETRY_MAX_S = 60.0
+
+
+def agent_state_file(home: Home) -> Path:
+    """The agent's own small state: auto re-apply paused, the last driver seen."""
+    return home.data_dir / "agent.json"
+
+
+def read_agent_state(home: Home) -> dict:
+    import json
+
+    try:
+        data = json.loads(agent_state_file(home).read_text(encoding="utf-8"))
+        return data if isinstance(data, dict) else {}
+    except (OSError, ValueError):
+        return {}
 
 
 @dataclass(order=True)
@@ -80,12 +94,11 @@ class Agent:
         self._busy: dict[str, set[str]] = {}    # target -> file names a running txn writes
         self._own: dict[str, dict | None] = {}  # path -> stat after our write (None: we deleted it)
         self._own_lock = threading.Lock()
-        self._agent_state = self._read_agent_state()
+        self._agent_state = read_agent_state(home)
         self._driver_line = "driver: not checked yet"
         self._driver_error = False
         self.watcher = None
         self.safety = None
-        self._config_watch = None
         self._watch, self._schedule = watch, schedule
         self._busy_rels: dict[str, set[str]] = {}  # target -> overlay files before a running txn
         self._working: str | None = None         # target an apply / revert is writing to
@@ -100,22 +113,9 @@ class Agent:
             log.error("%s (%s); using the defaults", e.message, e.hint)
             return configmod.defaults(), e.message
 
-    @property
-    def _agent_state_file(self) -> Path:
-        return self.home.data_dir / "agent.json"
-
-    def _read_agent_state(self) -> dict:
-        import json
-
-        try:
-            data = json.loads(self._agent_state_file.read_text(encoding="utf-8"))
-            return data if isinstance(data, dict) else {}
-        except (OSError, ValueError):
-            return {}
-
     def _save_agent_state(self) -> None:
         self.home.data_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(self._agent_state_file, self._agent_state, durable=False)
+        atomic_write_json(agent_state_file(self.home), self._agent_state, durable=False)
 
     # -- lifecycle -------------------------------------------------------------------
     def start(self) -> None:
@@ -160,8 +160,6 @@ class Agent:
         if self.watcher:
             self.watcher.stop()
             self._overflow.close()
-        if self._config_watch is not None:
-            self._config_watch.stop()
         if self.notifier is not None and hasattr(self.notifier, "close"):
             self.notifier.close()
         self._stopped.set()
@@ -646,28 +644,10 @@ class Agent:
         return now == want
 
     def _watch_config(self) -> None:
-        """Re-read config.toml when it changes (its folder, non-recursive)."""
-        from watchdog.events import FileSystemEventHandler
-        from watchdog.observers import Observer
-
-        agent = self
-
-        class H(FileSystemEventHandler):
-            def __init__(self, path: Path, job: str):
-                self.path, self.job = str(path), job
-
-            def on_any_event(self, ev):
-                if ev.event_type in ("opened", "closed_no_write"):
-                    return
-                if self.path in (ev.src_path, getattr(ev, "dest_path", "")):
-                    agent._enqueue(self.job, None, self.job + " changed", delay=0.2)
-
-        # config.toml (re-read it), and state.json (targets added or removed by the CLI)
-        self._config_watch = Observer()
+        """config.toml (re-read it) and state.json (targets the CLI added or removed)."""
         for path, job in ((self.config_file, CONFIG), (self.home.state_file, TARGETS)):
-            path.parent.mkdir(parents=True, exist_ok=True)
-            self._config_watch.schedule(H(path, job), str(path.parent), recursive=False)
-        self._config_watch.start()
+            self.watcher.watch_file(
+                path, lambda job=job: self._enqueue(job, None, job + " changed", delay=0.2))
 
     def _sync_targets(self) -> None:
         """`torchkeeper target add/remove` ran while the agent did: check new targets, and

@@ -75,7 +75,7 @@ class SingleInstance:
 
 def agent_status(home: Home) -> dict:
     """Whether the agent runs (from its pid file; a stale one, left by a crash, says no)."""
-    import json
+    from .daemon import read_agent_state
 
     pid = None
     try:
@@ -93,11 +93,7 @@ def agent_status(home: Home) -> dict:
             running = "run" in cmd and any(Path(a).stem == "torchkeeper" for a in cmd)
         except (psutil.Error, OSError):
             running = False
-    try:
-        paused = bool(json.loads((home.data_dir / "agent.json").read_text(encoding="utf-8"))
-                      .get("paused"))
-    except (OSError, ValueError, AttributeError):
-        paused = False
+    paused = bool(read_agent_state(home).get("paused"))
     return {"running": running, "pid": pid if running else None, "paused": paused}
 
 

@@ -281,6 +281,13 @@ class Watcher:
             self._rearm.add(name)
             self._wake.notify_all()
 
+    def watch_file(self, path: Path, on_change: Callable[[], None]) -> None:
+        """Call on_change when the file is written, replaced or removed (a watch on its
+        folder, on this watcher's observer: no thread or inotify instance of its own)."""
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._observer.schedule(_FileHandler(str(path), on_change), str(path.parent),
+                                recursive=False)
+
     # -- events ----------------------------------------------------------------------
     def _event(self, w: _Watch, ev) -> None:
         kind = ev.event_type
@@ -359,3 +366,16 @@ class _Handler:
 
     def dispatch(self, event) -> None:
         self._watcher._event(self._w, event)
+
+
+class _FileHandler:
+    """Calls on_change for events that touch one file of the watched folder."""
+
+    def __init__(self, path: str, on_change: Callable[[], None]):
+        self._path, self._on_change = path, on_change
+
+    def dispatch(self, event) -> None:
+        if event.event_type in _IGNORED:
+            return
+        if self._path in (event.src_path, getattr(event, "dest_path", "")):
+            self._on_change()
