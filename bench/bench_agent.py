@@ -271,7 +271,6 @@ def latency_case(work: Path, label: str, size_mb: int | None, rounds: int, settl
     size = sum(p.stat().st_size for p in files)
     home = d / "home"
     venv = patched_venv(d, home, label, arch, wheel)
-    sp = builders.site_packages(venv)
     say(f"\n-- {label}: bundle of {len(files)} cuDNN 8.9.7 DLLs, {human(size)}; {rounds} reinstalls "
         f"of a {wheel.stat().st_size / 1e3:,.0f} KB torch wheel (its stock cuDNN DLLs are small)")
 
@@ -416,7 +415,7 @@ def part_idle(work: Path, a) -> None:
     try:
         t_spawn = time.monotonic()
         agent.wait_started(tail)
-        waited = agent.wait_quiet()
+        agent.wait_quiet()
         inst, watches = inotify_use(agent.p.pid)
         say(f"# start to idle (first checks done): {time.monotonic() - t_spawn:.1f} s "
             f"(CPU {agent.cpu():.2f} s)")

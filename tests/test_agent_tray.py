@@ -5,7 +5,6 @@ and the icon turns green again."""
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 import sys
