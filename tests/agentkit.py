@@ -40,9 +40,12 @@ def patched_target(tmp_path: Path, build, run_tk, name: str = "a1111", wheel: di
 def events(home: Path, kind: str | None = None, target: str | None = None) -> list[dict]:
     f = home / "logs" / "events.jsonl"
     try:
-        lines = f.read_text(encoding="utf-8").splitlines()
+        text = f.read_text(encoding="utf-8")
     except FileNotFoundError:
         return []
+    lines = text.splitlines()
+    if lines and not text.endswith("\n"):
+        lines.pop()  # the agent is writing that line now
     out = [json.loads(line) for line in lines if line.strip()]
     return [e for e in out if (kind is None or e["event"] == kind)
             and (target is None or e.get("target") == target)]

@@ -68,8 +68,11 @@ class _Crash:
         with self.lock:
             self.n += 1
             if self.n == self.pause_at:
-                with open(os.environ["TORCHKEEPER_TEST_PAUSE_FILE"], "a") as f:
+                # written whole, then renamed: a test that sees the file can read the label
+                pause_file = os.environ["TORCHKEEPER_TEST_PAUSE_FILE"]
+                with open(pause_file + ".tmp", "w") as f:
                     f.write(f"{self.n} {label}\n")
+                os.replace(pause_file + ".tmp", pause_file)
                 time.sleep(2)
             if self.n == self.at:
                 trace = os.environ.get("TORCHKEEPER_TEST_CRASH_TRACE")
