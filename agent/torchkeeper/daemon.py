@@ -149,6 +149,8 @@ class Agent:
 
     def stop(self, timeout: float | None = None) -> None:
         """Stop taking work, let the running job finish, stop the watchers."""
+        if self._stopped.is_set():
+            return
         with self._cv:
             self._stopping = True
             self._jobs.clear()
@@ -167,6 +169,10 @@ class Agent:
 
     def wait_stopped(self, timeout: float | None = None) -> bool:
         return self._stopped.wait(timeout)
+
+    def writing_to(self) -> str | None:
+        """The target an apply or revert is writing to now, if any."""
+        return self._working
 
     def idle(self) -> bool:
         """No job running or queued (tests and benchmarks wait for this)."""

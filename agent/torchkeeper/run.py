@@ -2,8 +2,8 @@
 
 Threads: the main thread runs the tray's event loop (pystray needs it) or, headless,
 waits for a stop; the agent's worker, the watcher, the scheduler and the notifier have
-their own. SIGTERM / SIGINT / Quit stop the agent after its running job: never inside
-a transaction.
+their own. SIGTERM / SIGINT / SIGHUP / Quit, and on Windows a logoff (session.py), stop the
+agent after its running job: never inside a transaction.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import sys
 import threading
 from pathlib import Path
 
+from .fsutil import atomic_write_bytes
 from .home import Home
 
 log = logging.getLogger("torchkeeper.agent")
@@ -56,7 +57,8 @@ class SingleInstance:
             self._lock.acquire(timeout=0)
         except Timeout:
             return False
-        self.pid_file.write_text(str(os.getpid()), encoding="utf-8")
+        # whole or absent: `status` and a second start read it while this one starts
+        atomic_write_bytes(self.pid_file, str(os.getpid()).encode(), durable=False)
         return True
 
     def holder(self) -> str:
@@ -115,6 +117,8 @@ def run(home: Home, headless: bool = False, verbose: bool = False, out=print) ->
     signal.signal(signal.SIGINT, on_signal)
     if hasattr(signal, "SIGHUP"):  # logoff closes the session's terminal
         signal.signal(signal.SIGHUP, on_signal)
+    if hasattr(signal, "SIGBREAK"):  # Ctrl+Break in a Windows console
+        signal.signal(signal.SIGBREAK, on_signal)
 
     setup_logging(home, verbose)
     inst = SingleInstance(home)
@@ -136,6 +140,15 @@ def run(home: Home, headless: bool = False, verbose: bool = False, out=print) ->
         agent = Agent(home)
         if not headless:
             tray = shown["tray"] = tray_cls(agent)
+            if tray.backend == "win32":
+                from .session import SessionEnd, Win32Blocker
+
+                def finish(timeout: float) -> None:
+                    stop.set()
+                    agent.stop(timeout)
+
+                tray.handle_session_end(SessionEnd(agent.writing_to, finish,
+                                                   Win32Blocker(lambda: tray.icon._hwnd)))
         agent.notifier = Notifier(agent.cfg["notifications"],
                                   on_action=lambda action, target: agent.request(action, target),
                                   tray=tray, logger=log)

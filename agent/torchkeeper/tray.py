@@ -383,6 +383,16 @@ class Tray:
         except Exception as e:
             raise NotifyUnavailable(f"tray notification failed: {_one_line(e)}") from None
 
+    def handle_session_end(self, session) -> bool:
+        """Let a session.SessionEnd answer Windows' logoff messages to the icon's window
+        (pystray's own window procedure would refuse the logoff). Only the win32 backend
+        has such a window: False elsewhere."""
+        handlers = getattr(self.icon, "_message_handlers", None)
+        if self.backend != "win32" or not isinstance(handlers, dict):
+            return False
+        handlers.update(session.handlers())
+        return True
+
     # -- the loop ---------------------------------------------------------------------------
 
     def run(self, setup=None) -> None:
