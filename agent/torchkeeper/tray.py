@@ -49,7 +49,7 @@ def _import_pystray(backend: str | None = None):
         old = os.environ.get("PYSTRAY_BACKEND")
         os.environ["PYSTRAY_BACKEND"] = backend
         try:
-            import pystray
+            importlib.import_module("pystray")
         finally:
             if old is None:
                 os.environ.pop("PYSTRAY_BACKEND", None)
