@@ -439,6 +439,8 @@ def part_idle(work: Path, a) -> None:
     say(f"agent, {a.targets} targets, {dt:.0f} s idle: RSS start {r0 / 2**20:.1f} MB, max {max(rss) / 2**20:.1f} MB, "
         f"end {r1 / 2**20:.1f} MB (USS end {full.uss / 2**20:.1f} MB; {len(rss)} samples every "
         f"{a.sample_seconds:.0f} s)", summary=True)
+    per_min = rss[::max(1, round(60 / a.sample_seconds))]
+    say(f"# RSS each minute (MB): {' '.join(f'{r / 2**20:.1f}' for r in per_min)}")
     say(f"agent CPU in the idle window: {c1 - c0:.3f} s user+system = {(c1 - c0) / dt * 100:.3f} % of one "
         f"core ({(c1 - c0) / dt * 3600:.1f} CPU s per hour); events logged in the window: "
         f"{', '.join(sorted(set(evs))) or 'none'}", summary=True)
