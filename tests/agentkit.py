@@ -118,6 +118,17 @@ def spawn_agent(home: Path, extra_env: dict | None = None, *args) -> subprocess.
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
+def end_process(p: subprocess.Popen) -> None:
+    """Terminate p if it still runs; kill it if it will not go within 5 s."""
+    if p.poll() is None:
+        p.terminate()
+        try:
+            p.wait(5)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait(5)
+
+
 def write_config(home: Path, text: str) -> Path:
     p = home / "config" / "config.toml"
     p.parent.mkdir(parents=True, exist_ok=True)

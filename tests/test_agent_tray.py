@@ -11,9 +11,9 @@ import sys
 
 import builders
 import pytest
-from agentkit import events, patched_target, write_config
+from agentkit import end_process, events, patched_target, write_config
 from conftest import tk_env
-from test_tray import AMBER_FILL, OK_FILL, _end, _find, _start_xvfb, _tray_owner, _wait
+from test_tray import AMBER_FILL, OK_FILL, _find, _start_xvfb, _tray_owner, _wait
 
 
 def _click(display: str, x: int, y: int) -> None:
@@ -93,7 +93,7 @@ def test_agent_tray_shows_drift_and_a_click_reapplies(tmp_path, build, run_tk, t
         assert agent.wait(30) == 0
     finally:
         for _, p in reversed(procs):
-            _end(p)
+            end_process(p)
         for f in logs.values():
             f.close()
     log = (tmp_path / "agent.log").read_text(errors="replace")

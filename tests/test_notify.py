@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from agentkit import wait_for
+from agentkit import end_process, wait_for
 
 from torchkeeper import notify, view
 from torchkeeper.notify import Notifier, NotifyUnavailable
@@ -133,13 +133,7 @@ class PrivateBus:
 
     def stop(self) -> None:
         for proc in reversed(self.procs):  # the server first, then the bus
-            if proc.poll() is None:
-                proc.terminate()
-                try:
-                    proc.wait(5)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait(5)
+            end_process(proc)
             if proc.stdout:
                 proc.stdout.close()
 

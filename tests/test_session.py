@@ -11,6 +11,7 @@ import builders
 import pytest
 from agentkit import events, patched_target, start_agent, wait_for, wait_idle
 from test_flow import lib_hashes, record_libs
+from tray_demo import FakeController
 
 from torchkeeper import tray as traymod
 from torchkeeper.session import WM_ENDSESSION, WM_QUERYENDSESSION, SessionEnd
@@ -63,23 +64,13 @@ def test_a_failing_block_reason_only_loses_the_message():
 
 
 def test_the_tray_answers_logoff_only_on_win32(monkeypatch):
-    class Controller:
-        config_file = log_file = None
-
-        def view(self):
-            from torchkeeper.view import AgentView
-            return AgentView("ok", "torchkeeper: no targets yet")
-
-        def subscribe(self, cb):
-            pass
-
     s = SessionEnd(lambda: None, lambda t: None, Blocker())
-    t = traymod.Tray(Controller(), backend="dummy")
+    t = traymod.Tray(FakeController(), backend="dummy")
     assert t.handle_session_end(s) is False
     # pystray's win32 Icon keeps its handlers in _message_handlers; any other message
     # (WM_QUERYENDSESSION among them) is answered 0, which refuses the logoff
     monkeypatch.setattr(traymod, "_backend_name", lambda cls: "win32")
-    t = traymod.Tray(Controller(), backend="dummy")
+    t = traymod.Tray(FakeController(), backend="dummy")
     t.icon._message_handlers = {}
     assert dispatch(t.icon._message_handlers, WM_QUERYENDSESSION) == 0
     assert t.handle_session_end(s) is True

@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 
 from torchkeeper import desktop, icons, tray, view
+from agentkit import end_process
 from tray_demo import FakeController, sample_view
 
 TESTS = Path(__file__).resolve().parent
@@ -426,7 +427,7 @@ def _start_xvfb(log) -> tuple[str, subprocess.Popen]:
                 return f":{n}", p
             time.sleep(0.1)
         if p.poll() is None:
-            _end(p)
+            end_process(p)
             pytest.fail(f"Xvfb :{n} did not accept connections within 15 s")
         # it exited: another server took that number meanwhile; try the next one
     pytest.fail(f"no free X display number in :{base}..:{base + 39}")
@@ -451,16 +452,6 @@ def _tray_owner(display: str) -> bool:
         return d.get_selection_owner(d.intern_atom("_NET_SYSTEM_TRAY_S0")) != Xlib.X.NONE
     finally:
         d.close()
-
-
-def _end(p: subprocess.Popen) -> None:
-    if p.poll() is None:
-        p.terminate()
-        try:
-            p.wait(5)
-        except subprocess.TimeoutExpired:
-            p.kill()
-            p.wait(5)
 
 
 def _near(px, colour, tol=30) -> bool:
@@ -566,6 +557,6 @@ def test_tray_icon_shows_and_follows_the_view_in_a_real_x_tray(tmp_path):
     finally:
         (work / "quit").touch()
         for _, p in reversed(procs):
-            _end(p)
+            end_process(p)
         for f in logs.values():
             f.close()
