@@ -52,9 +52,7 @@ class SessionEnd:
         return {WM_QUERYENDSESSION: self.on_query, WM_ENDSESSION: self.on_end}
 
     def on_query(self, wparam: int, lparam: int) -> int:
-        target = self._writing_to()
-        if target is not None:
-            self._block(f"torchkeeper is finishing a change to '{target}'")
+        self._block_if_writing()
         return 1  # never cancel the user's logoff
 
     def on_end(self, wparam: int, lparam: int) -> int:
@@ -62,17 +60,19 @@ class SessionEnd:
             self._unblock()
             return 0
         log.info("the session is ending: stopping after the running job")
-        if self._writing_to() is not None:
-            self._block("torchkeeper is finishing a change before the session ends")
+        self._block_if_writing()
         try:
             self._finish(self._timeout)
         finally:
             self._unblock()
         return 0
 
-    def _block(self, reason: str) -> None:
+    def _block_if_writing(self) -> None:
+        target = self._writing_to()
+        if target is None:
+            return
         try:
-            self._blocker.create(reason)
+            self._blocker.create(f"torchkeeper is finishing a change to '{target}'")
             self._blocking = True
         except OSError as e:    # only the message Windows shows is lost
             log.warning("could not set a shutdown block reason: %s", e)
