@@ -444,7 +444,7 @@ def part_idle(work: Path, a) -> None:
     say(f"agent CPU in the idle window: {c1 - c0:.3f} s user+system = {(c1 - c0) / dt * 100:.3f} % of one "
         f"core ({(c1 - c0) / dt * 3600:.1f} CPU s per hour); events logged in the window: "
         f"{', '.join(sorted(set(evs))) or 'none'}", summary=True)
-    say(f"bare python holding only the imports (torchkeeper.daemon, watchdog.observers, "
+    say(f"bare python holding only the imports (torchkeeper.daemon.worker, watchdog.observers, "
         f"apscheduler.schedulers.background, pynvml): RSS {bare[0] / 2**20:.1f} MB at start, "
         f"{max(bare) / 2**20:.1f} MB max over {len(bare)} samples -> the agent's own cost "
         f"{(r1 - bare[-1]) / 2**20:+.1f} MB", summary=True)
@@ -452,7 +452,7 @@ def part_idle(work: Path, a) -> None:
 
 
 def bare_imports_rss(d: Path, a, samples: int = 3) -> list[int]:
-    code = ("import torchkeeper.daemon, watchdog.observers, apscheduler.schedulers.background, pynvml, sys, time\n"
+    code = ("import torchkeeper.daemon.worker, watchdog.observers, apscheduler.schedulers.background, pynvml, sys, time\n"
             "print('ready', flush=True)\n"
             "sys.stdin.read()\n")
     p = subprocess.Popen([sys.executable, "-c", code], env=tk_env(d / "home"), stdin=subprocess.PIPE,

@@ -25,7 +25,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "agent"))
 
-from torchkeeper.discover import discover  # noqa: E402
+from torchkeeper.engine.discover import discover  # noqa: E402
 
 VERSION_PY = "__version__ = '2.3.1+cu121'\ncuda: Optional[str] = '12.1'\n"
 

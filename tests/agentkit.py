@@ -100,7 +100,7 @@ class Toasts:
 
 def start_agent(home: Path, **kw):
     """An Agent in this process, started, with a recording notifier."""
-    from torchkeeper.daemon import Agent
+    from torchkeeper.daemon.worker import Agent
     from torchkeeper.home import get_home
 
     os.environ["TORCHKEEPER_HOME"] = str(home)

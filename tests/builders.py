@@ -45,7 +45,7 @@ _AGENT = Path(__file__).resolve().parent.parent / "agent"
 if _AGENT.is_dir() and str(_AGENT) not in sys.path:
     sys.path.insert(0, str(_AGENT))
 
-from torchkeeper import libs  # noqa: E402
+from torchkeeper.engine import libs  # noqa: E402
 
 # Cache keys also hash the source of the compiling functions (recipe); bump this for any
 # other change that must not reuse cached builds (a changed compiler flag is covered).

@@ -152,7 +152,7 @@ def test_a_manual_stash_and_swap_gives_one_check(tmp_path, build, run_tk, tk_hom
 
 
 def test_own_writes_trigger_no_check(tmp_path, build, run_tk, tk_home):
-    from torchkeeper import view as V
+    from torchkeeper.daemon import view as V
 
     patched_target(tmp_path, build, run_tk)
     agent = start_agent(tk_home)
@@ -175,7 +175,7 @@ def test_own_writes_trigger_no_check(tmp_path, build, run_tk, tk_home):
 
 
 def test_fifty_targets_watched_at_once(tmp_path, build, run_tk, tk_home):
-    from torchkeeper.engine import Engine
+    from torchkeeper.engine.core import Engine
     from torchkeeper.home import get_home
 
     venv0, w, m = patched_target(tmp_path, build, run_tk, name="t00", apply=False)
@@ -236,7 +236,7 @@ def test_twenty_thousand_file_burst_gives_one_reapply(tmp_path, build, run_tk, t
 
 
 def test_config_edit_is_picked_up_and_a_broken_one_is_not(tmp_path, build, run_tk, tk_home):
-    from torchkeeper import view as V
+    from torchkeeper.daemon import view as V
 
     venv, w, m = patched_target(tmp_path, build, run_tk)
     agent = start_agent(tk_home)
@@ -354,7 +354,7 @@ def test_log_command_shows_agent_events(tmp_path, build, run_tk, tk_home):
 
 
 def test_daily_full_check_finds_what_stat_data_cannot(tmp_path, build, run_tk, tk_home):
-    from torchkeeper import daemon, view as V
+    from torchkeeper.daemon import worker as daemon, view as V
 
     venv, w, m = patched_target(tmp_path, build, run_tk)
     dll = builders.site_packages(venv) / "torch" / "lib" / "cudnn_ops_infer64_8.dll"
@@ -386,7 +386,7 @@ def test_daily_full_check_finds_what_stat_data_cannot(tmp_path, build, run_tk, t
 def test_scheduled_check_catches_lost_events(tmp_path, build, run_tk, tk_home):
     """With no file events at all (an inotify overflow, the agent not watching), the
     safety net's quick check repairs."""
-    from torchkeeper import view as V
+    from torchkeeper.daemon import view as V
 
     venv, w, m = patched_target(tmp_path, build, run_tk)
     agent = start_agent(tk_home, watch=False)
@@ -464,7 +464,7 @@ def test_status_says_whether_the_agent_runs(tmp_path, run_tk, tk_home):
 
 
 def test_a_failed_reapply_is_told_and_leaves_stock_files(tmp_path, build, run_tk, tk_home, monkeypatch):
-    from torchkeeper import view as V
+    from torchkeeper.daemon import view as V
 
     venv, w, m = patched_target(tmp_path, build, run_tk)
     sp = builders.site_packages(venv)

@@ -19,8 +19,8 @@ sys.path.insert(0, str(Path(__file__).parents[1] / "agent"))
 
 import pytest  # noqa: E402
 
-from torchkeeper import archive  # noqa: E402
-from torchkeeper.bundle import Store, bundle_id  # noqa: E402
+from torchkeeper.engine import archive  # noqa: E402
+from torchkeeper.engine.bundle import Store, bundle_id  # noqa: E402
 from torchkeeper.home import Home, get_home  # noqa: E402
 
 CUDNN = "9.5.1.17"

@@ -12,7 +12,7 @@ import pytest
 from elftools.elf.elffile import ELFFile
 
 import builders as b
-from torchkeeper import libs
+from torchkeeper.engine import libs
 
 
 def _files_under(root):

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from agentkit import wait_for
-from torchkeeper.watch import NEW, Burst, Debouncer, Watcher, install_finished, relevant_top
+from torchkeeper.daemon.watch import NEW, Burst, Debouncer, Watcher, install_finished, relevant_top
 
 
 class Clock:

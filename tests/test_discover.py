@@ -8,8 +8,8 @@ sys.path.insert(0, str(Path(__file__).parents[1] / "agent"))
 
 import pytest  # noqa: E402
 
-from torchkeeper import discover as disc  # noqa: E402
-from torchkeeper.discover import Found, app_for, default_roots, discover  # noqa: E402
+from torchkeeper.engine import discover as disc  # noqa: E402
+from torchkeeper.engine.discover import Found, app_for, default_roots, discover  # noqa: E402
 from torchkeeper.errors import NotFound, UsageError  # noqa: E402
 
 V = "2.3.1+cu121"
@@ -252,7 +252,7 @@ def test_unreadable_folder_is_skipped(tmp_path):
     venv_posix(tmp_path / "locked" / "venv")
     venv_posix(tmp_path / "ok" / "venv")
     (tmp_path / "locked").chmod(0)
-    code = ("import sys; from pathlib import Path; from torchkeeper.discover import discover; "
+    code = ("import sys; from pathlib import Path; from torchkeeper.engine.discover import discover; "
             "print([str(f.path) for f in discover([Path(sys.argv[1])])])")
     argv = [sys.executable, "-c", code, str(tmp_path)]
     if os.geteuid() == 0:

@@ -1,4 +1,4 @@
-"""torchkeeper.driver against the real pynvml binding and a stub libnvidia-ml.so.1.
+"""torchkeeper.engine.driver against the real pynvml binding and a stub libnvidia-ml.so.1.
 
 pynvml caches the loaded library (pynvml.nvmlLib) and the loader reads LD_LIBRARY_PATH once, so
 every scenario runs in a fresh subprocess started with LD_LIBRARY_PATH=<stub dir>.
@@ -23,11 +23,11 @@ sys.path.insert(0, AGENT_DIR)
 sys.path.insert(0, str(TESTS))
 
 from nvmlstub import write_answers  # noqa: E402
-from torchkeeper import driver  # noqa: E402
+from torchkeeper.engine import driver  # noqa: E402
 
-ONE_SHOT = ("import json,sys; sys.path.insert(0, sys.argv[1]); from torchkeeper import driver; "
+ONE_SHOT = ("import json,sys; sys.path.insert(0, sys.argv[1]); from torchkeeper.engine import driver; "
             "print(json.dumps(driver.query().to_dict()))")
-LOOP = ("import json,sys; sys.path.insert(0, sys.argv[1]); from torchkeeper import driver\n"
+LOOP = ("import json,sys; sys.path.insert(0, sys.argv[1]); from torchkeeper.engine import driver\n"
         "for _ in sys.stdin:\n"
         "    s = driver.query()\n"
         "    print(json.dumps(dict(s.to_dict(), summary=s.summary())), flush=True)\n")

@@ -10,7 +10,8 @@ import sys
 import time
 
 import pytest
-from torchkeeper import fileops
+from torchkeeper import testing
+from torchkeeper.platform import files
 from torchkeeper.errors import FileInUse
 
 
@@ -29,13 +30,13 @@ def test_in_use_errors_become_file_in_use(tmp_path, monkeypatch, winerror):
     def refuse(*a, **k):
         raise _win_error(winerror)
 
-    monkeypatch.setattr(fileops.os, "replace", refuse)
-    monkeypatch.setattr(fileops.os, "unlink", refuse)
+    monkeypatch.setattr(files.os, "replace", refuse)
+    monkeypatch.setattr(files.os, "unlink", refuse)
     with pytest.raises(FileInUse) as ei:
-        fileops.FileOps().replace(tmp_path / "new", dst)
+        files.FileOps().replace(tmp_path / "new", dst)
     assert str(dst) in ei.value.message and "close the program" in ei.value.hint
     with pytest.raises(FileInUse):
-        fileops.FileOps().remove(dst)
+        files.FileOps().remove(dst)
     assert dst.read_bytes() == b"old"
 
 
@@ -43,9 +44,9 @@ def test_other_permission_errors_pass_through(tmp_path, monkeypatch):
     def refuse(*a, **k):
         raise PermissionError(13, "Permission denied")
 
-    monkeypatch.setattr(fileops.os, "replace", refuse)
+    monkeypatch.setattr(files.os, "replace", refuse)
     with pytest.raises(PermissionError):
-        fileops.FileOps().replace(tmp_path / "a", tmp_path / "b")
+        files.FileOps().replace(tmp_path / "a", tmp_path / "b")
 
 
 def test_holders_names_a_real_process(tmp_path):
@@ -59,17 +60,17 @@ def test_holders_names_a_real_process(tmp_path):
         deadline = time.time() + 10
         found = []
         while time.time() < deadline and not found:
-            found = fileops.holders(f)
+            found = files.holders(f)
         assert any(f"pid {p.pid}" in h for h in found), found
     finally:
         p.kill()
         p.wait()
-    assert not [h for h in fileops.holders(f) if f"pid {p.pid}" in h]
+    assert not [h for h in files.holders(f) if f"pid {p.pid}" in h]
 
 
 def test_simulated_lock_only_for_named_files(tmp_path, monkeypatch):
     monkeypatch.setenv("TORCHKEEPER_TEST_LOCKED", os.pathsep.join(["a.dll", "b.dll"]))
-    ops = fileops.get_ops()
+    ops = testing.file_ops()
     (tmp_path / "a.dll").write_bytes(b"1")
     (tmp_path / "c.dll").write_bytes(b"1")
     (tmp_path / "new").write_bytes(b"2")
@@ -78,4 +79,4 @@ def test_simulated_lock_only_for_named_files(tmp_path, monkeypatch):
     ops.replace(tmp_path / "new", tmp_path / "c.dll")
     assert (tmp_path / "c.dll").read_bytes() == b"2"
     monkeypatch.delenv("TORCHKEEPER_TEST_LOCKED")
-    assert type(fileops.get_ops()) is fileops.FileOps
+    assert type(testing.file_ops()) is files.FileOps

@@ -17,7 +17,7 @@ def lib_hashes(sp: Path, rels) -> dict:
 
 def record_libs(sp: Path, dists=("torch",)) -> dict:
     """{rel: sha256} of every managed library that RECORD lists."""
-    from torchkeeper import libs
+    from torchkeeper.engine import libs
 
     out = {}
     for d in dists:

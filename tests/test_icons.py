@@ -1,4 +1,4 @@
-"""The tray icons (icons/, drawn by icons/make_icons.py) and torchkeeper.icons.load()."""
+"""The tray icons (icons/, drawn by icons/make_icons.py) and torchkeeper.desktop.icons.load()."""
 
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from torchkeeper import icons, view
+from torchkeeper.desktop import icons
+from torchkeeper.daemon import view
 from torchkeeper.errors import NotFound
 
 REPO = Path(__file__).resolve().parent.parent

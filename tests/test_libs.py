@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from torchkeeper import libs, versions
+from torchkeeper.engine import libs, versions
 
 
 @pytest.mark.parametrize("name, key, family, member, major, platform", [

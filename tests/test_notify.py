@@ -1,4 +1,4 @@
-"""Toasts (torchkeeper.notify) against a real notification server on a private D-Bus session bus.
+"""Toasts (torchkeeper.desktop.notify) against a real notification server on a private D-Bus session bus.
 
 Each test that needs a bus starts its own ``dbus-daemon`` (a minimal config, so no service of
 this machine can be activated on it) and tests/dbus_notify_server.py on it, and points
@@ -24,8 +24,9 @@ from pathlib import Path
 import pytest
 from agentkit import end_process, wait_for
 
-from torchkeeper import notify, view
-from torchkeeper.notify import Notifier, NotifyUnavailable
+from torchkeeper.desktop import notify
+from torchkeeper.daemon import view
+from torchkeeper.desktop.notify import Notifier, NotifyUnavailable
 
 SERVER = Path(__file__).with_name("dbus_notify_server.py")
 START_DEADLINE = 20.0  # seconds; a 2-core machine running tests in parallel

@@ -1,4 +1,4 @@
-"""Windows logoff / shutdown with the agent running (session.py).
+"""Windows logoff / shutdown with the agent running (torchkeeper.platform.session).
 
 The Win32 calls (ShutdownBlockReason*) are the only fake here: a recording Blocker behind
 the same two-method interface. The agent, its transaction and pip are real."""
@@ -13,8 +13,8 @@ from agentkit import events, patched_target, start_agent, wait_for, wait_idle
 from test_flow import lib_hashes, record_libs
 from tray_demo import FakeController
 
-from torchkeeper import tray as traymod
-from torchkeeper.session import WM_ENDSESSION, WM_QUERYENDSESSION, SessionEnd
+from torchkeeper.desktop import tray as traymod
+from torchkeeper.platform.session import WM_ENDSESSION, WM_QUERYENDSESSION, SessionEnd
 
 pytestmark = pytest.mark.timeout(120)
 

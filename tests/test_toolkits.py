@@ -1,4 +1,4 @@
-"""torchkeeper.toolkits: CUDA toolkits found via nvcc, CUDA_PATH* and the usual folders.
+"""torchkeeper.engine.toolkits: CUDA toolkits found via nvcc, CUDA_PATH* and the usual folders.
 
 Every test passes its own env and roots, so a toolkit installed on the test machine never leaks in.
 """
@@ -15,7 +15,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "agent"))
 
-from torchkeeper import toolkits  # noqa: E402
+from torchkeeper.engine import toolkits  # noqa: E402
 
 NVCC_12_4 = """nvcc: NVIDIA (R) Cuda compiler driver
 Copyright (c) 2005-2024 NVIDIA Corporation

@@ -1,4 +1,4 @@
-"""The tray (torchkeeper.tray) and desktop.open_path.
+"""The tray (torchkeeper.desktop.tray) and platform.opener.open_path.
 
 (a) The menu model and every action, through pystray's dummy backend (never run()).
 (b) One system test: the real X11 backend in Xvfb, docked in trayer, screenshots before and
@@ -20,7 +20,9 @@ from pathlib import Path
 
 import pytest
 
-from torchkeeper import desktop, icons, tray, view
+from torchkeeper.platform import opener as platform_opener
+from torchkeeper.desktop import icons, tray
+from torchkeeper.daemon import view
 from agentkit import end_process
 from tray_demo import FakeController, sample_view
 
@@ -29,7 +31,7 @@ REPO = TESTS.parent
 
 
 class Opener:
-    """desktop.open_path stand-in: records what the tray asked to open."""
+    """opener.open_path stand-in: records what the tray asked to open."""
 
     def __init__(self, result=True):
         self.opened: list[Path] = []
@@ -300,7 +302,7 @@ def _python(code: str, env_changes: dict) -> subprocess.CompletedProcess:
 
 
 def test_available_says_why_not():
-    code = ("from torchkeeper import tray; import sys\n"
+    code = ("from torchkeeper.desktop import tray; import sys\n"
             "print(tray.available()); print(tray.available('dummy'))\n"
             "print('pystray' in sys.modules)")
     r = _python(code, {})
@@ -314,7 +316,7 @@ def test_available_says_why_not():
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="X11 display check")
 def test_available_with_a_dead_display():
-    r = _python("from torchkeeper import tray; print(tray.available('xorg'))",
+    r = _python("from torchkeeper.desktop import tray; print(tray.available('xorg'))",
                 {"DISPLAY": ":987"})
     assert r.returncode == 0, r.stderr
     assert r.stdout.startswith("(False, 'no tray backend works here (")
@@ -322,19 +324,19 @@ def test_available_with_a_dead_display():
 
 
 def test_headless_imports_load_no_gui_libraries():
-    r = _python("import sys; import torchkeeper.tray, torchkeeper.icons, torchkeeper.desktop\n"
+    r = _python("import sys; import torchkeeper.desktop.tray, torchkeeper.desktop.icons, torchkeeper.platform.opener\n"
                 "print(sorted(m for m in ('pystray', 'PIL', 'Xlib') if m in sys.modules))", {})
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == "[]"
 
 
-# -- desktop.open_path ----------------------------------------------------------------------
+# -- opener.open_path ----------------------------------------------------------------------
 
 
 def test_open_path_uses_the_platform_opener(tmp_path):
     for platform, argv0 in (("linux", "xdg-open"), ("darwin", "open"), ("freebsd13", "xdg-open")):
         ran = []
-        assert desktop.open_path(tmp_path, platform=platform, run=ran.append) is True
+        assert platform_opener.open_path(tmp_path, platform=platform, run=ran.append) is True
         assert ran == [[argv0, str(tmp_path)]]
 
 
@@ -346,22 +348,22 @@ def test_open_path_on_windows_uses_startfile_in_the_background(tmp_path):
         seen.append(p)
         started.set()
 
-    assert desktop.open_path(tmp_path, platform="win32", startfile=startfile) is True
+    assert platform_opener.open_path(tmp_path, platform="win32", startfile=startfile) is True
     assert started.wait(10) and seen == [str(tmp_path)]
 
 
 def test_open_path_never_raises(tmp_path, caplog):
-    assert desktop.open_path(tmp_path / "nope", platform="linux", run=lambda a: None) is False
+    assert platform_opener.open_path(tmp_path / "nope", platform="linux", run=lambda a: None) is False
     assert "does not exist" in caplog.text
 
     def broken(argv):
         raise OSError("exec format error")
-    assert desktop.open_path(tmp_path, platform="linux", run=broken) is False
+    assert platform_opener.open_path(tmp_path, platform="linux", run=broken) is False
     assert "exec format error" in caplog.text
 
     def failing_startfile(p):
         raise OSError("no application is associated")
-    assert desktop.open_path(tmp_path, platform="win32", startfile=failing_startfile) is True
+    assert platform_opener.open_path(tmp_path, platform="win32", startfile=failing_startfile) is True
     deadline = time.monotonic() + 10     # the failure is logged from the opener's thread
     while "no application is associated" not in caplog.text and time.monotonic() < deadline:
         time.sleep(0.02)
@@ -371,7 +373,7 @@ def test_open_path_never_raises(tmp_path, caplog):
 
 def test_open_path_without_xdg_open(tmp_path, monkeypatch, caplog):
     monkeypatch.setenv("PATH", str(tmp_path / "empty"))
-    assert desktop.open_path(tmp_path, platform="linux") is False
+    assert platform_opener.open_path(tmp_path, platform="linux") is False
     assert "xdg-open is not installed" in caplog.text
 
 
@@ -384,7 +386,7 @@ def test_open_path_really_starts_the_opener(tmp_path, monkeypatch):
     script.write_text(f'#!/bin/sh\necho "$1" > "{marker}"\n')
     script.chmod(0o755)
     monkeypatch.setenv("PATH", f"{bin_}{os.pathsep}{os.environ.get('PATH', '')}")
-    assert desktop.open_path(tmp_path) is True
+    assert platform_opener.open_path(tmp_path) is True
     deadline = time.monotonic() + 20
     while not (marker.exists() and marker.read_text().strip()) and time.monotonic() < deadline:
         time.sleep(0.05)

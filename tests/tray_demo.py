@@ -23,7 +23,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "agent"))
 
-from torchkeeper import view  # noqa: E402
+from torchkeeper.daemon import view  # noqa: E402
 
 
 def sample_view(**changes) -> view.AgentView:
@@ -81,7 +81,7 @@ def main(argv: list[str]) -> int:
     backend = argv[2] if len(argv) > 2 else "xorg"
     logging.basicConfig(level=logging.INFO, stream=sys.stdout,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    from torchkeeper.tray import Tray
+    from torchkeeper.desktop.tray import Tray
 
     terminated = threading.Event()
     controller = FakeController()

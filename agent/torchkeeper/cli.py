@@ -70,7 +70,7 @@ def _emit(args, obj, text: str | None = None) -> None:
 
 
 def _engine():
-    from .engine import Engine
+    from .engine.core import Engine
 
     return Engine()
 
@@ -105,7 +105,7 @@ def cmd_target_remove(args, eng):
 def cmd_discover(args, eng):
     from pathlib import Path
 
-    from .discover import default_roots, discover
+    from .engine.discover import default_roots, discover
 
     roots = [Path(r).expanduser() for r in args.roots] or default_roots()
     found = discover(roots)
@@ -131,13 +131,13 @@ def cmd_discover(args, eng):
 
 # -- bundles -----------------------------------------------------------------------------
 def _bundle_line(m):
-    from .bundle import describe
+    from .engine.bundle import describe
 
     return f"{m['name']:<28} {m['id'][:12]}  {describe(m)}, {len(m['files'])} files"
 
 
 def cmd_bundle_create(args, eng):
-    from .bundle import public
+    from .engine.bundle import public
 
     m, created = eng.bundles.create(args.sources, args.name, args.cuda, args.cudnn)
     lines = [("created bundle " if created else "already in the cache: ") + _bundle_line(m)]
@@ -152,7 +152,7 @@ def cmd_bundle_create(args, eng):
 
 
 def cmd_bundle_list(args, eng):
-    from .bundle import public
+    from .engine.bundle import public
 
     ms = eng.bundles.all()
     _emit(args, [public(m) for m in ms],
@@ -162,7 +162,7 @@ def cmd_bundle_list(args, eng):
 
 
 def cmd_bundle_show(args, eng):
-    from .bundle import public
+    from .engine.bundle import public
 
     m = eng.bundles.get(args.bundle)
     lines = [_bundle_line(m), f"  id: {m['id']}", f"  created: {m.get('created')}"]
@@ -207,7 +207,7 @@ def cmd_bundle_remove(args, eng):
 
 
 def cmd_bundle_export(args, eng):
-    from .archive import export
+    from .engine.archive import export
 
     m = eng.bundles.get(args.bundle)
     dest = export(eng.bundles, m, args.file)
@@ -216,8 +216,8 @@ def cmd_bundle_export(args, eng):
 
 
 def cmd_bundle_import(args, eng):
-    from .archive import import_
-    from .bundle import public
+    from .engine.archive import import_
+    from .engine.bundle import public
 
     m, created = import_(eng.bundles, args.file)
     _emit(args, {**public(m), "created_now": created},
@@ -310,18 +310,18 @@ def cmd_verify(args, eng):
     res = eng.verify(names, full=args.full)
     lines = []
     for s in res:
-        lines.append(f"{s['name']:<20} {s['state']}" + ("" if not s["problems"] else ": " + "; ".join(s["problems"][:4])))
-    bad = [s for s in res if not s["in_desired_state"]]
+        lines.append(f"{s.name:<20} {s.state}" + ("" if not s.problems else ": " + "; ".join(s.problems[:4])))
+    bad = [s for s in res if not s.in_desired_state]
     if bad:
         lines.append("hint: `torchkeeper apply` re-applies drifted targets; `torchkeeper plan NAME` explains incompatible ones")
-    _emit(args, res, "\n".join(lines))
+    _emit(args, [s.to_dict() for s in res], "\n".join(lines))
     return DRIFT if bad else OK
 
 
 def cmd_status(args, eng):
     from .run import agent_status
 
-    st = eng.status()
+    st = eng.status().to_dict()
     st["agent"] = agent_status(eng.home)
     if args.json:
         _emit(args, st)
@@ -346,7 +346,7 @@ def cmd_status(args, eng):
 
 
 def cmd_doctor(args, eng):
-    from .doctor import doctor, render
+    from .engine.doctor import doctor, render
 
     report = doctor(eng, probe=args.probe)
     _emit(args, report, render(report))
@@ -354,7 +354,7 @@ def cmd_doctor(args, eng):
 
 
 def cmd_log(args, eng):
-    from .state import read_events
+    from .engine.state import read_events
 
     evs = read_events(eng.home, None if args.agent else args.n)
     if args.agent:
@@ -466,7 +466,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.fn is cmd_run:  # the agent reports a broken config itself and keeps going
             return cmd_run(args)
         eng = _engine()
-        from .config import load
+        from .engine.config import load
 
         eng.config = load(eng.home.config_file)
         if not eng.config["apply"]["progress"]:

@@ -2,7 +2,7 @@
 
 Threads: the main thread runs the tray's event loop (pystray needs it) or, headless,
 waits for a stop; the agent's worker, the watcher, the scheduler and the notifier have
-their own. SIGTERM / SIGINT / SIGHUP / Quit, and on Windows a logoff (session.py), stop the
+their own. SIGTERM / SIGINT / SIGHUP / Quit, and on Windows a logoff (platform/session.py), stop the
 agent after its running job: never inside a transaction.
 """
 
@@ -16,7 +16,7 @@ import sys
 import threading
 from pathlib import Path
 
-from .fsutil import atomic_write_bytes
+from .engine.fsutil import atomic_write_bytes
 from .home import Home
 
 log = logging.getLogger("torchkeeper.agent")
@@ -77,7 +77,7 @@ class SingleInstance:
 
 def agent_status(home: Home) -> dict:
     """Whether the agent runs (from its pid file; a stale one, left by a crash, says no)."""
-    from .daemon import read_agent_state
+    from .daemon.worker import read_agent_state
 
     pid = None
     try:
@@ -100,8 +100,8 @@ def agent_status(home: Home) -> dict:
 
 
 def run(home: Home, headless: bool = False, verbose: bool = False, out=print) -> int:
-    from .daemon import Agent
-    from .notify import Notifier
+    from .daemon.worker import Agent
+    from .desktop.notify import Notifier
 
     stop = threading.Event()
     shown = {}  # the tray, once there is one
@@ -128,7 +128,7 @@ def run(home: Home, headless: bool = False, verbose: bool = False, out=print) ->
     try:
         tray = None
         if not headless:
-            from . import tray as traymod
+            from .desktop import tray as traymod
 
             ok, why = traymod.available()
             if ok:
@@ -141,7 +141,8 @@ def run(home: Home, headless: bool = False, verbose: bool = False, out=print) ->
         if not headless:
             tray = shown["tray"] = tray_cls(agent)
             if tray.backend == "win32":
-                from .session import SessionEnd, Win32Blocker
+                from .platform.session import SessionEnd
+                from .platform.windows import Win32Blocker
 
                 def finish(timeout: float) -> None:
                     stop.set()

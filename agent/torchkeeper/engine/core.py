@@ -9,13 +9,14 @@ from pathlib import Path
 
 from . import gate, libs, target as targetmod, versions
 from .bundle import Store, describe
-from .errors import NotFound, OperationFailed, Refused, TKError, UsageError
+from ..errors import NotFound, OperationFailed, Refused, TKError, UsageError
 from .fsutil import hash_many, sha256_file, stat_key
-from .home import Home, get_home
+from ..home import Home, get_home
 from .state import TARGET_NAME_RX, StateStore, log_event, target_lock
 from .txn import BackupStore, Change, Transaction, pending, recover
 
-PATCHED, DRIFTED, STOCK, INCOMPATIBLE, MISSING = "patched", "drifted", "stock", "incompatible", "missing"
+from .records import (DRIFTED, INCOMPATIBLE, MISSING, PATCHED, STOCK, AppliedRef, BundleRef, DriverInfo,
+                      Status, TargetStatus)
 
 
 @dataclass
@@ -363,27 +364,24 @@ class Engine:
 
     # -- verify and status -----------------------------------------------------------
     def target_state(self, name: str, full: bool = False, st: dict | None = None,
-                     with_versions: bool = False) -> dict:
+                     with_versions: bool = False) -> TargetStatus:
         st = st or self.state.read()
         rec = st["targets"][name]
         overlay = st["overlays"].get(name)
-        out = {"name": name, "path": rec["path"], "site_packages": rec["site_packages"],
-               "bundle": None, "state": None, "problems": []}
+        out = TargetStatus(name, rec["path"], rec["site_packages"])
         try:
             info = self.inspect(name, rec, overlay)
         except TKError as e:
-            out.update(state=MISSING, problems=[e.message])
+            out.state, out.problems = MISSING, [e.message]
             return out
-        out.update(torch_version=info.torch_version, torch_cuda=info.torch_cuda,
-                   platform=info.platform)
+        out.torch_version, out.torch_cuda, out.platform = info.torch_version, info.torch_cuda, info.platform
         m = None
         try:
             m = self.desired_bundle(name, st)
         except NotFound as e:
-            out["problems"].append(e.message)
+            out.problems.append(e.message)
         if m is not None:
-            out["bundle"] = {"id": m["id"], "name": m["name"], "cuda": m.get("cuda"),
-                             "cudnn": m.get("cudnn")}
+            out.bundle = BundleRef(m["id"], m["name"], m.get("cuda"), m.get("cudnn"))
         drift = []
         if overlay:
             hashed = hash_many(info.site_packages / rel for rel in overlay["files"]) if full else {}
@@ -406,10 +404,10 @@ class Engine:
             state = PATCHED
         elif refused is not None and (overlay or m is not None):
             state = INCOMPATIBLE
-            out["problems"].append(refused.message)
+            out.problems.append(refused.message)
         elif overlay:
             state = DRIFTED
-            out["problems"].extend(drift)
+            out.problems.extend(drift)
         else:
             state = STOCK
             for lf in info.libs.values():  # quick: sizes against RECORD; full: hashes
@@ -420,15 +418,15 @@ class Engine:
                     drift.append(f"{lf.rel} differs from RECORD (not applied by torchkeeper)")
             if drift:
                 state = DRIFTED
-                out["problems"].extend(drift)
-        out["state"] = state
-        out["cudnn_stock"] = (overlay or {}).get("cudnn_stock") if state == PATCHED else info.cudnn_build
-        out["cudnn_now"] = self._cudnn_now(info, state, overlay, m)
+                out.problems.extend(drift)
+        out.state = state
+        out.cudnn_stock = (overlay or {}).get("cudnn_stock") if state == PATCHED else info.cudnn_build
+        out.cudnn_now = self._cudnn_now(info, state, overlay, m)
         if overlay:
-            out["applied"] = {"bundle": overlay["bundle"], "bundle_name": overlay.get("bundle_name"),
-                              "at": overlay.get("applied"), "files": len(overlay["files"])}
+            out.applied = AppliedRef(overlay["bundle"], overlay.get("bundle_name"), overlay.get("applied"),
+                                     len(overlay["files"]))
         if with_versions:
-            out["info"] = info.to_dict()
+            out.info = info
         return out
 
     def _cudnn_now(self, info, state, overlay, m) -> str | None:
@@ -458,22 +456,21 @@ class Engine:
         out = []
         for n in names:
             s = self.target_state(n, full=full, st=st)
-            s["in_desired_state"] = s["state"] in (PATCHED, STOCK)
+            s.in_desired_state = s.state in (PATCHED, STOCK)
             out.append(s)
-        log_event(self.home, "verified", full=full,
-                  results={s["name"]: s["state"] for s in out})
+        log_event(self.home, "verified", full=full, results={s.name: s.state for s in out})
         return out
 
-    def status(self) -> dict:
+    def status(self) -> Status:
         st = self.state.read()
-        return {"targets": [self.target_state(n, st=st) for n in sorted(st["targets"])],
-                "driver": self._driver_dict(), "journal": [j.get("target") for j in pending(self.home)]}
+        return Status([self.target_state(n, st=st) for n in sorted(st["targets"])],
+                      self._driver_info(), [j.get("target") for j in pending(self.home)])
 
-    def _driver_dict(self):
+    def _driver_info(self) -> DriverInfo | None:
         d = self.driver()
         if d is None or not getattr(d, "ok", False):
             return None
-        return {"version": d.version, "cuda": d.cuda, "gpus": d.gpus}
+        return DriverInfo(d.version, d.cuda, d.gpus)
 
 
 def _holds(p: Path, f: dict) -> tuple[bool, dict]:

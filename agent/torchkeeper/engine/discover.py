@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import target, versions
-from .errors import NotFound, TKError, UsageError
+from ..errors import NotFound, TKError, UsageError
 
 # Folder names (lower case) never walked into, wherever they are.
 SKIP_NAMES = frozenset({

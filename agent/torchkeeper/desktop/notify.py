@@ -38,7 +38,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
-from . import icons, view
+from . import icons
+from ..daemon import view
 
 if TYPE_CHECKING:
     import asyncio

@@ -14,7 +14,7 @@ from hashlib import sha256
 from pathlib import Path
 
 from . import libs, versions
-from .errors import NotFound, UsageError
+from ..errors import NotFound, UsageError
 from .fsutil import atomic_write_json, record_hash_to_hex, sha256_file
 
 # Folders an app keeps its Python in, tried below a path that is not itself an env.

@@ -9,7 +9,7 @@ import subprocess
 from pathlib import Path
 
 from . import versions
-from .errors import TKError
+from ..errors import TKError
 
 PROBE_TIMEOUT_S = 60
 PROBE = r"""
@@ -94,13 +94,13 @@ def doctor(eng, probe: bool = False) -> dict:
         t = {"name": name}
         try:
             s = eng.target_state(name, st=st)
-            t.update({k: s.get(k) for k in ("site_packages", "state", "torch_version", "torch_cuda",
+            t.update({k: getattr(s, k) for k in ("site_packages", "state", "torch_version", "torch_cuda",
                                              "cudnn_stock", "cudnn_now", "problems")})
-            t["cudnn_now_int"] = versions.cudnn_int(s.get("cudnn_now"))
-            if d is not None and getattr(d, "ok", False) and s.get("torch_cuda"):
+            t["cudnn_now_int"] = versions.cudnn_int(s.cudnn_now)
+            if d is not None and getattr(d, "ok", False) and s.torch_cuda:
                 from .driver import cuda_supports
 
-                t["driver_supports_torch_cuda"] = cuda_supports(d.cuda, s["torch_cuda"])
+                t["driver_supports_torch_cuda"] = cuda_supports(d.cuda, s.torch_cuda)
         except TKError as e:
             t["error"] = e.message
         if probe and "site_packages" in t and t.get("state") != "missing":

@@ -21,9 +21,9 @@ from hashlib import sha256
 from pathlib import Path
 
 from . import libs, versions
-from .errors import NotFound, UsageError
+from ..errors import NotFound, UsageError
 from .fsutil import copy_hashing, sha256_file
-from .home import Home
+from ..home import Home
 
 FORMAT = 1
 MAX_WALK_DEPTH = 5

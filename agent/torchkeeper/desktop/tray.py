@@ -20,7 +20,9 @@ import threading
 import time
 from pathlib import Path
 
-from . import desktop, icons, view
+from ..platform import opener
+from . import icons
+from ..daemon import view
 
 log = logging.getLogger("torchkeeper.agent")
 
@@ -199,7 +201,7 @@ class Tray:
     NAME = "torchkeeper"
 
     def __init__(self, controller: view.Controller, backend: str | None = None,
-                 opener=desktop.open_path, icon_size: int = ICON_SIZE):
+                 opener=opener.open_path, icon_size: int = ICON_SIZE):
         self._controller = controller
         self._opener = opener
         self._icon_size = icon_size

@@ -12,7 +12,7 @@ import sys
 from importlib import resources
 from pathlib import Path
 
-from .errors import UsageError
+from ..errors import UsageError
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -48,7 +48,7 @@ def default_text() -> str:
     if shipped.is_file():
         return shipped.read_text(encoding="utf-8")
     # a source checkout (editable install): the file in the repo's config/ folder
-    return (Path(__file__).parents[2] / "config" / "config.toml").read_text(encoding="utf-8")
+    return (Path(__file__).parents[3] / "config" / "config.toml").read_text(encoding="utf-8")
 
 
 def defaults() -> dict:

@@ -20,18 +20,16 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import threading
-import time
 import uuid
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
 
-from .errors import OperationFailed, TKError
-from .fileops import FileOps, check_space, get_ops, is_no_space
+from ..errors import OperationFailed, TKError
+from .. import testing
+from ..platform.files import FileOps, is_no_space
 from .fsutil import atomic_write_json, copy_hashing, fsync_dir, sha256_file, stat_key
-from .home import Home
+from ..home import Home
 
 STAGED = ".tk-new"
 RESTORE = ".tk-restore"
@@ -47,39 +45,6 @@ class Change:
     old_sha256: str | None = None  # what is there now (None: absent); checked before backup
     old_stat: dict | None = None   # stat data of the file when old_sha256 was taken
     backup: str | None = None   # sha256 of the backed-up old bytes (set in prepare)
-
-
-class _Crash:
-    """Test hooks: TORCHKEEPER_TEST_CRASH_AT=N kills the process (SIGKILL) at checkpoint N;
-    TORCHKEEPER_TEST_PAUSE_AT=N creates the file TORCHKEEPER_TEST_PAUSE_FILE and sleeps
-    2 s there (the agent's tests send SIGTERM in the middle of a transaction)."""
-
-    def __init__(self):
-        v = os.environ.get("TORCHKEEPER_TEST_CRASH_AT")
-        self.at = int(v) if v and v.isdigit() else None
-        v = os.environ.get("TORCHKEEPER_TEST_PAUSE_AT")
-        self.pause_at = int(v) if v and v.isdigit() else None
-        self.n = 0
-        self.lock = threading.Lock()  # prepare passes checkpoints from two threads
-
-    def __call__(self, label: str) -> None:
-        if self.at is None and self.pause_at is None:
-            return
-        with self.lock:
-            self.n += 1
-            if self.n == self.pause_at:
-                # written whole, then renamed: a test that sees the file can read the label
-                pause_file = os.environ["TORCHKEEPER_TEST_PAUSE_FILE"]
-                with open(pause_file + ".tmp", "w") as f:
-                    f.write(f"{self.n} {label}\n")
-                os.replace(pause_file + ".tmp", pause_file)
-                time.sleep(2)
-            if self.n == self.at:
-                trace = os.environ.get("TORCHKEEPER_TEST_CRASH_TRACE")
-                if trace:
-                    with open(trace, "a") as f:
-                        f.write(f"{self.n} {label}\n")
-                os.kill(os.getpid(), signal.SIGKILL if hasattr(signal, "SIGKILL") else signal.SIGTERM)
 
 
 class BackupStore:
@@ -105,7 +70,7 @@ class BackupStore:
         self.dir.mkdir(parents=True, exist_ok=True)
         tmp = self.dir / f"{PARTIAL}{txn}-{uuid.uuid4().hex}"
         try:
-            check_space(self.dir)
+            testing.check_space(self.dir)
             try:
                 os.link(src, tmp)
             except OSError:
@@ -179,10 +144,10 @@ class Transaction:
         self.op = op
         self.changes = changes
         self.meta = meta or {}
-        self.ops = ops or get_ops()
+        self.ops = ops or testing.file_ops()
         self.backups = BackupStore(home)
         self.progress = progress
-        self.crash = _Crash()
+        self.crash = testing.Checkpoints()
         self.id = uuid.uuid4().hex[:12]
         self.journal = journal_path(home, target)
         self.phase = "new"
@@ -260,7 +225,7 @@ class Transaction:
             if staged.exists():
                 os.unlink(staged)
             try:
-                check_space(staged.parent)
+                testing.check_space(staged.parent)
                 # fsync: once swapped in, a file must survive a power cut (the backups
                 # thread runs meanwhile, so the wait overlaps with its work)
                 digest, size = copy_hashing(c.src, staged, self.progress)
@@ -370,7 +335,7 @@ def recover(home: Home, j: dict, on_commit: Callable[[dict, list[Change]], None]
         on_commit(j, changes)
         os.unlink(path)
         return "rolled forward"
-    rollback(home, root, changes, backups, get_ops())
+    rollback(home, root, changes, backups, testing.file_ops())
     backups.discard_partial(j.get("txn", ""))
     os.unlink(path)
     return "rolled back"

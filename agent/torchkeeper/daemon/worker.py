@@ -21,13 +21,15 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import config as configmod, gate, view as V
-from .engine import DRIFTED, INCOMPATIBLE, MISSING, PATCHED, STOCK, Engine
-from .errors import FileInUse, Refused, TKError
-from .fsutil import atomic_write_json, stat_key
-from .home import Home
-from .state import log_event
-from .txn import RESTORE, STAGED
+from ..engine import config as configmod, gate
+from . import view as V
+from ..engine.core import DRIFTED, INCOMPATIBLE, MISSING, PATCHED, STOCK, Engine
+from ..engine.records import TargetStatus
+from ..errors import FileInUse, Refused, TKError
+from ..engine.fsutil import atomic_write_json, stat_key
+from ..home import Home
+from ..engine.state import log_event
+from ..engine.txn import RESTORE, STAGED
 
 log = logging.getLogger("torchkeeper.agent")
 
@@ -327,9 +329,9 @@ class Agent:
         self.checks += 1
         s = self.engine.target_state(name, with_versions=True)
         self._rewatch(name, s)
-        state = s["state"]
+        state = s.state
         if state == MISSING:
-            self._set_view(name, s, MISSING, s["problems"][0] if s["problems"] else "missing")
+            self._set_view(name, s, MISSING, s.problems[0] if s.problems else "missing")
             if job.reason == "file events":
                 # maybe the middle of a long install (a check forced by max_wait_seconds):
                 # look again before alarming anyone
@@ -337,13 +339,13 @@ class Agent:
                               delay=self.cfg["agent"]["max_wait_seconds"], detected=job.detected)
             else:
                 self._toast(V.Toast(f"missing:{name}", f"torchkeeper: '{name}' has no torch",
-                                    f"{s['problems'][0] if s['problems'] else ''}", name,
+                                    s.problems[0] if s.problems else "", name,
                                     level="error"))
             return
         if state == INCOMPATIBLE:
             self._incompatible(name, s, job)
             return
-        if state == DRIFTED and s.get("applied"):
+        if state == DRIFTED and s.applied:
             self._drifted(name, s, job)
             return
         if state == DRIFTED:
@@ -358,12 +360,12 @@ class Agent:
         if state == PATCHED and job.reason.startswith("driver"):
             self._driver_gate(name, s)
 
-    def _drifted(self, name: str, s: dict, job: Job) -> None:
+    def _drifted(self, name: str, s: TargetStatus, job: Job) -> None:
         detected = job.detected or time.time()
-        stock_now = s.get("cudnn_now") or (s.get("info") or {}).get("cudnn_build")
+        stock_now = s.cudnn_now or (s.info.cudnn_build if s.info else None)
         paused = bool(self._agent_state.get("paused"))
         auto = self.cfg["agent"]["auto_reapply"] and not paused
-        what = "; ".join(s["problems"][:2])
+        what = "; ".join(s.problems[:2])
         if not auto:
             why = "auto re-apply is paused" if paused else "auto re-apply is off"
             self._ask(name, s, f"the overlay was undone ({what}); {why}", detected, job)
@@ -372,10 +374,10 @@ class Agent:
                     decided=time.time(), decision="re-apply", what=what)
         self._apply(name, s, job, detected, stock_now, explicit=False)
 
-    def _apply(self, name: str, s: dict, job: Job, detected: float, stock_now: str | None,
+    def _apply(self, name: str, s: TargetStatus, job: Job, detected: float, stock_now: str | None,
                explicit: bool) -> None:
         decided = time.time()
-        m = s.get("bundle")
+        m = s.bundle
         self._set_view(name, s, V.APPLYING, "re-applying ...")
         try:
             self._begin_own(name)
@@ -409,17 +411,17 @@ class Agent:
         verified = time.time()
         self._retry.pop(name, None)
         self._asks.pop(name, None)
-        ok = after["state"] == PATCHED
-        self._set_view(name, after, after["state"], self._ok_message(after))
+        ok = after.state == PATCHED
+        self._set_view(name, after, after.state, self._ok_message(after))
         if res.action == "already applied":
             self._event("already applied", target=name, reason=job.reason)
             return
         self.applies += 1
         self._event("repaired" if ok else "reapply unverified", target=name, reason=job.reason,
                     detected=detected, decided=decided, applied=applied, verified=verified,
-                    bundle=(m or {}).get("id"), action=res.action, latency=round(verified - detected, 3))
-        bundle_cudnn = (m or {}).get("cudnn")
-        what = f"cuDNN {bundle_cudnn}" if bundle_cudnn else f"bundle '{(m or {}).get('name')}'"
+                    bundle=m.id if m else None, action=res.action, latency=round(verified - detected, 3))
+        bundle_cudnn = m.cudnn if m else None
+        what = f"cuDNN {bundle_cudnn}" if bundle_cudnn else f"bundle '{m.name if m else None}'"
         if job.reason == "file events" and stock_now and stock_now != bundle_cudnn:
             because = f"a pip reinstall had restored stock {stock_now}"
         else:
@@ -433,21 +435,21 @@ class Agent:
             return
         s = self.engine.target_state(name, with_versions=True)
         self._rewatch(name, s)
-        if s["state"] == PATCHED and not job.explicit:
+        if s.state == PATCHED and not job.explicit:
             self._set_view(name, s, PATCHED, self._ok_message(s))
             return
         # asked by a person: apply's own plan hashes every file, so it also fixes what
         # stat data cannot see, and is a no-op ("already applied") when all is in place
-        if not s.get("bundle"):
-            self._set_view(name, s, s["state"], "no bundle chosen")
+        if not s.bundle:
+            self._set_view(name, s, s.state, "no bundle chosen")
             if job.explicit and job.reason != "reapply all":
                 self._toast(V.Toast(f"nobundle:{name}", f"torchkeeper: '{name}' has no bundle",
                                     f"choose one with `torchkeeper use BUNDLE --target {name}`", name))
             return
-        if s["state"] == INCOMPATIBLE:
+        if s.state == INCOMPATIBLE:
             self._incompatible(name, s, job)
             return
-        stock_now = s.get("cudnn_now") or (s.get("info") or {}).get("cudnn_build")
+        stock_now = s.cudnn_now or (s.info.cudnn_build if s.info else None)
         self._apply(name, s, job, job.detected or time.time(), stock_now, explicit=job.explicit)
 
     def _revert(self, job: Job) -> None:
@@ -471,7 +473,7 @@ class Agent:
             return
         self._asks.pop(name, None)
         s = self.engine.target_state(name)
-        self._set_view(name, s, s["state"], self._ok_message(s))
+        self._set_view(name, s, s.state, self._ok_message(s))
         self._toast(V.Toast(f"reverted:{name}", f"torchkeeper: '{name}' reverted", res.message, name))
 
     def _ask(self, name, s, why, detected, job) -> None:
@@ -483,15 +485,15 @@ class Agent:
                             f"{why}. Choose Reapply to put the overlay back.", name,
                             (V.REAPPLY,), level="warning"))
 
-    def _incompatible(self, name: str, s: dict, job: Job, refusal: str | None = None) -> None:
-        why = refusal or (s["problems"][0] if s["problems"] else "the gate refuses the bundle")
+    def _incompatible(self, name: str, s: TargetStatus, job: Job, refusal: str | None = None) -> None:
+        why = refusal or (s.problems[0] if s.problems else "the gate refuses the bundle")
         fits = self._bundles_that_fit(name)
         hint = (f"bundle '{fits[0]}' would fit: `torchkeeper use {fits[0]} --target {name}`"
                 if fits else "create a bundle that matches it (`torchkeeper bundle create`)")
         self._set_view(name, s, INCOMPATIBLE, why)
         self._event("incompatible", target=name, reason=job.reason, detected=job.detected,
                     decided=time.time(), decision="not applied", why=why, fits=fits)
-        self._toast(V.Toast(f"incompatible:{name}:{s.get('torch_version')}",
+        self._toast(V.Toast(f"incompatible:{name}:{s.torch_version}",
                             f"torchkeeper: not re-applying to '{name}'",
                             f"{why}. Nothing was changed; {hint}.", name, level="warning"))
 
@@ -521,7 +523,7 @@ class Agent:
         self._enqueue(V.REAPPLY if job.explicit else CHECK, name, job.reason, delay=backoff,
                       detected=detected, explicit=job.explicit)
 
-    def _driver_gate(self, name: str, s: dict) -> None:
+    def _driver_gate(self, name: str, s: TargetStatus) -> None:
         """After a driver change: does the applied bundle still suit this driver?"""
         try:
             p, _, _ = self.engine.plan(name)
@@ -538,37 +540,35 @@ class Agent:
     def _full_check(self) -> None:
         """Every file re-hashed: catches what stat data cannot (same size, same times)."""
         for r in self.engine.verify(full=True):
-            job = Job(0, 0, CHECK, r["name"], "daily full check")
-            if r["state"] == DRIFTED and r.get("applied"):
-                self._drifted(r["name"], r, job)  # not via a quick check: it may see no change
-            elif r["state"] != PATCHED:
+            job = Job(0, 0, CHECK, r.name, "daily full check")
+            if r.state == DRIFTED and r.applied:
+                self._drifted(r.name, r, job)  # not via a quick check: it may see no change
+            elif r.state != PATCHED:
                 self._check(job)
 
-    def _ok_message(self, s: dict) -> str:
-        b = s.get("bundle") or {}
-        if s["state"] == PATCHED:
-            return f"{b.get('name') or 'overlay'} applied" + (f" (cuDNN {s['cudnn_now']})" if s.get("cudnn_now") else "")
-        if s["state"] == STOCK:
-            return "stock" + (f", bundle '{b['name']}' chosen, not applied" if b else "")
-        return s["state"]
+    def _ok_message(self, s: TargetStatus) -> str:
+        b = s.bundle
+        if s.state == PATCHED:
+            return f"{b.name if b else 'overlay'} applied" + (f" (cuDNN {s.cudnn_now})" if s.cudnn_now else "")
+        if s.state == STOCK:
+            return "stock" + (f", bundle '{b.name}' chosen, not applied" if b else "")
+        return s.state
 
-    def _set_view(self, name: str, s: dict, state: str, message: str) -> None:
-        info = s.get("info") or {}
-        lib_dirs = info.get("lib_dirs") or []
-        folder = str(Path(s["site_packages"]) / lib_dirs[0]) if lib_dirs else s.get("site_packages")
-        details = [f"target: {name}", f"path: {s.get('path')}", f"state: {state}",
-                   f"torch: {s.get('torch_version')} (CUDA {s.get('torch_cuda')})"]
-        b = s.get("bundle")
+    def _set_view(self, name: str, s: TargetStatus, state: str, message: str) -> None:
+        lib_dirs = s.info.lib_dirs if s.info else []
+        folder = str(Path(s.site_packages) / lib_dirs[0]) if lib_dirs else s.site_packages
+        details = [f"target: {name}", f"path: {s.path}", f"state: {state}",
+                   f"torch: {s.torch_version} (CUDA {s.torch_cuda})"]
+        b = s.bundle
         if b:
-            vs = ", ".join(f"{label} {b[k]}" for k, label in (("cuda", "CUDA"), ("cudnn", "cuDNN"))
-                           if b.get(k))
-            details.append(f"bundle: {b['name']}" + (f" ({vs})" if vs else ""))
-        details += [f"problem: {p}" for p in s.get("problems", [])]
+            vs = ", ".join(f"{label} {v}" for v, label in ((b.cuda, "CUDA"), (b.cudnn, "cuDNN")) if v)
+            details.append(f"bundle: {b.name}" + (f" ({vs})" if vs else ""))
+        details += [f"problem: {p}" for p in s.problems]
         old = self._views.get(name)
         if old is not None and not lib_dirs:
             folder = old.folder
         with self._cv:
-            self._views[name] = V.TargetView(name, state, (s.get("bundle") or {}).get("name"),
+            self._views[name] = V.TargetView(name, state, s.bundle.name if s.bundle else None,
                                              message, folder, "\n".join(details))
         self._changed()
 
@@ -580,14 +580,13 @@ class Agent:
         self._changed()
 
     # -- watching --------------------------------------------------------------------
-    def _rewatch(self, name: str, s: dict) -> None:
+    def _rewatch(self, name: str, s: TargetStatus) -> None:
         if self.watcher is None:
             return
-        info = s.get("info") or {}
-        dirs = list(info.get("lib_dirs") or [])
+        dirs = list(s.info.lib_dirs if s.info else [])
         # also watch where the overlay's files are (a bundle may add beside the family)
         dirs += sorted({rel.rpartition("/")[0] for rel in self._overlay_files(name)})
-        self.watcher.set_target(name, Path(s["site_packages"]), [d for d in dirs if d])
+        self.watcher.set_target(name, Path(s.site_packages), [d for d in dirs if d])
 
     def _overlay_files(self, name: str) -> dict:
         ov = self.engine.state.read()["overlays"].get(name) or {}

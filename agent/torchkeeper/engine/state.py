@@ -13,9 +13,9 @@ import re
 import time
 from pathlib import Path
 
-from .errors import OperationFailed, UsageError
+from ..errors import OperationFailed, UsageError
 from .fsutil import atomic_write_json
-from .home import Home
+from ..home import Home
 
 SCHEMA = 1
 TARGET_NAME_RX = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")

@@ -8,8 +8,8 @@ from __future__ import annotations
 import functools
 from pathlib import Path
 
-from . import view
-from .errors import NotFound
+from ..daemon import view
+from ..errors import NotFound
 
 SIZES = (16, 20, 24, 32, 48, 64, 128, 256)   # what make_icons.py draws
 
@@ -18,9 +18,9 @@ _REGENERATE = "reinstall torchkeeper; in a source checkout run: python icons/mak
 
 def icons_dir() -> Path:
     """The installed wheel's torchkeeper/_data/icons, else a source checkout's <repo>/icons."""
-    here = Path(__file__).resolve().parent
-    shipped = here / "_data" / "icons"
-    return shipped if shipped.is_dir() else here.parents[1] / "icons"
+    package = Path(__file__).resolve().parents[1]
+    shipped = package / "_data" / "icons"
+    return shipped if shipped.is_dir() else package.parents[1] / "icons"
 
 
 def pick_size(size: int) -> int:

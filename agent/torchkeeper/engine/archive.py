@@ -20,7 +20,7 @@ from pathlib import Path
 
 from . import libs
 from .bundle import FORMAT, NAME_RX, Store, _rmtree, bundle_id, public
-from .errors import BadArchive, NotFound
+from ..errors import BadArchive, NotFound
 
 MAX_MANIFEST = 1 << 20
 MAX_FILES = 64

@@ -2,10 +2,7 @@
 
 Windows refuses to replace or delete a DLL that a running process has loaded (a sharing
 violation); POSIX never does. :class:`FileOps` is the small interface the transaction uses;
-:func:`get_ops` picks the implementation. Tests simulate a locked file through the same
-interface with ``TORCHKEEPER_TEST_LOCKED`` (file names separated by os.pathsep), and a full
-disk with ``TORCHKEEPER_TEST_NO_SPACE`` (folders separated by os.pathsep: creating a file
-there fails with ENOSPC; for tests that cannot mount a small filesystem).
+``torchkeeper.testing`` simulates a locked file through the same interface.
 """
 
 from __future__ import annotations
@@ -14,7 +11,7 @@ import errno
 import os
 from pathlib import Path
 
-from .errors import FileInUse
+from ..errors import FileInUse
 
 # Windows error codes for a file another process holds open.
 _WIN_IN_USE = {32, 33, 5}  # sharing violation, lock violation, access denied on a mapped image
@@ -41,29 +38,8 @@ class FileOps:
             raise
 
 
-class SimulatedLockOps(FileOps):
-    """Behaves like Windows for the named files: they cannot be replaced or removed."""
-
-    def __init__(self, locked: set[str]):
-        self.locked = locked
-
-    def _check(self, path: Path) -> None:
-        if path.name in self.locked:
-            raise FileInUse(path, holders(path))
-
-    def replace(self, src: Path, dst: Path) -> None:
-        self._check(dst)
-        super().replace(src, dst)
-
-    def remove(self, path: Path) -> None:
-        self._check(path)
-        super().remove(path)
-
-
 def get_ops() -> FileOps:
-    locked = os.environ.get("TORCHKEEPER_TEST_LOCKED")
-    if locked:
-        return SimulatedLockOps({n for n in locked.split(os.pathsep) if n})
+    """The platform's FileOps (``torchkeeper.testing.file_ops`` may stand a simulated one in)."""
     return FileOps()
 
 
@@ -85,13 +61,6 @@ def holders(path: Path) -> list[str]:
         except (psutil.Error, OSError):
             continue
     return out
-
-
-def check_space(folder: Path) -> None:
-    """Test hook: raise ENOSPC when ``folder`` is one TORCHKEEPER_TEST_NO_SPACE names."""
-    full = os.environ.get("TORCHKEEPER_TEST_NO_SPACE")
-    if full and os.path.realpath(folder) in {os.path.realpath(p) for p in full.split(os.pathsep) if p}:
-        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(folder))
 
 
 def is_no_space(e: OSError) -> bool:

@@ -1,0 +1,100 @@
+"""Typed records the engine hands to the CLI and the agent: what a target is now (status,
+verify) and what was applied to it (the overlay). Each has ``to_dict()`` for JSON; the
+field names are the JSON keys."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .target import TargetInfo
+
+PATCHED, DRIFTED, STOCK, INCOMPATIBLE, MISSING = "patched", "drifted", "stock", "incompatible", "missing"
+
+
+@dataclass
+class BundleRef:
+    """The bundle a target should use (chosen with `use`)."""
+    id: str
+    name: str
+    cuda: str | None = None
+    cudnn: str | None = None
+
+    def to_dict(self) -> dict:
+        return {"id": self.id, "name": self.name, "cuda": self.cuda, "cudnn": self.cudnn}
+
+
+@dataclass
+class AppliedRef:
+    """The overlay in place: which bundle, when, how many files."""
+    bundle: str
+    bundle_name: str | None
+    at: str | None
+    files: int
+
+    def to_dict(self) -> dict:
+        return {"bundle": self.bundle, "bundle_name": self.bundle_name, "at": self.at,
+                "files": self.files}
+
+
+@dataclass
+class TargetStatus:
+    """One target as `status` and `verify` see it. The versions are absent (None) for a
+    target whose environment is missing."""
+    name: str
+    path: str
+    site_packages: str
+    state: str | None = None          # PATCHED, DRIFTED, STOCK, INCOMPATIBLE or MISSING
+    bundle: BundleRef | None = None
+    problems: list[str] = field(default_factory=list)
+    torch_version: str | None = None
+    torch_cuda: str | None = None
+    platform: str | None = None
+    cudnn_stock: str | None = None    # the cuDNN torch ships (or shipped, under an overlay)
+    cudnn_now: str | None = None      # the cuDNN in place now, where known
+    applied: AppliedRef | None = None
+    info: TargetInfo | None = None    # the full inspection, when asked for
+    in_desired_state: bool | None = None  # set by verify
+
+    @property
+    def inspected(self) -> bool:
+        return self.state != MISSING
+
+    def to_dict(self) -> dict:
+        d = {"name": self.name, "path": self.path, "site_packages": self.site_packages,
+             "bundle": self.bundle.to_dict() if self.bundle else None, "state": self.state,
+             "problems": list(self.problems)}
+        if self.inspected:
+            d.update(torch_version=self.torch_version, torch_cuda=self.torch_cuda,
+                     platform=self.platform, cudnn_stock=self.cudnn_stock, cudnn_now=self.cudnn_now)
+        if self.applied is not None:
+            d["applied"] = self.applied.to_dict()
+        if self.info is not None:
+            d["info"] = self.info.to_dict()
+        if self.in_desired_state is not None:
+            d["in_desired_state"] = self.in_desired_state
+        return d
+
+
+@dataclass
+class DriverInfo:
+    version: str
+    cuda: str | None
+    gpus: list[dict]
+
+    def to_dict(self) -> dict:
+        return {"version": self.version, "cuda": self.cuda, "gpus": self.gpus}
+
+
+@dataclass
+class Status:
+    """Every target, the driver NVML reports (None: none answering), and the targets with an
+    unfinished transaction."""
+    targets: list[TargetStatus]
+    driver: DriverInfo | None
+    journal: list[str | None]
+
+    def to_dict(self) -> dict:
+        return {"targets": [t.to_dict() for t in self.targets],
+                "driver": self.driver.to_dict() if self.driver else None, "journal": self.journal}
