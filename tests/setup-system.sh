@@ -6,6 +6,7 @@
 #   xvfb, trayer                 an X server and a system-tray host for the tray's screen test
 #   dbus-daemon, dbus-bin        a private session bus (dbus-run-session) for notification tests
 #   libnotify-bin                notify-send: plyer's Linux notifier when dbus-python is absent
+#   dex                          runs XDG autostart entries the way a desktop session does (autostart tests)
 # As root: apt-get update + install. Otherwise: says what to install and exits 1.
 set -euo pipefail
 
@@ -32,7 +33,7 @@ if command -v python3 >/dev/null 2>&1 && ! python3 -c 'import ensurepip, venv' >
 fi
 
 # the agent's tests: X server + tray host, private D-Bus session, notify-send
-for tool in Xvfb:xvfb trayer:trayer dbus-daemon:dbus-daemon dbus-run-session:dbus-bin notify-send:libnotify-bin; do
+for tool in Xvfb:xvfb trayer:trayer dbus-daemon:dbus-daemon dbus-run-session:dbus-bin notify-send:libnotify-bin dex:dex; do
     command -v "${tool%%:*}" >/dev/null 2>&1 || missing+=("${tool#*:}")
 done
 

@@ -21,7 +21,7 @@ ALLOWED = {
     "testing": {"errors", "platform"},
     "engine": {"errors", "home", "platform", "testing"},
     "daemon": {"errors", "home", "platform", "testing", "engine"},
-    "desktop": {"errors", "platform", "daemon.view"},
+    "desktop": {"errors", "home", "platform", "daemon.view"},
     "run": {"errors", "home", "platform", "testing", "engine", "daemon", "desktop"},
     "cli": {"errors", "home", "platform", "testing", "engine", "daemon", "desktop", "run", "__init__"},
     "__main__": {"cli"},

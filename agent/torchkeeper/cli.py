@@ -371,7 +371,28 @@ def cmd_run(args, eng=None):
     from .home import get_home
     from .run import run
 
+    if args.home:  # a login entry cannot set variables: it passes the home this way
+        os.environ["TORCHKEEPER_HOME"] = args.home
     return run(get_home(), headless=args.headless, verbose=args.verbose)
+
+
+def cmd_autostart(args, eng):
+    from .engine.login import Login
+
+    login = Login(eng.home)
+    if args.action == "enable":
+        st, said = login.enable(by=args.by, if_not_declined=args.if_not_declined)
+    elif args.action == "disable":
+        st, said = login.disable(by=args.by)
+    else:
+        st = login.status()
+        said = {"enabled": "torchkeeper starts at login", "disabled": "torchkeeper does not start at login",
+                "turned off": "start at login is turned off in the system's settings: "
+                              + (st.get("how_to_turn_on") or "")}[st["state"]]
+        if st["state"] != "disabled":
+            said += f"\n  {st['where']}" + (f"\n  runs: {st['command']}" if st.get("command") else "")
+    _emit(args, st, said)
+    return OK
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -447,6 +468,12 @@ def build_parser() -> argparse.ArgumentParser:
              "(a tray icon; headless where there is no tray)", json_opt=False)
     rn.add_argument("--headless", action="store_true", help="no tray icon")
     rn.add_argument("--verbose", "-v", action="store_true", help="also log to the terminal")
+    rn.add_argument("--home", help="use this folder for config, state, cache and logs (TORCHKEEPER_HOME)")
+    au = cmd("autostart", cmd_autostart, "start the agent at login: enable, disable or status")
+    au.add_argument("action", choices=("enable", "disable", "status"))
+    au.add_argument("--if-not-declined", action="store_true",
+                    help="enable unless the user turned it off before (for installers)")
+    au.add_argument("--by", default="user", choices=("user", "installer"), help=argparse.SUPPRESS)
     return p
 
 

@@ -1,4 +1,4 @@
-"""Where torchkeeper keeps its config, state, cache and logs.
+"""Where torchkeeper keeps its config, state, cache and logs, and where its icons are.
 
 ``TORCHKEEPER_HOME=DIR`` puts everything under DIR (tests use this); otherwise the
 platform's usual per-user locations from platformdirs.
@@ -52,6 +52,19 @@ class Home:
         d = self.cache_dir / "tmp"
         d.mkdir(parents=True, exist_ok=True)
         return d
+
+
+def icons_dir() -> Path:
+    """The installed wheel's torchkeeper/_data/icons, else a source checkout's <repo>/icons."""
+    package = Path(__file__).resolve().parent
+    shipped = package / "_data" / "icons"
+    return shipped if shipped.is_dir() else package.parents[1] / "icons"
+
+
+def app_icon() -> Path:
+    """The application's icon file for menus and login entries (.ico on Windows)."""
+    name = "torchkeeper.ico" if os.name == "nt" else "ok-256.png"
+    return icons_dir() / name
 
 
 def get_home() -> Home:

@@ -24,6 +24,7 @@ from pathlib import Path
 from ..engine import config as configmod, gate
 from . import view as V
 from ..engine.core import DRIFTED, INCOMPATIBLE, MISSING, PATCHED, STOCK, Engine
+from ..engine.login import Login
 from ..engine.records import TargetStatus
 from ..errors import FileInUse, Refused, TKError
 from ..engine.fsutil import atomic_write_json, stat_key
@@ -73,7 +74,7 @@ class Agent:
 
     def __init__(self, home: Home, engine: Engine | None = None, notifier=None,
                  clock=time.monotonic, watch: bool = True, schedule: bool = True,
-                 driver_query=None):
+                 driver_query=None, login: Login | None = None):
         self.home = home
         self.engine = engine or Engine(home, driver_query=driver_query)
         self.clock = clock
@@ -98,6 +99,8 @@ class Agent:
         self._own_lock = threading.Lock()
         self._agent_state = read_agent_state(home)
         self._driver_line = "driver: not checked yet"
+        self.login = login or Login(home)
+        self._autostart = self._read_autostart()
         self._driver_error = False
         self.watcher = None
         self.safety = None
@@ -206,9 +209,7 @@ class Agent:
             tip = "torchkeeper: " + "; ".join(f"{t.name} {t.state}" for t in bad[:3])
         if paused:
             tip += " (auto re-apply paused)"
-        # autostart: None (greyed in the menu) until the autostart issue stores a choice
-        return V.AgentView(overall, tip, targets, self._driver_line, paused,
-                           self._agent_state.get("autostart"))
+        return V.AgentView(overall, tip, targets, self._driver_line, paused, self._autostart)
 
     def request(self, action: str, target: str | None = None, reason: str = "",
                 explicit: bool | None = None) -> None:
@@ -235,8 +236,25 @@ class Agent:
             self.request(V.CHECK_ALL, reason="auto re-apply resumed")
         self._changed()
 
-    def set_autostart(self, enabled: bool) -> None:  # wired when the autostart issue lands
-        log.info("start at login is not available yet")
+    def set_autostart(self, enabled: bool) -> None:
+        """A person's choice from the tray (never called by the agent's own decisions)."""
+        try:
+            _, said = self.login.enable() if enabled else self.login.disable()
+            self._event("autostart", enabled=enabled, message=said)
+        except (TKError, OSError) as e:
+            msg, hint = (e.message, e.hint) if isinstance(e, TKError) else (str(e), None)
+            self._toast(V.Toast("autostart", "torchkeeper: start at login",
+                                f"{msg}. {hint or ''}".strip(), level="warning"))
+        self._autostart = self._read_autostart()
+        self._changed()
+
+    def _read_autostart(self) -> bool | None:
+        """Whether the agent starts at login; None (greyed in the menu) when it cannot tell."""
+        try:
+            return bool(self.login.status()["enabled"])
+        except Exception as e:  # a registry or file the OS will not let us read
+            log.warning("cannot tell whether torchkeeper starts at login: %s", e)
+            return None
 
     def subscribe(self, callback) -> None:
         self._listeners.append(callback)

@@ -10,17 +10,11 @@ from pathlib import Path
 
 from ..daemon import view
 from ..errors import NotFound
+from ..home import icons_dir
 
 SIZES = (16, 20, 24, 32, 48, 64, 128, 256)   # what make_icons.py draws
 
 _REGENERATE = "reinstall torchkeeper; in a source checkout run: python icons/make_icons.py"
-
-
-def icons_dir() -> Path:
-    """The installed wheel's torchkeeper/_data/icons, else a source checkout's <repo>/icons."""
-    package = Path(__file__).resolve().parents[1]
-    shipped = package / "_data" / "icons"
-    return shipped if shipped.is_dir() else package.parents[1] / "icons"
 
 
 def pick_size(size: int) -> int:

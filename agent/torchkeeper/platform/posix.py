@@ -1,0 +1,78 @@
+"""XDG desktops (GNOME, KDE, Xfce, ...; systemd >= 246 turns these entries into user units)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from .autostart import APP_ID, DISABLED, ENABLED, TURNED_OFF, AutostartStatus
+
+
+def _exec_quote(arg: str) -> str:
+    """One argument of an Exec= line (Desktop Entry Specification, "The Exec key")."""
+    arg = arg.replace("%", "%%")
+    if not any(c in arg for c in ' \t\n"\'\\><~|&;$*?#()`'):
+        return arg
+    inner = "".join("\\" + c if c in '"`$\\' else c for c in arg)
+    return f'"{inner}"'
+
+
+def exec_line(argv: list[str]) -> str:
+    return " ".join(_exec_quote(a) for a in argv)
+
+
+def _entry(text: str) -> dict[str, str]:
+    """The [Desktop Entry] group's keys (later duplicates win, as desktops read them)."""
+    out, group = {}, None
+    for line in text.splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        if line.startswith("["):
+            group = line
+            continue
+        if group == "[Desktop Entry]" and "=" in line:
+            k, _, v = line.partition("=")
+            out[k.strip()] = v.strip()
+    return out
+
+
+class XdgAutostart:
+    """``$XDG_CONFIG_HOME/autostart/torchkeeper.desktop``."""
+
+    def __init__(self, config_home: str | os.PathLike | None = None, icon: str | None = None):
+        base = config_home or os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config"
+        self.path = Path(base) / "autostart" / f"{APP_ID}.desktop"
+        self.icon = icon
+
+    def status(self) -> AutostartStatus:
+        try:
+            e = _entry(self.path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return AutostartStatus(DISABLED, str(self.path))
+        except (OSError, UnicodeDecodeError):  # unreadable: as if absent; enable replaces it
+            return AutostartStatus(DISABLED, str(self.path))
+        if e.get("Hidden", "").lower() == "true" or e.get("X-GNOME-Autostart-enabled", "").lower() == "false":
+            return AutostartStatus(TURNED_OFF, str(self.path), e.get("Exec"),
+                                   "turn torchkeeper on again in your desktop's startup settings "
+                                   f"(or delete {self.path})")
+        return AutostartStatus(ENABLED, str(self.path), e.get("Exec"))
+
+    def enable(self, argv: list[str]) -> AutostartStatus:
+        lines = ["[Desktop Entry]", "Type=Application", "Name=torchkeeper",
+                 "Comment=Keeps your PyTorch installs on the CUDA and cuDNN you chose",
+                 f"Exec={exec_line(argv)}", "Terminal=false", "X-GNOME-Autostart-enabled=true"]
+        if self.icon:
+            lines.append(f"Icon={self.icon}")
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        tmp.write_text("\n".join(lines) + "\n", encoding="utf-8")
+        os.replace(tmp, self.path)
+        return self.status()
+
+    def disable(self) -> AutostartStatus:
+        try:
+            self.path.unlink()
+        except FileNotFoundError:
+            pass
+        return self.status()
