@@ -111,7 +111,7 @@ wine_up() {
     # wineserver persistent for a while, then a first wine call with stdio closed: the first call
     # of a prefix starts services.exe & co., which inherit its pipes (later captured calls hang).
     [ $wine_is_up -eq 1 ] && return 0
-    if "${wine_env[@]}" wineserver -p 10 >/dev/null 2>&1; then own_server=1; fi  # 2: one runs already
+    if "${wine_env[@]}" wineserver -p10 >/dev/null 2>&1; then own_server=1; fi  # 2: one runs already; "-p10", not "-p 10" (= forever)
     "${wine_env[@]}" wine cmd /c exit </dev/null >/dev/null 2>&1 \
         || die "wine cannot run cmd.exe in $prefix" "rm -rf '$prefix' and run tests/windows/setup.sh again"
     wine_is_up=1

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import time
+
 import builders
 
 
@@ -85,3 +88,33 @@ def test_target_add_on_a_torch_wheel_installed_by_the_windows_pip(win, build, tm
     assert st.rc == 0, st
     t = st.json()["targets"][0]
     assert t["name"] == "a1111" and t["cudnn_stock"] == "8.8.1.3"
+
+
+def test_a_window_shows_on_the_xvfb_display(win, win_display):
+    """Windows programs get the session's Xvfb: a pystray icon (win32 backend) starts, and a
+    plain window is an X window that xdotool finds."""
+    code = (
+        "import ctypes, sys, time\n"
+        "import pystray\n"
+        "from PIL import Image\n"
+        "icon = pystray.Icon('tk-smoke', Image.new('RGB', (32, 32), 'green'), 'tk-smoke')\n"
+        "icon.run_detached()\n"
+        "u = ctypes.WinDLL('user32')\n"
+        "u.CreateWindowExW.restype = ctypes.c_void_p\n"
+        "h = u.CreateWindowExW(0, 'STATIC', 'tk-smoke-window', 0x10CF0000, 10, 10, 200, 100, None, None, None, None)\n"
+        "print('ready', bool(h), flush=True)\n"
+        "time.sleep(30)\n"
+    )
+    p = win.popen(["python", "-c", code])
+    try:
+        assert p.stdout.readline().split() == ["ready", "True"], p.stderr.read()
+        deadline = time.monotonic() + 20
+        found = ""
+        while time.monotonic() < deadline and not found:
+            found = subprocess.run(["xdotool", "search", "--name", "tk-smoke-window"], env={"DISPLAY": win_display},
+                                   capture_output=True, text=True).stdout.strip()
+            time.sleep(0.2)
+        assert found, "no X window named tk-smoke-window"
+    finally:
+        p.kill()
+        p.wait(10)

@@ -36,7 +36,7 @@ WIN_PYTHONW = r"C:\Python311\pythonw.exe"
 WHEELHOUSE = CACHE / "wheelhouse"
 SESSION_FILE = CACHE / "session.json"
 SESSION_LOCK = CACHE / ".session.lock"
-PERSIST_S = 60  # wineserver -p: how long Wine stays up after the last Windows process ends
+PERSIST_S = 60  # wineserver -pN: how long Wine stays up after the last Windows process ends
 
 Arg = Union[str, os.PathLike, int, float]
 
@@ -193,7 +193,9 @@ class WineSession:
                     raise WineUnavailable(f"Xvfb did not start (see {CACHE / 'xvfb.log'})")
                 buf += chunk
         display = ":" + buf.decode().strip()
-        if _quiet(["wineserver", "-p", str(PERSIST_S)], env) not in (0, 2):
+        # "-p60", not "-p 60": Debian's wineserver wrapper runs "wineserver64 -p0 ARGS", and a
+        # bare "-p" (the 60 a separate word) means persistent forever
+        if _quiet(["wineserver", f"-p{PERSIST_S}"], env) not in (0, 2):
             raise WineUnavailable("wineserver -p failed")
         # the Xvfb lives as long as the wineserver
         subprocess.Popen(["sh", "-c", 'wineserver -w; kill "$0"', str(xvfb.pid)], env=env,
@@ -325,6 +327,18 @@ class Win:
                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=timeout,
                            encoding="utf-8", errors="replace")
         return WinResult([exe, *argv[2:]], p.returncode, p.stdout, p.stderr, time.monotonic() - t0)
+
+    def popen(self, args: Sequence[Arg], env: Mapping[str, object] | None = None,
+              cwd: Union[str, os.PathLike, None] = None, **kw) -> subprocess.Popen:
+        """Start a Windows program and return at once (text pipes for stdout and stderr, stdin
+        /dev/null unless given); the caller waits or kills it."""
+        args = list(args)
+        exe = self.python if args and args[0] == "python" else self._arg(args[0])
+        kw.setdefault("stdin", subprocess.DEVNULL)
+        kw.setdefault("stdout", subprocess.PIPE)
+        kw.setdefault("stderr", subprocess.PIPE)
+        return subprocess.Popen(["wine", exe, *(self._arg(a) for a in args[1:])], env=self.env(env),
+                                cwd=str(cwd or self.tmp), encoding="utf-8", errors="replace", **kw)
 
     def py(self, *args: Arg, **kw) -> WinResult:
         """The base python.exe with ARGS (``win.py("-c", code)``)."""
