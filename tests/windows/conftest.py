@@ -26,7 +26,8 @@ Fixtures:
     ``win.venv_python(venv)``, ``win.site_packages(venv)`` (Linux paths).
   - ``win.pip(venv, *args, check=True)``: the venv's pip; ``win.pip_install(venv, *wheels, deps=False)``
     offline (``deps=True`` resolves from the setup's wheelhouse: torchkeeper's Windows deps).
-  - ``win.python``, ``win.prefix``, ``win.wheelhouse``, ``win.home``, ``win.display``.
+  - ``win.popen(args, env=None, **kw) -> subprocess.Popen`` (text pipes): for programs that keep running.
+  - ``win.python``, ``win.prefix``, ``win.wheelhouse``, ``win.tk_wheel``, ``win.home``, ``win.display``.
 """
 
 from __future__ import annotations

@@ -290,6 +290,11 @@ class Win:
         self.home = self.tmp / "tk-home"
         self.home.mkdir(parents=True, exist_ok=True)
 
+    @property
+    def tk_wheel(self) -> Path:
+        """torchkeeper's wheel built by setup.sh from this checkout (for ``pip_install(venv, win.tk_wheel, deps=True)``)."""
+        return next((CACHE / "tk-wheel").glob("torchkeeper-*.whl"))
+
     # -- paths
     @staticmethod
     def path(p: Union[str, os.PathLike]) -> str:
