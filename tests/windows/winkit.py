@@ -1,0 +1,388 @@
+"""Running a real Windows CPython under Wine from tests (no pytest in here).
+
+* ``ensure_setup()`` runs ``tests/windows/setup.sh`` unless ``setup.sh --check`` says it is up to date.
+* ``WineSession`` is the shared Wine session of one prefix: an Xvfb display, a persistent
+  wineserver that was started with stdio closed (the first wine call of a prefix starts
+  services.exe & co., which inherit that call's pipes: later captured calls would take seconds or
+  hang), and one "keepalive" Windows process per test process. Several test processes (xdist
+  workers, two pytest runs) share one session; ``up()``/``down()`` are safe to run concurrently.
+  Nothing has to stop it: when the last keepalive is gone, wineserver exits after
+  ``PERSIST_S`` seconds with all Wine processes, and a watcher then stops the Xvfb.
+* ``Win`` is what the ``win`` fixture hands out: run Windows programs with a small, clean
+  environment, ``python.exe -m torchkeeper``, Windows paths, Windows venvs, the venv's pip.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import signal
+import subprocess
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path, PureWindowsPath
+from typing import Mapping, Sequence, Union
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent.parent
+SETUP = HERE / "setup.sh"
+CACHE = Path(os.environ.get("TK_WINE_CACHE") or REPO / ".tk-test-cache" / "windows")
+PREFIX = CACHE / "prefix"
+PYDIR = PREFIX / "drive_c" / "Python311"
+WIN_PYTHON = r"C:\Python311\python.exe"
+WIN_PYTHONW = r"C:\Python311\pythonw.exe"
+WHEELHOUSE = CACHE / "wheelhouse"
+SESSION_FILE = CACHE / "session.json"
+SESSION_LOCK = CACHE / ".session.lock"
+PERSIST_S = 60  # wineserver -pN: how long Wine stays up after the last Windows process ends
+
+Arg = Union[str, os.PathLike, int, float]
+
+
+class WineUnavailable(RuntimeError):
+    pass
+
+
+# --------------------------------------------------------------------------- setup
+
+
+def ensure_setup(timeout: float = 1800) -> None:
+    """Run setup.sh when its --check says something is missing or stale (it locks itself)."""
+    if subprocess.run(["bash", str(SETUP), "--check"], stdin=subprocess.DEVNULL,
+                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL).returncode == 0:
+        return
+    p = subprocess.run(["bash", str(SETUP)], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                       stderr=subprocess.STDOUT, text=True, timeout=timeout)
+    if p.returncode != 0:
+        raise WineUnavailable(f"tests/windows/setup.sh failed (rc {p.returncode}):\n{p.stdout}\n"
+                              "hint: run tests/windows/setup.sh by hand; as root it installs wine itself")
+
+
+# --------------------------------------------------------------------------- environment
+
+
+def base_env(display: str | None = None) -> dict:
+    """The whole environment a Windows process gets (no Linux PIP_*, CA bundles, PYTHONPATH...)."""
+    env = {
+        "PATH": "/usr/local/bin:/usr/bin:/bin",
+        "HOME": os.environ.get("HOME", "/root"),
+        "USER": os.environ.get("USER", "root"),
+        "LANG": "C.UTF-8",
+        "WINEPREFIX": str(PREFIX),
+        "WINEDEBUG": "-all",
+        "WINEDLLOVERRIDES": "mscoree,mshtml=",
+        "WINEARCH": "win64",
+    }
+    if display:
+        env["DISPLAY"] = display
+    return env
+
+
+def win_path(p: Union[str, os.PathLike]) -> str:
+    """Linux /x/y -> Z:\\x\\y (absolute; not resolved through symlinks)."""
+    return "Z:" + os.path.abspath(os.fspath(p)).replace("/", "\\")
+
+
+def unix_path(p: str) -> Path:
+    """Z:\\x\\y -> /x/y and C:\\... -> <prefix>/drive_c/... (the other letters are not mapped)."""
+    w = PureWindowsPath(p)
+    drive = w.drive.upper()
+    rest = [part for part in w.parts[1:]]
+    if drive == "Z:":
+        return Path("/", *rest)
+    if drive == "C:":
+        return PREFIX.joinpath("drive_c", *rest)
+    raise ValueError(f"no Linux path for {p!r}")
+
+
+# --------------------------------------------------------------------------- session
+
+
+@contextmanager
+def _locked(path: Path):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _alive(pid: int, name: str) -> bool:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            argv0 = f.read().split(b"\0", 1)[0].decode(errors="replace")
+    except OSError:
+        return False
+    return os.path.basename(argv0).startswith(name)
+
+
+def _server_dir_name() -> str:
+    st = os.stat(PREFIX)
+    return f"server-{st.st_dev:x}-{st.st_ino:x}"
+
+
+def wineserver_running() -> bool:
+    """A wineserver of this prefix runs: it lives in its server folder (/proc/PID/cwd), which is
+    /tmp/.wine-UID/server-DEV-INODE upstream, /tmp/wine-XXXXXX/server-DEV-INODE on Debian."""
+    want = _server_dir_name()
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            if os.path.basename(os.readlink(f"/proc/{pid}/cwd")) != want:
+                continue
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                argv = f.read().split(b"\0")
+        except OSError:
+            continue
+        if os.path.basename(argv[0]).startswith(b"wineserver") and b"-w" not in argv and b"-k" not in argv:
+            return True
+    return False
+
+
+def _quiet(args, env, timeout=60) -> int:
+    return subprocess.run(args, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                          stderr=subprocess.DEVNULL, timeout=timeout).returncode
+
+
+class WineSession:
+    """The shared Wine session (see the module's docstring)."""
+
+    def __init__(self):
+        self.display: str | None = None
+        self.keepalive: subprocess.Popen | None = None
+
+    # -- the shared part: Xvfb + wineserver, recorded in session.json
+    def _valid(self, s: dict | None) -> bool:
+        return bool(s) and _alive(s.get("xvfb_pid", 0), "Xvfb") \
+            and os.path.exists(f"/tmp/.X11-unix/X{s['display'].lstrip(':')}") and wineserver_running()
+
+    def _load(self) -> dict | None:
+        try:
+            return json.loads(SESSION_FILE.read_text())
+        except (OSError, ValueError):
+            return None
+
+    def _start_shared(self, old: dict | None) -> dict:
+        env = base_env()
+        # a wineserver without our display (setup.sh's, a crashed run's): its explorer.exe has no
+        # X display, so tray windows would fail. Start again.
+        _quiet(["wineserver", "-k"], env)
+        _quiet(["wineserver", "-w"], env, timeout=120)
+        if old and _alive(old.get("xvfb_pid", 0), "Xvfb"):
+            os.kill(old["xvfb_pid"], signal.SIGTERM)
+        r, w = os.pipe()
+        log = open(CACHE / "xvfb.log", "ab")
+        xvfb = subprocess.Popen(["Xvfb", "-displayfd", str(w), "-nolisten", "tcp", "-screen", "0", "1280x1024x24"],
+                                pass_fds=(w,), stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                                start_new_session=True)
+        os.close(w)
+        log.close()
+        buf = b""
+        deadline = time.monotonic() + 30
+        with os.fdopen(r, "rb") as rf:
+            while not buf.endswith(b"\n"):
+                if time.monotonic() > deadline or xvfb.poll() is not None:
+                    raise WineUnavailable(f"Xvfb did not start (see {CACHE / 'xvfb.log'})")
+                chunk = rf.read(1)
+                if not chunk:
+                    raise WineUnavailable(f"Xvfb did not start (see {CACHE / 'xvfb.log'})")
+                buf += chunk
+        display = ":" + buf.decode().strip()
+        # "-p60", not "-p 60": Debian's wineserver wrapper runs "wineserver64 -p0 ARGS", and a
+        # bare "-p" (the 60 a separate word) means persistent forever
+        if _quiet(["wineserver", f"-p{PERSIST_S}"], env) not in (0, 2):
+            raise WineUnavailable("wineserver -p failed")
+        # the Xvfb lives as long as the wineserver
+        subprocess.Popen(["sh", "-c", 'wineserver -w; kill "$0"', str(xvfb.pid)], env=env,
+                         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                         start_new_session=True)
+        s = {"display": display, "xvfb_pid": xvfb.pid}
+        SESSION_FILE.write_text(json.dumps(s))
+        return s
+
+    def up(self) -> str:
+        """Join (or start) the shared session; returns its DISPLAY."""
+        for attempt in range(3):
+            with _locked(SESSION_LOCK):
+                s = self._load()
+                if not self._valid(s):
+                    s = self._start_shared(s)
+                env = base_env(s["display"])
+                # services.exe & co. start here, if they have to, with stdio closed
+                if _quiet(["wine", "cmd", "/c", "exit"], env, timeout=120) != 0:
+                    raise WineUnavailable(f"wine cannot run cmd.exe in {PREFIX}")
+                self.keepalive = subprocess.Popen(
+                    ["wine", WIN_PYTHONW, "-c", "import time\nwhile True: time.sleep(3600)"], env=env,
+                    stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                    start_new_session=True)
+                time.sleep(0.2)
+                if self._valid(s) and self.keepalive.poll() is None:
+                    self.display = s["display"]
+                    return self.display
+                self._stop_keepalive()
+        raise WineUnavailable("could not bring up a Wine session with an Xvfb display")
+
+    def _stop_keepalive(self) -> None:
+        if self.keepalive and self.keepalive.poll() is None:
+            self.keepalive.kill()
+            try:
+                self.keepalive.wait(10)
+            except subprocess.TimeoutExpired:
+                pass
+        self.keepalive = None
+
+    def down(self) -> None:
+        """Leave the session: wineserver (and then Xvfb) exit PERSIST_S s after the last one left."""
+        self._stop_keepalive()
+
+
+def stop_all() -> None:
+    """Stop Wine and the Xvfb now (for a shell, or the end of run-tests)."""
+    env = base_env()
+    _quiet(["wineserver", "-k"], env)
+    s = None
+    try:
+        s = json.loads(SESSION_FILE.read_text())
+    except (OSError, ValueError):
+        pass
+    if s and _alive(s.get("xvfb_pid", 0), "Xvfb"):
+        os.kill(s["xvfb_pid"], signal.SIGTERM)
+
+
+# --------------------------------------------------------------------------- running things
+
+
+@dataclass
+class WinResult:
+    args: list
+    rc: int
+    out: str
+    err: str
+    seconds: float = 0.0
+
+    def json(self):
+        try:
+            return json.loads(self.out)
+        except ValueError as e:
+            raise AssertionError(f"{self.args} did not print JSON ({e}):\n{self}") from None
+
+    def __str__(self) -> str:
+        return (f"{' '.join(map(str, self.args))} -> rc {self.rc} ({self.seconds:.2f} s)\n"
+                f"--- stdout\n{self.out}\n--- stderr\n{self.err}")
+
+
+class Win:
+    """Windows programs under Wine, for one test. See tests/windows/conftest.py for the API."""
+
+    python = WIN_PYTHON
+    prefix = PREFIX
+    wheelhouse = WHEELHOUSE
+
+    def __init__(self, session: WineSession, tmp: Path):
+        self.session = session
+        self.display = session.display
+        self.tmp = Path(tmp)
+        self.home = self.tmp / "tk-home"
+        self.home.mkdir(parents=True, exist_ok=True)
+
+    @property
+    def tk_wheel(self) -> Path:
+        """torchkeeper's wheel built by setup.sh from this checkout (for ``pip_install(venv, win.tk_wheel, deps=True)``)."""
+        return next((CACHE / "tk-wheel").glob("torchkeeper-*.whl"))
+
+    # -- paths
+    @staticmethod
+    def path(p: Union[str, os.PathLike]) -> str:
+        return win_path(p)
+
+    @staticmethod
+    def unix(p: str) -> Path:
+        return unix_path(p)
+
+    def _arg(self, a: Arg) -> str:
+        return win_path(a) if isinstance(a, os.PathLike) else str(a)
+
+    def env(self, extra: Mapping[str, object] | None = None) -> dict:
+        env = base_env(self.display)
+        env["PYTHONUTF8"] = "1"  # like tests/conftest.py's tk_env; env={"PYTHONUTF8": None} drops it
+        for k, v in (extra or {}).items():
+            if v is None:
+                env.pop(k, None)
+            else:
+                env[k] = self._arg(v) if isinstance(v, os.PathLike) else str(v)
+        return env
+
+    # -- running
+    def run(self, args: Sequence[Arg], env: Mapping[str, object] | None = None, timeout: float = 120,
+            cwd: Union[str, os.PathLike, None] = None, input: str | None = None) -> WinResult:
+        """Run a Windows program: args[0] is "python" (the base python.exe), a Windows path, or a
+        Linux path (a pathlib.Path anywhere in args becomes its Z:\\ path). stdin is /dev/null
+        (or ``input``), stdout and stderr are pipes: CPython aborts on a closed stdin or a file."""
+        args = list(args)
+        exe = self.python if args and args[0] == "python" else self._arg(args[0])
+        argv = ["wine", exe, *(self._arg(a) for a in args[1:])]
+        t0 = time.monotonic()
+        p = subprocess.run(argv, env=self.env(env), cwd=str(cwd or self.tmp),
+                           input=input, stdin=None if input is not None else subprocess.DEVNULL,
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=timeout,
+                           encoding="utf-8", errors="replace")
+        return WinResult([exe, *argv[2:]], p.returncode, p.stdout, p.stderr, time.monotonic() - t0)
+
+    def popen(self, args: Sequence[Arg], env: Mapping[str, object] | None = None,
+              cwd: Union[str, os.PathLike, None] = None, **kw) -> subprocess.Popen:
+        """Start a Windows program and return at once (text pipes for stdout and stderr, stdin
+        /dev/null unless given); the caller waits or kills it."""
+        args = list(args)
+        exe = self.python if args and args[0] == "python" else self._arg(args[0])
+        kw.setdefault("stdin", subprocess.DEVNULL)
+        kw.setdefault("stdout", subprocess.PIPE)
+        kw.setdefault("stderr", subprocess.PIPE)
+        return subprocess.Popen(["wine", exe, *(self._arg(a) for a in args[1:])], env=self.env(env),
+                                cwd=str(cwd or self.tmp), encoding="utf-8", errors="replace", **kw)
+
+    def py(self, *args: Arg, **kw) -> WinResult:
+        """The base python.exe with ARGS (``win.py("-c", code)``)."""
+        return self.run(["python", *args], **kw)
+
+    def tk(self, *args: Arg, env: Mapping[str, object] | None = None, timeout: float = 120,
+           python: Union[str, os.PathLike, None] = None, **kw) -> WinResult:
+        """``python.exe -m torchkeeper ARGS`` with TORCHKEEPER_HOME = win.home (as a Windows path)."""
+        e = {"TORCHKEEPER_HOME": self.home, **(env or {})}
+        return self.run([python or "python", "-m", "torchkeeper", *args], env=e, timeout=timeout, **kw)
+
+    # -- venvs
+    @staticmethod
+    def venv_python(venv: Union[str, os.PathLike]) -> Path:
+        return Path(venv) / "Scripts" / "python.exe"
+
+    @staticmethod
+    def site_packages(venv: Union[str, os.PathLike]) -> Path:
+        return Path(venv) / "Lib" / "site-packages"
+
+    def venv(self, path: Union[str, os.PathLike], pip: bool = True, timeout: float = 300) -> Path:
+        """A real Windows venv (``python.exe -m virtualenv --copies``; with pip, no setuptools)."""
+        path = Path(path)
+        seed = ["--no-setuptools", "--no-wheel"] if pip else ["--no-seed"]
+        r = self.py("-m", "virtualenv", "-q", "--copies", *seed, path, timeout=timeout)
+        if r.rc != 0 or not self.venv_python(path).is_file():
+            raise AssertionError(f"virtualenv failed:\n{r}")
+        return path
+
+    def pip(self, venv: Union[str, os.PathLike], *args: Arg, check: bool = True, timeout: float = 300,
+            env: Mapping[str, object] | None = None) -> WinResult:
+        """The venv's own pip: ``<venv>\\Scripts\\python.exe -m pip ARGS`` (raises when check and rc != 0)."""
+        r = self.run([self.venv_python(venv), "-m", "pip", "--disable-pip-version-check", "--no-input", *args],
+                     env=env, timeout=timeout)
+        if check and r.rc != 0:
+            raise AssertionError(f"pip failed:\n{r}")
+        return r
+
+    def pip_install(self, venv: Union[str, os.PathLike], *wheels: Arg, deps: bool = False, **kw) -> WinResult:
+        """Offline install of local wheels (deps from the setup's wheelhouse when deps=True)."""
+        extra = ["-f", WHEELHOUSE] if deps else ["--no-deps"]
+        return self.pip(venv, "install", "-q", "--no-index", *extra, *wheels, **kw)
