@@ -4,6 +4,7 @@ with its message, and nothing written on refusal."""
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 from pathlib import Path
@@ -39,22 +40,40 @@ def win_cu121(tmp_path, build):
     return venv
 
 
+def bind_behind_the_gates_back(tk_home, target: str, bundle_id: str) -> None:
+    """A binding `use` would refuse, as an older torchkeeper (or a torch upgraded after `use`)
+    leaves it: apply must still refuse it."""
+    f = tk_home / "data" / "state.json"
+    st = json.loads(f.read_text())
+    st["targets"][target]["bundle"] = bundle_id
+    f.write_text(json.dumps(st))
+
+
 def refused(run_tk, venv, tk_home, sources, rule, words, extra=(), env=None):
-    """Create a bundle from sources, choose it, and check apply and plan refuse by `rule`."""
+    """Create a bundle from sources; `use` refuses to choose it, and so do apply and plan."""
     r = run_tk("target", "add", venv, "--name", "t")
     assert r.rc == 0, r
     r = run_tk("bundle", "create", *sources, *extra, "--json")
     assert r.rc == 0, r
-    name = r.json()["name"]
-    assert run_tk("use", name).rc == 0
-    before = snapshot(builders.site_packages(venv), tk_home)
+    name, bid = r.json()["name"], r.json()["id"]
+    before = snapshot(builders.site_packages(venv))
+    u = run_tk("use", name, "--json")           # every target: it fits none, so binds none
+    assert u.rc == 3, u
+    assert u.json()["targets"] == [] and list(u.json()["skipped"]) == ["t"], u
+    u = run_tk("use", name, "--target", "t")    # one target: refused with the gate's words
+    assert u.rc == 3 and "compatibility gate refuses" in u.err and "hint: " in u.err, u
+    for w in words[:1]:
+        assert w in u.err, u
+    assert run_tk("status", "--json").json()["targets"][0]["bundle"] is None
+    assert snapshot(builders.site_packages(venv)) == before
+    bind_behind_the_gates_back(tk_home, "t", bid)
     r = run_tk("apply", "--force", extra_env=env)
     assert r.rc == 3, r
     for w in words:
         assert w in r.err, r
     assert "Traceback" not in r.err
     assert [ln for ln in r.err.splitlines() if ln.startswith("hint: ")], r
-    assert snapshot(builders.site_packages(venv), tk_home) == before
+    assert snapshot(builders.site_packages(venv)) == before
     p = run_tk("plan", "t", "--json", extra_env=env)
     assert p.rc == 3, p
     plan = p.json()
@@ -147,8 +166,9 @@ def test_driver_too_old_needs_force(tmp_path, build, run_tk, tk_home, win_cu121,
     assert "driver 531.14 supports CUDA 12.1" in r.err and "--force" in r.err
     assert snapshot(builders.site_packages(win_cu121)) == before
     plan = run_tk("plan", "t", "--json", extra_env=env).json()
-    assert plan["verdict"] == "warn"
+    assert plan["verdict"] == "needs-force"
     assert [x["level"] for x in plan["reasons"] if x["rule"] == "driver"] == ["force"]
+    assert "verdict: needs-force" in run_tk("plan", "t", extra_env=env).out
     r = run_tk("apply", "--force", extra_env=env)
     assert r.rc == 0, r
     st = run_tk("status", "--json", extra_env=env).json()
@@ -161,7 +181,8 @@ def test_driver_too_old_needs_force(tmp_path, build, run_tk, tk_home, win_cu121,
     assert plan["verdict"] == "ok"
 
 
-def test_no_driver_is_a_warning_not_a_refusal(tmp_path, build, run_tk, tk_home, win_cu121):
+def test_no_driver_is_a_note_everywhere(tmp_path, build, run_tk, tk_home, win_cu121):
+    """One word for it: JSON level "note", plan text "note [driver]", verdict ok, apply goes on."""
     arch = build.cudnn_archive(tmp_path / "src", version="8.9.7.29", cuda_major=12, platform="windows")
     assert run_tk("target", "add", win_cu121, "--name", "t").rc == 0
     assert run_tk("use", run_tk("bundle", "create", arch, "--json").json()["name"]).rc == 0
@@ -169,8 +190,10 @@ def test_no_driver_is_a_warning_not_a_refusal(tmp_path, build, run_tk, tk_home, 
     empty.mkdir()
     env = {"LD_LIBRARY_PATH": empty}
     plan = run_tk("plan", "t", "--json", extra_env=env).json()
-    assert plan["verdict"] == "warn"
+    assert plan["verdict"] == "ok"
     assert [(x["rule"], x["level"]) for x in plan["reasons"]] == [("driver", "note")]
+    text = run_tk("plan", "t", extra_env=env).out
+    assert "note [driver]" in text and "verdict: ok (1 note)" in text and "warning" not in text
     assert run_tk("apply", extra_env=env).rc == 0
 
 

@@ -69,6 +69,12 @@ def _emit(args, obj, text: str | None = None) -> None:
         print(text)
 
 
+def _some(items: list[str], n: int) -> str:
+    """The first n items, and how many more there are."""
+    more = f" (+{len(items) - n} more)" if len(items) > n else ""
+    return "; ".join(items[:n]) + more
+
+
 def _engine():
     from .engine.core import Engine
 
@@ -236,11 +242,19 @@ def _names(args, eng):
 
 
 def cmd_use(args, eng):
-    m, names = eng.use(args.bundle, args.target)
-    _emit(args, {"bundle": m["id"], "targets": names},
-          f"targets {', '.join(names) or '(none yet; new targets too)'} will use '{m['name']}'; "
-          "run `torchkeeper apply` to apply it")
-    return OK
+    from .errors import REFUSED
+
+    res = eng.use(args.bundle, args.target)
+    name = res.bundle["name"]
+    lines = []
+    if res.bound:
+        lines.append(f"{', '.join(res.bound)} will use '{name}'; run `torchkeeper apply` to apply it")
+    for n, why in sorted(res.skipped.items()):
+        lines.append(f"skipped {n}: {why}")
+    if args.target is None:
+        lines.append(f"targets added later will use '{name}' where it fits")
+    _emit(args, res.to_dict(), "\n".join(lines))
+    return REFUSED if res.skipped and not res.bound else OK
 
 
 def _plan_text(p, info) -> str:
@@ -249,9 +263,10 @@ def _plan_text(p, info) -> str:
     for s in p.steps:
         lines.append(f"  {s.action:<14} {s.rel or s.key}" + (f" (was {s.prior})" if s.prior and s.action != 'in place' else ""))
     for r in p.reasons:
-        tag = {"refuse": "REFUSED", "force": "needs --force", "note": "warning"}[r.level]
+        tag = {"refuse": "REFUSED", "force": "needs --force", "note": "note"}[r.level]
         lines.append(f"  {tag} [{r.rule}]: {r.message}" + (f"\n    hint: {r.hint}" if r.hint else ""))
-    lines.append(f"  verdict: {p.verdict}")
+    notes = sum(r.level == "note" for r in p.reasons)
+    lines.append(f"  verdict: {p.verdict}" + (f" ({notes} note{'s' if notes > 1 else ''})" if notes else ""))
     return "\n".join(lines)
 
 
@@ -310,7 +325,7 @@ def cmd_verify(args, eng):
     res = eng.verify(names, full=args.full)
     lines = []
     for s in res:
-        lines.append(f"{s.name:<20} {s.state}" + ("" if not s.problems else ": " + "; ".join(s.problems[:4])))
+        lines.append(f"{s.name:<20} {s.state}" + ("" if not s.problems else ": " + _some(s.problems, 4)))
     bad = [s for s in res if not s.in_desired_state]
     if bad:
         lines.append("hint: `torchkeeper apply` re-applies drifted targets; `torchkeeper plan NAME` explains incompatible ones")
@@ -326,21 +341,30 @@ def cmd_status(args, eng):
     if args.json:
         _emit(args, st)
         return OK
-    d = st["driver"]
-    lines = [("driver " + f"{d['version']}, CUDA {d['cuda']}, " + ", ".join(g["name"] for g in d["gpus"]))
-             if d else "driver: " + (getattr(eng.driver(), "message", None) or "none found")]
+    d = st["driver"] or {}
+    lines = [("driver " + f"{d['version']}, CUDA {d['cuda']}, " + ", ".join(g["name"] or "?" for g in d["gpus"]))
+             if d.get("state") == "ok" else "driver: " + (d.get("message") or "none found")]
     a = st["agent"]
     lines.append(f"agent: running (pid {a['pid']})" + (", auto re-apply paused" if a["paused"] else "")
                  if a["running"] else "agent: not running (start it with `torchkeeper run`)")
     if not st["targets"]:
         lines.append("no targets yet: `torchkeeper target add PATH` or `torchkeeper discover --add`")
     for t in st["targets"]:
-        b = t["bundle"]["name"] if t.get("bundle") else "-"
+        chosen = t["bundle"]["name"] if t.get("bundle") else None
+        applied = (t.get("applied") or {}).get("bundle_name")
+        if applied and chosen and applied != chosen:
+            which = f"applied {applied}, chosen {chosen} (not applied yet: `torchkeeper apply {t['name']}`)"
+        elif applied:
+            which = f"applied {applied}"
+        else:
+            which = f"chosen {chosen}, not applied" if chosen else "no bundle chosen"
         lines.append(f"{t['name']:<20} {t['state']:<13} torch {t.get('torch_version') or '?'}"
                      f" (CUDA {t.get('torch_cuda') or '-'}), cuDNN {t.get('cudnn_now') or '?'}"
-                     f" (stock {t.get('cudnn_stock') or '?'}), bundle {b}")
-        for pr in t["problems"][:3]:
-            lines.append(f"    {pr}")
+                     f" (stock {t.get('cudnn_stock') or '?'}), {which}")
+        shown = t["problems"][:3]
+        lines += [f"    {pr}" for pr in shown]
+        if len(t["problems"]) > len(shown):
+            lines.append(f"    (+{len(t['problems']) - len(shown)} more: `torchkeeper verify {t['name']} --json`)")
     print("\n".join(lines))
     return OK
 

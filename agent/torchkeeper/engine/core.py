@@ -15,8 +15,8 @@ from ..home import Home, get_home
 from .state import TARGET_NAME_RX, StateStore, log_event, target_lock
 from .txn import BackupStore, Change, Transaction, pending, recover
 
-from .records import (DRIFTED, INCOMPATIBLE, MISSING, PATCHED, STOCK, AppliedRef, BundleRef, DriverInfo,
-                      Status, TargetStatus)
+from .records import (DRIFTED, INCOMPATIBLE, MISSING, PATCHED, STOCK, AppliedRef, BundleRef, Status,
+                      TargetStatus, UseResult)
 
 
 @dataclass
@@ -115,7 +115,7 @@ class Engine:
                     i += 1
                 name = f"{base}-{i}"
             st["targets"][name] = {"path": str(Path(path).expanduser().resolve()),
-                                   "site_packages": sp, "bundle": st.get("default_bundle"),
+                                   "site_packages": sp, "bundle": self._default_for(name, info, st),
                                    "added": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
             rec = st["targets"][name]
         log_event(self.home, "target added", target=name, path=sp)
@@ -135,20 +135,53 @@ class Engine:
         self._gc_backups()
         log_event(self.home, "target removed", target=name)
 
-    def use(self, ref: str, target: str | None = None) -> tuple[dict, list[str]]:
+    def use(self, ref: str, target: str | None = None) -> UseResult:
+        """Choose bundle ``ref`` for one target, or for every target it fits (and, as the
+        default, for targets added later). The gate's file-level rules run without hashing:
+        a bundle it refuses is never bound."""
         m = self.bundles.get(ref)
         with self.state.edit() as st:
-            if target is not None:
-                if target not in st["targets"]:
-                    self.target(target)
-                names = [target]
-            else:
-                names = sorted(st["targets"])
-                st["default_bundle"] = m["id"]
+            if target is not None and target not in st["targets"]:
+                self.target(target)
+            names = [target] if target is not None else sorted(st["targets"])
+            res = UseResult(m)
             for n in names:
+                why = self._refusal(n, m, st)
+                if why is None:
+                    res.bound.append(n)
+                else:
+                    res.skipped[n] = why
+            if target is not None and res.skipped:
+                raise Refused(f"target '{target}': the compatibility gate refuses bundle "
+                              f"'{m['name']}': {res.skipped[target]}",
+                              "choose a bundle that fits (`torchkeeper suggest` or `torchkeeper plan "
+                              f"{target} --bundle B` explains), or create one for it")
+            if target is None:
+                st["default_bundle"] = m["id"]
+            for n in res.bound:
                 st["targets"][n]["bundle"] = m["id"]
-        log_event(self.home, "use", bundle=m["id"], targets=names)
-        return m, names
+        log_event(self.home, "use", bundle=m["id"], targets=res.bound, skipped=res.skipped or None)
+        return res
+
+    def _default_for(self, name: str, info, st: dict) -> str | None:
+        """The bundle `use` chose for every target, if it fits this new one."""
+        bid = st.get("default_bundle")
+        try:
+            m = self.bundles.get(bid) if bid else None
+        except NotFound:
+            return None
+        if m is None or gate.plan(name, info, m, None, None, hash_current=False).refusals:
+            return None
+        return bid
+
+    def _refusal(self, name: str, m: dict, st: dict) -> str | None:
+        """Why the gate refuses bundle m for this target (None: it fits), without hashing."""
+        try:
+            info = self.inspect(name, st["targets"][name], st["overlays"].get(name))
+        except TKError as e:
+            return e.message
+        p = gate.plan(name, info, m, st["overlays"].get(name), None, hash_current=False)
+        return p.refusals[0].message if p.refusals else None
 
     def inspect(self, name: str, rec: dict | None = None, overlay: dict | None = None) -> targetmod.TargetInfo:
         rec = rec or self.target(name)
@@ -466,11 +499,11 @@ class Engine:
         return Status([self.target_state(n, st=st) for n in sorted(st["targets"])],
                       self._driver_info(), [j.get("target") for j in pending(self.home)])
 
-    def _driver_info(self) -> DriverInfo | None:
+    def _driver_info(self) -> dict | None:
+        """The driver as NVML reports it, its state included (no driver, not loaded, reboot
+        needed, ok); None only when no query was possible at all."""
         d = self.driver()
-        if d is None or not getattr(d, "ok", False):
-            return None
-        return DriverInfo(d.version, d.cuda, d.gpus)
+        return d.to_dict() if d is not None and hasattr(d, "to_dict") else None
 
 
 def _holds(p: Path, f: dict) -> tuple[bool, dict]:

@@ -146,5 +146,8 @@ def render(r: dict) -> str:
                              f"{p.get('cuda_available')}")
             else:
                 lines.append(f"    probe failed: {p.get('error')}")
-    lines.append(f"Files: config {r['home']['config']}, data {r['home']['data']}")
+    h = r["home"]
+    lines.append("Folders torchkeeper uses:")
+    lines += [f"  {label:<7} {h[k]}" for k, label in (("config", "config"), ("data", "state"),
+                                                       ("cache", "cache"), ("logs", "logs"))]
     return "\n".join(lines)

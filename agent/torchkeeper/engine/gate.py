@@ -62,10 +62,12 @@ class Plan:
 
     @property
     def verdict(self) -> str:
+        """refused (never applied), needs-force (applied only with --force) or ok; a note
+        (no driver answering, say) tells, and changes nothing."""
         if any(r.level == "refuse" for r in self.reasons):
             return "refused"
-        if any(r.level in ("force", "note") for r in self.reasons):
-            return "warn"
+        if any(r.level == "force" for r in self.reasons):
+            return "needs-force"
         return "ok"
 
     @property

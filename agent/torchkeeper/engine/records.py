@@ -78,23 +78,25 @@ class TargetStatus:
 
 
 @dataclass
-class DriverInfo:
-    version: str
-    cuda: str | None
-    gpus: list[dict]
-
-    def to_dict(self) -> dict:
-        return {"version": self.version, "cuda": self.cuda, "gpus": self.gpus}
-
-
-@dataclass
 class Status:
-    """Every target, the driver NVML reports (None: none answering), and the targets with an
-    unfinished transaction."""
+    """Every target, the driver as NVML reports it (its ``state``: ok, no_driver, not_loaded,
+    reboot_needed, ...), and the targets with an unfinished transaction."""
     targets: list[TargetStatus]
-    driver: DriverInfo | None
+    driver: dict | None
     journal: list[str | None]
 
     def to_dict(self) -> dict:
-        return {"targets": [t.to_dict() for t in self.targets],
-                "driver": self.driver.to_dict() if self.driver else None, "journal": self.journal}
+        return {"targets": [t.to_dict() for t in self.targets], "driver": self.driver,
+                "journal": self.journal}
+
+
+@dataclass
+class UseResult:
+    """What `use` did: the targets now bound to the bundle, and those the gate refused it for."""
+    bundle: dict
+    bound: list[str] = field(default_factory=list)
+    skipped: dict[str, str] = field(default_factory=dict)  # target -> the gate's reason
+
+    def to_dict(self) -> dict:
+        return {"bundle": self.bundle["id"], "bundle_name": self.bundle["name"],
+                "targets": self.bound, "skipped": self.skipped}
