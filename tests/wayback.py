@@ -182,3 +182,27 @@ def linux_target(build, tmp_path, run_tk, tk_home) -> Target:
     assert {rel.rsplit("/", 1)[0] for rel in t.stock if rel.rsplit("/", 1)[1] in t.bundles["a"]["files"]} \
         == {"nvidia/cudnn/lib", "nvidia/cublas/lib"}
     return t
+
+
+def crash_at(t: Target, run_tk, tmp_path: Path, cmd: list[str], n: int) -> str:
+    """Run `cmd` killed (SIGKILL) at its n-th transaction checkpoint; returns that checkpoint's
+    label. The interrupted transaction's journal is left for the next command."""
+    trace = tmp_path / f"crash-trace-{n}.txt"
+    r = run_tk(*cmd, extra_env={"TORCHKEEPER_TEST_CRASH_AT": n, "TORCHKEEPER_TEST_CRASH_TRACE": trace})
+    assert r.rc in KILLED, str(r)
+    assert journals(t) == [f"{NAME}.json"], str(r)
+    return trace.read_text().splitlines()[-1].partition(" ")[2]
+
+
+def journal_file(t: Target) -> Path:
+    return t.home / "data" / "journal" / f"{NAME}.json"
+
+
+def set_aside_journals(t: Target) -> list[Path]:
+    """Unreadable journals the engine moved away (kept, never deleted), resolved or not."""
+    d = t.home / "data" / "journal-damaged"
+    return sorted(d.iterdir()) if d.is_dir() else []
+
+
+def inodes(t: Target) -> dict[str, int]:
+    return {rel: (t.sp / rel).stat().st_ino for rel in t.stock}

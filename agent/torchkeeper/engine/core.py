@@ -3,6 +3,7 @@ toasts or timers; the CLI and the agent both drive it."""
 
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,8 +13,8 @@ from .bundle import Store, describe
 from ..errors import NotFound, OperationFailed, Refused, TKError, UsageError
 from .fsutil import hash_many, sha256_file, stat_key
 from ..home import Home, get_home
-from .state import TARGET_NAME_RX, StateStore, log_event, target_lock
-from .txn import BackupStore, Change, Transaction, pending, recover
+from .state import TARGET_NAME_RX, StateStore, log_event, target_lock, warn
+from .txn import STAGED, BackupStore, Change, Transaction, damaged, pending, recover, resolve_damaged
 
 from .records import (DRIFTED, INCOMPATIBLE, MISSING, PATCHED, STOCK, AppliedRef, BundleRef, Status,
                       TargetStatus, UseResult)
@@ -59,7 +60,9 @@ class Engine:
         out = []
         for j in pending(self.home):
             name = j.get("target", "?")
-            with target_lock(self.home, name):
+            # an unreadable journal may carry a name that is no target's: set aside unlocked
+            lock = target_lock(self.home, name) if TARGET_NAME_RX.match(name) else contextlib.nullcontext()
+            with lock:
                 for jj in pending(self.home):  # re-read under the lock
                     if jj.get("target") != name:
                         continue
@@ -72,13 +75,68 @@ class Engine:
                         msg = (f"recovered target '{name}': an interrupted {op} had put every file "
                                "in place; it was completed")
                     else:
-                        msg = f"recovered target '{name}': discarded an unreadable journal"
+                        msg = (f"recovered target '{name}': its journal was unreadable "
+                               f"({jj['corrupt']}); it was set aside as {jj['_set_aside']}")
+                        self._discard_staged(name)
+                        if not self._whole(name):
+                            msg += f"\n{self._mixed_message(name)}"
                     log_event(self.home, "recovered", target=name, op=op, how=how)
                     if how == "rolled back":
                         self._refresh_stats(name)
                     out.append(msg)
-        if out:
+        if out or damaged(self.home):
             self._gc_backups()
+        return out
+
+    def _discard_staged(self, name: str) -> None:
+        """Remove the staged copies an unreadable journal's transaction left beside the
+        target's libraries (only our own temporary names)."""
+        st = self.state.read()
+        if name not in st["targets"]:
+            return
+        try:
+            info = self.inspect(name, st["targets"][name], st["overlays"].get(name))
+        except TKError:
+            return
+        for d in {(info.site_packages / lf.rel).parent for lf in info.libs.values()}:
+            for p in d.glob(f"*{STAGED}"):
+                with contextlib.suppress(OSError):
+                    p.unlink()
+
+    def _mixed_message(self, name: str) -> str:
+        return (f"target '{name}' is mixed (an interrupted transaction's journal was unreadable): "
+                "run `torchkeeper revert` (stock copies are kept)")
+
+    def _whole(self, name: str, st: dict | None = None) -> bool:
+        """Whether every library of a target is what the state says, judged from the files
+        alone: each one the overlay's bytes where one is recorded, else RECORD's, and no
+        file nobody lists holding a bundle's bytes (a sibling an interrupted apply added)."""
+        st = st or self.state.read()
+        if name not in st["targets"]:
+            return False
+        overlay = st["overlays"].get(name)
+        try:
+            info = self.inspect(name, st["targets"][name], overlay)
+        except TKError:
+            return False
+        want = {lf.rel: lf.stock_sha256 for lf in info.libs.values() if lf.stock_sha256}
+        want.update({rel: f.get("sha256") for rel, f in (overlay or {}).get("files", {}).items()})
+        now = hash_many(info.site_packages / rel for rel in {*want, *(lf.rel for lf in info.libs.values())})
+        if any(now.get(info.site_packages / rel, (None,))[0] != sha for rel, sha in want.items()):
+            return False
+        return not self._ours_unlisted(info, want, now)
+
+    def _ours_unlisted(self, info, listed, hashed=None) -> list[str]:
+        """Libraries no RECORD and no overlay lists whose bytes are a cached bundle's."""
+        ours = {f.get("sha256") for m in self.bundles.all() for f in m["files"] if isinstance(f, dict)}
+        out = []
+        for lf in info.libs.values():
+            p = info.site_packages / lf.rel
+            if lf.rel in listed or not p.is_file():
+                continue
+            sha = (hashed or {}).get(p, (None,))[0] or sha256_file(p)
+            if sha in ours:
+                out.append(lf.rel)
         return out
 
     def _commit_from_journal(self, j: dict, changes: list[Change]) -> None:
@@ -126,8 +184,10 @@ class Engine:
         with target_lock(self.home, name), self.state.edit() as st:
             if name not in st["targets"]:
                 self.target(name)
-            if name in st["overlays"] and not force:
-                raise UsageError(f"target '{name}' has an overlay applied",
+            if (name in st["overlays"] or damaged(self.home, name)) and not force:
+                what = ("has an overlay applied" if name in st["overlays"] else
+                        "is mixed (an interrupted transaction's journal was unreadable)")
+                raise UsageError(f"target '{name}' {what}",
                                  f"revert it first (torchkeeper revert {name}), or pass --force to "
                                  "forget it and keep its files as they are")
             st["targets"].pop(name)
@@ -222,6 +282,10 @@ class Engine:
     def apply(self, name: str, force: bool = False, dry_run: bool = False, progress=None) -> Result:
         self.target(name)
         with target_lock(self.home, name):
+            if damaged(self.home, name) and not self._whole(name):
+                # an overlay over it would record its bundle's bytes as stock: revert first
+                raise OperationFailed(self._mixed_message(name) + "; nothing was changed",
+                                      f"run `torchkeeper revert {name}` first (stock copies are kept)")
             p, info, m = self.plan(name)
             if p.refusals:
                 raise Refused(f"target '{name}': the compatibility gate refuses bundle "
@@ -352,15 +416,29 @@ class Engine:
                     f.update(cur)
 
     def _gc_backups(self) -> None:
-        st = self.state.read()
-        keep = set()
-        for ov in st["overlays"].values():
-            for f in ov.get("files", {}).values():
-                keep.update(x for x in (f.get("stock_backup"), f.get("foreign_backup")) if x)
-        for j in pending(self.home):
-            for c in j.get("changes", []):
-                keep.update(x for x in (c.get("backup"), c.get("old_sha256")) if x)
-        BackupStore(self.home).remove_unreferenced(keep)
+        """Remove backups nothing may need: not the state, not a journal, and nothing at all
+        while a set-aside journal's target is not whole again (nobody can tell what it
+        referenced). Never fails the command: what is left is collected next time."""
+        try:
+            st = self.state.read()
+            for p in damaged(self.home):
+                name = p.name.rpartition("@")[0]
+                if name not in st["targets"] or self._whole(name, st):  # forgotten, or whole again
+                    resolve_damaged(p)
+            if damaged(self.home):
+                return
+            keep = set()
+            for ov in st["overlays"].values():
+                for f in ov.get("files", {}).values():
+                    keep.update(x for x in (f.get("stock_backup"), f.get("foreign_backup")) if x)
+            for j in pending(self.home):
+                for c in j.get("changes", []):
+                    keep.update(x for x in (c.get("backup"), c.get("old_sha256")) if x)
+                if j.get("corrupt"):
+                    return
+            BackupStore(self.home).remove_unreferenced(keep)
+        except (OSError, TKError) as e:
+            warn(f"old backups were not cleaned up ({getattr(e, 'message', e)}); the next command retries")
 
     # -- revert ----------------------------------------------------------------------
     def revert(self, name: str, progress=None) -> Result:
@@ -370,18 +448,22 @@ class Engine:
             if name not in st["targets"]:
                 self.target(name)
             overlay = st["overlays"].get(name)
-            if not overlay:
+            mixed = bool(damaged(self.home, name))
+            if not overlay and not mixed:
                 return Result(name, True, "nothing to revert", f"'{name}' has no overlay applied")
             info = self.inspect(name, st["targets"][name], overlay)
             changes = []
-            for rel, prev in sorted(overlay["files"].items()):
+            for rel, prev in sorted((overlay or {}).get("files", {}).items()):
                 if prev.get("same_as_stock"):
                     continue
                 c = self._restore_change(info, rel, prev)
                 if _needed(c):  # else already stock: a pip reinstall restored it
                     changes.append(c)
+            if mixed:
+                changes += self._unrecorded_restores(info, {c.rel for c in changes} | set(
+                    (overlay or {}).get("files", {})))
             tx = Transaction(self.home, name, info.site_packages, "revert", changes,
-                             {"bundle": overlay["bundle"]}, progress=progress)
+                             {"bundle": (overlay or {}).get("bundle")}, progress=progress)
             try:
                 tx.run(lambda t: self._commit(name, "revert", t.root, t.meta, t.changes))
             except TKError as e:
@@ -394,6 +476,27 @@ class Engine:
             return Result(name, True, "reverted",
                           f"reverted '{name}' to its stock files ({len(changes)} restored, "
                           "each checked against RECORD)")
+
+    def _unrecorded_restores(self, info, done: set[str]) -> list[Change]:
+        """For a target an unreadable journal left mixed: every library not yet handled that
+        differs from RECORD goes back to stock from the backups, and every one no RECORD
+        lists that holds a bundle's bytes is removed."""
+        out = []
+        listed = set(done)
+        for lf in sorted(info.libs.values(), key=lambda f: f.rel):
+            p = info.site_packages / lf.rel
+            if lf.rel in done or not lf.stock_sha256:
+                continue
+            listed.add(lf.rel)
+            if p.is_file() and sha256_file(p) == lf.stock_sha256:
+                continue
+            c = self._restore_change(info, lf.rel, {"prior": "stock"})
+            if _needed(c):
+                out.append(c)
+        for rel in self._ours_unlisted(info, listed):
+            p = info.site_packages / rel
+            out.append(Change(rel, None, None, None, sha256_file(p), stat_key(p)))
+        return out
 
     # -- verify and status -----------------------------------------------------------
     def target_state(self, name: str, full: bool = False, st: dict | None = None,
@@ -433,7 +536,10 @@ class Engine:
             refusals = [r for r in gate.check(info, m, None) if r.level == "refuse"]
             if refusals:
                 refused = refusals[0]
-        if overlay and not drift:
+        if damaged(self.home, name) and not self._whole(name, st):
+            state = DRIFTED
+            out.problems.append(self._mixed_message(name))
+        elif overlay and not drift:
             state = PATCHED
         elif refused is not None and (overlay or m is not None):
             state = INCOMPATIBLE

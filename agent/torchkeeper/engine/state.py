@@ -9,13 +9,16 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import logging
 import re
+import sys
 import time
 from pathlib import Path
 
 from ..errors import OperationFailed, UsageError
 from .fsutil import atomic_write_json
 from ..home import Home
+from .. import testing
 
 SCHEMA = 1
 TARGET_NAME_RX = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
@@ -122,12 +125,37 @@ def _timed_lock(path: Path, what: str):
 
 
 def log_event(home: Home, kind: str, **fields) -> dict:
-    """Append one event to the event log (JSON lines): the CLI's and the agent's history."""
+    """Append one event to the event log (JSON lines): the CLI's and the agent's history.
+
+    Never fails the caller: most events are written after what they tell of is committed,
+    and a full disk or a broken log folder must not turn that into a failure. It warns."""
     ev = {"ts": time.time(), "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "event": kind, **fields}
-    home.log_dir.mkdir(parents=True, exist_ok=True)
-    with open(home.events_file, "a", encoding="utf-8") as f:
-        f.write(json.dumps(ev, sort_keys=True) + "\n")
+    try:
+        home.log_dir.mkdir(parents=True, exist_ok=True)
+        testing.check_space(home.log_dir)
+        with open(home.events_file, "a", encoding="utf-8") as f:
+            f.write(json.dumps(ev, sort_keys=True) + "\n")
+    except OSError as e:
+        warn(f"the event log {home.events_file} could not be written ({e.strerror or e}); "
+             "what was done is done, but it is not logged")
     return ev
+
+
+_warned: set[str] = set()
+
+
+def warn(message: str) -> None:
+    """One `warning:` line on stderr, or in the agent's log where it has one; once per process
+    for the same text."""
+    if message in _warned:
+        return
+    _warned.add(message)
+    log = logging.getLogger("torchkeeper")
+    if log.hasHandlers():
+        log.warning(message)
+        return
+    with contextlib.suppress(OSError, ValueError):
+        print(f"warning: {message}", file=sys.stderr, flush=True)
 
 
 def read_events(home: Home, n: int | None = None) -> list[dict]:

@@ -11,15 +11,22 @@ file). It runs in phases, recorded in a journal beside the state:
 3. ``commit``: check every target file is the staged inode with the right size, then the
    caller records the result in the state and the journal is deleted.
 
-A crash in ``prepare`` or ``swap`` is rolled back at the next start: every file is put
-back from the backups, so the target ends exactly as it was. A crash in ``commit`` is
-rolled forward: the new files are all in place and verified.
+A crash in ``prepare`` or ``swap`` is rolled back at the next start, undoing only what the
+transaction did: before the swap that is its staged files; during the swap, each target file
+that still is the staged file it renamed there (same inode, size and mtime, recorded in the
+journal) is put back from the backups. A file a third party (pip) wrote meanwhile is left
+alone. A crash in ``commit`` is rolled forward: the new files are all in place and verified.
+
+A journal that cannot be read is set aside (``journal-damaged/``), never deleted, and while
+one is there no backup is collected: the target is judged from its files instead.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import stat
+import time
 import uuid
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -28,8 +35,9 @@ from typing import Callable
 from ..errors import OperationFailed, TKError
 from .. import testing
 from ..platform.files import FileOps, is_no_space
-from .fsutil import atomic_write_json, copy_hashing, fsync_dir, sha256_file, stat_key
+from .fsutil import atomic_write_json, clone_or_copy, copy_hashing, fsync_dir, sha256_file, stat_key
 from ..home import Home
+from .state import TARGET_NAME_RX
 
 STAGED = ".tk-new"
 RESTORE = ".tk-restore"
@@ -45,6 +53,7 @@ class Change:
     old_sha256: str | None = None  # what is there now (None: absent); checked before backup
     old_stat: dict | None = None   # stat data of the file when old_sha256 was taken
     backup: str | None = None   # sha256 of the backed-up old bytes (set in prepare)
+    staged: dict | None = None  # stat data of the staged file (set in prepare): what the swap put there
 
 
 class BackupStore:
@@ -61,10 +70,14 @@ class BackupStore:
         return p.is_file()
 
     def put(self, src: Path, expect: str | None, txn: str = "", expect_stat: dict | None = None) -> str:
-        """Back up src; returns its sha256. A hard link when on the same volume (the
-        transaction then replaces the target by rename, so the linked inode keeps the old
-        bytes), else a hashed copy. txn names the transaction, so that what a crash left
-        half-written can be found (:meth:`discard_partial`)."""
+        """Back up src; returns its sha256. The store holds only regular files whose bytes
+        nobody else can reach: a hard link only when src is a regular file with no other
+        link (the transaction then replaces the target by rename, so the linked inode keeps
+        the old bytes). Anything else -- a file uv hard-linked from its cache into many
+        venvs, a symlink -- is copied (a reflink where possible) and hash-checked: a tool
+        writing in place into another venv would otherwise rewrite our backup. txn names the
+        transaction, so that what a crash left half-written can be found
+        (:meth:`discard_partial`)."""
         if expect and self.has(expect):
             return expect
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -72,12 +85,17 @@ class BackupStore:
         try:
             testing.check_space(self.dir)
             try:
+                st = os.lstat(src)
+                if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1:
+                    raise OSError("shared or not a regular file: copy it")
                 os.link(src, tmp)
             except OSError:
                 try:
-                    digest, _ = copy_hashing(src, tmp)
+                    digest, _ = clone_or_copy(src, tmp)
                 except OSError as e:
                     raise _at(e, self.dir) from None
+                if expect_stat and stat_key(Path(src)) != expect_stat:
+                    digest = None  # written to while it was copied
             else:
                 # The link is the file itself, which may have changed since it was hashed.
                 # The same inode with the same size and mtime as when it was hashed holds
@@ -87,7 +105,7 @@ class BackupStore:
                     digest = expect
                 else:
                     digest = sha256_file(tmp)
-            if expect and digest != expect:
+            if digest is None or (expect and digest != expect):
                 raise OperationFailed(f"{src} changed while it was being backed up",
                                       "run the command again")
             final = self.path(digest)
@@ -235,6 +253,7 @@ class Transaction:
                 raise OperationFailed(f"{c.src} does not match its recorded sha256",
                                       "run `torchkeeper bundle verify`; re-create or re-import the "
                                       "bundle")
+            c.staged = stat_key(staged)  # journalled before the swap: how rollback knows its own
             self.crash(f"staged {c.rel}")
 
     def _swap(self) -> None:
@@ -265,7 +284,7 @@ class Transaction:
 
     def _rollback_safely(self) -> None:
         try:
-            rollback(self.home, self.root, self.changes, self.backups, self.ops)
+            rollback(self.home, self.root, self.changes, self.backups, self.ops, self.phase)
             self._cleanup()
         except BaseException:
             # The journal stays: the next command or agent start retries the rollback.
@@ -277,16 +296,19 @@ def journal_path(home: Home, target: str) -> Path:
 
 
 def rollback(home: Home, root: Path, changes: list[Change], backups: BackupStore,
-             ops: FileOps | None = None) -> None:
-    """Put every file back to its old bytes; remove staged leftovers."""
+             ops: FileOps | None = None, phase: str = "swap") -> None:
+    """Undo what this transaction did, and only that. Before the swap (phase ``prepare``)
+    it wrote nothing but its staged files: remove them. During the swap, a target file is
+    put back from its backup only when it is still the staged file the swap renamed there
+    (or, for a removal, still absent); one a third party rewrote meanwhile is left alone."""
     ops = ops or FileOps()
     for c in changes:
         p = root / c.rel
-        staged = Path(str(p) + STAGED)
-        if staged.exists():
-            os.unlink(staged)
-        cur = sha256_file(p) if p.is_file() else None
-        if cur == c.old_sha256:
+        mine = phase == "swap" and _swapped_in(p, c)
+        for ours in (Path(str(p) + STAGED), Path(str(p) + RESTORE)):
+            if ours.exists():
+                os.unlink(ours)
+        if not mine:
             continue
         if c.old_sha256 is None:
             ops.remove(p)
@@ -296,8 +318,6 @@ def rollback(home: Home, root: Path, changes: list[Change], backups: BackupStore
             raise OperationFailed(f"cannot restore {p}: its backup {src} is missing",
                                   "reinstall torch (pip install --force-reinstall torch==<version>)")
         tmp = Path(str(p) + RESTORE)
-        if tmp.exists():
-            os.unlink(tmp)
         digest, _ = copy_hashing(src, tmp)
         if digest != c.old_sha256:
             os.unlink(tmp)
@@ -308,6 +328,52 @@ def rollback(home: Home, root: Path, changes: list[Change], backups: BackupStore
         fsync_dir(d)
 
 
+def _swapped_in(p: Path, c: Change) -> bool:
+    """Whether the swap put c in place at p and nobody changed p since."""
+    if c.src is None:  # a removal: absent means removed (nothing else makes it absent here)
+        return not os.path.lexists(p)
+    if not p.is_file() or os.path.lexists(str(p) + STAGED):
+        return False
+    if c.staged is not None:
+        return stat_key(p) == c.staged
+    # a journal written before staged stat data was recorded: trust the bytes
+    return c.old_sha256 != c.new_sha256 and sha256_file(p) == c.new_sha256
+
+
+JOURNAL_KEYS = {"txn", "op", "target", "root", "phase", "meta", "changes"}
+CHANGE_TYPES = {"rel": (str,), "src": (str, type(None)), "new_sha256": (str, type(None)),
+                "new_size": (int, type(None)), "old_sha256": (str, type(None)),
+                "old_stat": (dict, type(None)), "backup": (str, type(None)),
+                "staged": (dict, type(None))}
+
+
+def journal_problem(j, stem: str) -> str | None:
+    """What makes a parsed journal unusable, or None. A journal is only acted on whole:
+    any unknown shape is treated as unreadable."""
+    if not isinstance(j, dict):
+        return "not a JSON object"
+    if set(j) != JOURNAL_KEYS:
+        return "keys " + ", ".join(sorted(set(j) ^ JOURNAL_KEYS)) + " missing or unknown"
+    if j["target"] != stem or not isinstance(j["target"], str) or not TARGET_NAME_RX.match(stem):
+        return "it names another target"
+    if j["op"] not in ("apply", "revert") or j["phase"] not in ("prepare", "swap", "commit"):
+        return "unknown op or phase"
+    if not isinstance(j["txn"], str) or not isinstance(j["root"], str) or not os.path.isabs(j["root"]) \
+            or not isinstance(j["meta"], dict) or not isinstance(j["changes"], list):
+        return "malformed fields"
+    for c in j["changes"]:
+        if not isinstance(c, dict) or not {"rel", "src", "new_sha256"} <= set(c) <= set(CHANGE_TYPES) \
+                or not all(isinstance(v, CHANGE_TYPES[k]) for k, v in c.items()):
+            return "a malformed change"
+        rel = c["rel"]
+        if rel.startswith("/") or "\\" in rel or ":" in rel or ".." in rel.split("/"):
+            return f"a change outside the target ({rel[:80]!r})"
+    if j["phase"] == "commit" and j["op"] == "apply" and not (
+            isinstance(j["meta"].get("files"), dict) and isinstance(j["meta"].get("bundle"), str)):
+        return "a commit without the overlay it records"
+    return None
+
+
 def pending(home: Home) -> list[dict]:
     d = home.journal_dir
     if not d.is_dir():
@@ -315,19 +381,54 @@ def pending(home: Home) -> list[dict]:
     out = []
     for p in sorted(d.glob("*.json")):
         try:
-            out.append(json.loads(p.read_text()))
-        except (OSError, ValueError):
-            out.append({"target": p.stem, "corrupt": True, "_path": str(p)})
+            j = json.loads(p.read_text())
+            problem = journal_problem(j, p.stem)
+        except (OSError, ValueError) as e:
+            problem = str(e)
+        if problem:
+            out.append({"target": p.stem, "corrupt": problem, "_path": str(p)})
+        else:
+            out.append(j)
     return out
 
 
+def damaged_dir(home: Home) -> Path:
+    return home.data_dir / "journal-damaged"
+
+
+def set_aside(home: Home, path: Path) -> Path:
+    """Move an unreadable journal out of the way, keeping it: <target>@<time>.json."""
+    d = damaged_dir(home)
+    d.mkdir(parents=True, exist_ok=True)
+    dest = d / f"{path.stem}@{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:6]}.json"
+    os.replace(path, dest)
+    fsync_dir(d)
+    fsync_dir(path.parent)
+    return dest
+
+
+def damaged(home: Home, target: str | None = None) -> list[Path]:
+    """Set-aside journals not yet resolved (the target judged whole since)."""
+    d = damaged_dir(home)
+    if not d.is_dir():
+        return []
+    return sorted(p for p in d.glob("*.json")
+                  if target is None or p.name.rpartition("@")[0] == target)
+
+
+def resolve_damaged(path: Path) -> None:
+    """The target is whole again: the set-aside journal no longer holds backups."""
+    os.replace(path, path.with_suffix(".resolved"))
+
+
 def recover(home: Home, j: dict, on_commit: Callable[[dict, list[Change]], None]) -> str:
-    """Finish an interrupted transaction. Returns 'rolled back' or 'rolled forward'."""
+    """Finish an interrupted transaction. Returns 'rolled back', 'rolled forward' or
+    'set aside' (an unreadable journal: see :func:`set_aside`)."""
     path = journal_path(home, j["target"])
     if j.get("corrupt"):
-        # A journal is written atomically: a corrupt one was never the one in force.
-        os.unlink(path)
-        return "discarded"
+        # Never deleted: what it recorded may still be needed, and nobody can tell what.
+        j["_set_aside"] = str(set_aside(home, Path(j["_path"])))
+        return "set aside"
     root = Path(j["root"])
     changes = [Change(**c) for c in j["changes"]]
     backups = BackupStore(home)
@@ -335,7 +436,7 @@ def recover(home: Home, j: dict, on_commit: Callable[[dict, list[Change]], None]
         on_commit(j, changes)
         os.unlink(path)
         return "rolled forward"
-    rollback(home, root, changes, backups, testing.file_ops())
+    rollback(home, root, changes, backups, testing.file_ops(), j["phase"])
     backups.discard_partial(j.get("txn", ""))
     os.unlink(path)
     return "rolled back"
