@@ -830,6 +830,48 @@ def pip_install_target(site_packages_dir: PathLike, *wheels: PathLike, upgrade: 
     return _pip([*args, *extra_args, *map(str, wheels)])
 
 
+def conda_env(path: PathLike, *wheels: PathLike, sha256: bool = True, windows: bool = True) -> Path:
+    """A conda env as `conda install pytorch` leaves one; returns its root (the prefix).
+
+    site-packages (``Lib/site-packages`` with windows=True, else ``lib/python3.11/site-packages``)
+    is filled from the wheels; each dist gets ``conda-meta/<name>-<version>-<build>.json`` with
+    ``files`` (every path relative to the prefix, '/' separators) and, with sha256=True, the
+    ``paths_data.paths[]`` entries (``_path``, ``path_type``, ``sha256``, ``size_in_bytes``) that
+    newer conda writes. Its dist-info is what conda-build packages carry: INSTALLER ``conda``
+    and a RECORD without hashes.
+    """
+    prefix = Path(path)
+    sp_rel = "Lib/site-packages" if windows else "lib/python3.11/site-packages"
+    sp = prefix / sp_rel
+    sp.mkdir(parents=True, exist_ok=True)
+    pip_install_target(sp, *wheels)
+    meta = prefix / "conda-meta"
+    meta.mkdir(exist_ok=True)
+    (meta / "history").write_text("==> 2024-01-01 00:00:00 <==\n# cmd: conda install pytorch\n")
+    for di in sorted(sp.glob("*.dist-info")):
+        name, _, version = di.name[: -len(".dist-info")].rpartition("-")
+        with open(di / "RECORD", newline="") as f:
+            rels = [row[0] for row in csv.reader(f) if row]
+        (di / "INSTALLER").write_text("conda\n")
+        rels.append(f"{di.name}/INSTALLER")
+        with open(di / "RECORD", "w", newline="") as f:
+            w = csv.writer(f, lineterminator="\n")
+            for rel in rels:
+                w.writerow([rel, "", ""])
+        files = sorted(set(f"{sp_rel}/{rel}" for rel in rels))
+        conda_name = "pytorch" if _canon(name) == "torch" else _canon(name)
+        build = "py3.11_cuda_0"
+        rec = {"name": conda_name, "version": version.split("+")[0], "build": build,
+               "build_number": 0, "channel": "https://conda.anaconda.org/pytorch/win-64",
+               "files": files}
+        if sha256:
+            rec["paths_data"] = {"paths_version": 1, "paths": [
+                {"_path": p, "path_type": "hardlink", "sha256": sha256_file(prefix / p),
+                 "size_in_bytes": (prefix / p).stat().st_size} for p in files]}
+        (meta / f"{conda_name}-{rec['version']}-{build}.json").write_text(json.dumps(rec, indent=1))
+    return prefix
+
+
 # --------------------------------------------------------------------------- inspecting
 
 

@@ -60,6 +60,18 @@ def record_libs(sp: Path) -> dict[str, str]:
     return out
 
 
+def present_libs(sp: Path) -> dict[str, str]:
+    """{rel: sha256} of every managed library in torch/lib and nvidia/*/lib as it is now: the
+    stock files of a target whose RECORD cannot tell them (no RECORD, no hashes, conda)."""
+    out = {}
+    for d in [sp / "torch" / "lib", *sorted(sp.glob("nvidia/*/lib"))]:
+        for p in sorted(d.iterdir()) if d.is_dir() else []:
+            if p.is_file() and libs.parse(p.name) is not None:
+                out[p.relative_to(sp).as_posix()] = builders.sha256_file(p)
+    assert out, f"no managed libraries under {sp}"
+    return out
+
+
 def hashes(t: Target) -> dict[str, str]:
     return {rel: builders.sha256_file(t.sp / rel) for rel in t.stock}
 
@@ -206,3 +218,15 @@ def set_aside_journals(t: Target) -> list[Path]:
 
 def inodes(t: Target) -> dict[str, int]:
     return {rel: (t.sp / rel).stat().st_ino for rel in t.stock}
+
+
+def assert_error(r, code: int, *names: str) -> str:
+    """A failed command's one `error:` line (naming each of names) and its `hint:` line;
+    returns the hint."""
+    assert r.rc == code, str(r)
+    assert "Traceback" not in r.err, str(r)
+    lines = r.err.splitlines()
+    assert [x[:6] for x in lines] == ["error:", "hint: "], str(r)
+    for n in names:
+        assert str(n) in lines[0], f"{n!r} not in {lines[0]!r}"
+    return lines[1]

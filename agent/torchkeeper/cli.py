@@ -261,7 +261,9 @@ def _plan_text(p, info) -> str:
     lines = [f"target '{p.target}': torch {info.torch_version} (CUDA {info.torch_cuda}, cuDNN "
              f"{info.cudnn_build}), bundle '{p.bundle_name}'"]
     for s in p.steps:
-        lines.append(f"  {s.action:<14} {s.rel or s.key}" + (f" (was {s.prior})" if s.prior and s.action != 'in place' else ""))
+        about = ([f"was {s.prior}"] if s.prior and s.action != "in place" else []) + \
+            ([f"stock: {s.stock_source}"] if s.stock_source else [])
+        lines.append(f"  {s.action:<14} {s.rel or s.key}" + (f" ({', '.join(about)})" if about else ""))
     for r in p.reasons:
         tag = {"refuse": "REFUSED", "force": "needs --force", "note": "note"}[r.level]
         lines.append(f"  {tag} [{r.rule}]: {r.message}" + (f"\n    hint: {r.hint}" if r.hint else ""))

@@ -4,7 +4,9 @@ toasts or timers; the CLI and the agent both drive it."""
 from __future__ import annotations
 
 import contextlib
+import re
 import time
+import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,11 +29,14 @@ class Result:
     action: str                  # applied, already applied, reverted, ...
     message: str
     plan: dict | None = None
+    foreign: list[str] | None = None  # revert: files put back as the foreign bytes they were
 
     def to_dict(self) -> dict:
         d = {"target": self.target, "ok": self.ok, "action": self.action, "message": self.message}
         if self.plan is not None:
             d["plan"] = self.plan
+        if self.foreign is not None:
+            d["foreign"] = self.foreign
         return d
 
 
@@ -158,20 +163,18 @@ class Engine:
         sp = str(info.site_packages)
         if name is None:
             name = _default_target_name(Path(path).expanduser().resolve(), info.site_packages)
+        name = unicodedata.normalize("NFC", name)
         if not TARGET_NAME_RX.match(name):
-            raise UsageError(f"target name {name!r} is not allowed",
-                             "use letters, digits, '.', '_' or '-' (at most 64), e.g. --name a1111")
+            raise UsageError(f"target name {name[:80]!r} is not allowed",
+                             "use letters (any script), digits, '.', '_' or '-', starting with a "
+                             "letter or digit, at most 64, no '..' and no Windows device name "
+                             "(CON, NUL, COM1, ...), e.g. --name a1111")
         with self.state.edit() as st:
             for other, t in st["targets"].items():
                 if t["site_packages"] == sp:
                     raise UsageError(f"{sp} is already target '{other}'",
                                      "each environment is added once; see `torchkeeper target list`")
-            if name in st["targets"]:
-                base = name
-                i = 2
-                while f"{base}-{i}" in st["targets"]:
-                    i += 1
-                name = f"{base}-{i}"
+            name = _numbered(name, st["targets"])
             st["targets"][name] = {"path": str(Path(path).expanduser().resolve()),
                                    "site_packages": sp, "bundle": self._default_for(name, info, st),
                                    "added": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
@@ -313,8 +316,11 @@ class Engine:
                     (prev.get("action") or gate.REPLACE), "prior": s.prior,
                     "stock_sha256": s.stock_sha256 or prev.get("stock_sha256"),
                     "stock_size": s.stock_size or prev.get("stock_size"),
+                    "stock_source": s.stock_source or prev.get("stock_source"),
                     "stock_backup": prev.get("stock_backup"),
-                    "foreign_backup": prev.get("foreign_backup"),
+                    # stock in place now (a reinstall undid the overlay): a foreign file
+                    # replaced before is gone, and revert goes back to stock
+                    "foreign_backup": None if s.prior == "stock" else prev.get("foreign_backup"),
                     "sha256": s.new_sha256,
                 }
                 if s.action in (gate.REPLACE, gate.ADD, gate.FOREIGN):
@@ -352,22 +358,31 @@ class Engine:
                           "replaced, backed up and verified", p.to_dict())
 
     def _restore_change(self, info, rel: str, prev: dict) -> Change:
+        """What puts rel back as it was before the first overlay: the stock bytes, or the
+        foreign bytes `apply --force` replaced (unless a reinstall has put stock back since)."""
         path = info.site_packages / rel
         st = stat_key(path) if path.is_file() else None
         cur = sha256_file(path) if st else None
         if prev.get("action") == gate.ADD:
             return Change(rel, None, None, None, cur, st)
         lf = next((f for f in info.libs.values() if f.rel == rel), None)
-        stock = (lf.stock_sha256 if lf else None) or prev.get("stock_sha256")
+        stock = (lf.stock_sha256 if lf else None) or prev.get("stock_sha256") or (
+            prev.get("stock_backup") if prev.get("prior") == "stock" else None)
         backups = BackupStore(self.home)
-        if stock and backups.has(stock):
-            return Change(rel, str(backups.path(stock)), stock,
-                          backups.path(stock).stat().st_size, cur, st)
-        if cur is not None and cur == stock:
+        foreign = prev.get("foreign_backup")
+        want = foreign if foreign and cur != stock else stock  # unless a reinstall put stock back
+        if want and backups.has(want):
+            return Change(rel, str(backups.path(want)), want,
+                          backups.path(want).stat().st_size, cur, st)
+        if cur is not None and cur == want:
             return Change(rel, str(path), cur, path.stat().st_size, cur, st)
-        raise OperationFailed(
-            f"no stock copy of {path} to restore (it was {prev.get('prior', 'unknown')} before the "
-            "overlay)", f"reinstall torch: pip install --force-reinstall --no-deps torch=={info.torch_version}")
+        if info.conda_prefix:
+            hint = ("reinstall torch with conda: conda install --force-reinstall pytorch "
+                    f"(in the env {info.conda_prefix})")
+        else:
+            hint = f"reinstall torch: pip install --force-reinstall --no-deps torch=={info.torch_version}"
+        raise OperationFailed(f"no stock copy of {path} to restore (it was "
+                              f"{prev.get('prior', 'unknown')} before the overlay)", hint)
 
     def _commit(self, name: str, op: str, root: Path, meta: dict, changes: list[Change]) -> None:
         """Record a finished transaction in the state (also used to roll forward)."""
@@ -452,11 +467,13 @@ class Engine:
             if not overlay and not mixed:
                 return Result(name, True, "nothing to revert", f"'{name}' has no overlay applied")
             info = self.inspect(name, st["targets"][name], overlay)
-            changes = []
+            changes, foreign = [], []
             for rel, prev in sorted((overlay or {}).get("files", {}).items()):
                 if prev.get("same_as_stock"):
                     continue
                 c = self._restore_change(info, rel, prev)
+                if prev.get("foreign_backup") and c.new_sha256 == prev["foreign_backup"]:
+                    foreign.append(rel)
                 if _needed(c):  # else already stock: a pip reinstall restored it
                     changes.append(c)
             if mixed:
@@ -472,10 +489,17 @@ class Engine:
                 self._gc_backups()
                 raise
             self._gc_backups()
-            log_event(self.home, "reverted", target=name, files=len(changes))
-            return Result(name, True, "reverted",
-                          f"reverted '{name}' to its stock files ({len(changes)} restored, "
-                          "each checked against RECORD)")
+            log_event(self.home, "reverted", target=name, files=len(changes), foreign=foreign)
+            sources = sorted({f.get("stock_source") or targetmod.FROM_RECORD
+                              for rel, f in (overlay or {}).get("files", {}).items() if rel not in foreign
+                              and f.get("action") != gate.ADD})
+            msg = (f"reverted '{name}' to the files it had before the overlay ({len(changes)} "
+                   f"restored, each checked against its stock hash: {', '.join(sources) or '-'})")
+            if foreign:
+                msg += (f"; {len(foreign)} of them {'was' if len(foreign) == 1 else 'were'} foreign "
+                        f"(neither stock nor ours) and {'is' if len(foreign) == 1 else 'are'} back "
+                        f"as before: {', '.join(foreign)}")
+            return Result(name, True, "reverted", msg, foreign=foreign)
 
     def _unrecorded_restores(self, info, done: set[str]) -> list[Change]:
         """For a target an unreadable journal left mixed: every library not yet handled that
@@ -553,8 +577,10 @@ class Engine:
                 p = info.site_packages / lf.rel
                 if lf.stock_sha256 is None:
                     continue
-                if p.stat().st_size != lf.stock_size or (full and sha256_file(p) != lf.stock_sha256):
-                    drift.append(f"{lf.rel} differs from RECORD (not applied by torchkeeper)")
+                size_differs = lf.stock_size is not None and p.stat().st_size != lf.stock_size
+                if size_differs or (full and sha256_file(p) != lf.stock_sha256):
+                    drift.append(f"{lf.rel} differs from {lf.stock_source or targetmod.FROM_RECORD} "
+                                 "(not applied by torchkeeper)")
             if drift:
                 state = DRIFTED
                 out.problems.extend(drift)
@@ -632,11 +658,34 @@ def _needed(c: Change) -> bool:
 
 
 def _default_target_name(path: Path, sp: Path) -> str:
-    """A name a user recognises: the app folder ('stable-diffusion-webui'), not 'venv'."""
+    """A name a user recognises: the app folder ('stable-diffusion-webui', 'ComfyUI-便携'), not
+    'venv'. Always one TARGET_NAME_RX accepts, whatever the folder is called."""
     p = path
     generic = {"venv", ".venv", "python_embeded", "python_embedded", "site-packages", "lib", "env",
                "python", "system", "torch", "installer_files"}
     while p.name.lower() in generic or p.name.lower().startswith("python3") and p.parent != p:
         p = p.parent
-    name = "".join(ch if ch.isalnum() or ch in "._-" else "-" for ch in p.name).strip("-.") or "target"
-    return name[:64]
+    return _valid_name(p.name)
+
+
+def _valid_name(text: str) -> str:
+    """text made into a valid target name: NFC (a macOS folder name is decomposed), '-' for
+    anything else, no '..', no leading/trailing punctuation, at most 64 characters."""
+    text = unicodedata.normalize("NFC", text)
+    name = "".join(ch if (ch.isalnum() or ch in "._-") and ord(ch) < 0x10000 else "-" for ch in text)
+    name = re.sub(r"-{2,}", "-", re.sub(r"\.{2,}", ".", name))
+    for cand in (name, "target-" + name):
+        cand = re.sub(r"^[\W_]+", "", cand)[:64].rstrip("-._")
+        if TARGET_NAME_RX.match(cand):
+            return cand
+    return "target"
+
+
+def _numbered(base: str, taken) -> str:
+    """base, or base-2, base-3 ... (shortened to stay a valid name) when base is taken."""
+    name, i = base, 2
+    while name in taken:
+        suffix = f"-{i}"
+        name = base[:64 - len(suffix)].rstrip("-._") + suffix
+        i += 1
+    return name

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from . import libs, versions
 from .fsutil import hash_many
-from .target import TargetInfo
+from .target import SEEN_BEFORE, TargetInfo
 
 REPLACE = "replace"
 IN_PLACE = "in place"
@@ -47,6 +47,7 @@ class FileStep:
     stock_size: int | None = None
     prior: str | None = None  # "stock" | "overlay" | "foreign" | "absent"
     current_stat: dict | None = None  # stat data when current_sha256 was taken
+    stock_source: str | None = None   # where stock_sha256 came from: RECORD, conda-meta, seen ...
 
     def to_dict(self) -> dict:
         return dict(self.__dict__)
@@ -184,6 +185,7 @@ def plan(name: str, info: TargetInfo, m: dict, overlay: dict | None = None,
         return h[0] if h else None
 
     bundle_families: dict[tuple[str, int], set[str]] = {}
+    unknown: list[str] = []  # no stock hash anywhere: taken as stock from what is there
     for f in m["files"]:
         bundle_families.setdefault((f["family"], f["major"]), set()).add(f["name"])
         lf = info.libs.get(f["name"])
@@ -208,29 +210,42 @@ def plan(name: str, info: TargetInfo, m: dict, overlay: dict | None = None,
             p.steps.append(step)
             continue
         path = sp / lf.rel
+        rec = applied.get(lf.rel)
         step = FileStep(f["name"], lf.rel, REPLACE, f["sha256"], f["size"],
-                        stock_sha256=lf.stock_sha256, stock_size=lf.stock_size)
+                        stock_sha256=lf.stock_sha256, stock_size=lf.stock_size,
+                        stock_source=lf.stock_source)
+        if step.stock_sha256 is None and rec is not None:
+            # no RECORD hash: the stock bytes are the ones the first overlay replaced
+            step.stock_sha256 = rec.get("stock_sha256") or (
+                rec.get("stock_backup") if rec.get("prior") == "stock" else None)
+            step.stock_size, step.stock_source = rec.get("stock_size"), rec.get("stock_source") or SEEN_BEFORE
         cur = current(path)
         step.current_sha256 = cur
         step.current_stat = (hashed.get(path) or (None, None))[1]
-        rec = applied.get(lf.rel)
+        stock = step.stock_sha256
+        if stock is None and cur is not None and rec is None:
+            # nothing records the stock hash (no RECORD hash, no conda-meta sha256): what is
+            # there before the first overlay is stock, and is backed up as such
+            stock = step.stock_sha256 = cur
+            step.stock_size = (step.current_stat or {}).get("size")
+            step.stock_source = SEEN_BEFORE
+            unknown.append(lf.rel)
         if cur == f["sha256"]:
             step.action = IN_PLACE
-            step.prior = "overlay" if rec else ("stock" if cur == lf.stock_sha256 else "foreign")
-        elif lf.stock_sha256 and cur == lf.stock_sha256:
+            step.prior = "overlay" if rec else ("stock" if cur == stock else "foreign")
+        elif stock and cur == stock:
             step.prior = "stock"
         elif rec is not None and cur == rec.get("sha256"):
             step.prior = "overlay"
-        elif lf.stock_sha256 is None:
-            # nothing records the stock hash (no RECORD): take what is there as stock
-            step.prior = "stock"
-            p.reasons.append(Reason(
-                "stock-unknown", "note",
-                f"{lf.rel} is not listed in any RECORD: its current bytes are backed up as stock"))
         else:
             step.action, step.prior = FOREIGN, "foreign"
         p.steps.append(step)
 
+    if unknown:
+        p.reasons.append(Reason(
+            "stock-unknown", "note",
+            f"no RECORD or conda-meta hash for {', '.join(unknown)}: "
+            f"{'its' if len(unknown) == 1 else 'their'} current bytes are backed up as stock"))
     strays = [s.key for s in p.steps if s.action == NO_COUNTERPART]
     if strays:
         p.reasons.append(Reason(

@@ -21,7 +21,14 @@ from ..home import Home
 from .. import testing
 
 SCHEMA = 1
-TARGET_NAME_RX = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+# A target name is also a file name (locks/<name>.lock) on every OS: Unicode letters and
+# digits, '.', '_', '-'; starts with a letter or digit; at most 64 characters, none outside
+# the BMP (64 x 3 UTF-8 bytes stays under NAME_MAX); no '..', no trailing '.', and none of
+# Windows' device names (CON, NUL.txt, COM1, ...). \Z, not $: "a\n" is no name.
+TARGET_NAME_RX = re.compile(
+    r"^(?!(?:con|prn|aux|nul|com[0-9\u00b9\u00b2\u00b3]|lpt[0-9\u00b9\u00b2\u00b3])(?:\.|\Z))"
+    r"(?!.*\.\.)(?!.*[\U00010000-\U0010ffff])"
+    r"[^\W_][\w.-]{0,63}(?<!\.)\Z", re.IGNORECASE)
 LOCK_TIMEOUT_S = 30
 
 

@@ -17,6 +17,11 @@ from . import libs, versions
 from ..errors import NotFound, UsageError
 from .fsutil import atomic_write_json, record_hash_to_hex, sha256_file
 
+# Where a file's stock hash came from (LibFile.stock_source, the plan, the overlay record).
+FROM_RECORD = "RECORD"
+FROM_CONDA = "conda-meta"
+SEEN_BEFORE = "seen before the first overlay"  # no RECORD hash: the bytes the first overlay replaced
+
 # Folders an app keeps its Python in, tried below a path that is not itself an env.
 APP_ENV_DIRS = ("venv", ".venv", "python_embeded", "python_embedded", "system/python", "env",
                 "installer_files/env", "python")
@@ -29,9 +34,10 @@ class LibFile:
     family: str
     member: str
     major: int
-    stock_sha256: str | None  # from RECORD; None when no RECORD lists it
+    stock_sha256: str | None  # from RECORD or conda-meta; None when neither has a hash
     stock_size: int | None
     owner: str | None    # dist-info that owns it ('torch', 'nvidia-cudnn-cu12')
+    stock_source: str | None = None  # FROM_RECORD, FROM_CONDA (None: no stock hash)
 
     def to_dict(self) -> dict:
         return dict(self.__dict__)
@@ -48,6 +54,7 @@ class TargetInfo:
     libs: dict[str, LibFile] = field(default_factory=dict)
     lib_dirs: list[str] = field(default_factory=list)   # relative to site-packages
     notes: list[str] = field(default_factory=list)
+    conda_prefix: str | None = None   # the conda env (its conda-meta/) holding this site-packages
 
     def family_keys(self, family: str, major: int | None = None) -> list[str]:
         return sorted(k for k, f in self.libs.items()
@@ -65,7 +72,7 @@ class TargetInfo:
         return cls(Path(d["site_packages"]), d["platform"], d["torch_version"], d["torch_cuda"],
                    d["cudnn_build"], d["cudnn_build_source"],
                    {k: LibFile(**v) for k, v in d["libs"].items()}, list(d["lib_dirs"]),
-                   list(d["notes"]))
+                   list(d["notes"]), d["conda_prefix"])
 
     def to_dict(self) -> dict:
         return {
@@ -78,6 +85,7 @@ class TargetInfo:
             "lib_dirs": self.lib_dirs,
             "libs": {k: v.to_dict() for k, v in sorted(self.libs.items())},
             "notes": self.notes,
+            "conda_prefix": self.conda_prefix,
         }
 
 
@@ -219,7 +227,12 @@ def _stamp(sp: Path) -> list:
             paths += [d / n for n in os.listdir(d) if n.lower().startswith("cudnn64_")]
         except OSError:
             pass
-    return [[p.relative_to(sp).as_posix(), st(p)] for p in paths]
+    conda = []  # conda writes conda-meta/<pkg>.json for each package it installs
+    prefix = conda_prefix(sp)
+    if prefix is not None:
+        meta = prefix / "conda-meta"
+        conda = [meta] + [meta / n for n in sorted(os.listdir(meta)) if n.endswith(".json")]
+    return [[p.relative_to(sp).as_posix(), st(p)] for p in paths] + [[str(p), st(p)] for p in conda]
 
 
 def _inspect(sp: Path) -> TargetInfo:
@@ -268,11 +281,14 @@ def _inspect(sp: Path) -> TargetInfo:
                 notes.append(f"{ln.key} found twice: {found[ln.key].rel} and {rel}; using the first")
                 continue
             found[ln.key] = LibFile(ln.key, rel, ln.family, ln.member, ln.major, h, size,
-                                    owners.get(rel))
+                                    owners.get(rel), FROM_RECORD if h else None)
             platforms.add(ln.platform)
             has = True
         if has:
             lib_dirs.append(rel_dir)
+    prefix = conda_prefix(sp)
+    if prefix is not None and any(f.stock_sha256 is None for f in found.values()):
+        _conda_hashes(prefix, sp, found)
     if len(platforms) > 1:
         notes.append("both Windows and Linux libraries found; treating as " +
                      (libs.WINDOWS if (sp.parent.name == "Lib") else libs.LINUX))
@@ -290,7 +306,48 @@ def _inspect(sp: Path) -> TargetInfo:
 
     cudnn_build, source = _cudnn_build(sp, platform, found, torch_meta, nvidia_meta)
     return TargetInfo(sp, platform, torch_version, torch_cuda, cudnn_build, source, found,
-                      lib_dirs, notes)
+                      lib_dirs, notes, str(prefix) if prefix is not None else None)
+
+
+def conda_prefix(sp: Path) -> Path | None:
+    """The conda env holding site-packages sp (<env>/Lib/site-packages on Windows,
+    <env>/lib/pythonX.Y/site-packages elsewhere), or None."""
+    for prefix in (sp.parent.parent, sp.parent.parent.parent):
+        if (prefix / "conda-meta").is_dir():
+            return prefix
+    return None
+
+
+def _conda_hashes(prefix: Path, sp: Path, found: dict[str, LibFile]) -> None:
+    """Stock hashes from conda-meta/<pkg>.json (``paths_data.paths[]``: ``_path``, ``sha256``,
+    ``size_in_bytes``; paths relative to the env) for libraries no RECORD hashes. A package
+    json of a real torch is a few MB: only those naming one of the files are parsed."""
+    want = {}
+    sp_rel = sp.relative_to(prefix).as_posix()
+    for f in found.values():
+        if f.stock_sha256 is None:
+            want[f"{sp_rel}/{f.rel}"] = f
+    names = [rel.rsplit("/", 1)[1] for rel in want]
+    for meta in sorted((prefix / "conda-meta").glob("*.json")):
+        try:
+            text = meta.read_text(encoding="utf-8", errors="replace")
+            if not any(n in text for n in names):
+                continue
+            paths = json.loads(text).get("paths_data", {}).get("paths", [])
+        except (OSError, ValueError, AttributeError):
+            continue
+        for entry in paths if isinstance(paths, list) else []:
+            if not isinstance(entry, dict) or not isinstance(entry.get("_path"), str):
+                continue
+            f = want.get(entry["_path"].replace("\\", "/"))
+            sha = entry.get("sha256")
+            if f is None or not (isinstance(sha, str) and re.fullmatch(r"[0-9a-f]{64}", sha)):
+                continue
+            size = entry.get("size_in_bytes")
+            f.stock_sha256, f.stock_source = sha, FROM_CONDA
+            f.stock_size = size if isinstance(size, int) else None
+            if f.owner is None:
+                f.owner = meta.stem
 
 
 def _cudnn_build(sp: Path, platform: str, found: dict[str, LibFile], torch_meta: dict,
