@@ -12,7 +12,8 @@ import time
 import builders
 import pytest
 from agentkit import end_process, events, padded_wheel, spawn_agent, wait_for
-from wayback import NAME, add_bundle, assert_patched, assert_stock, make_target, ok
+from wayback import (NAME, add_bundle, assert_patched, assert_stock, make_target, ok,
+                     windows_target)
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -140,3 +141,50 @@ def test_a_library_still_growing_blocks(tmp_path):
             f.flush()
             assert not install_finished(tmp_path, b)  # each look sees another size
     assert install_finished(tmp_path, b)  # closed, the same twice
+
+
+# ---- a user's revert wins over an agent decision taken before it ----------------------------
+
+@pytest.mark.parametrize("cli", ["revert", "use"])
+def test_a_revert_or_use_while_the_agent_decides_is_not_undone(tmp_path, build, run_tk, tk_home, cli):
+    t = windows_target(build, tmp_path, run_tk, tk_home)
+    ok(run_tk("use", "a", "--target", NAME))
+    ok(run_tk("apply", NAME))
+    if cli == "use":
+        add_bundle(t, run_tk, "b", *win_sources_b(build, tmp_path))
+    pause = tmp_path / "paused"
+    p = spawn_agent(tk_home, {"TORCHKEEPER_TEST_PAUSE_POINT": "agent decided",
+                              "TORCHKEEPER_TEST_PAUSE_FILE": pause})
+    try:
+        wait_for(lambda: agent_events(tk_home, "started"), 30, "the agent's start")
+        time.sleep(1.0)  # its first check: patched, nothing to do
+        builders.pip_install(t.venv, *t.wheels, force_reinstall=True)
+        wait_for(pause.exists, 60, "the agent's decision to re-apply")
+        assert [e["decision"] for e in agent_events(tk_home, "drift")] == ["re-apply"]
+        if cli == "revert":
+            ok(run_tk("revert", NAME))
+        else:
+            ok(run_tk("use", "b", "--target", NAME))
+        pause.unlink()  # the agent goes on
+        (why,) = wait_for(lambda: agent_events(tk_home, "not re-applied"), 30, "the agent's second look")
+        time.sleep(2.0)  # a late re-apply would show now
+    finally:
+        end_process(p)
+    assert "reverted" in why["why"] if cli == "revert" else "another bundle" in why["why"], why
+    assert agent_events(tk_home, "repaired") == []
+    if cli == "revert":
+        assert_stock(t, run_tk)
+    else:  # pip's stock files stay until the user applies the bundle they chose
+        from wayback import classify
+
+        classify(t, {"stock": None})
+        ok(run_tk("apply", NAME))
+        assert_patched(t, run_tk, "b")
+        ok(run_tk("revert", NAME))
+        assert_stock(t, run_tk)
+
+
+def win_sources_b(build, tmp_path):
+    from wayback import win_sources
+
+    return win_sources(build, tmp_path, "8.9.6.50")

@@ -30,6 +30,7 @@ from ..engine.fsutil import atomic_write_json, stat_key
 from ..home import Home
 from ..engine.state import log_event
 from ..engine.txn import RESTORE, STAGED
+from ..testing import pause_point
 
 log = logging.getLogger("torchkeeper.agent")
 
@@ -372,6 +373,7 @@ class Agent:
             return
         self._event("drift", target=name, reason=job.reason, detected=detected,
                     decided=time.time(), decision="re-apply", what=what)
+        pause_point("agent decided")
         self._apply(name, s, job, detected, stock_now, explicit=False)
 
     def _apply(self, name: str, s: TargetStatus, job: Job, detected: float, stock_now: str | None,
@@ -382,7 +384,10 @@ class Agent:
         try:
             self._begin_own(name)
             try:
-                res = self.engine.apply(name, force=explicit)
+                # a person's Reapply is a new decision; the agent's own one, taken on s
+                # without the lock, yields to a revert or `use` that landed since
+                res = (self.engine.apply(name, force=True) if explicit
+                       else self.engine.reapply_if_still_wanted(name, s))
             finally:
                 self._end_own(name)
         except FileInUse as e:
@@ -409,6 +414,13 @@ class Agent:
         applied = time.time()
         after = self.engine.target_state(name)
         verified = time.time()
+        if res.action == "not wanted":
+            self._retry.pop(name, None)
+            self._asks.pop(name, None)
+            self._set_view(name, after, after.state, self._ok_message(after))
+            self._event("not re-applied", target=name, reason=job.reason, detected=detected,
+                        decided=decided, why=res.message)
+            return
         self._retry.pop(name, None)
         self._asks.pop(name, None)
         ok = after.state == PATCHED

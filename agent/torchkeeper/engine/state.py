@@ -10,6 +10,7 @@ import contextlib
 import json
 import os
 import re
+import threading
 import time
 from pathlib import Path
 
@@ -96,13 +97,28 @@ def _shape_problem(data: dict) -> str | None:
     return None
 
 
+_held = threading.local()  # the target locks this thread holds
+
+
+@contextlib.contextmanager
 def target_lock(home: Home, name: str):
-    """Cross-process lock per target: the CLI and the agent never apply at once."""
+    """Cross-process lock per target: the CLI and the agent never apply at once. Re-entrant
+    in one thread: a decision taken under the lock may call apply, which takes it too."""
     if not TARGET_NAME_RX.match(name):  # a name becomes a file name: never a path
         raise UsageError(f"no target named {name[:64]!r}",
                          "see `torchkeeper target list` for the names")
+    held = _held.__dict__.setdefault("keys", set())
+    key = (str(home.locks_dir), name)
+    if key in held:
+        yield
+        return
     home.locks_dir.mkdir(parents=True, exist_ok=True)
-    return _timed_lock(home.locks_dir / f"{name}.lock", f"target '{name}'")
+    with _timed_lock(home.locks_dir / f"{name}.lock", f"target '{name}'"):
+        held.add(key)
+        try:
+            yield
+        finally:
+            held.discard(key)
 
 
 @contextlib.contextmanager
