@@ -354,9 +354,12 @@ def cmd_doctor(args, eng):
 
 
 def cmd_log(args, eng):
-    from .engine.state import read_events
+    from .engine.state import read_events_counted
 
-    evs = read_events(eng.home, None if args.agent else args.n)
+    evs, skipped = read_events_counted(eng.home, None if args.agent else args.n)
+    if skipped:
+        print(f"note: skipped {skipped} unreadable line{'s' if skipped != 1 else ''} in "
+              f"{eng.home.events_file}", file=sys.stderr)
     if args.agent:
         evs = [e for e in evs if e.get("source") == "agent"][-args.n:]
     lines = []

@@ -44,13 +44,43 @@ def agent_state_file(home: Home) -> Path:
 
 
 def read_agent_state(home: Home) -> dict:
+    """agent.json, each value checked: a damaged one is dropped (and logged), never a crash
+    of the agent or of `torchkeeper status`."""
     import json
 
+    path = agent_state_file(home)
     try:
-        data = json.loads(agent_state_file(home).read_text(encoding="utf-8"))
-        return data if isinstance(data, dict) else {}
-    except (OSError, ValueError):
+        data = json.loads(path.read_bytes().decode("utf-8"))
+    except FileNotFoundError:
         return {}
+    except (OSError, ValueError, RecursionError) as e:
+        log.warning("%s is unreadable (%s); starting from an empty agent state", path, e)
+        return {}
+    if not isinstance(data, dict):
+        log.warning("%s is not a JSON object; starting from an empty agent state", path)
+        return {}
+    out = {}
+    for key, value in data.items():
+        check = _AGENT_STATE.get(key)
+        if check is None or check(value):
+            out[key] = value
+        else:
+            log.warning("%s: ignoring a damaged %r", path, key)
+    return out
+
+
+def _driver_record_ok(v) -> bool:
+    return isinstance(v, dict) and isinstance(v.get("state"), str) \
+        and all(v.get(k) is None or isinstance(v.get(k), str) for k in ("version", "cuda")) \
+        and isinstance(v.get("gpus", []), list) and all(isinstance(g, str) for g in v.get("gpus", []))
+
+
+# agent.json's keys and what each must hold; unknown keys are kept (a newer agent's)
+_AGENT_STATE = {
+    "paused": lambda v: isinstance(v, bool),
+    "autostart": lambda v: v is None or isinstance(v, bool),
+    "driver": _driver_record_ok,
+}
 
 
 @dataclass(order=True)
