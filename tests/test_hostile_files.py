@@ -111,3 +111,44 @@ def test_a_damaged_agent_json_crashes_neither_status_nor_the_agent(tmp_path, run
     assert "Traceback" not in err, err
     assert "Traceback" not in (tk_home / "logs" / "agent.log").read_text()
     json.loads(f.read_text())  # the agent wrote a good one back (the driver it saw)
+
+
+GOOD_CONFIG = "[agent]\nauto_reapply = false\n"
+BAD_AGENT_ONLY = GOOD_CONFIG + "[notifications]\ndedupe_seconds = -1\n"
+
+
+def test_a_bad_agent_only_setting_warns_the_cli_and_goes_on(tmp_path, build, run_tk, tk_home):
+    t = windows_target(build, tmp_path, run_tk, tk_home)
+    ok(run_tk("use", "a", "--target", NAME))
+    write_config(tk_home, BAD_AGENT_ONLY)
+    for cmd in (["status"], ["apply", NAME], ["verify"], ["revert", NAME]):
+        r = run_tk(*cmd)
+        assert r.rc == 0 and "Traceback" not in r.err, r
+        warn = [x for x in r.err.splitlines() if x.startswith("warning:")]
+        assert len(warn) == 1 and "dedupe_seconds" in warn[0] and "line 4" in warn[0], r
+        assert "error:" not in r.err, r
+    assert_stock(t, run_tk)
+    # a bad value in a key the CLI reads still stops it
+    write_config(tk_home, "[apply]\nprogress = 3\n")
+    r = run_tk("status")
+    assert r.rc == 2 and r.err.startswith("error:") and "progress" in r.err, r
+
+
+def test_the_agent_starts_with_the_last_good_settings(tmp_path, tk_home):
+    from agentkit import start_agent
+
+    write_config(tk_home, GOOD_CONFIG)
+    agent = start_agent(tk_home, watch=False, schedule=False)
+    agent.stop()
+    assert agent.cfg["agent"]["auto_reapply"] is False
+    write_config(tk_home, BAD_AGENT_ONLY)
+    agent = start_agent(tk_home, watch=False, schedule=False)
+    try:
+        wait_for(lambda: agent.notifier.toasts, 10, "the config toast")
+    finally:
+        agent.stop()
+    # not the defaults (auto_reapply = true): the settings the user last had
+    assert agent.cfg["agent"]["auto_reapply"] is False
+    assert agent.cfg["notifications"]["dedupe_seconds"] >= 0
+    (toast,) = [x for x in agent.notifier.toasts if x.key == "config"]
+    assert "dedupe_seconds" in toast.body and "last good settings" in toast.body

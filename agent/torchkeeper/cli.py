@@ -471,7 +471,13 @@ def main(argv: list[str] | None = None) -> int:
         eng = _engine()
         from .engine.config import load
 
-        eng.config = load(eng.home.config_file)
+        warnings: list = []
+        # the CLI reads [apply]; a bad agent-only setting is the agent's to report
+        eng.config = load(eng.home.config_file, uses={"apply"}, warnings=warnings)
+        if warnings:
+            more = f" (and {len(warnings) - 1} more)" if len(warnings) > 1 else ""
+            print(f"warning: {warnings[0].message}{more}; the agent keeps its last good "
+                  "settings", file=sys.stderr)
         if not eng.config["apply"]["progress"]:
             os.environ["TORCHKEEPER_NO_PROGRESS"] = "1"
         for line in eng.recover_all():

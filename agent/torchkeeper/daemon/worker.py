@@ -80,6 +80,7 @@ _AGENT_STATE = {
     "paused": lambda v: isinstance(v, bool),
     "autostart": lambda v: v is None or isinstance(v, bool),
     "driver": _driver_record_ok,
+    "config_text": lambda v: isinstance(v, str),  # the last config.toml that was valid
 }
 
 
@@ -111,6 +112,7 @@ class Agent:
         self.notifier = notifier
         self.config_file = home.config_file
         self.log_file = home.log_dir / "agent.log"
+        self._agent_state = read_agent_state(home)
         self.cfg, problem = self._load_config()
         self._config_problem = problem
         self._cv = threading.Condition()
@@ -127,7 +129,6 @@ class Agent:
         self._busy: dict[str, set[str]] = {}    # target -> file names a running txn writes
         self._own: dict[str, dict | None] = {}  # path -> stat after our write (None: we deleted it)
         self._own_lock = threading.Lock()
-        self._agent_state = read_agent_state(home)
         self._driver_line = "driver: not checked yet"
         self._driver_error = False
         self.watcher = None
@@ -140,11 +141,33 @@ class Agent:
 
     # -- config and the agent's own small state --------------------------------------
     def _load_config(self):
+        """The config at start-up: a broken file keeps the last good settings (remembered
+        in agent.json across restarts), else the defaults."""
         try:
-            return configmod.load(self.config_file), None
+            text, origin = configmod.read_text(self.config_file)
+            cfg = configmod.parse(text, origin)
         except TKError as e:
+            good = self._agent_state.get("config_text")
+            if good is not None:
+                try:
+                    cfg = configmod.parse(good, "the last good config")
+                except TKError:
+                    pass
+                else:
+                    log.error("%s (%s); using the last good settings", e.message, e.hint)
+                    return cfg, f"{e.message} - using the last good settings"
             log.error("%s (%s); using the defaults", e.message, e.hint)
-            return configmod.defaults(), e.message
+            return configmod.defaults(), f"{e.message} - using the defaults"
+        self._remember_config(text)
+        return cfg, None
+
+    def _remember_config(self, text: str) -> None:
+        if self._agent_state.get("config_text") != text:
+            self._agent_state["config_text"] = text
+            try:
+                self._save_agent_state()
+            except OSError as e:
+                log.error("cannot write %s: %s", agent_state_file(self.home), e)
 
     def _save_agent_state(self) -> None:
         self.home.data_dir.mkdir(parents=True, exist_ok=True)
@@ -156,8 +179,8 @@ class Agent:
             log.warning(line)
             self._event("recovered", message=line)
         if self._config_problem:
-            self._toast(V.Toast("config", "torchkeeper: config not used",
-                                f"{self._config_problem} - using the defaults", level="error"))
+            self._toast(V.Toast("config", "torchkeeper: config not used", self._config_problem,
+                                level="error"))
         if self._watch:
             from .watch import Debouncer, Watcher
 
@@ -709,12 +732,14 @@ class Agent:
 
     def _reload_config(self) -> None:
         try:
-            new = configmod.load(self.config_file)
+            text, origin = configmod.read_text(self.config_file)
+            new = configmod.parse(text, origin)
         except TKError as e:
             self._event("config rejected", error=e.message)
             self._toast(V.Toast("config", "torchkeeper: config change not used",
                                 f"{e.message}. The last good settings stay in use.", level="error"))
             return
+        self._remember_config(text)
         if new == self.cfg:
             return
         self.cfg = new
