@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import threading
 import time
 
 import builders
@@ -68,7 +67,7 @@ def test_reapply_waits_until_pip_has_written_a_large_library(tmp_path, build, ru
         time.sleep(1.0)  # its first check (nothing to do: patched)
         assert not agent_events(tk_home, "drift")
         stash = t.sp / "nvidia" / "~udnn"
-        seen, finished = _pip_reinstall_watching(t, big, stash)
+        seen, _ = _pip_reinstall_watching(t, big, stash)
         assert seen, "pip's stash was never seen: the wheel is written too fast to test this"
         assert seen[-1] - seen[0] > 0.3, f"pip wrote it in {seen[-1] - seen[0]:.2f} s"
         wait_for(lambda: agent_events(tk_home, "repaired"), 60, "the re-apply")
