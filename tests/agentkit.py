@@ -152,3 +152,23 @@ def burst_wheel(torch_whl: Path, out_dir: Path, n: int = 20_000, folder: str = "
     for i in range(n):
         files[f"{folder}/_filler_{i:05d}.txt"] = f"filler {i}\n".encode()
     return builders.write_wheel(out_dir, "torch", version, files, extra, root_is_purelib=False)
+
+
+def padded_wheel(whl: Path, out_dir: Path, member: str, size: int) -> Path:
+    """The same wheel with the file whose name is ``member`` padded with zeros to ``size``
+    bytes (a 400 MB cuDNN engine library): deflate makes the wheel small, but pip must
+    write every byte, which takes it seconds for that one file. RECORD is made anew."""
+    import zipfile
+
+    with zipfile.ZipFile(whl) as z:
+        names = [i.filename for i in z.infolist()]
+        files = {n: z.read(n) for n in names if ".dist-info/" not in n}
+        meta = next(n for n in names if n.endswith(".dist-info/METADATA"))
+        dist, version = meta.split("/")[0][:-len(".dist-info")].rsplit("-", 1)
+        text = z.read(meta).decode()
+        pure = "Root-Is-Purelib: true" in z.read(meta.replace("METADATA", "WHEEL")).decode()
+    name = next(line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith("Name:"))
+    extra = [line for line in text.splitlines() if line.startswith("Requires-Dist")]
+    (big,) = [n for n in files if n.rsplit("/", 1)[-1] == member]
+    files[big] = files[big] + bytes(size - len(files[big]))
+    return builders.write_wheel(out_dir, name, version, files, extra, root_is_purelib=pure)

@@ -47,7 +47,8 @@ def test_pip_reinstall_is_repaired_and_logged(tmp_path, build, run_tk, tk_home):
     # the log has each step, with its timestamps in order
     assert rep["detected"] <= rep["decided"] <= rep["applied"] <= rep["verified"]
     changed = agent_events(tk_home, "files changed")
-    assert len(changed) == 1 and changed[0]["stashes"] == ["~orch"]  # pip stashed torch/
+    # pip stashed torch/ and its dist-info
+    assert len(changed) == 1 and changed[0]["stashes"] == ["~orch", "~orch-2.3.1+cu121.dist-info"]
     drift = agent_events(tk_home, "drift")
     assert len(drift) == 1 and drift[0]["decision"] == "re-apply"
     toast = agent_events(tk_home, "toast")[-1]

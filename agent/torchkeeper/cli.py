@@ -380,9 +380,12 @@ def cmd_doctor(args, eng):
 
 
 def cmd_log(args, eng):
-    from .engine.state import read_events
+    from .engine.state import read_events_counted
 
-    evs = read_events(eng.home, None if args.agent else args.n)
+    evs, skipped = read_events_counted(eng.home, None if args.agent else args.n)
+    if skipped:
+        print(f"note: skipped {skipped} unreadable line{'s' if skipped != 1 else ''} in "
+              f"{eng.home.events_file}", file=sys.stderr)
     if args.agent:
         evs = [e for e in evs if e.get("source") == "agent"][-args.n:]
     lines = []
@@ -521,7 +524,13 @@ def main(argv: list[str] | None = None) -> int:
         eng = _engine()
         from .engine.config import load
 
-        eng.config = load(eng.home.config_file)
+        warnings: list = []
+        # the CLI reads [apply]; a bad agent-only setting is the agent's to report
+        eng.config = load(eng.home.config_file, uses={"apply"}, warnings=warnings)
+        if warnings:
+            more = f" (and {len(warnings) - 1} more)" if len(warnings) > 1 else ""
+            print(f"warning: {warnings[0].message}{more}; the agent keeps its last good "
+                  "settings", file=sys.stderr)
         if not eng.config["apply"]["progress"]:
             os.environ["TORCHKEEPER_NO_PROGRESS"] = "1"
         for line in eng.recover_all():

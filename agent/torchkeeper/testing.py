@@ -10,6 +10,9 @@ and gets a simulated one only when a variable says so.
   (``TORCHKEEPER_TEST_CRASH_TRACE``: a file that gets the checkpoint's label first).
 - ``TORCHKEEPER_TEST_PAUSE_AT=N``: at the N-th checkpoint, write its label to the file
   ``TORCHKEEPER_TEST_PAUSE_FILE`` and sleep 2 s (a test acts in the middle of a transaction).
+- ``TORCHKEEPER_TEST_PAUSE_POINT=LABEL``: at the named point outside a transaction (the
+  agent's "decided" between its decision and the apply), write the label to the pause file
+  and wait until the test deletes it (60 s at most).
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ CRASH_AT = "TORCHKEEPER_TEST_CRASH_AT"
 CRASH_TRACE = "TORCHKEEPER_TEST_CRASH_TRACE"
 PAUSE_AT = "TORCHKEEPER_TEST_PAUSE_AT"
 PAUSE_FILE = "TORCHKEEPER_TEST_PAUSE_FILE"
+PAUSE_POINT = "TORCHKEEPER_TEST_PAUSE_POINT"
 
 
 def file_ops() -> FileOps:
@@ -96,3 +100,16 @@ class Checkpoints:
                     with open(trace, "a") as f:
                         f.write(f"{self.n} {label}\n")
                 os.kill(os.getpid(), signal.SIGKILL if hasattr(signal, "SIGKILL") else signal.SIGTERM)
+
+
+def pause_point(label: str) -> None:
+    """Wait at a named point while a test acts (see PAUSE_POINT); a no-op otherwise."""
+    if os.environ.get(PAUSE_POINT) != label:
+        return
+    pause_file = os.environ[PAUSE_FILE]
+    with open(pause_file + ".tmp", "w") as f:
+        f.write(label + "\n")
+    os.replace(pause_file + ".tmp", pause_file)
+    deadline = time.monotonic() + 60
+    while os.path.exists(pause_file) and time.monotonic() < deadline:
+        time.sleep(0.02)

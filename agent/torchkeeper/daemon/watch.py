@@ -46,6 +46,8 @@ class Burst:
     events: int = 0
     dist_infos: set[str] = field(default_factory=set)  # dist-info folders created in the burst
     stashes: set[str] = field(default_factory=set)     # ~xxx folders pip stashed into
+    lib_dirs: tuple[str, ...] = ()                     # the target's library folders (relative)
+    sizes: dict | None = None                          # their files' stat data at the last look
 
 
 class Debouncer:
@@ -63,11 +65,19 @@ class Debouncer:
         self.finished = finished or install_finished
         self._bursts: dict[str, Burst] = {}
         self._roots: dict[str, Path] = {}
+        self._lib_dirs: dict[str, tuple[str, ...]] = {}
         self._lock = threading.Lock()
 
     def configure(self, quiet: float, max_wait: float) -> None:
         with self._lock:
             self.quiet, self.max_wait = quiet, max_wait
+
+    def set_lib_dirs(self, target: str, lib_dirs) -> None:
+        """The folders (relative to site-packages) the target loads libraries from: an
+        install has not finished while their files still grow or pip's stash of one of
+        their parents (``nvidia/~udnn``) is there."""
+        with self._lock:
+            self._lib_dirs[target] = tuple(lib_dirs)
 
     def event(self, target: str, root: Path, top: str | None = None, kind: str = "") -> bool:
         """One relevant event. ``top`` is the site-packages entry it touched, when it came
@@ -82,15 +92,17 @@ class Debouncer:
                 return False
             started = b is None
             if b is None:
-                b = self._bursts[target] = Burst(now, now, time.time())
+                b = self._bursts[target] = Burst(now, now, time.time(),
+                                                 lib_dirs=self._lib_dirs.get(target, ()))
             b.last = now
             b.events += 1
             self._roots[target] = root
-            if top:
-                if top.endswith(".dist-info") and kind in ("created", "moved_to"):
-                    b.dist_infos.add(top)
-                elif top.startswith("~") and kind in ("created", "moved_to"):
+            if top and kind in ("created", "moved_to"):
+                # a stash first: pip stashes a dist-info as ~orch-2.5.1.dist-info too
+                if top.startswith("~"):
                     b.stashes.add(top)
+                elif top.endswith(".dist-info"):
+                    b.dist_infos.add(top)
         return NEW if started else True
 
     def pending(self) -> bool:
@@ -129,14 +141,64 @@ class Debouncer:
     def forget(self, target: str) -> None:
         with self._lock:
             self._bursts.pop(target, None)
+            self._lib_dirs.pop(target, None)
+
+
+# pip's AdjacentTempDirectory names a stash of "cudnn" "~udnn", then "~-dnn", "~~dnn", ...
+_STASH_CHARS = set("-~.=%0123456789")
+
+
+def is_stash_of(entry: str, name: str) -> bool:
+    """Whether ``entry`` is a name pip gives its stash of the folder ``name``."""
+    if not entry.startswith("~"):
+        return False
+    for i in range(1, len(name)):
+        mid = entry[1:len(entry) - (len(name) - i)]
+        if entry.endswith(name[i:]) and len(mid) == i - 1 and set(mid) <= _STASH_CHARS:
+            return True
+    return False
 
 
 def install_finished(root: Path, b: Burst) -> bool:
-    """pip writes RECORD last in a new dist-info, then deletes its ``~xxx`` stash."""
+    """Whether the install that caused the burst looks finished. pip writes RECORD last in
+    a new dist-info, then deletes its ``~xxx`` stashes; those of a package folder lie beside
+    it wherever it is (``nvidia/~udnn`` for ``nvidia/cudnn``), where no site-packages event
+    shows them. A file being written gives no event until it is closed: the library
+    folders' files must also keep their size and times between two looks."""
     for d in b.dist_infos:
         if (root / d).is_dir() and not (root / d / "RECORD").is_file():
             return False
-    return not any((root / s).exists() for s in b.stashes)
+    if any((root / s).exists() for s in b.stashes):
+        return False
+    for rel in b.lib_dirs:
+        parts = Path(rel).parts
+        for i in range(1, len(parts)):
+            try:
+                if any(is_stash_of(e, parts[i]) for e in os.listdir(root.joinpath(*parts[:i]))):
+                    return False
+            except OSError:  # that folder is gone (a stash higher up): the install goes on
+                return False
+    sizes = _lib_stats(root, b.lib_dirs)
+    if sizes and sizes != b.sizes:
+        b.sizes = sizes  # look again at the next poll
+        return False
+    return True
+
+
+def _lib_stats(root: Path, lib_dirs) -> dict:
+    out = {}
+    for rel in lib_dirs:
+        try:
+            with os.scandir(root / rel) as it:
+                for e in it:
+                    try:
+                        st = e.stat(follow_symlinks=False)
+                    except OSError:
+                        continue
+                    out[e.path] = (st.st_size, st.st_mtime_ns)
+        except OSError:
+            out[str(root / rel)] = None  # missing now: compare on the next look
+    return out
 
 
 @dataclass
@@ -224,6 +286,7 @@ class Watcher:
         """Watch (or re-watch) a target: its site-packages and the folders it loads from."""
         with self._lock:
             self._dirs[name] = (Path(site_packages), sorted(set(lib_dirs)))
+            self.debouncer.set_lib_dirs(name, self._dirs[name][1])
             self._arm(name)
 
     def remove_target(self, name: str) -> None:

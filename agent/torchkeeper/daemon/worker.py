@@ -31,6 +31,7 @@ from ..engine.fsutil import atomic_write_json, stat_key
 from ..home import Home
 from ..engine.state import log_event
 from ..engine.txn import RESTORE, STAGED
+from ..testing import pause_point
 
 log = logging.getLogger("torchkeeper.agent")
 
@@ -44,13 +45,44 @@ def agent_state_file(home: Home) -> Path:
 
 
 def read_agent_state(home: Home) -> dict:
+    """agent.json, each value checked: a damaged one is dropped (and logged), never a crash
+    of the agent or of `torchkeeper status`."""
     import json
 
+    path = agent_state_file(home)
     try:
-        data = json.loads(agent_state_file(home).read_text(encoding="utf-8"))
-        return data if isinstance(data, dict) else {}
-    except (OSError, ValueError):
+        data = json.loads(path.read_bytes().decode("utf-8"))
+    except FileNotFoundError:
         return {}
+    except (OSError, ValueError, RecursionError) as e:
+        log.warning("%s is unreadable (%s); starting from an empty agent state", path, e)
+        return {}
+    if not isinstance(data, dict):
+        log.warning("%s is not a JSON object; starting from an empty agent state", path)
+        return {}
+    out = {}
+    for key, value in data.items():
+        check = _AGENT_STATE.get(key)
+        if check is None or check(value):
+            out[key] = value
+        else:
+            log.warning("%s: ignoring a damaged %r", path, key)
+    return out
+
+
+def _driver_record_ok(v) -> bool:
+    return isinstance(v, dict) and isinstance(v.get("state"), str) \
+        and all(v.get(k) is None or isinstance(v.get(k), str) for k in ("version", "cuda")) \
+        and isinstance(v.get("gpus", []), list) and all(isinstance(g, str) for g in v.get("gpus", []))
+
+
+# agent.json's keys and what each must hold; unknown keys are kept (a newer agent's)
+_AGENT_STATE = {
+    "paused": lambda v: isinstance(v, bool),
+    "autostart": lambda v: v is None or isinstance(v, bool),
+    "driver": _driver_record_ok,
+    "config_text": lambda v: isinstance(v, str),  # the last config.toml that was valid
+}
 
 
 @dataclass(order=True)
@@ -81,6 +113,7 @@ class Agent:
         self.notifier = notifier
         self.config_file = home.config_file
         self.log_file = home.log_dir / "agent.log"
+        self._agent_state = read_agent_state(home)
         self.cfg, problem = self._load_config()
         self._config_problem = problem
         self._cv = threading.Condition()
@@ -97,7 +130,6 @@ class Agent:
         self._busy: dict[str, set[str]] = {}    # target -> file names a running txn writes
         self._own: dict[str, dict | None] = {}  # path -> stat after our write (None: we deleted it)
         self._own_lock = threading.Lock()
-        self._agent_state = read_agent_state(home)
         self._driver_line = "driver: not checked yet"
         self.login = login or Login(home)
         self._autostart = self._read_autostart()
@@ -112,11 +144,33 @@ class Agent:
 
     # -- config and the agent's own small state --------------------------------------
     def _load_config(self):
+        """The config at start-up: a broken file keeps the last good settings (remembered
+        in agent.json across restarts), else the defaults."""
         try:
-            return configmod.load(self.config_file), None
+            text, origin = configmod.read_text(self.config_file)
+            cfg = configmod.parse(text, origin)
         except TKError as e:
+            good = self._agent_state.get("config_text")
+            if good is not None:
+                try:
+                    cfg = configmod.parse(good, "the last good config")
+                except TKError:
+                    pass
+                else:
+                    log.error("%s (%s); using the last good settings", e.message, e.hint)
+                    return cfg, f"{e.message} - using the last good settings"
             log.error("%s (%s); using the defaults", e.message, e.hint)
-            return configmod.defaults(), e.message
+            return configmod.defaults(), f"{e.message} - using the defaults"
+        self._remember_config(text)
+        return cfg, None
+
+    def _remember_config(self, text: str) -> None:
+        if self._agent_state.get("config_text") != text:
+            self._agent_state["config_text"] = text
+            try:
+                self._save_agent_state()
+            except OSError as e:
+                log.error("cannot write %s: %s", agent_state_file(self.home), e)
 
     def _save_agent_state(self) -> None:
         self.home.data_dir.mkdir(parents=True, exist_ok=True)
@@ -128,8 +182,8 @@ class Agent:
             log.warning(line)
             self._event("recovered", message=line)
         if self._config_problem:
-            self._toast(V.Toast("config", "torchkeeper: config not used",
-                                f"{self._config_problem} - using the defaults", level="error"))
+            self._toast(V.Toast("config", "torchkeeper: config not used", self._config_problem,
+                                level="error"))
         if self._watch:
             from .watch import Debouncer, Watcher
 
@@ -390,6 +444,7 @@ class Agent:
             return
         self._event("drift", target=name, reason=job.reason, detected=detected,
                     decided=time.time(), decision="re-apply", what=what)
+        pause_point("agent decided")
         self._apply(name, s, job, detected, stock_now, explicit=False)
 
     def _apply(self, name: str, s: TargetStatus, job: Job, detected: float, stock_now: str | None,
@@ -400,7 +455,10 @@ class Agent:
         try:
             self._begin_own(name)
             try:
-                res = self.engine.apply(name, force=explicit)
+                # a person's Reapply is a new decision; the agent's own one, taken on s
+                # without the lock, yields to a revert or `use` that landed since
+                res = (self.engine.apply(name, force=True) if explicit
+                       else self.engine.reapply_if_still_wanted(name, s))
             finally:
                 self._end_own(name)
         except FileInUse as e:
@@ -427,6 +485,13 @@ class Agent:
         applied = time.time()
         after = self.engine.target_state(name)
         verified = time.time()
+        if res.action == "not wanted":
+            self._retry.pop(name, None)
+            self._asks.pop(name, None)
+            self._set_view(name, after, after.state, self._ok_message(after))
+            self._event("not re-applied", target=name, reason=job.reason, detected=detected,
+                        decided=decided, why=res.message)
+            return
         self._retry.pop(name, None)
         self._asks.pop(name, None)
         ok = after.state == PATCHED
@@ -685,12 +750,14 @@ class Agent:
 
     def _reload_config(self) -> None:
         try:
-            new = configmod.load(self.config_file)
+            text, origin = configmod.read_text(self.config_file)
+            new = configmod.parse(text, origin)
         except TKError as e:
             self._event("config rejected", error=e.message)
             self._toast(V.Toast("config", "torchkeeper: config change not used",
                                 f"{e.message}. The last good settings stay in use.", level="error"))
             return
+        self._remember_config(text)
         if new == self.cfg:
             return
         self.cfg = new

@@ -73,8 +73,11 @@ def _clip(text: str, n: int = 40) -> str:
     return text if len(text) <= n else text[:n - 3] + "..."
 
 
-def parse(text: str, origin: str) -> dict:
-    """Validate a user config's text and merge it over the defaults."""
+def parse(text: str, origin: str, uses=None, warnings: list | None = None) -> dict:
+    """Validate a user config's text and merge it over the defaults. With ``uses`` (the
+    sections the caller reads) and a ``warnings`` list, a bad value or unknown key in any
+    other section is a warning there and keeps its default: a bad agent-only setting does
+    not stop the CLI."""
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
@@ -95,25 +98,39 @@ def parse(text: str, origin: str) -> dict:
             line = _line_of(text, section, key)
             where = f"{origin}, line {line}" if line else origin
             if spec is None:
-                raise UsageError(f"{where}: unknown setting '{_clip(key)}' in [{section}]",
-                                 f"known settings: {', '.join(SCHEMA[section])}")
+                e = UsageError(f"{where}: unknown setting '{_clip(key)}' in [{section}]",
+                               f"known settings: {', '.join(SCHEMA[section])}")
+                if uses is not None and warnings is not None and section not in uses:
+                    warnings.append(e)
+                    continue
+                raise e
             typ, check, allowed = spec
             ok = isinstance(value, typ) and not (typ is not bool and isinstance(value, bool))
             if ok and check is not None:
                 ok = bool(check(value))
             if not ok:
-                raise UsageError(f"{where}: {section}.{key} = {_clip(repr(value))} is not allowed",
-                                 f"use {allowed}")
+                e = UsageError(f"{where}: {section}.{key} = {_clip(repr(value))} is not allowed",
+                               f"use {allowed}")
+                if uses is not None and warnings is not None and section not in uses:
+                    warnings.append(e)
+                    continue
+                raise e
             merged.setdefault(section, {})[key] = value
     return merged
 
 
-def load(path: Path) -> dict:
-    """The effective config; the defaults when the user has no file."""
+def load(path: Path, uses=None, warnings: list | None = None) -> dict:
+    """The effective config; the defaults when the user has no file (``uses``,
+    ``warnings``: see :func:`parse`)."""
+    return parse(*read_text(path), uses=uses, warnings=warnings)
+
+
+def read_text(path: Path) -> tuple[str, str]:
+    """The user's config text and its name for messages ("" when there is no file)."""
     try:
         size = path.stat().st_size
     except FileNotFoundError:
-        return defaults()
+        return "", str(path)
     except OSError as e:
         raise UsageError(f"cannot read the config file {path}: {e.strerror}",
                          "fix its permissions, or delete it to use the defaults") from None
@@ -128,4 +145,4 @@ def load(path: Path) -> dict:
     except OSError as e:
         raise UsageError(f"cannot read the config file {path}: {e.strerror}",
                          "fix its permissions, or delete it to use the defaults") from None
-    return parse(text, str(path))
+    return text, str(path)

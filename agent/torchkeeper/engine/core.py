@@ -522,6 +522,20 @@ class Engine:
             out.append(Change(rel, None, None, None, sha256_file(p), stat_key(p)))
         return out
 
+    # -- the agent's re-apply ----------------------------------------------------------
+    def reapply_if_still_wanted(self, name: str, seen: TargetStatus, progress=None) -> Result:
+        """Re-apply an undone overlay, for a decision taken on ``seen`` (a status read
+        before this lock was taken). Under the target's lock the state is read again: a
+        `revert`, `use` or `apply` that landed since wins, and nothing is written
+        (action "not wanted", the message says why)."""
+        self.target(name)
+        with target_lock(self.home, name):
+            st = self.state.read()
+            why = _changed_since(st, name, seen)
+            if why:
+                return Result(name, True, "not wanted", why)
+            return self.apply(name, progress=progress)
+
     # -- verify and status -----------------------------------------------------------
     def target_state(self, name: str, full: bool = False, st: dict | None = None,
                      with_versions: bool = False) -> TargetStatus:
@@ -636,6 +650,22 @@ class Engine:
         needed, ok); None only when no query was possible at all."""
         d = self.driver()
         return d.to_dict() if d is not None and hasattr(d, "to_dict") else None
+
+
+def _changed_since(st: dict, name: str, seen: TargetStatus) -> str | None:
+    """Why a re-apply decided on ``seen`` is no longer wanted, or None."""
+    rec = st["targets"].get(name)
+    overlay = st["overlays"].get(name)
+    if rec is None:
+        return f"target '{name}' was removed"
+    if overlay is None:
+        return f"'{name}' was reverted to stock after the agent decided to re-apply"
+    if seen.applied is None or overlay.get("bundle") != seen.applied.bundle \
+            or overlay.get("applied") != seen.applied.at:
+        return f"the overlay of '{name}' was applied again after the agent decided"
+    if rec.get("bundle") != (seen.bundle.id if seen.bundle else None):
+        return f"another bundle was chosen for '{name}' after the agent decided"
+    return None
 
 
 def _holds(p: Path, f: dict) -> tuple[bool, dict]:

@@ -12,6 +12,7 @@ import os
 import logging
 import re
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -46,7 +47,7 @@ class StateStore:
             data = json.loads(self.path.read_text())
         except FileNotFoundError:
             return empty()
-        except (OSError, ValueError) as e:
+        except (OSError, ValueError, RecursionError) as e:
             raise UsageError(f"the state file {self.path} is unreadable: {e}",
                              f"restore it from {self.path}.bak if present, or move it away to "
                              "start over (backups in the data folder are kept)") from None
@@ -87,32 +88,110 @@ class StateStore:
         return _timed_lock(self.home.data_dir / "state.lock", "the torchkeeper state")
 
 
+SHA256_RX = re.compile(r"^[0-9a-f]{64}$")
+
+# what the code reads of each record, and its type: None allowed where the type says so
+_STR, _OPT_STR, _OPT_INT, _INT, _OPT_BOOL = "text", "text or null", "integer or null", "integer", \
+    "true/false"
+_TARGET_FIELDS = {"path": _STR, "site_packages": _STR, "bundle": _OPT_STR, "added": _OPT_STR}
+_OVERLAY_FIELDS = {"bundle": _STR, "bundle_name": _OPT_STR, "site_packages": _STR,
+                   "applied": _OPT_STR, "torch_version": _OPT_STR, "torch_cuda": _OPT_STR,
+                   "cudnn_stock": _OPT_STR}
+_FILE_FIELDS = {"key": _OPT_STR, "action": _OPT_STR, "prior": _OPT_STR, "stock_size": _OPT_INT,
+                "size": _OPT_INT, "mtime_ns": _OPT_INT, "ino": _OPT_INT, "same_as_stock": _OPT_BOOL}
+_HASH_FIELDS = {"sha256": False, "stock_sha256": True, "stock_backup": True, "foreign_backup": True}
+
+
+def _type_ok(v, kind: str) -> bool:
+    if v is None:
+        return kind in (_OPT_STR, _OPT_INT, _OPT_BOOL)
+    if kind in (_STR, _OPT_STR):
+        return isinstance(v, str) and (kind == _OPT_STR or v != "")
+    if kind in (_INT, _OPT_INT):
+        return isinstance(v, int) and not isinstance(v, bool)
+    return isinstance(v, bool)
+
+
+def _fields_problem(rec: dict, fields: dict, where: str, required=()) -> str | None:
+    for k, kind in fields.items():
+        if k not in rec:
+            if k in required:
+                return f"{where} has no '{k}'"
+            continue
+        if not _type_ok(rec[k], kind):
+            return f"{where}: '{k}' must be {kind}, not {type(rec[k]).__name__}"
+    return None
+
+
+def _rel_ok(rel: str) -> bool:
+    """A library's path inside site-packages, as the engine writes it: never one that leaves it."""
+    parts = rel.split("/")
+    return bool(rel) and "\\" not in rel and ":" not in rel and not rel.startswith("/") \
+        and all(p not in ("", ".", "..") for p in parts) and "\0" not in rel
+
+
 def _shape_problem(data: dict) -> str | None:
-    """What is wrong with the shape of a state file, or None."""
+    """What is wrong in a state file, or None: every field the code reads, with its type
+    (a hostile or hand-edited file gives one error line, never a traceback)."""
     if not isinstance(data["targets"], dict) or not isinstance(data["overlays"], dict):
         return "'targets' and 'overlays' must be tables"
     for name, t in data["targets"].items():
-        if not TARGET_NAME_RX.match(name) or not isinstance(t, dict) \
-                or not isinstance(t.get("site_packages"), str) or not isinstance(t.get("path"), str):
-            return f"target {name[:40]!r} is malformed"
+        where = f"target {name[:40]!r}"
+        if not TARGET_NAME_RX.match(name) or not isinstance(t, dict):
+            return f"{where} is malformed"
+        problem = _fields_problem(t, _TARGET_FIELDS, where, ("path", "site_packages"))
+        if problem:
+            return problem
     for name, o in data["overlays"].items():
-        if not isinstance(o, dict) or not isinstance(o.get("files"), dict) \
-                or not isinstance(o.get("bundle"), str):
-            return f"the overlay of {name[:40]!r} is malformed"
-        if not all(isinstance(f, dict) for f in o["files"].values()):
-            return f"the overlay of {name[:40]!r} is malformed"
-    if data["default_bundle"] is not None and not isinstance(data["default_bundle"], str):
+        where = f"the overlay of {name[:40]!r}"
+        if not isinstance(o, dict) or not isinstance(o.get("files"), dict):
+            return f"{where} is malformed"
+        problem = _fields_problem(o, _OVERLAY_FIELDS, where, ("bundle",))
+        if problem:
+            return problem
+        for rel, f in o["files"].items():
+            fwhere = f"{where}, file {rel[:60]!r}"
+            if not isinstance(rel, str) or not _rel_ok(rel):
+                return f"{fwhere}: not a path inside site-packages"
+            if not isinstance(f, dict):
+                return f"{fwhere} is malformed"
+            problem = _fields_problem(f, _FILE_FIELDS, fwhere)
+            if problem:
+                return problem
+            for k, optional in _HASH_FIELDS.items():
+                v = f.get(k)
+                if v is None and optional:
+                    continue
+                if not isinstance(v, str) or not SHA256_RX.match(v):
+                    return f"{fwhere}: '{k}' must be a sha256 hash"
+    if data["default_bundle"] is not None and (not isinstance(data["default_bundle"], str)
+                                               or not data["default_bundle"]):
         return "'default_bundle' must be a bundle id"
     return None
 
 
+_held = threading.local()  # the target locks this thread holds
+
+
+@contextlib.contextmanager
 def target_lock(home: Home, name: str):
-    """Cross-process lock per target: the CLI and the agent never apply at once."""
+    """Cross-process lock per target: the CLI and the agent never apply at once. Re-entrant
+    in one thread: a decision taken under the lock may call apply, which takes it too."""
     if not TARGET_NAME_RX.match(name):  # a name becomes a file name: never a path
         raise UsageError(f"no target named {name[:64]!r}",
                          "see `torchkeeper target list` for the names")
+    held = _held.__dict__.setdefault("keys", set())
+    key = (str(home.locks_dir), name)
+    if key in held:
+        yield
+        return
     home.locks_dir.mkdir(parents=True, exist_ok=True)
-    return _timed_lock(home.locks_dir / f"{name}.lock", f"target '{name}'")
+    with _timed_lock(home.locks_dir / f"{name}.lock", f"target '{name}'"):
+        held.add(key)
+        try:
+            yield
+        finally:
+            held.discard(key)
 
 
 @contextlib.contextmanager
@@ -166,12 +245,27 @@ def warn(message: str) -> None:
 
 
 def read_events(home: Home, n: int | None = None) -> list[dict]:
+    return read_events_counted(home, n)[0]
+
+
+def read_events_counted(home: Home, n: int | None = None) -> tuple[list[dict], int]:
+    """The last n events (all when n is None), and how many of the lines read could not
+    be: not UTF-8, not JSON, not an event (a crash mid-line, a damaged disk, an editor)."""
     try:
-        lines = home.events_file.read_text(encoding="utf-8").splitlines()
+        data = home.events_file.read_bytes()
     except FileNotFoundError:
-        return []
-    out = []
-    for line in lines[-n:] if n else lines:
-        with contextlib.suppress(ValueError):
-            out.append(json.loads(line))
-    return out
+        return [], 0
+    lines = data.splitlines()
+    out, skipped = [], 0
+    for raw in lines[-n:] if n else lines:
+        if not raw.strip():
+            continue
+        try:
+            ev = json.loads(raw.decode("utf-8"))
+        except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
+            ev = None
+        if isinstance(ev, dict) and isinstance(ev.get("event"), str):
+            out.append(ev)
+        else:
+            skipped += 1
+    return out, skipped
