@@ -39,7 +39,7 @@ import sys
 import tempfile
 import zipfile
 from pathlib import Path
-from typing import Iterable, Mapping, Sequence, Union
+from typing import Callable, Iterable, Mapping, Sequence, Union
 
 _AGENT = Path(__file__).resolve().parent.parent / "agent"
 if _AGENT.is_dir() and str(_AGENT) not in sys.path:
@@ -500,25 +500,38 @@ def _cublas_api_h(rel: dict) -> bytes:
 
 
 TORCH_LAYOUTS = ("windows", "linux-torchlib", "linux-nvidia")
+# Windows wheels that take their CUDA libraries from nvidia-* wheels (PyTorch's open change)
+NVIDIA_LAYOUTS = ("linux-nvidia", "windows-nvidia")
+ALL_TORCH_LAYOUTS = TORCH_LAYOUTS + ("windows-nvidia",)
+# spell: how a builder names the managed library files it writes (str.upper, say): the bytes
+# stay those of the canonical name, as a real DLL's do whatever case its file has
+Spell = Callable[[str], str]
+
+
+def _spelt(spell: Spell | None, name: str) -> str:
+    return spell(name) if spell else name
 
 
 def torch_wheel(out_dir: PathLike, *, version: str = "2.3.1+cu121", cuda: str | None = "12.1",
                 layout: str = "windows", cudnn: str | None = "8.8.1.3", cache_dir: PathLike | None = None,
-                extra_libs: Sequence[str] = (), python_tag: str = "cp311") -> Path:
+                extra_libs: Sequence[str] = (), python_tag: str = "cp311", spell: Spell | None = None) -> Path:
     """A torch wheel (torch-<version>-py3-none-any.whl) laid out like a real one.
 
     layout "windows": torch/lib/ holds cudart/cublas/cublasLt DLLs of the CUDA major and the
     cuDNN DLLs of the cuDNN major (FileVersion = cudnn; cudnn_graph64_9.dll has none).
     "linux-torchlib": the same libraries as ELF under their sonames in torch/lib.
     "linux-nvidia": torch/lib has only torch's own libraries; METADATA has Requires-Dist pins
-    for the nvidia-* wheels (build those with nvidia_wheel).
+    for the nvidia-* wheels (build those with nvidia_wheel). "windows-nvidia": the same for
+    Windows (DLLs; pins for platform_system == "Windows"; cu13 names for CUDA 13).
+    spell: the file names of the managed libraries in torch/lib (str.upper: CUDNN64_8.DLL).
     cuda=None makes a CPU build (version.py cuda = None, no CUDA libraries).
     extra_libs: more file names for torch/lib, built as real libraries of the layout's
     platform (managed cuDNN/CUDA names get the matching version data).
     """
-    if layout not in TORCH_LAYOUTS:
-        raise ValueError(f"layout must be one of {TORCH_LAYOUTS}")
-    platform = libs.WINDOWS if layout == "windows" else libs.LINUX
+    if layout not in ALL_TORCH_LAYOUTS:
+        raise ValueError(f"layout must be one of {ALL_TORCH_LAYOUTS}")
+    platform = libs.WINDOWS if layout.startswith("windows") else libs.LINUX
+    via_nvidia = layout in NVIDIA_LAYOUTS
     rel = cuda_release(cuda) if cuda else None
     tag = [f"torch {version}", f"layout {layout}", f"cuda {cuda}", f"cudnn {cudnn}"]
     files: dict[str, bytes] = {}
@@ -551,14 +564,15 @@ def torch_wheel(out_dir: PathLike, *, version: str = "2.3.1+cu121", cuda: str | 
         files[f"{lib_dir}/{name}"] = _lib_bytes(_plain_lib(name, platform, tag), cache_dir)
     files[ext] = _lib_bytes(_plain_lib(ext.rsplit("/", 1)[1], platform, tag), cache_dir)
 
-    if cuda and layout != "linux-nvidia":
+    if cuda and not via_nvidia:
         for key in libs.cuda_keys(rel["major"], platform):
-            files[f"{lib_dir}/{key}"] = _lib_bytes(
+            files[f"{lib_dir}/{_spelt(spell, key)}"] = _lib_bytes(
                 _cuda_lib(key, platform, rel, tag, comma_version=False), cache_dir)
         if cudnn:
             major = cudnn_parts(cudnn)[0]
             for key in libs.cudnn_keys(major, platform, optional=cudnn_has_optional(cudnn)):
-                files[f"{lib_dir}/{key}"] = _lib_bytes(_cudnn_lib(key, platform, cudnn, rel["major"], tag), cache_dir)
+                files[f"{lib_dir}/{_spelt(spell, key)}"] = _lib_bytes(
+                    _cudnn_lib(key, platform, cudnn, rel["major"], tag), cache_dir)
     for name in extra_libs:
         info = libs.parse(name)
         if info and info.family == libs.CUDNN and cudnn:
@@ -570,12 +584,13 @@ def torch_wheel(out_dir: PathLike, *, version: str = "2.3.1+cu121", cuda: str | 
         files[f"{lib_dir}/{name}"] = _lib_bytes(spec, cache_dir)
 
     requires = []
-    if layout == "linux-nvidia" and cuda:
+    if via_nvidia and cuda:
         cm = rel["major"]
+        system = "Windows" if platform == libs.WINDOWS else "Linux"
         if cudnn:
-            requires.append(f'Requires-Dist: {nvidia_dist_name("cudnn", cm)}=={cudnn}; platform_system == "Linux"')
-        requires.append(f'Requires-Dist: {nvidia_dist_name("cublas", cm)}=={rel["cublas"]}; platform_system == "Linux"')
-        requires.append(f'Requires-Dist: {nvidia_dist_name("cuda_runtime", cm)}=={rel["cudart"]}; platform_system == "Linux"')
+            requires.append(f'Requires-Dist: {nvidia_dist_name("cudnn", cm)}=={cudnn}; platform_system == "{system}"')
+        requires.append(f'Requires-Dist: {nvidia_dist_name("cublas", cm)}=={rel["cublas"]}; platform_system == "{system}"')
+        requires.append(f'Requires-Dist: {nvidia_dist_name("cuda_runtime", cm)}=={rel["cudart"]}; platform_system == "{system}"')
     requires += ["Requires-Dist: filelock", "Requires-Dist: typing-extensions>=4.8.0"]
     return write_wheel(out_dir, "torch", version, files, requires, root_is_purelib=False)
 
@@ -584,12 +599,14 @@ NVIDIA_LIBS = ("cudnn", "cublas", "cuda_runtime")
 
 
 def nvidia_wheel(out_dir: PathLike, *, lib: str = "cudnn", cuda_major: int = 12, version: str = "9.1.0.70",
-                 platform: str = "linux", cache_dir: PathLike | None = None) -> Path:
+                 platform: str = "linux", cache_dir: PathLike | None = None, spell: Spell | None = None) -> Path:
     """An NVIDIA library wheel (nvidia_cudnn_cu12-9.1.0.70-py3-none-any.whl) like PyPI's.
 
     version is the library's own version: cuDNN "9.1.0.70", cuBLAS "12.4.5.8", CUDA runtime
     "12.4.127". Linux: nvidia/<lib>/lib/*.so.<major> (ELF); Windows: nvidia/<lib>/bin/*.dll
-    (PE with versions). No nvidia/__init__.py (a namespace directory).
+    (PE with versions), except CUDA 13's toolkit parts (cuBLAS, runtime), which share the
+    merged folder nvidia/cu13/bin/x86_64 (cuDNN keeps nvidia/cudnn/bin). No
+    nvidia/__init__.py (a namespace directory). spell: the library files' names.
     """
     if lib not in NVIDIA_LIBS:
         raise ValueError(f"lib must be one of {NVIDIA_LIBS}")
@@ -597,13 +614,15 @@ def nvidia_wheel(out_dir: PathLike, *, lib: str = "cudnn", cuda_major: int = 12,
         raise ValueError(f"platform must be one of {libs.PLATFORMS}")
     sub = "bin" if platform == libs.WINDOWS else "lib"
     base = f"nvidia/{lib}"
+    if platform == libs.WINDOWS and cuda_major >= 13 and lib != "cudnn":
+        base, sub = "nvidia/cu13", "bin/x86_64"
     files: dict[str, bytes] = {f"{base}/__init__.py": b"", f"{base}/include/__init__.py": b""}
     if platform == libs.LINUX:
         files[f"{base}/lib/__init__.py"] = b""
     if lib == "cudnn":
         major = cudnn_parts(version)[0]
         for key in libs.cudnn_keys(major, platform, optional=cudnn_has_optional(version)):
-            files[f"{base}/{sub}/{key}"] = _lib_bytes(_cudnn_lib(key, platform, version, cuda_major), cache_dir)
+            files[f"{base}/{sub}/{_spelt(spell, key)}"] = _lib_bytes(_cudnn_lib(key, platform, version, cuda_major), cache_dir)
         files[f"{base}/include/cudnn_version.h"] = _cudnn_version_h(version)
         files[f"{base}/include/cudnn.h"] = b'#include "cudnn_version.h"\n'
     elif lib == "cublas":
@@ -611,14 +630,14 @@ def nvidia_wheel(out_dir: PathLike, *, lib: str = "cudnn", cuda_major: int = 12,
         if rel["major"] != cuda_major:
             rel = {**cuda_release(f"{cuda_major}.0"), "cublas": version}
         for key in libs.cuda_keys(cuda_major, platform)[1:]:
-            files[f"{base}/{sub}/{key}"] = _lib_bytes(_cuda_lib(key, platform, rel), cache_dir)
+            files[f"{base}/{sub}/{_spelt(spell, key)}"] = _lib_bytes(_cuda_lib(key, platform, rel), cache_dir)
         nvblas = "nvblas64_%d.dll" % cuda_major if platform == libs.WINDOWS else f"libnvblas.so.{cuda_major}"
         files[f"{base}/{sub}/{nvblas}"] = _lib_bytes(_plain_lib(nvblas, platform, [f"nvblas {version}"]), cache_dir)
         files[f"{base}/include/cublas_api.h"] = _cublas_api_h(rel)
     else:
         rel = cuda_release(version)
         key = libs.cuda_keys(cuda_major, platform)[0]
-        files[f"{base}/{sub}/{key}"] = _lib_bytes(_cuda_lib(key, platform, rel), cache_dir)
+        files[f"{base}/{sub}/{_spelt(spell, key)}"] = _lib_bytes(_cuda_lib(key, platform, rel), cache_dir)
         files[f"{base}/include/cuda_runtime_api.h"] = _cuda_runtime_api_h(rel)
     meta = ["License: Other/Proprietary License", "Requires-Python: >=3"]
     return write_wheel(out_dir, nvidia_dist_name(lib, cuda_major), version, files, meta)
@@ -651,7 +670,7 @@ def _symlink(link: Path, target: str) -> None:
 
 
 def cudnn_archive(out_dir: PathLike, *, version: str = "9.5.1.17", cuda_major: int = 12,
-                  platform: str = "windows", cache_dir: PathLike | None = None) -> Path:
+                  platform: str = "windows", cache_dir: PathLike | None = None, spell: Spell | None = None) -> Path:
     """A folder like NVIDIA's cuDNN archive, e.g. cudnn-windows-x86_64-9.5.1.17_cuda12-archive.
 
     Windows: bin/<cuDNN DLLs>, lib/x64/cudnn.lib (a stray to leave out), include/, LICENSE.
@@ -665,7 +684,7 @@ def cudnn_archive(out_dir: PathLike, *, version: str = "9.5.1.17", cuda_major: i
     keys = libs.cudnn_keys(major, platform, optional=cudnn_has_optional(version))
     if platform == libs.WINDOWS:
         for key in keys:
-            _put(_compiled(_cudnn_lib(key, platform, version, cuda_major), cache_dir), root / "bin" / key)
+            _put(_compiled(_cudnn_lib(key, platform, version, cuda_major), cache_dir), root / "bin" / _spelt(spell, key))
         _write(root / "lib" / "x64" / "cudnn.lib", b"!<arch>\n")
     else:
         for key in keys:
@@ -681,7 +700,8 @@ def cudnn_archive(out_dir: PathLike, *, version: str = "9.5.1.17", cuda_major: i
 
 
 def cuda_toolkit(out_dir: PathLike, *, version: str = "12.4.127", platform: str = "windows",
-                 cache_dir: PathLike | None = None, cublas_version: str | None = None) -> Path:
+                 cache_dir: PathLike | None = None, cublas_version: str | None = None,
+                 spell: Spell | None = None) -> Path:
     """A folder like a CUDA toolkit install: <out_dir>/CUDA/v12.4.
 
     version is the cudart version (12.4.127) or just "12.4". version.json names the SDK,
@@ -711,7 +731,7 @@ def cuda_toolkit(out_dir: PathLike, *, version: str = "12.4.127", platform: str 
     if platform == libs.WINDOWS:
         bindir = root / "bin" / ("x64" if major >= 13 else "")
         for key in keys:
-            _put(_compiled(_cuda_lib(key, platform, rel), cache_dir), bindir / key)
+            _put(_compiled(_cuda_lib(key, platform, rel), cache_dir), bindir / _spelt(spell, key))
         _put(_compiled(_plain_lib("cufft64_11.dll", platform, ["cuFFT 11.2.1.3"]), cache_dir), bindir / "cufft64_11.dll")
         _put(_compiled(_dll_spec("nvcc.exe", f"{rel['cudart']}.0", f"NVIDIA CUDA {rel['cudart']} nvcc",
                                  None, ["nvcc"], None), cache_dir), root / "bin" / "nvcc.exe")

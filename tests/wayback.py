@@ -23,6 +23,23 @@ LEFTOVER_SUFFIXES = (".tk-new", ".tk-restore")
 WIN_TORCH = dict(version="2.3.1+cu121", cuda="12.1", layout="windows", cudnn="8.8.1.3")
 LINUX_TORCH = dict(version="2.4.1+cu121", cuda="12.1", layout="linux-nvidia", cudnn="9.1.0.70")
 LINUX_NVIDIA = [("cudnn", "9.1.0.70"), ("cublas", "12.1.3.1"), ("cuda_runtime", "12.1.105")]
+# Windows torch taking its CUDA libraries from nvidia-* wheels (nvidia/<part>/bin; CUDA 13:
+# the merged nvidia/cu13/bin/x86_64, cuDNN in nvidia/cudnn/bin)
+WIN_NVIDIA_TORCH = dict(version="2.6.0+cu124", cuda="12.4", layout="windows-nvidia", cudnn="9.1.0.70")
+WIN_NVIDIA = [("cudnn", "9.1.0.70"), ("cublas", "12.4.5.8"), ("cuda_runtime", "12.4.127")]
+WIN_CU13_TORCH = dict(version="2.12.0+cu130", cuda="13.0", layout="windows-nvidia", cudnn="9.13.0.50")
+WIN_CU13 = [("cudnn", "9.13.0.50"), ("cublas", "13.1.0.3"), ("cuda_runtime", "13.0.96")]
+LAYOUTS = {  # layout -> (torch wheel, [(nvidia lib, version)], CUDA major, platform)
+    "windows": (WIN_TORCH, [], 12, "windows"),
+    "linux-nvidia": (LINUX_TORCH, LINUX_NVIDIA, 12, "linux"),
+    "windows-nvidia": (WIN_NVIDIA_TORCH, WIN_NVIDIA, 12, "windows"),
+    "windows-nvidia-cu13": (WIN_CU13_TORCH, WIN_CU13, 13, "windows"),
+}
+
+
+def key_of(rel: str) -> str:
+    """The library key a path's file name stands for (Windows names in any case)."""
+    return libs.parse(rel.rsplit("/", 1)[-1]).key
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -42,7 +59,7 @@ class Target:
         if bundle is None:
             return dict(self.stock)
         files = self.bundles[bundle]["files"]
-        return {rel: files.get(rel.rsplit("/", 1)[1], sha) for rel, sha in self.stock.items()}
+        return {rel: files.get(key_of(rel), sha) for rel, sha in self.stock.items()}
 
     def lib_dirs(self) -> list[Path]:
         return sorted({(self.sp / rel).parent for rel in self.stock})
@@ -147,16 +164,17 @@ def assert_patched(t: Target, run_tk, bundle: str) -> None:
     assert tgt["applied"]["bundle"] == t.bundles[bundle]["id"], str(r)
 
 
-def make_target(build, tmp_path: Path, run_tk, tk_home: Path, layout: str, venv: Path | None = None) -> Target:
+def make_target(build, tmp_path: Path, run_tk, tk_home: Path, layout: str, venv: Path | None = None,
+                spell=None, install=None) -> Target:
+    """A venv with torch of `layout` (see LAYOUTS), added as target NAME. spell names the
+    managed library files (str.upper); install(venv, *wheels) replaces pip (uv, say)."""
     wh = tmp_path / "wheels"
-    if layout == "windows":
-        wheels = [build.torch_wheel(wh, **WIN_TORCH)]
-    else:
-        wheels = [build.torch_wheel(wh, **LINUX_TORCH)]
-        wheels += [build.nvidia_wheel(wh, lib=lib, version=v, cuda_major=12, platform="linux")
-                   for lib, v in LINUX_NVIDIA]
+    torch, nvidia, cuda_major, platform = LAYOUTS[layout]
+    wheels = [build.torch_wheel(wh, **torch, spell=spell)]
+    wheels += [build.nvidia_wheel(wh, lib=lib, version=v, cuda_major=cuda_major, platform=platform,
+                                  spell=spell) for lib, v in nvidia]
     venv = builders.make_venv(venv or tmp_path / "venv")
-    builders.pip_install(venv, *wheels)
+    (install or builders.pip_install)(venv, *wheels)
     sp = builders.site_packages(venv)
     ok(run_tk("target", "add", venv, "--name", NAME))
     return Target(venv, sp, tk_home, wheels, record_libs(sp))
@@ -166,7 +184,7 @@ def add_bundle(t: Target, run_tk, name: str, *sources) -> None:
     ok(run_tk("bundle", "create", *sources, "--name", name))
     m = ok(run_tk("bundle", "show", name, "--json")).json()
     t.bundles[name] = {"id": m["id"], "files": {f["name"]: f["sha256"] for f in m["files"]}}
-    touched = [rel for rel in t.stock if rel.rsplit("/", 1)[1] in t.bundles[name]["files"]]
+    touched = [rel for rel in t.stock if key_of(rel) in t.bundles[name]["files"]]
     assert len(touched) == len(m["files"]), f"bundle {name} has files the target lacks: {m['files']}"
 
 

@@ -158,12 +158,12 @@ def _read_folder(src: Path, col: Collected) -> None:
     for p in _walk(src):
         rel = p.relative_to(src).as_posix()
         display = f"{src.name}/{rel}"
-        if p.name == "cudnn_version.h":
+        if p.name.lower() == "cudnn_version.h":
             v = versions.cudnn_version_from_header(p)
             if v:
                 kind = "cuDNN archive" if kind == "library folder" else kind
                 _note_cudnn(col, v, display)
-        elif p.name == "cuda_runtime_api.h":
+        elif p.name.lower() == "cuda_runtime_api.h":
             v = versions.cuda_version_from_header(p)
             if v:
                 kind = "CUDA toolkit"
@@ -220,7 +220,7 @@ def _read_wheel(src: Path, col: Collected, tmp: Path) -> None:
             display = f"{src.name}:{name}"
             if parts[-2:-1] and parts[-2].endswith(".dist-info") and base == "METADATA":
                 _read_wheel_metadata(versions.read_metadata_bytes(zf.read(info)), col, display)
-            elif base == "cudnn_version.h":
+            elif base.lower() == "cudnn_version.h":
                 p = out / "include" / base
                 p.parent.mkdir(parents=True, exist_ok=True)
                 p.write_bytes(zf.read(info))

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from . import libs, versions
 from .fsutil import hash_many
-from .target import SEEN_BEFORE, TargetInfo
+from .target import SEEN_BEFORE, TargetInfo, env_root
 
 REPLACE = "replace"
 IN_PLACE = "in place"
@@ -264,6 +264,14 @@ def plan(name: str, info: TargetInfo, m: dict, overlay: dict | None = None,
                 f"bundle '{p.bundle_name}' replaces {len(names & have)} of the {len(have)} {title} "
                 f"files; {', '.join(missing)} would stay at the old version and mix two {title} releases",
                 f"build the bundle from the complete {title} release (all {len(have)} files)"))
+    written = sorted({s.rel.rpartition("/")[0] for s in p.changes})
+    for d in (d for d in written if d in info.outside):
+        p.reasons.append(Reason(
+            "outside-target", "force",
+            f"{d} is a link to {info.outside[d]}, outside this environment ({env_root(sp)}): "
+            f"applying writes the bundle's files into {info.outside[d]}, for everything that uses it",
+            f"pass --force to write into {info.outside[d]} anyway, or replace the link with a copy "
+            "of the folder"))
     foreign = [s.rel for s in p.steps if s.action == FOREIGN]
     if foreign:
         p.reasons.append(Reason(

@@ -67,20 +67,32 @@ def _cuda_major_from_dll_suffix(text: str) -> int:
     return n // 10 if n >= 100 else n
 
 
+def windows_key(filename: str) -> str:
+    """The one spelling of a DLL name: Windows names are case-insensitive, so
+    ``CUDNN64_8.DLL`` and ``cudnn64_8.dll`` are the same file (and the same key)."""
+    low = filename.lower()
+    return "cublasLt" + low[len("cublaslt"):] if low.startswith("cublaslt") else low
+
+
 def parse(filename: str) -> LibName | None:
-    """Recognise a managed library by file name; None for anything else."""
+    """Recognise a managed library by file name; None for anything else. A Windows key is
+    spelt one way whatever the file's case (:func:`windows_key`); Linux names are case-sensitive."""
     for family, rx in _WIN:
         m = rx.match(filename)
         if m:
+            key = windows_key(filename)
             if family == CUDART:
-                return LibName(filename, family, "", _cuda_major_from_dll_suffix(m.group(1)), WINDOWS)
+                return LibName(key, family, "", _cuda_major_from_dll_suffix(m.group(1)), WINDOWS)
             member = m.group(1) or ""
             major = int(m.group(2))
             if family == CUBLAS:
                 major = _cuda_major_from_dll_suffix(m.group(2))
-            elif not _known_cudnn_member(major, member):
-                return None
-            return LibName(filename, family, member, major, WINDOWS)
+                member = "Lt" if member else ""
+            else:
+                member = member.lower()
+                if not _known_cudnn_member(major, member):
+                    return None
+            return LibName(key, family, member, major, WINDOWS)
     for family, rx in _LINUX:
         m = rx.match(filename)
         if m:

@@ -55,6 +55,8 @@ class TargetInfo:
     lib_dirs: list[str] = field(default_factory=list)   # relative to site-packages
     notes: list[str] = field(default_factory=list)
     conda_prefix: str | None = None   # the conda env (its conda-meta/) holding this site-packages
+    # library folders that are links to a folder outside the environment: {rel dir: real folder}
+    outside: dict[str, str] = field(default_factory=dict)
 
     def family_keys(self, family: str, major: int | None = None) -> list[str]:
         return sorted(k for k, f in self.libs.items()
@@ -72,7 +74,7 @@ class TargetInfo:
         return cls(Path(d["site_packages"]), d["platform"], d["torch_version"], d["torch_cuda"],
                    d["cudnn_build"], d["cudnn_build_source"],
                    {k: LibFile(**v) for k, v in d["libs"].items()}, list(d["lib_dirs"]),
-                   list(d["notes"]), d["conda_prefix"])
+                   list(d["notes"]), d.get("conda_prefix"), dict(d.get("outside") or {}))
 
     def to_dict(self) -> dict:
         return {
@@ -86,6 +88,7 @@ class TargetInfo:
             "libs": {k: v.to_dict() for k, v in sorted(self.libs.items())},
             "notes": self.notes,
             "conda_prefix": self.conda_prefix,
+            "outside": self.outside,
         }
 
 
@@ -162,19 +165,51 @@ def read_record(dist_info: Path, only: re.Pattern | None = None) -> dict[str, tu
     return out
 
 
-_LIB_LINE = re.compile(r"(?:\.dll|\.so(?:\.\d+)*),")
+_LIB_LINE = re.compile(r"(?:\.dll|\.so(?:\.\d+)*),", re.I)  # DLL names in any case
 
 
-def _lib_dirs(sp: Path) -> list[Path]:
-    dirs = [sp / "torch" / "lib"]
+def _usual_lib_dirs(sp: Path) -> list[str]:
+    """torch/lib and the folders nvidia-* wheels have used so far (nvidia/<part>/lib, .../bin,
+    CUDA 13's merged nvidia/cu13/bin/x86_64): relative to site-packages."""
+    dirs = ["torch/lib"]
     nv = sp / "nvidia"
     if nv.is_dir():
         for pkg in sorted(nv.iterdir()):
             for sub in ("lib", "bin", "bin/x64", "bin/x86_64"):
-                d = pkg / sub
-                if d.is_dir():
-                    dirs.append(d)
-    return [d for d in dirs if d.is_dir()]
+                if (pkg / sub).is_dir():
+                    dirs.append(f"nvidia/{pkg.name}/{sub}")
+    return [d for d in dirs if (sp / d).is_dir()]
+
+
+def _lib_dirs(sp: Path, record: dict[str, object]) -> list[Path]:
+    """The folders torch loads CUDA libraries from: torch/lib (torch on Windows loads every
+    DLL there, RECORD or not) and every folder where a RECORD of torch or of an nvidia-* dist
+    lists a managed library (wherever a wheel puts them). Only where no nvidia-* RECORD lists
+    one (installed without pip) are the usual nvidia/<part> folders searched: a folder that no
+    installed dist lists is a leftover, not one torch loads from."""
+    listed = {rel.rpartition("/")[0] for rel in record
+              if "/" in rel and libs.parse(rel.rpartition("/")[2]) is not None}
+    dirs = {"torch/lib"} | listed
+    if not any(d.startswith("nvidia/") for d in listed):
+        dirs.update(_usual_lib_dirs(sp))
+    return [sp / d for d in sorted(dirs) if (sp / d).is_dir()]
+
+
+def env_root(sp: Path) -> Path:
+    """The environment a site-packages belongs to: <root>/Lib/site-packages (a Windows venv,
+    python_embeded), <root>/lib/python3.X/site-packages; else the site-packages itself."""
+    if sp.parent.name.lower() == "lib":
+        return sp.parent.parent
+    if sp.parent.name.startswith("python") and sp.parent.parent.name == "lib":
+        return sp.parent.parent.parent
+    return sp
+
+
+def _outside(sp: Path, d: Path) -> str | None:
+    """The real folder of library folder d when a link takes it outside the environment."""
+    real = Path(os.path.realpath(d))
+    root = Path(os.path.realpath(env_root(sp)))
+    return None if real == root or root in real.parents else str(real)
 
 
 def inspect(path: str | Path, cache_dir: Path | None = None) -> TargetInfo:
@@ -189,23 +224,35 @@ def inspect(path: str | Path, cache_dir: Path | None = None) -> TargetInfo:
     if cache_dir is None:
         return _inspect(sp)
     cache = Path(cache_dir) / "inspect" / (sha256(str(sp).encode()).hexdigest()[:32] + ".json")
-    before = _stamp(sp)
+    known: list[str] = []
     try:
         data = json.loads(cache.read_text())
-        if data.get("stamp") == before:
+        known = [str(d) for d in data["dirs"]]
+        if data.get("stamp") == _stamp(sp, known):
             return TargetInfo.from_dict(data["info"])
     except (OSError, ValueError, KeyError, TypeError):
         pass
-    info = _inspect(sp)
-    if _stamp(sp) == before:  # nothing changed while it was read: safe to keep
+    # the library folders come from RECORD: stamp the usual ones and those found last time,
+    # and once more with any new one the inspection finds
+    dirs = sorted(set(_usual_lib_dirs(sp)) | set(known))
+    for _ in range(2):
+        before = _stamp(sp, dirs)
+        info = _inspect(sp)
+        if set(info.lib_dirs) <= set(dirs):
+            break
+        dirs = sorted(set(dirs) | set(info.lib_dirs))
+    else:
+        return info
+    if _stamp(sp, dirs) == before:  # nothing changed while it was read: safe to keep
         try:
-            atomic_write_json(cache, {"stamp": before, "info": info.to_dict()}, durable=False)
+            atomic_write_json(cache, {"stamp": before, "dirs": dirs, "info": info.to_dict()},
+                              durable=False)
         except OSError:
             pass
     return info
 
 
-def _stamp(sp: Path) -> list:
+def _stamp(sp: Path, lib_dirs: list[str]) -> list:
     def st(p: Path):
         try:
             s = p.stat()
@@ -221,8 +268,11 @@ def _stamp(sp: Path) -> list:
     for n in names:
         if n.endswith(".dist-info") and (n.startswith("torch-") or n.lower().startswith("nvidia")):
             paths += [sp / n / "RECORD", sp / n / "METADATA"]
-    for d in _lib_dirs(sp):
+    links = []
+    for rel in lib_dirs:
+        d = sp / rel
         paths.append(d)
+        links.append(os.path.realpath(d))  # a folder swapped for a link keeps its inode
         try:
             paths += [d / n for n in os.listdir(d) if n.lower().startswith("cudnn64_")]
         except OSError:
@@ -232,7 +282,8 @@ def _stamp(sp: Path) -> list:
     if prefix is not None:
         meta = prefix / "conda-meta"
         conda = [meta] + [meta / n for n in sorted(os.listdir(meta)) if n.endswith(".json")]
-    return [[p.relative_to(sp).as_posix(), st(p)] for p in paths] + [[str(p), st(p)] for p in conda]
+    return ([[p.relative_to(sp).as_posix(), st(p)] for p in paths] + [[str(p), st(p)] for p in conda]
+            + [links])
 
 
 def _inspect(sp: Path) -> TargetInfo:
@@ -264,8 +315,11 @@ def _inspect(sp: Path) -> TargetInfo:
 
     found: dict[str, LibFile] = {}
     lib_dirs = []
+    outside = {}
     platforms = set()
-    for d in _lib_dirs(sp):
+    # Windows names are case-insensitive: RECORD may spell a DLL otherwise than the disk
+    record_ci = {rel.lower(): rel for rel in record}
+    for d in _lib_dirs(sp, record):
         rel_dir = d.relative_to(sp).as_posix()
         has = False
         for p in sorted(d.iterdir()):
@@ -276,16 +330,23 @@ def _inspect(sp: Path) -> TargetInfo:
             if ln.platform == libs.LINUX and p.name != ln.key and (d / ln.key).exists():
                 continue
             rel = f"{rel_dir}/{p.name}"
-            h, size = record.get(rel, (None, None))
+            if rel not in record and ln.platform == libs.WINDOWS:
+                rel_in_record = record_ci.get(rel.lower(), rel)
+            else:
+                rel_in_record = rel
+            h, size = record.get(rel_in_record, (None, None))
             if ln.key in found:
                 notes.append(f"{ln.key} found twice: {found[ln.key].rel} and {rel}; using the first")
                 continue
             found[ln.key] = LibFile(ln.key, rel, ln.family, ln.member, ln.major, h, size,
-                                    owners.get(rel), FROM_RECORD if h else None)
+                                    owners.get(rel_in_record), FROM_RECORD if h else None)
             platforms.add(ln.platform)
             has = True
         if has:
             lib_dirs.append(rel_dir)
+            real = _outside(sp, d)
+            if real is not None:
+                outside[rel_dir] = real
     prefix = conda_prefix(sp)
     if prefix is not None and any(f.stock_sha256 is None for f in found.values()):
         _conda_hashes(prefix, sp, found)
@@ -306,7 +367,7 @@ def _inspect(sp: Path) -> TargetInfo:
 
     cudnn_build, source = _cudnn_build(sp, platform, found, torch_meta, nvidia_meta)
     return TargetInfo(sp, platform, torch_version, torch_cuda, cudnn_build, source, found,
-                      lib_dirs, notes, str(prefix) if prefix is not None else None)
+                      lib_dirs, notes, str(prefix) if prefix is not None else None, outside)
 
 
 def conda_prefix(sp: Path) -> Path | None:
