@@ -485,17 +485,7 @@ CONFIGS = [
     ("unclosed_header", b"[agent\n", "line 1"),
     ("duplicate_key", b"[agent]\nauto_reapply = true\nauto_reapply = false\n", "line 3"),
     ("unknown_section", b"[agent]\nauto_reapply = true\n[webui]\nport = 1\n", "unknown section [webui]"),
-    ("unknown_key", b"[agent]\nauto_reapply = true\nreapply_harder = 1\n", "line 3"),
-    ("wrong_type", b'[agent]\nauto_reapply = "yes"\n', "line 2"),
-    ("number_as_bool", b"[notifications]\ndedupe_seconds = true\n", "dedupe_seconds"),
-    ("out_of_range", b"[agent]\ndriver_poll_seconds = 0\n", "line 2"),
-    ("too_big", b"[agent]\nquiet_seconds = 61\n", "quiet_seconds = 61"),
-    ("nan", b"[agent]\nquiet_seconds = nan\n", "quiet_seconds"),
-    ("inf", b"[agent]\nmax_wait_seconds = inf\n", "max_wait_seconds"),
-    ("bad_time", b'[agent]\nfull_verify_at = "25:00"\n', "full_verify_at"),
     ("section_as_value", b"agent = 5\n", "'agent' must be a [section]"),
-    ("huge_value", b'[agent]\nfull_verify_at = "' + b"x" * 200_000 + b'"\n', "full_verify_at"),
-    ("huge_key", b"[agent]\n" + b"k" * 100_000 + b" = 1\n", "unknown setting"),
     ("newline_in_section_name", b'["a\\nb"]\nx = 1\n', "unknown section"),
     ("one_megabyte", b"# " + b"x" * (1 << 20) + b"\n", "too large"),
     ("not_utf8", b'[agent]\nfull_verify_at = "\xff\xfe04:00"\n', "not UTF-8"),
@@ -505,6 +495,22 @@ CONFIGS = [
     # tomllib (3.11+) parses the header and the schema refuses it; tomli (3.10) recurses
     ("deep_table_header", b"[" + b".".join([b"a"] * 5000) + b"]\n",
      ("unknown section [a]", "nested too deeply")),
+]
+
+
+# a bad value or unknown key in a section only the agent reads: the CLI warns and goes on
+# (the agent keeps its last good settings: tests/test_hostile_files.py)
+AGENT_ONLY = [
+    ("unknown_key", b"[agent]\nauto_reapply = true\nreapply_harder = 1\n", "line 3"),
+    ("wrong_type", b'[agent]\nauto_reapply = "yes"\n', "line 2"),
+    ("number_as_bool", b"[notifications]\ndedupe_seconds = true\n", "dedupe_seconds"),
+    ("out_of_range", b"[agent]\ndriver_poll_seconds = 0\n", "line 2"),
+    ("too_big", b"[agent]\nquiet_seconds = 61\n", "quiet_seconds = 61"),
+    ("nan", b"[agent]\nquiet_seconds = nan\n", "quiet_seconds"),
+    ("inf", b"[agent]\nmax_wait_seconds = inf\n", "max_wait_seconds"),
+    ("bad_time", b'[agent]\nfull_verify_at = "25:00"\n', "full_verify_at"),
+    ("huge_value", b'[agent]\nfull_verify_at = "' + b"x" * 200_000 + b'"\n', "full_verify_at"),
+    ("huge_key", b"[agent]\n" + b"k" * 100_000 + b" = 1\n", "unknown setting"),
 ]
 
 
@@ -532,8 +538,21 @@ def test_config_file_is_a_dangling_link(run_tk, tk_home, tmp_path, config_file):
     watch.unchanged()
 
 
+@pytest.mark.parametrize("data, says", [c[1:] for c in AGENT_ONLY], ids=[c[0] for c in AGENT_ONLY])
+def test_bad_agent_only_setting_is_a_warning(run_tk, tk_home, tmp_path, config_file, data, says):
+    config_file.write_bytes(data)
+    watch = Watch(tmp_path, tk_home)
+    r = run_tk("status")
+    assert r.rc == 0 and "Traceback" not in r.err, str(r)
+    warnings = [ln for ln in r.err.splitlines() if ln.startswith("warning: ")]
+    assert len(warnings) == 1 and str(config_file) in warnings[0], str(r)
+    assert says in warnings[0], warnings[0]
+    watch.unchanged()
+
+
 def test_config_error_stops_every_command(run_tk, tk_home, config_file, tmp_path):
-    config_file.write_text("[agent]\nauto_reapply = 1\n")
+    """A bad value in a section the CLI itself reads ([apply]) stops every command."""
+    config_file.write_text("[apply]\nprogress = 1\n")
     watch = Watch(tmp_path, tk_home)
     for args in (["bundle", "list"], ["target", "list"], ["bundle", "create", tmp_path]):
         check_error(run_tk(*args), 2, config_file, "line 2")

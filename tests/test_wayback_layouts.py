@@ -117,7 +117,7 @@ def test_lib_folder_linked_outside_the_target_needs_force(build, tmp_path, run_t
     p = ok(run_tk("plan", NAME, "--json")).json()
     (why,) = [x for x in p["reasons"] if x["rule"] == "outside-target"]
     assert why["level"] == "force" and str(shared) in why["message"], p
-    assert p["verdict"] == "warn", p
+    assert p["verdict"] == "needs-force", p
     text = ok(run_tk("plan", NAME)).out
     assert str(shared) in text and "needs --force" in text, text
 

@@ -27,7 +27,7 @@ def test_status_json_with_a_fresh_home(win):
     r = win.tk("status", "--json")
     assert r.rc == 0, r
     d = r.json()
-    assert d["targets"] == [] and d["driver"] is None and d["agent"]["running"] is False
+    assert d["targets"] == [] and d["driver"]["state"] == "no_driver" and d["agent"]["running"] is False
 
 
 def test_winreg_under_hkcu(win):
