@@ -51,15 +51,18 @@ def holders(path: Path) -> list[str]:
         return []
     target = os.path.realpath(path)
     out = []
-    for proc in psutil.process_iter(["pid", "name"]):
-        try:
-            files = [f.path for f in proc.open_files()]
-            if target not in files:
-                files = [m.path for m in proc.memory_maps(grouped=True)]
-            if target in files:
-                out.append(f"{proc.info['name']} (pid {proc.info['pid']})")
-        except (psutil.Error, OSError):
-            continue
+    try:
+        for proc in psutil.process_iter(["pid", "name"]):
+            try:
+                files = [f.path for f in proc.open_files()]
+                if target not in files:
+                    files = [m.path for m in proc.memory_maps(grouped=True)]
+                if target in files:
+                    out.append(f"{proc.info['name']} (pid {proc.info['pid']})")
+            except (psutil.Error, OSError):
+                continue
+    except OSError:  # the listing itself failed (Wine: WinError 87): the file is still in use
+        pass
     return out
 
 
