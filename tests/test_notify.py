@@ -331,6 +331,8 @@ def _assert_falls_back(notifiers, log, expected_reason):
     expected = ["plyer"] + (["desktop-notifier"] if notify.DesktopNotifierBackend.installed() else [])
     assert sorted(m.split()[2] for m in warnings) == sorted(expected), warnings
     assert all(expected_reason in m for m in warnings), warnings
+    # and the one that showed it
+    assert "toast drift:a1111 shown through tray" in log.records.messages()
 
     # no tray either: the log
     log.records.records.clear()

@@ -419,3 +419,107 @@ class Win:
         """Offline install of local wheels (deps from the setup's wheelhouse when deps=True)."""
         extra = ["-f", WHEELHOUSE] if deps else ["--no-deps"]
         return self.pip(venv, "install", "-q", "--no-index", *extra, *wheels, **kw)
+
+
+# --------------------------------------------------------------------------- agents, desktops
+
+
+def patched_target(win: "Win", build, tmp: Path, name: str = "a1111"):
+    """A Windows venv with a torch-shaped win_amd64 wheel (Windows pip), a cuDNN bundle chosen
+    and applied by the Windows CLI: (venv, torch wheel, bundle manifest)."""
+    whl = build.torch_wheel(tmp / "w", version="2.3.1+cu121", cuda="12.1", layout="windows", cudnn="8.8.1.3")
+    src = build.cudnn_archive(tmp / "src", version="8.9.7.29", cuda_major=12, platform="windows")
+    venv = win.venv(tmp / f"venv-{name}")
+    win.pip_install(venv, whl)
+    for args in (("target", "add", venv, "--name", name), ("bundle", "create", src, "--json")):
+        r = win.tk(*args)
+        assert r.rc == 0, r
+    m = r.json()
+    for args in (("use", m["name"], "--target", name), ("apply", name)):
+        r = win.tk(*args)
+        assert r.rc == 0, r
+    return venv, whl, m
+
+
+def kill_windows_processes(marker: str) -> list[int]:
+    """Kill (SIGKILL) the Wine processes whose environment contains ``marker`` (a test's own
+    TORCHKEEPER_HOME): the Unix ``wine`` process a test started exits without its Windows
+    program, which keeps running. Returns the pids killed."""
+    needle = marker.encode()
+    killed = []
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit() or int(pid) == os.getpid():
+            continue
+        try:
+            with open(f"/proc/{pid}/environ", "rb") as f:
+                if needle not in f.read():
+                    continue
+            os.kill(int(pid), signal.SIGKILL)
+            killed.append(int(pid))
+        except OSError:
+            continue
+    return killed
+
+
+class Desktop:
+    """A private Wine desktop (``explorer /desktop=NAME,WxH``), one X window on the session's
+    display: its windows get end-session messages only from a ``wineboot --end-session`` run
+    inside it, so a test can log it off without touching other tests' windows. shell=True gives
+    it a taskbar with a notification area (the tray) at the bottom right."""
+
+    def __init__(self, win: "Win", name: str, size: tuple[int, int] = (640, 480), shell: bool = False):
+        self.win, self.name, self.size = win, name, size
+        key = r"HKCU\Software\Wine\Explorer\Desktops"
+        if shell:
+            r = win.run(["reg", "add", rf"{key}\{name}", "/v", "EnableShell", "/t", "REG_DWORD", "/d", "1", "/f"])
+            assert r.rc == 0, r
+
+    @property
+    def arg(self) -> str:
+        return f"/desktop={self.name},{self.size[0]}x{self.size[1]}"
+
+    def popen(self, args: Sequence[Arg], env: Mapping[str, object] | None = None, **kw) -> subprocess.Popen:
+        """Start a Windows program on this desktop (args as for Win.popen)."""
+        args = list(args)
+        exe = self.win.python if args and args[0] == "python" else args[0]
+        return self.win.popen(["explorer", self.arg, exe, *args[1:]], env=env, **kw)
+
+    def end_session(self, timeout: float = 60) -> WinResult:
+        """``wineboot --end-session`` on this desktop: WM_QUERYENDSESSION, then WM_ENDSESSION, to
+        each of its top-level windows (no WM_ENDSESSION when one refused). The rc is explorer's:
+        wineboot's (1 for a refusal) does not come through."""
+        return self.win.run(["explorer", self.arg, "wineboot", "--end-session"], timeout=timeout)
+
+    def window(self) -> str | None:
+        """The desktop's X window id (xdotool), or None."""
+        out = subprocess.run(["xdotool", "search", "--name", f"^{self.name} - Wine desktop$"],
+                             env={"DISPLAY": self.win.display}, capture_output=True, text=True).stdout.split()
+        return out[0] if out else None
+
+
+def mapped_windows(display: str) -> dict[int, tuple[int, int, int, int]]:
+    """Every viewable X window on display, by id: (x, y, width, height) in root coordinates
+    (xdotool's getwindowgeometry counts a child's offset twice)."""
+    import Xlib.X
+    import Xlib.display
+    import Xlib.error
+
+    d = Xlib.display.Display(display)
+    out = {}
+    try:
+        root = d.screen().root
+        todo = list(root.query_tree().children)
+        while todo:
+            w = todo.pop()
+            try:
+                if w.get_attributes().map_state != Xlib.X.IsViewable:
+                    continue
+                g = w.get_geometry()
+                pos = w.translate_coords(root, 0, 0)
+                out[w.id] = (-pos.x, -pos.y, g.width, g.height)
+                todo.extend(w.query_tree().children)
+            except Xlib.error.XError:
+                continue    # gone meanwhile
+    finally:
+        d.close()
+    return out

@@ -525,6 +525,8 @@ class Notifier:
             self._down_until.pop(name, None)
             if self._reported.pop(name, None) is not None:
                 self._log.info("notifications through %s work again", name)
+            # with the skipped backends' warnings, the log tells which one a person saw
+            self._log.info("toast %s shown through %s", toast.key, name)
             return name
         return "none"
 

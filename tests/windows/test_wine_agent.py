@@ -1,0 +1,114 @@
+"""The agent end to end as a Windows program under Wine: real Windows pip, real PE DLLs, a
+DLL held by another Windows process, a logoff in the middle of a re-apply.
+
+How a Windows agent is stopped: a logoff (its tray window's WM_QUERYENDSESSION /
+WM_ENDSESSION, what ``wineboot --end-session`` sends) or the tray's Quit. Ctrl+Break
+(signal.SIGBREAK) is not tested here: under Wine 8 GenerateConsoleCtrlEvent fails for a
+process group started from a Windows parent (WinError 6 / 12), and a login start
+(``pythonw.exe``) has no console anyway. Signals are covered by tests/test_agent.py on Linux."""
+
+from __future__ import annotations
+
+import os
+import time
+import zipfile
+
+import pytest
+from agentkit import events, wait_for, write_config
+from winkit import WIN_PYTHONW, Desktop, kill_windows_processes, patched_target
+
+pytestmark = pytest.mark.timeout(240)
+
+
+def _stock_bytes(whl, names) -> dict[str, bytes]:
+    with zipfile.ZipFile(whl) as z:
+        return {n: z.read(f"torch/lib/{n}") for n in names}
+
+
+def test_login_agent_repairs_a_pip_reinstall_and_a_logoff_waits_for_the_change(win, build, tmp_path):
+    """``pythonw.exe -m torchkeeper run``, as HKCU's Run entry starts it at login (no console);
+    the venv's own pip reinstalls torch; the re-apply is held at a checkpoint inside its swap
+    while the session ends: the logoff is not refused, the change completes, then the agent stops."""
+    venv, whl, m = patched_target(win, build, tmp_path)
+    paused = tmp_path / "paused"
+    desk = Desktop(win, f"tk-logoff-{os.getpid()}")
+    env = {"TORCHKEEPER_HOME": win.home, "TORCHKEEPER_TEST_PAUSE_AT": "20", "TORCHKEEPER_TEST_PAUSE_FILE": paused}
+    agent = desk.popen([WIN_PYTHONW, "-m", "torchkeeper", "run"], env=env)
+    log = win.home / "logs" / "agent.log"
+    try:
+        wait_for(lambda: events(win.home, "started"), 60, "the agent's start")
+        time.sleep(1.0)  # its first check
+        win.pip(venv, "install", "-q", "--no-index", "--no-deps", "--force-reinstall", whl)
+        wait_for(paused.exists, 60, "the re-apply to reach its checkpoint")
+        assert " swapped " in paused.read_text(), paused.read_text()  # inside the swap
+        assert not events(win.home, "repaired")
+        r = desk.end_session()
+        assert r.rc == 0, r  # (explorer's rc: wineboot's own, 1 for a refusal, does not come through)
+        # a window that refuses (pystray's own answer, 0) gets no WM_ENDSESSION: the agent would run on
+        wait_for(lambda: "agent stopped" in log.read_text(encoding="utf-8"), 60,
+                 "the agent to stop at the logoff (a refused logoff leaves it running)")
+        agent.wait(30)
+    finally:
+        kill_windows_processes(win.path(win.home))
+    text = log.read_text(encoding="utf-8")
+    assert "Traceback" not in text, text
+    ending = text.index("the session is ending: stopping after the running job")
+    # the change was finished, then the agent stopped
+    assert ending < text.index("repaired target=a1111") < text.index("agent stopped"), text
+    [rep] = events(win.home, "repaired")
+    assert rep["reason"] == "file events"
+    changed = events(win.home, "files changed")
+    assert changed and changed[0]["stashes"] == ["~orch"]  # the Windows pip stashed torch\
+    assert not list((win.home / "data" / "journal").glob("*"))
+    r = win.tk("verify", "--full")
+    assert r.rc == 0, r
+    # toasts: desktop-notifier (WinRT: class not registered under Wine) is skipped, named, and plyer shows it
+    assert "notifications through desktop-notifier do not work" in text, text
+    assert "toast reapplied:a1111 shown through plyer" in text, text  # its own balloon icon
+
+
+HOLDER = """\
+import ctypes, os, sys, time
+ctypes.WinDLL(sys.argv[1])
+print("held", flush=True)
+while not os.path.exists(sys.argv[2]):
+    time.sleep(0.05)
+"""
+
+
+def test_a_dll_held_by_another_process_waits_and_reapplies_once_it_exits(win, build, tmp_path):
+    """A running webui (another Windows process with cudnn64_8.dll loaded) while the stock
+    files are back: the headless agent says "in use", retries after 2, 4 ... s, writes nothing,
+    and re-applies once the holder has exited."""
+    venv, whl, m = patched_target(win, build, tmp_path)
+    lib = win.site_packages(venv) / "torch" / "lib"
+    write_config(win.home, '[notifications]\nbackend = "log"\n')
+    names = [f["name"] for f in m["files"]]
+    stock = _stock_bytes(whl, names)
+    for n, data in stock.items():  # what a pip reinstall does while the agent is not running
+        (lib / n).write_bytes(data)
+    release = tmp_path / "release"
+    holder = win.popen(["python", "-c", HOLDER, lib / "cudnn64_8.dll", release])
+    try:
+        assert holder.stdout.readline().strip() == "held", holder.stderr.read()
+        agent = win.popen(["python", "-m", "torchkeeper", "run", "--headless"], env={"TORCHKEEPER_HOME": win.home})
+        tries = wait_for(lambda: len(events(win.home, "files in use")) >= 2 and events(win.home, "files in use"),
+                         60, "two tries")
+        assert [t["retry_in"] for t in tries[:2]] == [2.0, 4.0]  # the backoff
+        assert "cudnn64_8.dll" in tries[0]["error"], tries[0]
+        assert not events(win.home, "repaired")
+        assert {n: (lib / n).read_bytes() == stock[n] for n in names} == {n: True for n in names}  # nothing written
+        release.touch()
+        assert holder.wait(30) == 0
+        rep = wait_for(lambda: events(win.home, "repaired"), 60, "the re-apply once free")[0]
+        r = win.tk("verify", "--full")
+        assert r.rc == 0, r
+    finally:
+        release.touch()
+        kill_windows_processes(win.path(win.home))
+        holder.kill()
+    assert rep["target"] == "a1111"
+    toasts = [e for e in events(win.home, "toast") if e["key"] == "inuse:a1111"]
+    assert len(toasts) == 1 and "will re-apply as soon as it is closed" in toasts[0]["body"], toasts
+    text = (win.home / "logs" / "agent.log").read_text(encoding="utf-8")
+    assert "toast inuse:a1111 shown through log" in text and "Traceback" not in text, text
