@@ -394,8 +394,14 @@ def cmd_verify(args, eng):
 def cmd_status(args, eng):
     from .run import agent_status
 
+    from .engine.bench import last_gain
+
     st = eng.status().to_dict()
     st["agent"] = agent_status(eng.home)
+    for t in st["targets"]:
+        lb = last_gain(eng.home, t["name"])
+        if lb and lb.get("ratio"):
+            t["last_bench"] = {k: lb.get(k) for k in ("ratio", "bundle_name", "time", "gpu", "it_s")}
     if args.json:
         _emit(args, st)
         return OK
@@ -414,6 +420,9 @@ def cmd_status(args, eng):
                      f" (stock {t.get('cudnn_stock') or '?'}), bundle {b}")
         for pr in t["problems"][:3]:
             lines.append(f"    {pr}")
+        if t.get("last_bench"):
+            lb = t["last_bench"]
+            lines.append(f"    last bench: x{lb['ratio']:.2f} with '{lb['bundle_name']}' ({lb['time']})")
     print("\n".join(lines))
     return OK
 
