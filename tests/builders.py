@@ -440,8 +440,10 @@ def _is_lib_path(p: str) -> bool:
 
 
 def write_wheel(out_dir: PathLike, name: str, version: str, files: Mapping[str, bytes],
-                metadata_extra: Sequence[str] = (), root_is_purelib: bool = True) -> Path:
-    """A py3-none-any wheel holding files (archive path -> bytes), plus dist-info."""
+                metadata_extra: Sequence[str] = (), root_is_purelib: bool = True,
+                tag: str = "py3-none-any") -> Path:
+    """A wheel (py3-none-any unless tag says otherwise) holding files (archive path -> bytes),
+    plus dist-info."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     esc = _dist_escape(name)
@@ -449,7 +451,7 @@ def write_wheel(out_dir: PathLike, name: str, version: str, files: Mapping[str, 
     metadata = "\n".join(["Metadata-Version: 2.1", f"Name: {name}", f"Version: {version}",
                           "Summary: test stand-in built by torchkeeper's tests", *metadata_extra]) + "\n"
     wheel_meta = ("Wheel-Version: 1.0\nGenerator: torchkeeper-tests\n"
-                  f"Root-Is-Purelib: {'true' if root_is_purelib else 'false'}\nTag: py3-none-any\n")
+                  f"Root-Is-Purelib: {'true' if root_is_purelib else 'false'}\nTag: {tag}\n")
     entries = dict(files)
     entries[f"{distinfo}/METADATA"] = metadata.encode()
     entries[f"{distinfo}/WHEEL"] = wheel_meta.encode()
@@ -461,7 +463,7 @@ def write_wheel(out_dir: PathLike, name: str, version: str, files: Mapping[str, 
         w.writerow([p, f"sha256={_b64_sha256(data)}", len(data)])
     w.writerow([f"{distinfo}/RECORD", "", ""])
     entries[f"{distinfo}/RECORD"] = record.getvalue().encode()
-    whl = out_dir / f"{esc}-{version}-py3-none-any.whl"
+    whl = out_dir / f"{esc}-{version}-{tag}.whl"
     tmp = whl.with_name(whl.name + f".{os.getpid()}.tmp")
     with zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as z:
         for p, data in entries.items():
@@ -598,15 +600,21 @@ def torch_wheel(out_dir: PathLike, *, version: str = "2.3.1+cu121", cuda: str | 
 NVIDIA_LIBS = ("cudnn", "cublas", "cuda_runtime")
 
 
+PLATFORM_TAGS = {"windows": "py3-none-win_amd64", "linux": "py3-none-manylinux_2_27_x86_64"}
+
+
 def nvidia_wheel(out_dir: PathLike, *, lib: str = "cudnn", cuda_major: int = 12, version: str = "9.1.0.70",
-                 platform: str = "linux", cache_dir: PathLike | None = None, spell: Spell | None = None) -> Path:
+                 platform: str = "linux", cache_dir: PathLike | None = None, spell: Spell | None = None,
+                 tagged: bool = False) -> Path:
     """An NVIDIA library wheel (nvidia_cudnn_cu12-9.1.0.70-py3-none-any.whl) like PyPI's.
 
     version is the library's own version: cuDNN "9.1.0.70", cuBLAS "12.4.5.8", CUDA runtime
     "12.4.127". Linux: nvidia/<lib>/lib/*.so.<major> (ELF); Windows: nvidia/<lib>/bin/*.dll
-    (PE with versions), except CUDA 13's toolkit parts (cuBLAS, runtime), which share the
-    merged folder nvidia/cu13/bin/x86_64 (cuDNN keeps nvidia/cudnn/bin). No
-    nvidia/__init__.py (a namespace directory). spell: the library files' names.
+    (PE with versions). No nvidia/__init__.py (a namespace directory). CUDA 13 toolkit parts
+    (cublas, cuda_runtime) share PyPI's merged folder: nvidia/cu13/bin/x86_64/*.dll,
+    nvidia/cu13/lib/*.so.13 (cuDNN keeps nvidia/cudnn/...). spell: the library files' names.
+    tagged: the platform tag PyPI's wheels have (win_amd64, manylinux_2_27_x86_64) instead of
+    "any", for tests of pip's platform choice.
     """
     if lib not in NVIDIA_LIBS:
         raise ValueError(f"lib must be one of {NVIDIA_LIBS}")
@@ -614,8 +622,9 @@ def nvidia_wheel(out_dir: PathLike, *, lib: str = "cudnn", cuda_major: int = 12,
         raise ValueError(f"platform must be one of {libs.PLATFORMS}")
     sub = "bin" if platform == libs.WINDOWS else "lib"
     base = f"nvidia/{lib}"
-    if platform == libs.WINDOWS and cuda_major >= 13 and lib != "cudnn":
-        base, sub = "nvidia/cu13", "bin/x86_64"
+    if cuda_major >= 13 and lib != "cudnn":
+        base = f"nvidia/cu{cuda_major}"
+        sub = "bin/x86_64" if platform == libs.WINDOWS else "lib"
     files: dict[str, bytes] = {f"{base}/__init__.py": b"", f"{base}/include/__init__.py": b""}
     if platform == libs.LINUX:
         files[f"{base}/lib/__init__.py"] = b""
@@ -640,7 +649,15 @@ def nvidia_wheel(out_dir: PathLike, *, lib: str = "cudnn", cuda_major: int = 12,
         files[f"{base}/{sub}/{_spelt(spell, key)}"] = _lib_bytes(_cuda_lib(key, platform, rel), cache_dir)
         files[f"{base}/include/cuda_runtime_api.h"] = _cuda_runtime_api_h(rel)
     meta = ["License: Other/Proprietary License", "Requires-Python: >=3"]
-    return write_wheel(out_dir, nvidia_dist_name(lib, cuda_major), version, files, meta)
+    return write_wheel(out_dir, nvidia_dist_name(lib, cuda_major), version, files, meta,
+                       tag=PLATFORM_TAGS[platform] if tagged else "py3-none-any")
+
+
+def nvidia_stub_wheel(out_dir: PathLike, name: str = "nvidia-cublas-cu13", version: str = "0.0.1") -> Path:
+    """The empty placeholder PyPI holds under the -cu13 names of CUDA 13 toolkit parts: no
+    library, a summary that says DEPRECATED (py3-none-any, like the real one)."""
+    return write_wheel(out_dir, name, version, {},
+                       ["Summary: DEPRECATED: use the package without -cu13", "Requires-Python: >=3"])
 
 
 # --------------------------------------------------------------------------- folders
@@ -987,6 +1004,9 @@ class Builders:
     def nvidia_wheel(self, out_dir, **kw):
         return nvidia_wheel(out_dir, cache_dir=self.cache_dir, **kw)
 
+    def nvidia_stub_wheel(self, out_dir, **kw):
+        return nvidia_stub_wheel(out_dir, **kw)
+
     def cudnn_archive(self, out_dir, **kw):
         return cudnn_archive(out_dir, cache_dir=self.cache_dir, **kw)
 
@@ -997,7 +1017,7 @@ class Builders:
 __all__ = [
     "BUILDER_REV", "Builders", "CUDA_RELEASES", "TORCH_LAYOUTS", "ToolchainMissing",
     "build_dll", "build_so", "cuda_release", "cuda_toolkit", "cudnn_archive", "cudnn_encoded",
-    "dist_info", "elf_soname", "make_venv", "nvidia_dist_name", "nvidia_wheel", "pe_version_info",
+    "dist_info", "elf_soname", "make_venv", "nvidia_dist_name", "nvidia_stub_wheel", "nvidia_wheel", "pe_version_info",
     "pip_install", "pip_install_target", "pip_uninstall", "portable_python", "recipe", "record_hashes",
     "sha256_file", "site_packages", "torch_wheel", "venv_python", "write_wheel",
 ]

@@ -51,7 +51,8 @@ def write_answers(path, *, init_rc: int = 0, driver: str | None = "551.86", cuda
                   gpus=(), **extra) -> Path:
     """Write a stub answers file atomically (a long-running reader never sees half of it).
 
-    ``gpus``: (name, uuid) pairs, or (name, uuid, {"name_rc": 15}) triples.
+    ``gpus``: (name, uuid) pairs, or (name, uuid, {"name_rc": 15}) triples ({"cc": "8.9"}: the
+    compute capability the GPU answers).
     ``extra``: more ``key=value`` lines (driver_rc, cuda_rc, count_rc, shutdown_rc).
     """
     lines = [f"init_rc={init_rc}"]

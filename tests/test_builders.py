@@ -313,7 +313,7 @@ def test_nvidia_wheel_names_windows_and_cu13(tmp_path, builder_cache):
     w13 = b.nvidia_wheel(tmp_path, lib="cublas", cuda_major=13, version="13.1.0.3", cache_dir=builder_cache)
     assert w13.name == "nvidia_cublas-13.1.0.3-py3-none-any.whl"
     with zipfile.ZipFile(w13) as z:
-        assert "nvidia/cublas/lib/libcublasLt.so.13" in z.namelist()
+        assert "nvidia/cu13/lib/libcublasLt.so.13" in z.namelist()  # PyPI's merged CUDA 13 folder
     assert b.nvidia_wheel(tmp_path, lib="cuda_runtime", cuda_major=13, version="13.0.96",
                           cache_dir=builder_cache).name == "nvidia_cuda_runtime-13.0.96-py3-none-any.whl"
     assert b.nvidia_wheel(tmp_path, lib="cudnn", cuda_major=13, version="9.13.0.50",

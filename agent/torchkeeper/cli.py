@@ -157,6 +157,79 @@ def cmd_bundle_create(args, eng):
     return OK
 
 
+def _pip_options(args, platform=None):
+    from .engine.fetch import PipOptions, host_platform
+
+    return PipOptions(platform or host_platform(), find_links=list(args.find_links or []),
+                      index_url=args.index_url)
+
+
+def cmd_bundle_fetch(args, eng):
+    from .engine import libs
+    from .engine.bundle import public
+    from .engine.fetch import fetch_bundle
+    from .engine.suggest import render
+
+    asked = {f: v for f, v in ((libs.CUDNN, args.cudnn), (libs.CUBLAS, args.cublas),
+                               (libs.CUDART, args.cudart)) if v is not None}
+    bars = {}
+
+    def progress(label, done, total):
+        bar = bars.get(label)
+        if bar is None:
+            bar = bars[label] = Progress(total or 0, f"downloading {label}")
+        if total:
+            bar.set_total(total)
+        bar(done - bar.done)
+
+    say = (lambda line: print(line, file=sys.stderr)) if not args.json else None
+    try:
+        res = fetch_bundle(eng, target=args.for_target, asked=asked, cuda=args.cuda,
+                           platform=args.platform, name=args.name, opts=_pip_options(args),
+                           progress=progress, say=say)
+    finally:
+        for bar in bars.values():
+            bar.close()
+    m = res.bundle
+    lines = [render(res.suggestion),
+             ("created bundle " if res.created else "already in the cache: ") + _bundle_line(m)]
+    if args.for_target:
+        lines.append(f"next: `torchkeeper use {m['name']} --target {args.for_target}` and "
+                     f"`torchkeeper apply {args.for_target}`")
+    _emit(args, {"suggestion": res.suggestion.to_dict(), "wheels": res.wheels,
+                 "bundle": public(m), "created_now": res.created}, "\n".join(lines))
+    return OK
+
+
+def cmd_suggest(args, eng):
+    from .engine.suggest import render, suggest_for
+
+    names = [args.target] if args.target else _names(args, eng)
+    out, texts = [], []
+    for n in names:
+        try:
+            s = suggest_for(eng, n, _pip_options(args))
+        except TKError as e:
+            if args.target:
+                raise
+            out.append({"target": n, "error": e.as_dict()})
+            texts.append(f"target '{n}': {e.message}")
+            continue
+        out.append(s.to_dict())
+        texts.append(render(s) + (f"\n  get it: `torchkeeper bundle fetch --for {n}`" if s.chosen else ""))
+    _emit(args, out if not args.target else out[0], "\n".join(texts))
+    return OK
+
+
+def cmd_bench(args, eng):
+    from .engine.bench import bench, render
+
+    r = bench(eng, args.target, args.bundle,
+              say=(lambda line: print(line, file=sys.stderr)) if not args.json else None)
+    _emit(args, r, render(r))
+    return OK
+
+
 def cmd_bundle_list(args, eng):
     from .engine.bundle import public
 
@@ -338,8 +411,14 @@ def cmd_verify(args, eng):
 def cmd_status(args, eng):
     from .run import agent_status
 
+    from .engine.bench import last_gain
+
     st = eng.status().to_dict()
     st["agent"] = agent_status(eng.home)
+    for t in st["targets"]:
+        lb = last_gain(eng.home, t["name"])
+        if lb and lb.get("ratio"):
+            t["last_bench"] = {k: lb.get(k) for k in ("ratio", "bundle_name", "time", "gpu", "it_s")}
     if args.json:
         _emit(args, st)
         return OK
@@ -367,6 +446,9 @@ def cmd_status(args, eng):
         lines += [f"    {pr}" for pr in shown]
         if len(t["problems"]) > len(shown):
             lines.append(f"    (+{len(t['problems']) - len(shown)} more: `torchkeeper verify {t['name']} --json`)")
+        if t.get("last_bench"):
+            lb = t["last_bench"]
+            lines.append(f"    last bench: x{lb['ratio']:.2f} with '{lb['bundle_name']}' ({lb['time']})")
     print("\n".join(lines))
     return OK
 
@@ -458,6 +540,17 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--name")
     c.add_argument("--cuda", help="CUDA version, when the source does not say (X.Y)")
     c.add_argument("--cudnn", help="cuDNN version, when the source does not say (X.Y.Z)")
+    fe = cmd("fetch", cmd_bundle_fetch, "download nvidia-* wheels with pip and make a bundle "
+             "(no NVIDIA account needed)", bsub)
+    for flag, what in (("--cudnn", "cuDNN"), ("--cublas", "cuBLAS"), ("--cudart", "CUDA runtime")):
+        fe.add_argument(flag, nargs="?", const="", metavar="X[.Y[.Z]]",
+                        help=f"fetch {what} (the newest that fits, or this version)")
+    fe.add_argument("--cuda", metavar="11|12|13", help="the CUDA major (names differ by major)")
+    fe.add_argument("--platform", choices=("windows", "linux"), help="default: this machine's, "
+                    "or the target's with --for")
+    fe.add_argument("--for", dest="for_target", metavar="TARGET",
+                    help="fill in platform, CUDA major and the versions the gate accepts for it")
+    fe.add_argument("--name")
     cmd("list", cmd_bundle_list, "list bundles", bsub)
     s = cmd("show", cmd_bundle_show, "show a bundle's files and where its versions were read", bsub)
     s.add_argument("bundle")
@@ -488,6 +581,18 @@ def build_parser() -> argparse.ArgumentParser:
     vf.add_argument("targets", nargs="*")
     vf.add_argument("--full", action="store_true", help="re-hash every file, not just stat data")
     cmd("status", cmd_status, "targets, their state and the driver")
+    sg = cmd("suggest", cmd_suggest, "which nvidia-* wheels would fit each target best, and why "
+             "(downloads nothing)")
+    sg.add_argument("target", nargs="?")
+    for sp_ in (fe, sg):
+        sp_.add_argument("--find-links", action="append", metavar="DIR|URL",
+                         help="also look here for wheels (pip's --find-links)")
+        sp_.add_argument("--index-url", metavar="URL", help="pip's --index-url (else PIP_INDEX_URL "
+                         "or pip's configuration)")
+    bn = cmd("bench", cmd_bench, "measure the speed-up of a bundle in the target's own Python "
+             "(stock, then with the bundle; the target is put back as it was)")
+    bn.add_argument("target")
+    bn.add_argument("--bundle", help="default: the target's chosen bundle")
     dr = cmd("doctor", cmd_doctor, "the manual checks: driver, CUDA toolkits, torch/CUDA/cuDNN per target")
     dr.add_argument("--probe", action="store_true", help="also run each target's Python: import torch")
     lg = cmd("log", cmd_log, "show recent events")

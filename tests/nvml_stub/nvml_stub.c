@@ -15,7 +15,9 @@
  *   cuda_rc=0            (13 = FunctionNotFound, as an old driver without the call)
  *   count_rc=0           nvmlDeviceGetCount[_v2]
  *   shutdown_rc=0        nvmlShutdown
- *   gpu=NAME|UUID[|name_rc=N][|uuid_rc=N][|handle_rc=N]     one line per GPU, in index order
+ *   gpu=NAME|UUID[|name_rc=N][|uuid_rc=N][|handle_rc=N][|cc=M.m]   one line per GPU, in index order
+ *                        (cc: nvmlDeviceGetCudaComputeCapability; without it the call answers
+ *                        NVML_ERROR_NOT_SUPPORTED)
  *
  * A missing or unreadable file makes nvmlInit* return NVML_ERROR_UNKNOWN (999).
  * If TK_NVML_STUB_LOG names a file, each init and shutdown appends "init RC" / "shutdown RC" to it.
@@ -42,6 +44,7 @@ struct stub_gpu {
     char name[MAX_TEXT];
     char uuid[MAX_TEXT];
     int name_rc, uuid_rc, handle_rc;
+    int cc_major, cc_minor;  /* 0.0: not answered */
 };
 
 static struct {
@@ -92,6 +95,11 @@ static void parse_gpu(char *value) {
         else if (strncmp(f, "name_rc=", 8) == 0) g->name_rc = atoi(f + 8);
         else if (strncmp(f, "uuid_rc=", 8) == 0) g->uuid_rc = atoi(f + 8);
         else if (strncmp(f, "handle_rc=", 10) == 0) g->handle_rc = atoi(f + 10);
+        else if (strncmp(f, "cc=", 3) == 0) {
+            g->cc_major = atoi(f + 3);
+            const char *dot = strchr(f + 3, '.');
+            g->cc_minor = dot ? atoi(dot + 1) : 0;
+        }
         i++;
         if (!bar) break;
         field = bar + 1;
@@ -249,4 +257,13 @@ nvmlReturn_t nvmlDeviceGetUUID(nvmlDevice_t device, char *uuid, unsigned int len
     if (!valid_handle(device)) return NVML_ERROR_INVALID_ARGUMENT;
     if (device->uuid_rc) return device->uuid_rc;
     return copy_out(device->uuid, uuid, length);
+}
+
+nvmlReturn_t nvmlDeviceGetCudaComputeCapability(nvmlDevice_t device, int *major, int *minor) {
+    if (refcount == 0) return NVML_ERROR_UNINITIALIZED;
+    if (!valid_handle(device) || !major || !minor) return NVML_ERROR_INVALID_ARGUMENT;
+    if (!device->cc_major) return 3; /* NVML_ERROR_NOT_SUPPORTED */
+    *major = device->cc_major;
+    *minor = device->cc_minor;
+    return NVML_SUCCESS;
 }

@@ -20,6 +20,7 @@ CHECK_ALL = "check all"         # quick verification of every target
 REAPPLY_ALL = "reapply all"     # re-apply every drifted target the gate accepts
 REAPPLY = "reapply"             # one target (target=name); an explicit ask, so gate warnings pass
 REVERT = "revert"               # one target back to stock
+FETCH_APPLY = "fetch and apply" # one target: fetch the suggested wheels, make the bundle, use it, apply
 QUIT = "quit"
 
 
@@ -31,6 +32,7 @@ class TargetView:
     message: str                # one line for a menu or a toast ("cuDNN 9.5.1 applied", "...")
     folder: str | None          # the library folder to open ("Open folder")
     details: str = ""           # several lines for "Show details"
+    suggestion: str | None = None  # "cuDNN 9.10.2 fits — get it and apply" (FETCH_APPLY), if any
 
 
 @dataclass

@@ -98,6 +98,8 @@ class Job:
 
 # internal job kinds besides view's actions
 CHECK, FULL, DRIVER, CONFIG, TARGETS = "check", "full check", "driver", "config", "targets"
+SUGGEST = "suggest"
+SUGGEST_DELAY_S = 30.0   # after a target is first shown: the index is asked once per agent run
 
 
 class Agent:
@@ -235,8 +237,8 @@ class Agent:
 
     def idle(self) -> bool:
         """No job running or queued (tests and benchmarks wait for this)."""
-        with self._cv:
-            return self._running is None and not self._jobs
+        with self._cv:  # a suggestion waiting for its time is no work in hand
+            return self._running is None and all(j.action == SUGGEST for j in self._jobs.values())
 
     # -- the Controller interface (tray, toast buttons) -----------------------------
     def view(self) -> V.AgentView:
@@ -263,6 +265,9 @@ class Agent:
             tip = "torchkeeper: " + "; ".join(f"{t.name} {t.state}" for t in bad[:3])
         if paused:
             tip += " (auto re-apply paused)"
+        fetching = getattr(self, "_fetch_line", None)
+        if fetching:
+            overall, tip = V.WORKING, fetching
         return V.AgentView(overall, tip, targets, self._driver_line, paused, self._autostart)
 
     def request(self, action: str, target: str | None = None, reason: str = "",
@@ -312,6 +317,12 @@ class Agent:
 
     def subscribe(self, callback) -> None:
         self._listeners.append(callback)
+        known = self.__dict__.setdefault("_suggestions", {})
+        with self._cv:
+            shown = [n for n in self._views if n not in known]
+        for name in shown:  # shown before a menu was there to offer a suggestion
+            known[name] = None
+            self._enqueue(SUGGEST, name, "suggest", delay=self.suggest_delay)
 
     def _changed(self) -> None:
         v = self.view()
@@ -389,6 +400,10 @@ class Agent:
             self._reapply(job)
         elif job.action == V.REVERT:
             self._revert(job)
+        elif job.action == SUGGEST:
+            self._suggest(job)
+        elif job.action == V.FETCH_APPLY:
+            self._fetch_apply(job)
         else:
             log.warning("unknown job %s", job.action)
 
@@ -650,10 +665,83 @@ class Agent:
         old = self._views.get(name)
         if old is not None and not lib_dirs:
             folder = old.folder
+        suggestion = self._suggestion(name, s)
         with self._cv:
             self._views[name] = V.TargetView(name, state, s.bundle.name if s.bundle else None,
-                                             message, folder, "\n".join(details))
+                                             message, folder, "\n".join(details), suggestion)
         self._changed()
+
+    # -- suggestions: the best nvidia-* wheels for a target, and "get it and apply" ------
+    suggest_delay = SUGGEST_DELAY_S
+
+    def _suggestion(self, name: str, s: TargetStatus) -> str | None:
+        """The tray line for a target; the first time it is shown, a SUGGEST job is queued."""
+        known = self.__dict__.setdefault("_suggestions", {})
+        if name not in known and s.torch_cuda and self._listeners:  # a menu to show it in
+            known[name] = None
+            self._enqueue(SUGGEST, name, "suggest", delay=self.suggest_delay)
+        return known.get(name)
+
+    def _suggest(self, job: Job) -> None:
+        from ..engine.fetch import PipOptions
+        from ..engine.suggest import suggest_for
+
+        name = job.target
+        if name not in self.engine.targets():
+            return
+        try:
+            sg = suggest_for(self.engine, name, PipOptions("linux"))
+        except TKError as e:  # offline, no index: no suggestion, said once in the log
+            log.info("no suggestion for %s: %s", name, e.message)
+            return
+        head = sg.headline()
+        line = f"{head} — get {'it' if head.endswith('fits') else 'them'} and apply" if head else None
+        self._suggestions[name] = line
+        self._event("suggested", target=name, suggestion=head, chosen=sg.chosen)
+        with self._cv:
+            old = self._views.get(name)
+            if old is not None:
+                self._views[name] = V.TargetView(old.name, old.state, old.bundle, old.message,
+                                                 old.folder, old.details, line)
+        self._changed()
+
+    def _fetch_apply(self, job: Job) -> None:
+        """A person's yes from the tray: fetch what fits, make the bundle, use it, apply."""
+        from ..engine.fetch import fetch_bundle
+
+        name = job.target
+        if name not in self.engine.targets():
+            return
+        job = Job(job.at, job.seq, job.action, name, "get it and apply", job.detected, True)
+        shown = [0.0]
+
+        def progress(label, done, total):
+            now = time.monotonic()
+            if now - shown[0] < 0.5:
+                return
+            shown[0] = now
+            pct = f" {min(done / total, 1) * 100:.0f}%" if total else f" {done / 1e6:.0f} MB"
+            self._fetch_line = f"torchkeeper: downloading {label}{pct}"
+            self._changed()
+
+        self._fetch_line = f"torchkeeper: getting the libraries for '{name}' ..."
+        self._changed()
+        try:
+            res = fetch_bundle(self.engine, target=name, progress=progress)
+            self.engine.use(res.bundle["id"], name)
+        except (TKError, OSError) as e:
+            msg, hint = (e.message, e.hint or "") if isinstance(e, TKError) else (str(e), "")
+            self._event("fetch failed", target=name, error=msg)
+            self._toast(V.Toast(f"fetch:{name}", f"torchkeeper: could not get the libraries for '{name}'",
+                                f"{msg}. {hint}".strip(), name, level="error"))
+            return
+        finally:
+            self._fetch_line = None
+            self._changed()
+        self.__dict__.setdefault("_suggestions", {})[name] = None
+        s = self.engine.target_state(name, with_versions=True)
+        stock_now = s.cudnn_now or (s.info.cudnn_build if s.info else None)
+        self._apply(name, s, job, time.time(), stock_now, explicit=True)
 
     def _forget(self, name: str) -> None:
         with self._cv:
@@ -836,6 +924,7 @@ class _OverflowHook(logging.Handler):
 
 # why a re-apply happened, for its toast
 _BECAUSE = {
+    "get it and apply": "fetched and applied as asked",
     "file events": "its files had changed",
     "start": "found undone when the agent started",
     "scheduled": "a scheduled check found it undone",

@@ -263,7 +263,13 @@ class Tray:
     def _target_item(self, t: view.TargetView):
         Item, Menu = self._pystray.MenuItem, self._pystray.Menu
         text = f"{t.name} — {t.message}" if t.message else t.name
+        first = []
+        if t.suggestion:  # one click: fetch, create, use, apply, through the same gate
+            first = [Item(_clip(t.suggestion, ITEM_TEXT_MAX),
+                          self._action(self._controller.request, view.FETCH_APPLY, t.name)),
+                     Menu.SEPARATOR]
         return Item(_clip(text, ITEM_TEXT_MAX), Menu(
+            *first,
             Item("Reapply", self._action(self._controller.request, view.REAPPLY, t.name)),
             Item("Revert to stock", self._action(self._controller.request, view.REVERT, t.name)),
             Item("Open folder", self._action(self._open, t.folder), enabled=t.folder is not None),

@@ -240,10 +240,33 @@ def _read(nv, status: DriverStatus) -> None:
                     gpu[key] = _text(call(handle))
                 except Exception as e:  # noqa: BLE001
                     errors.append(f"GPU {i} {key} unreadable: {_nvml_text(e)}")
+            cc = _compute_capability(nv, handle)
+            if cc is not None:
+                gpu["compute_capability"] = cc
         if errors:
             gpu["error"] = "; ".join(errors)
             status.problems.extend(errors)
         status.gpus.append(gpu)
+
+
+def _compute_capability(nv, handle) -> str | None:
+    """'8.9' for an RTX 4070; None where the driver (or the binding) does not say: it only
+    narrows which cuDNN releases fit (9.11 and later need 7.5), so its absence is no problem."""
+    try:
+        major, minor = nv.nvmlDeviceGetCudaComputeCapability(handle)
+        return f"{int(major)}.{int(minor)}"
+    except Exception:  # noqa: BLE001 - NVMLError_NotSupported, an old binding without the call
+        return None
+
+
+def lowest_compute_capability(status: DriverStatus) -> tuple[int, int] | None:
+    """The oldest GPU architecture NVML reported (a library must run on every GPU)."""
+    ccs = []
+    for g in status.gpus if status is not None else ():
+        m = _VERSION.match(str(g.get("compute_capability") or ""))
+        if m and g.get("compute_capability"):
+            ccs.append((int(m.group(1)), int(m.group(2) or 0)))
+    return min(ccs) if ccs else None
 
 
 _VERSION = re.compile(r"^\s*(\d+)(?:\.(\d+))?")

@@ -1,0 +1,314 @@
+"""`bundle fetch`: NVIDIA's library wheels through pip's own download, cached, made into a bundle.
+
+pip does every network step (``python -m pip download --no-deps --only-binary=:all:
+--platform P --python-version V``), so the user's pip configuration (index, proxy,
+certificates, find-links, every ``PIP_*`` variable) applies, and pip checks each wheel
+against the hash the index publishes (the ``#sha256=`` of a simple index's link) where there
+is one. ``--no-deps`` always: cuDNN's wheels depend on cuBLAS, which is fetched (or not) on
+its own terms.
+
+Versions come from the index, not from a list here: pip is asked for an impossible version
+(``NAME<0``) and its "(from versions: ...)" answer is read. That works the same against an
+index URL and a ``--find-links`` folder (``pip index versions`` ignores find-links), and pip
+lists only the versions that have a wheel for the platform asked.
+
+The cache: ``<cache>/wheels/<platform>/<name>-<version>/<file>.whl`` plus ``sha256``; a
+download goes to a temporary folder and is renamed into place when complete, so an
+interrupted download leaves nothing that looks cached. A cached wheel is re-hashed before use.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import libs, versions, wheels
+from ..errors import OperationFailed, UsageError
+from .fsutil import sha256_file
+from ..home import Home
+
+POLL_S = 0.2
+
+_FROM_VERSIONS = re.compile(r"\(from versions: ([^)]*)\)")
+_DOWNLOADING = re.compile(r"Downloading (\S+\.whl)(?: \(([\d.]+) (kB|MB|GB|bytes)\))?")
+_UNITS = {"bytes": 1, "kB": 1e3, "MB": 1e6, "GB": 1e9}
+_NO_SPACE = ("No space left on device", "[Errno 28]")
+
+
+@dataclass
+class PipOptions:
+    """How to call pip: the platform asked for, and where to look besides the user's config."""
+
+    platform: str
+    python_version: str = f"{sys.version_info[0]}.{sys.version_info[1]}"
+    find_links: list[str] = field(default_factory=list)
+    index_url: str | None = None
+
+    def args(self) -> list[str]:
+        out = ["--no-deps", "--only-binary=:all:", "--python-version", self.python_version,
+               "--disable-pip-version-check", "--no-input"]
+        for p in wheels.PIP_PLATFORMS[self.platform]:
+            out += ["--platform", p]
+        for fl in self.find_links:
+            out += ["--find-links", fl]
+        if self.index_url:
+            out += ["--index-url", self.index_url]
+        return out
+
+
+def _pip(args: list[str], log: Path, tmp: Path, progress=None, expect: int | None = None) -> tuple[int, str]:
+    """Runs pip with its output in a file and its temporary files in tmp; while it runs, reports
+    the bytes under tmp (the download in flight) to progress(done, total). No threads."""
+    env = dict(os.environ)
+    env["TMPDIR"] = env["TEMP"] = env["TMP"] = str(tmp)  # where pip writes the wheel it fetches
+    env["PYTHONUNBUFFERED"] = "1"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "pip", *args], stdout=out,
+                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
+        try:
+            total = expect
+            while proc.poll() is None:
+                time.sleep(POLL_S)
+                if progress is None:
+                    continue
+                text = log.read_text(errors="replace")
+                m = _DOWNLOADING.search(text)
+                if m and m.group(2):
+                    total = int(float(m.group(2)) * _UNITS[m.group(3)])
+                progress(_tree_size(tmp), total)
+        except BaseException:  # Ctrl-C, or the agent stopping: pip must not go on alone
+            proc.kill()
+            proc.wait()
+            raise
+    return proc.returncode, log.read_text(errors="replace")
+
+
+def _tree_size(root: Path) -> int:
+    n = 0
+    for dirpath, _dirs, files in os.walk(root):
+        for f in files:
+            try:
+                n += os.lstat(os.path.join(dirpath, f)).st_size
+            except OSError:
+                pass
+    return n
+
+
+def _pip_says(text: str) -> str:
+    """pip's most telling line: its first ERROR, else its last WARNING."""
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    for ln in lines:
+        if ln.startswith("ERROR:") and "from versions" not in ln:
+            return ln
+    warns = [ln for ln in lines if ln.startswith("WARNING:") and "is ignored" not in ln]
+    return warns[-1] if warns else (lines[-1] if lines else "no output")
+
+
+def _where_hint() -> str:
+    return ("check the network, or point pip elsewhere: PIP_INDEX_URL=URL (an index or mirror) "
+            "or --find-links DIR (a folder of downloaded nvidia-* wheels)")
+
+
+class Fetcher:
+    """Lists versions on the index and downloads wheels into the cache."""
+
+    def __init__(self, home: Home, opts: PipOptions):
+        self.home = home
+        self.opts = opts
+        self.root = home.cache_dir / "wheels" / opts.platform
+
+    def _work(self, prefix: str) -> Path:
+        return Path(tempfile.mkdtemp(prefix=prefix, dir=self.home.tmp_dir()))
+
+    def versions(self, name: str) -> list[str]:
+        """Every version of name the index has a wheel of for this platform, oldest first."""
+        work = self._work("versions-")
+        try:
+            (work / "tmp").mkdir()
+            rc, text = _pip(["download", *self.opts.args(), "--dest", str(work / "out"), f"{name}<0"],
+                            work / "pip.log", work / "tmp")
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+        m = _FROM_VERSIONS.search(text)
+        if m is None:
+            raise UsageError(f"could not list the versions of {name} ({self.opts.platform}) on the "
+                             f"package index: {_pip_says(text)}", _where_hint())
+        found = [v.strip() for v in m.group(1).split(",") if v.strip() and v.strip() != "none"]
+        return sorted(found, key=_version_key)
+
+    def cached(self, name: str, version: str) -> Path | None:
+        d = self.root / f"{name}-{version}"
+        try:
+            whl = [p for p in d.iterdir() if p.suffix == ".whl"]
+            want = (d / "sha256").read_text().strip()
+        except OSError:
+            return None
+        if len(whl) != 1 or sha256_file(whl[0]) != want:
+            return None  # damaged: download again (the rename below replaces it)
+        return whl[0]
+
+    def download(self, name: str, version: str, progress=None) -> tuple[Path, bool]:
+        """(the wheel in the cache, whether it was downloaded now)."""
+        hit = self.cached(name, version)
+        if hit is not None:
+            return hit, False
+        work = self._work("fetch-")
+        try:
+            (work / "tmp").mkdir()
+            out = work / f"{name}-{version}"
+            rc, text = _pip(["download", *self.opts.args(), "--dest", str(out), f"{name}=={version}"],
+                            work / "pip.log", work / "tmp", progress)
+            got = sorted(out.glob("*.whl")) if out.is_dir() else []
+            if rc != 0 or len(got) != 1:
+                said = _pip_says(text)
+                if any(s in text for s in _NO_SPACE):
+                    raise OperationFailed(f"no space left on the disk while downloading {name} "
+                                          f"{version}: {said}",
+                                          f"free disk space where the cache is ({self.home.cache_dir}) "
+                                          "and the temporary folder, then fetch again")
+                raise UsageError(f"could not download {name} {version} ({self.opts.platform}): {said}",
+                                 _where_hint())
+            (out / "sha256").write_text(sha256_file(got[0]) + "\n")
+            final = self.root / out.name
+            final.parent.mkdir(parents=True, exist_ok=True)
+            if final.exists():  # a damaged copy the check above rejected
+                shutil.rmtree(final, ignore_errors=True)
+            os.replace(out, final)
+            return final / got[0].name, True
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+def _version_key(v: str) -> tuple:
+    return tuple(int(x) if x.isdigit() else -1 for x in re.split(r"[.+]", v))
+
+
+def matches(version: str, spec: str | None) -> bool:
+    """'9.5' matches 9.5.x.y; '9.5.1.17' only itself; None or '' everything."""
+    if not spec:
+        return True
+    return version == spec or version.startswith(spec + ".")
+
+
+def host_platform() -> str:
+    return libs.WINDOWS if sys.platform.startswith("win") else libs.LINUX
+
+
+# -- the whole of `bundle fetch` ---------------------------------------------------------------
+FLAG = {libs.CUDNN: "--cudnn", libs.CUBLAS: "--cublas", libs.CUDART: "--cudart"}
+
+
+@dataclass
+class Fetched:
+    suggestion: object                # suggest.Suggestion
+    wheels: list[dict]                # {"package", "version", "file", "downloaded"}
+    bundle: dict | None = None        # the manifest
+    created: bool = False
+
+
+def resolve_request(engine, target: str | None, asked: dict[str, str | None], cuda: str | None,
+                    platform: str | None):
+    """(platform, CUDA major, wanted families -> version prefix, target info or None).
+    asked maps a family to its flag's value ('' for "newest"); absent families were not asked."""
+    from ..errors import Refused
+
+    info = None
+    for fam, spec in asked.items():
+        if spec and not re.fullmatch(r"\d+(\.\d+){0,3}", spec):
+            raise UsageError(f"{FLAG[fam]} {spec!r} is not a version", "write it like 9.5 or 9.5.1.17")
+    if cuda is not None and not re.fullmatch(r"\d+", cuda):
+        raise UsageError(f"--cuda {cuda!r} is not a CUDA major", "use --cuda 11, 12 or 13")
+    if target is not None:
+        info = engine.inspect(target)
+        tcuda = versions.major_minor(info.torch_cuda)
+        if tcuda is None:
+            raise Refused(f"target '{target}': torch {info.torch_version} is a CPU build: it loads "
+                          "no CUDA libraries, so no wheel would help", "install a CUDA build of torch first")
+        if platform and platform != info.platform:
+            raise UsageError(f"--platform {platform} contradicts target '{target}' ({info.platform} "
+                             "libraries)", "drop --platform with --for")
+        if cuda and int(cuda) != tcuda[0]:
+            raise UsageError(f"--cuda {cuda} contradicts target '{target}' (torch uses CUDA "
+                             f"{info.torch_cuda})", "drop --cuda with --for")
+        platform, major = info.platform, tcuda[0]
+        wanted = {f: (asked[f] or None) for f in asked}
+        if not wanted:  # every library torch loads there
+            wanted = {f: None for f in (libs.CUDNN, libs.CUBLAS, libs.CUDART) if info.family_keys(f)}
+    else:
+        if not asked:
+            raise UsageError("say what to fetch: --cudnn, --cublas, --cudart (each with an optional "
+                             "version), or --for TARGET",
+                             "e.g. `torchkeeper bundle fetch --for a1111` or "
+                             "`torchkeeper bundle fetch --cudnn 9.5 --cuda 12 --platform windows`")
+        platform = platform or host_platform()
+        majors = {int(v.split(".")[0]) for f, v in asked.items() if v and f != libs.CUDNN}
+        if cuda:
+            majors.add(int(cuda))
+        if len(majors) > 1:
+            raise UsageError("the versions asked are for different CUDA majors: " +
+                             ", ".join(sorted(map(str, majors))), "fetch one CUDA major at a time")
+        if not majors:
+            raise UsageError("which CUDA major is this cuDNN for?",
+                             "add --cuda 11, 12 or 13 (nvidia-cudnn-cu11/-cu12/-cu13), or use --for TARGET")
+        major = majors.pop()
+        wanted = {f: (asked[f] or None) for f in asked}
+    if major not in wheels.CUDA_MAJORS:
+        raise UsageError(f"no NVIDIA wheels are known for CUDA {major}",
+                         f"use --cuda {' or '.join(map(str, wheels.CUDA_MAJORS))}")
+    return platform, major, wanted, info
+
+
+def fetch_bundle(engine, *, target: str | None = None, asked: dict | None = None,
+                 cuda: str | None = None, platform: str | None = None, name: str | None = None,
+                 opts: PipOptions | None = None, progress=None, say=None) -> Fetched:
+    """Choose, download (or take from the cache) and build the bundle. progress(label, done,
+    total) during downloads; say(line) for each step."""
+    from ..errors import Refused
+    from . import suggest
+    from .state import log_event
+
+    asked = asked or {}
+    say = say or (lambda line: None)
+    platform, major, wanted, info = resolve_request(engine, target, asked, cuda, platform)
+    opts = opts or PipOptions(platform)
+    opts.platform = platform
+    fx = Fetcher(engine.home, opts)
+    found = {f: fx.versions(wheels.package(f, major)) for f in wanted}
+    s = suggest.choose(platform, major, wanted, found, info, engine.driver() if info is not None else None,
+                       target)
+    if not s.chosen or any(f not in s.chosen for f in asked):
+        missing = [f for f in (asked or wanted) if f not in s.chosen]
+        fam = missing[0] if missing else next(iter(wanted))
+        pkg = wheels.package(fam, major)
+        seen = [c for c in s.candidates if c.family == fam]
+        detail = "; ".join(f"{c.version}: {c.why}" for c in seen[:4]) or f"the index has no {pkg} for {platform}"
+        if target is not None:
+            raise Refused(f"target '{target}': no {pkg} on the index fits ({detail})",
+                          "see `torchkeeper suggest " + target + "` for the rules; pass a version "
+                          f"with {FLAG[fam]} to fetch one anyway for another target")
+        raise UsageError(f"no {pkg} version on the index matches ({detail})",
+                         f"see the versions with `torchkeeper bundle fetch {FLAG[fam]} --cuda {major}`"
+                         " (newest), or point pip elsewhere (PIP_INDEX_URL, --find-links)")
+    out = Fetched(s, [])
+    for fam in suggest.FAMILY_ORDER:
+        if fam not in s.chosen:
+            continue
+        pkg, ver = s.chosen[fam]["package"], s.chosen[fam]["version"]
+        label = f"{pkg} {ver}"
+        path, downloaded = fx.download(pkg, ver, (lambda d, t, lb=label: progress(lb, d, t))
+                                       if progress else None)
+        say(("downloaded " if downloaded else "from the cache: ") + f"{label} ({path.name})")
+        out.wheels.append({"package": pkg, "version": ver, "file": str(path), "downloaded": downloaded})
+    m, created = engine.bundles.create([w["file"] for w in out.wheels], name)
+    out.bundle, out.created = m, created
+    log_event(engine.home, "fetched", target=target, bundle=m["id"], bundle_name=m["name"],
+              wheels=[f"{w['package']}=={w['version']}" for w in out.wheels],
+              downloaded=[w["package"] for w in out.wheels if w["downloaded"]])
+    return out
