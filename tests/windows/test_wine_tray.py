@@ -88,7 +88,7 @@ def test_tray_icon_menu_reapply_and_balloon(win, win_display, build, tmp_path):
         assert drift["decision"] == "asked the user"
         wait_for(lambda: "toast drift:a1111 shown through tray" in log.read_text(encoding="utf-8"), 20,
                  "the toast through the tray")
-        balloon = wait_for(lambda: [g for w, g in mapped_windows(win_display).items()
+        wait_for(lambda: [g for w, g in mapped_windows(win_display).items()
                                     if w not in before and g[3] > 30], 20, "the balloon's window")
         _shot(win_display).save(tmp_path / "tray-balloon.png")
         assert not events(win.home, "repaired")

@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import json
 import subprocess
+import time
 from pathlib import Path
 
 from ..errors import OperationFailed, TKError, UsageError
-from .state import log_event, read_events
+from .state import log_event
 
 WORKLOAD = Path(__file__).with_name("bench_workload.py")
 PROBE_TIMEOUT_S = 120
@@ -97,6 +98,12 @@ def bench(engine, name: str, bundle_ref: str | None = None, say=None, runner=_ru
     result["ratio"] = b / a if a else None
     log_event(engine.home, "bench", target=name, bundle=m["id"], bundle_name=m["name"],
               ratio=result["ratio"], it_s=result["it_s"], gpu=result["gpu"], driver=result["driver"])
+    # kept with the target, so status reads it without scanning an event log that only grows
+    with engine.state.edit() as st:
+        if name in st["targets"]:
+            st["targets"][name]["last_bench"] = {
+                "ratio": result["ratio"], "bundle_name": m["name"], "gpu": result["gpu"],
+                "it_s": result["it_s"], "time": time.strftime("%Y-%m-%d %H:%M")}
     return result
 
 
@@ -117,11 +124,11 @@ def restore(engine, name: str, prior_overlay: str | None, prior_choice: str | No
                               f"see `torchkeeper status {name}` and `torchkeeper apply` / `revert`")
 
 
-def last_gain(home, name: str) -> dict | None:
-    """The newest bench result of a target, from the event log."""
-    for ev in reversed(read_events(home)):
-        if ev.get("event") == "bench" and ev.get("target") == name:
-            return ev
+def last_gain(target_record: dict) -> dict | None:
+    """The newest bench result kept with a target's record (None when none, or damaged)."""
+    lb = target_record.get("last_bench")
+    if isinstance(lb, dict) and isinstance(lb.get("ratio"), (int, float)) and not isinstance(lb["ratio"], bool):
+        return lb
     return None
 
 
