@@ -3,7 +3,8 @@
 Two homes, each of exactly ``--files`` files (counted on disk after generation):
 
 * ``typical``: files where real homes keep them: inside envs' site-packages, node_modules,
-  .git, model/output folders, plus ~35% in ordinary folders up to 6 levels deep (all within max_depth);
+  .git, model/output folders, the launchers' caches (Pinokio's pip cache, ComfyUI Desktop's
+  uv-cache), plus ~25% in ordinary folders up to 6 levels deep (all within max_depth);
 * ``worst``: every file in an ordinary, walkable folder (10 files a folder).
 
 Each holds the same few envs with torch; the script checks they are all found.
@@ -25,7 +26,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "agent"))
 
-from torchkeeper.engine.discover import discover  # noqa: E402
+from torchkeeper.engine.discover import Launchers, discover  # noqa: E402
 
 VERSION_PY = "__version__ = '2.3.1+cu121'\ncuda: Optional[str] = '12.1'\n"
 
@@ -70,13 +71,20 @@ def make_env(m: Maker, root: Path, layout: str, extra_files: int) -> None:
 ENVS = [("stable-diffusion-webui/venv", "posix"),
         ("AI/ComfyUI_windows_portable/python_embeded", "embedded"),
         ("AI/kohya_ss/venv", "posix"),
-        ("miniconda3/envs/sd", "conda")]
+        ("miniconda3/envs/sd", "conda"),
+        ("StabilityMatrix/Data/Packages/ComfyUI/venv", "posix"),
+        ("pinokio/api/comfy.git/app/env", "posix"),
+        ("Documents/ComfyUI/.venv", "posix")]
 
 
 def typical(home: Path, n: int) -> None:
     m = Maker(n)
-    for rel, layout in ENVS:                              # ~32%: inside envs
-        make_env(m, home / rel, layout, int(n * 0.08))
+    for rel, layout in ENVS:                              # ~35%: inside envs
+        make_env(m, home / rel, layout, int(n * 0.05))
+    m.text(home / "pinokio" / "ENVIRONMENT")
+    for i in range(256):                                  # ~10%: the launchers' caches
+        m.files(home / "pinokio" / "cache" / "PIP_CACHE_DIR" / "http-v2" / f"{i // 16:x}" / f"{i % 16:x}", n // 5120)
+        m.files(home / "Documents" / "ComfyUI" / "uv-cache" / "archive-v0" / f"w{i}" / "torch", n // 5120)
     for i in range(300):                                  # ~15%: node_modules
         m.files(home / "code" / "webapp" / "node_modules" / f"m{i // 10}" / f"lib{i % 10}", n // 2000)
     for i in range(256):                                  # ~8%: git objects
@@ -129,7 +137,7 @@ def main() -> int:
             times = []
             for _ in range(args.runs):
                 t = time.perf_counter()
-                found = discover([home])
+                found = discover([home], launchers=Launchers())
                 times.append(time.perf_counter() - t)
             got = sorted(f.path.relative_to(home).as_posix() for f in found)
             want = sorted(rel for rel, _ in ENVS)

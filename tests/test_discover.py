@@ -79,7 +79,7 @@ EXPECTED = {
     "AI/sd.webui/system/python": ("AUTOMATIC1111", V),
     "stable-diffusion-webui-forge/venv": ("Forge", V),
     "webui_forge_cu121_torch21/system/python": ("Forge", "2.1.2+cu121"),
-    "StabilityMatrix/Data/Packages/Stable Diffusion WebUI Forge/venv": ("Forge", V),
+    "StabilityMatrix/Data/Packages/Stable Diffusion WebUI Forge/venv": ("Forge (Stability Matrix)", V),
     "kohya_ss/venv": ("kohya_ss", "2.1.2+cu118"),
     "ComfyUI_windows_portable/python_embeded": ("ComfyUI portable", "2.4.0+cu124"),
     "ComfyUI/.venv": ("ComfyUI", V),
@@ -315,7 +315,15 @@ def test_to_dict_is_json(home):
     ("/h/kohya_ss/venv", False, "kohya_ss"),
     ("/h/ComfyUI_windows_portable/python_embeded", False, "ComfyUI portable"),
     ("/h/ComfyUI/venv", False, "ComfyUI"),
-    ("/h/pinokio/api/comfy.git/app/env", False, "ComfyUI"),
+    ("/h/pinokio/api/comfy.git/app/env", False, "ComfyUI (Pinokio)"),
+    ("/h/pinokio/api/facefusion-pinokio.git/env", True, "facefusion-pinokio (Pinokio)"),
+    ("/h/pinokio/api/swarmui.git/app/dlbackend/ComfyUI/venv", False, "SwarmUI (Pinokio)"),
+    ("/h/pinokio/bin/miniconda/envs/x", True, "conda"),
+    ("/h/StabilityMatrix/Data/Packages/ComfyUI/venv", False, "ComfyUI (Stability Matrix)"),
+    ("/h/StabilityMatrix/Data/Packages/OneTrainer/venv", False, "OneTrainer (Stability Matrix)"),
+    ("/h/SwarmUI/dlbackend/comfy/python_embeded", False, "SwarmUI"),
+    ("/h/SwarmUI/dlbackend/ComfyUI/venv", False, "SwarmUI"),
+    ("/h/Fooocus/fooocus_env", False, "Fooocus"),
     ("/h/automatic/venv", False, "SD.Next"),
     ("/h/SDNext/venv", False, "SD.Next"),
     ("/h/invokeai/.venv", False, "InvokeAI"),
@@ -378,3 +386,209 @@ def test_big_home_finds_the_envs(tmp_path):
         "docs3/p4/ComfyUI_windows_portable/python_embeded": ("ComfyUI portable", V),
         "docs7/p2/src1/miniconda3/envs/deep": ("conda", V),
     }
+
+
+# --- the launchers' own layouts: real envs with a torch wheel installed ------------------------
+#
+# Each layout is the one the launcher's source creates (see the comments in discover.py).
+
+import shutil  # noqa: E402
+import subprocess  # noqa: E402
+
+import builders  # noqa: E402
+from torchkeeper.engine.discover import Launchers, launcher_folders  # noqa: E402
+from wayback import present_libs, record_libs  # noqa: E402
+
+VL, VW = "2.5.1+cu124", "2.4.1+cu121"   # the Linux-layout and Windows-layout torch wheels
+
+
+@pytest.fixture(scope="module")
+def wheels(build, tmp_path_factory):
+    d = tmp_path_factory.mktemp("wheels")
+    return {"linux": build.torch_wheel(d / "l", version=VL, cuda="12.4", layout="linux-torchlib", cudnn="9.1.0.70"),
+            "windows": build.torch_wheel(d / "w", version=VW, cuda="12.1", layout="windows", cudnn="8.9.7.29")}
+
+
+def real_venv(path: Path, wheels) -> Path:
+    builders.pip_install(builders.make_venv(path), wheels["linux"])
+    return path
+
+
+def uv_venv(path: Path, wheels) -> Path:
+    """A venv as ComfyUI Desktop makes it: `uv venv`, then `uv pip install`."""
+    uv = shutil.which("uv", path=str(Path(sys.executable).parent))
+    assert uv, "uv is in the test extra (pyproject.toml): run ./run-tests to install it"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("UV_")}
+    env.update(UV_NO_CONFIG="1", UV_PYTHON_DOWNLOADS="never", UV_CACHE_DIR=str(path.parent / "uv-cache"))
+    for cmd in ([uv, "venv", "--python", sys.executable, str(path)],
+                [uv, "pip", "install", "--python", str(path / "bin" / "python"), "--offline", "--no-index",
+                 "--no-deps", str(wheels["linux"])]):
+        p = subprocess.run(cmd, env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True)
+        assert p.returncode == 0, f"{cmd}\n{p.stdout}\n{p.stderr}"
+    assert "uv = " in (path / "pyvenv.cfg").read_text()
+    return path
+
+
+def embedded_python(root: Path, wheels) -> Path:
+    """A Windows embeddable Python (python_embeded) with torch put in by pip --target."""
+    (root / "Lib" / "site-packages").mkdir(parents=True)
+    (root / "python.exe").write_bytes(b"")
+    (root / "python310._pth").write_text("python310.zip\n.\nLib/site-packages\n\nimport site\n")
+    builders.pip_install_target(root / "Lib" / "site-packages", wheels["windows"])
+    return root
+
+
+# rel path -> (app, torch version)
+LAUNCHERS = {
+    # Stability Matrix, portable: Data/ beside the exe, a package the user renamed
+    "StabilityMatrix-win-x64/Data/Packages/My Comfy/venv": ("ComfyUI (Stability Matrix)", VL),
+    "StabilityMatrix-win-x64/Data/Packages/stable-diffusion-webui-forge/venv": ("Forge (Stability Matrix)", VL),
+    # Pinokio: an app's venv in app/env, another's at the app's root
+    "pinokio/api/comfy.git/app/env": ("ComfyUI (Pinokio)", VL),
+    "pinokio/api/facefusion-pinokio.git/env": ("facefusion-pinokio (Pinokio)", VL),
+    # ComfyUI Desktop: the user's ComfyUI folder with uv's .venv and uv-cache
+    "Documents/ComfyUI/.venv": ("ComfyUI Desktop", VL),
+    # Fooocus: the Windows package, unpacked to a folder of the user's choosing
+    "AI/image-gen/python_embeded": ("Fooocus", VW),
+    # SwarmUI: its ComfyUI backend on Windows and on Linux
+    "SwarmUI/dlbackend/comfy/python_embeded": ("SwarmUI", VW),
+    "StableSwarmUI/dlbackend/ComfyUI/venv": ("SwarmUI", VL),
+}
+
+
+@pytest.fixture(scope="module")
+def launch_home(tmp_path_factory, wheels) -> Path:
+    h = tmp_path_factory.mktemp("lhome")
+    data = h / "StabilityMatrix-win-x64" / "Data"
+    real_venv(data / "Packages" / "My Comfy" / "venv", wheels)
+    real_venv(data / "Packages" / "stable-diffusion-webui-forge" / "venv", wheels)
+    (data / ".sm-portable").write_text("")
+    (data / "settings.json").write_text(json.dumps({"InstalledPackages": [
+        {"DisplayName": "My Comfy", "PackageName": "ComfyUI", "LibraryPath": "Packages\\My Comfy"},
+        {"DisplayName": "stable-diffusion-webui-forge", "PackageName": "stable-diffusion-webui-forge",
+         "LibraryPath": "Packages\\stable-diffusion-webui-forge"}]}))
+    (h / "StabilityMatrix-win-x64" / "StabilityMatrix.exe").write_bytes(b"")
+
+    pin = h / "pinokio"
+    real_venv(pin / "api" / "comfy.git" / "app" / "env", wheels)
+    real_venv(pin / "api" / "facefusion-pinokio.git" / "env", wheels)
+    (pin / "ENVIRONMENT").write_text("PINOKIO_DRIVE=./drive\n")
+    put_torch(pin / "cache" / "PIP_CACHE_DIR" / "venv" / "Lib" / "site-packages")   # Pinokio's caches: never walked
+    (pin / "cache" / "PIP_CACHE_DIR" / "venv" / "pyvenv.cfg").write_text("")
+
+    desk = h / "Documents" / "ComfyUI"
+    uv_venv(desk / ".venv", wheels)
+    assert (desk / "uv-cache").is_dir()
+    for d in ("models", "user", "input", "output", "custom_nodes"):
+        (desk / d).mkdir(exist_ok=True)
+
+    foo = h / "AI" / "image-gen"
+    embedded_python(foo / "python_embeded", wheels)
+    (foo / "Fooocus").mkdir()
+    (foo / "Fooocus" / "entry_with_update.py").write_text("")
+    (foo / "run.bat").write_text(".\\python_embeded\\python.exe -s Fooocus\\entry_with_update.py\npause\n")
+
+    embedded_python(h / "SwarmUI" / "dlbackend" / "comfy" / "python_embeded", wheels)
+    (h / "SwarmUI" / "dlbackend" / "comfy" / "ComfyUI").mkdir()
+    real_venv(h / "StableSwarmUI" / "dlbackend" / "ComfyUI" / "venv", wheels)
+    return h
+
+
+def test_launcher_layouts_found_with_their_names(launch_home):
+    found = discover([launch_home], launchers=Launchers())
+    assert _by_rel(found, launch_home) == LAUNCHERS
+    for f in found:   # the target is the env's own site-packages, with the stock libraries untouched
+        assert f.site_packages == builders.site_packages(f.path).resolve()
+        assert present_libs(f.site_packages).items() <= record_libs(f.site_packages).items()
+    assert found.notes == []
+
+
+def test_launcher_names_need_the_launcher(tmp_path, wheels):
+    """The same shapes without the launcher's marks keep the plain names."""
+    real_venv(tmp_path / "Work" / "Packages" / "ComfyUI" / "venv", wheels)   # no Stability Matrix library
+    real_venv(tmp_path / "web" / "api" / "comfy.git" / "env", wheels)        # no Pinokio home
+    comfy = tmp_path / "ComfyUI"
+    uv_venv(comfy / ".venv", wheels)                                        # a ComfyUI checkout made with uv
+    (comfy / "main.py").write_text("")
+    assert _by_rel(discover([tmp_path], launchers=Launchers()), tmp_path) == {
+        "Work/Packages/ComfyUI/venv": ("ComfyUI", VL),
+        "web/api/comfy.git/env": ("ComfyUI", VL),
+        "ComfyUI/.venv": ("ComfyUI", VL),
+    }
+
+
+# --- folders the launchers record in their config files ------------------------------------------
+
+def _user(tmp_path: Path, monkeypatch) -> tuple[Path, Path]:
+    """A user home (HOME, its .config) and a drive outside it."""
+    home, drive = tmp_path / "home", tmp_path / "drive"
+    home.mkdir()
+    drive.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.delenv("XDG_CONFIG_HOME", raising=False)
+    monkeypatch.delenv("STABILITY_MATRIX_APPDATAHOME", raising=False)
+    monkeypatch.delenv("PINOKIO_HOME", raising=False)
+    monkeypatch.setattr(disc, "default_roots", lambda: [home])
+    return home, drive
+
+
+def _write(p: Path, text: str) -> None:
+    p.parent.mkdir(parents=True, exist_ok=True)
+    p.write_text(text)
+
+
+def test_folders_from_launcher_configs(tmp_path, monkeypatch, wheels):
+    """Installs outside the default roots, under names no rule knows: found through the configs."""
+    home, drive = _user(tmp_path, monkeypatch)
+    lib, base, pin = drive / "SM Library", drive / "my comfy", drive / "apps"
+    real_venv(lib / "Packages" / "stable-diffusion-webui" / "venv", wheels)
+    real_venv(base / ".venv", wheels)
+    real_venv(pin / "api" / "roop.git" / "env", wheels)
+    _write(home / ".config" / "StabilityMatrix" / "library.json", json.dumps({"LibraryPath": str(lib)}))
+    _write(home / ".config" / "ComfyUI" / "config.json", json.dumps({"basePath": str(base), "installState": "installed"}))
+    _write(home / ".pinokio" / "config.json", json.dumps({"home": str(pin), "theme": "dark"}))
+
+    launchers = launcher_folders()
+    assert (launchers.sm_libraries, launchers.comfy_desktop, launchers.pinokio_homes) == ([lib], [base], [pin])
+    want = {
+        "SM Library/Packages/stable-diffusion-webui/venv": ("AUTOMATIC1111 (Stability Matrix)", VL),
+        "my comfy/.venv": ("ComfyUI Desktop", VL),
+        "apps/api/roop.git/env": ("roop (Pinokio)", VL),
+    }
+    found = discover()
+    assert _by_rel(found, drive) == want and found.notes == []
+    # an explicit root is searched alone, but the configs still name what is found there
+    assert discover([home]) == []
+    assert _by_rel(discover([drive]), drive) == want
+
+
+def test_broken_launcher_configs_are_ignored_with_a_note(tmp_path, monkeypatch, wheels, run_tk):
+    home, drive = _user(tmp_path, monkeypatch)
+    real_venv(home / "stable-diffusion-webui" / "venv", wheels)
+    lib = home / "StabilityMatrix"                 # Stability Matrix's Linux default, its settings.json broken
+    real_venv(lib / "Packages" / "ComfyUI" / "venv", wheels)
+    bad = {
+        home / ".config" / "StabilityMatrix" / "library.json": '{"LibraryPath": ',
+        home / ".config" / "ComfyUI" / "config.json": '["basePath"]',
+        home / ".pinokio" / "config.json": '{"home": 42}',
+        lib / "settings.json": "{\x00",
+    }
+    for p, text in bad.items():
+        _write(p, text)
+
+    found = discover()
+    assert _by_rel(found, home) == {"stable-diffusion-webui/venv": ("AUTOMATIC1111", VL),
+                                    "StabilityMatrix/Packages/ComfyUI/venv": ("ComfyUI (Stability Matrix)", VL)}
+    assert len(found.notes) == len(bad)
+    for p, note in zip(sorted(bad), sorted(found.notes, key=lambda n: n.split(": ")[0])):
+        assert note.startswith(f"ignored {p}: "), found.notes
+
+    r = run_tk("discover", extra_env={"HOME": home})
+    assert r.rc == 0 and "Traceback" not in r.err, r
+    assert sum(line.startswith("note: ignored ") for line in r.out.splitlines()) == len(bad), r
+    assert "ComfyUI (Stability Matrix)" in r.out, r
+    d = run_tk("discover", "--add", "--json", extra_env={"HOME": home}).json()
+    assert len(d["notes"]) == len(bad) and len(d["added"]) == 2
+    for f in d["found"]:     # discover --add only records targets: every library is still stock
+        sp = Path(f["site_packages"])
+        assert present_libs(sp).items() <= record_libs(sp).items()

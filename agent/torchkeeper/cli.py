@@ -113,8 +113,9 @@ def cmd_discover(args, eng):
 
     from .engine.discover import default_roots, discover
 
-    roots = [Path(r).expanduser() for r in args.roots] or default_roots()
-    found = discover(roots)
+    roots = [Path(r).expanduser() for r in args.roots]
+    found = discover(roots or None)     # none given: the defaults and the launchers' folders
+    roots = roots or default_roots()
     added = []
     if args.add:
         known = {t["site_packages"] for t in eng.targets().values()}
@@ -123,7 +124,8 @@ def cmd_discover(args, eng):
                 name, _, _ = eng.add_target(str(f.path))
                 added.append(name)
     rows = [f.to_dict() for f in found]
-    lines = [f"{f.app:<18} torch {f.torch_version or '?':<16} {f.path}" for f in found]
+    w = max([18, *(len(f.app) for f in found)])
+    lines = [f"{f.app:<{w}} torch {f.torch_version or '?':<16} {f.path}" for f in found]
     if not found:
         lines = ["no torch installs found under " + ", ".join(str(r) for r in roots)]
     if added:
@@ -131,7 +133,9 @@ def cmd_discover(args, eng):
     timed_out = bool(getattr(found, "timed_out", False))
     if timed_out:
         lines.append("the search stopped at its time limit: give a folder to search it fully")
-    _emit(args, {"found": rows, "added": added, "timed_out": timed_out}, "\n".join(lines))
+    notes = list(getattr(found, "notes", []))
+    lines += [f"note: {n}" for n in notes]
+    _emit(args, {"found": rows, "added": added, "timed_out": timed_out, "notes": notes}, "\n".join(lines))
     return OK
 
 
@@ -530,7 +534,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("name")
     r.add_argument("--force", action="store_true", help="forget it even with an overlay applied")
 
-    d = cmd("discover", cmd_discover, "find torch installs of A1111, Forge, kohya_ss, ComfyUI, ...")
+    d = cmd("discover", cmd_discover, "find torch installs of A1111, Forge, kohya_ss, ComfyUI, Stability Matrix, Pinokio, ...")
     d.add_argument("roots", nargs="*", help="folders to search (default: home and drive roots)")
     d.add_argument("--add", action="store_true", help="add what is found as targets")
 
