@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import re
 
-
 from wayback import (NAME, Target, add_bundle, assert_clean, assert_patched, assert_stock, backup_files,
                      classify, journals, ok, record_libs, status_of, win_sources)
 

@@ -21,6 +21,7 @@ REAPPLY_ALL = "reapply all"     # re-apply every drifted target the gate accepts
 REAPPLY = "reapply"             # one target (target=name); an explicit ask, so gate warnings pass
 REVERT = "revert"               # one target back to stock
 FETCH_APPLY = "fetch and apply" # one target: fetch the suggested wheels, make the bundle, use it, apply
+MANAGE = "manage"               # a found install (target=its path): add it as a target
 QUIT = "quit"
 
 
@@ -36,6 +37,20 @@ class TargetView:
 
 
 @dataclass
+class FoundView:
+    """A torch install discover found that is not a target yet ("Found, not managed")."""
+    path: str                   # what Manage adds (the env folder)
+    app: str                    # "ComfyUI portable", "Forge (Stability Matrix)", ...
+    torch_version: str | None
+    cudnn: str | None           # the cuDNN that torch ships
+
+    @property
+    def label(self) -> str:
+        what = ", ".join(x for x in (self.torch_version, f"cuDNN {self.cudnn}" if self.cudnn else None) if x)
+        return f"{self.app} ({what})" if what else self.app
+
+
+@dataclass
 class AgentView:
     overall: str                # one of ICON_STATES
     tooltip: str                # one or two lines, e.g. "torchkeeper: 3 targets ok"
@@ -43,6 +58,7 @@ class AgentView:
     driver: str = "driver: not checked yet"
     paused: bool = False        # auto re-apply paused by the user
     autostart: bool | None = None  # start at login; None = not available on this system
+    found: list[FoundView] = field(default_factory=list)  # installs found, not managed yet
 
 
 @dataclass

@@ -99,6 +99,9 @@ class Job:
 # internal job kinds besides view's actions
 CHECK, FULL, DRIVER, CONFIG, TARGETS = "check", "full check", "driver", "config", "targets"
 SUGGEST = "suggest"
+DISCOVER = "discover"
+NO_TARGETS_HINT = ("no targets yet: choose Manage under \"Found, not managed\" in the tray menu, "
+                   "or run `torchkeeper discover --add` or `torchkeeper target add PATH`")
 SUGGEST_DELAY_S = 30.0   # after a target is first shown: the index is asked once per agent run
 
 
@@ -115,6 +118,8 @@ class Agent:
         self.notifier = notifier
         self.config_file = home.config_file
         self.log_file = home.log_dir / "agent.log"
+        self.first_run = not (self.config_file.exists() or self.config_file.is_symlink())
+        self._found: list[V.FoundView] = []
         self._agent_state = read_agent_state(home)
         self.cfg, problem = self._load_config()
         self._config_problem = problem
@@ -180,6 +185,10 @@ class Agent:
 
     # -- lifecycle -------------------------------------------------------------------
     def start(self) -> None:
+        if not self.engine.targets():
+            log.info(NO_TARGETS_HINT)
+        if self.first_run:
+            self._first_run()
         for line in self.engine.recover_all():
             log.warning(line)
             self._event("recovered", message=line)
@@ -258,7 +267,8 @@ class Agent:
             overall = V.OK
         bad = [t for t in targets if t.state not in (PATCHED, STOCK)]
         if not targets:
-            tip = "torchkeeper: no targets yet"
+            tip = ("torchkeeper: no targets yet - choose Manage on a found install" if self._found
+                   else "torchkeeper: no targets yet - add one with `torchkeeper target add PATH`")
         elif not bad:
             tip = f"torchkeeper: {len(targets)} target{'s' if len(targets) != 1 else ''} ok"
         else:
@@ -268,7 +278,8 @@ class Agent:
         fetching = getattr(self, "_fetch_line", None)
         if fetching:
             overall, tip = V.WORKING, fetching
-        return V.AgentView(overall, tip, targets, self._driver_line, paused, self._autostart)
+        return V.AgentView(overall, tip, targets, self._driver_line, paused, self._autostart,
+                           list(self._found))
 
     def request(self, action: str, target: str | None = None, reason: str = "",
                 explicit: bool | None = None) -> None:
@@ -404,8 +415,74 @@ class Agent:
             self._suggest(job)
         elif job.action == V.FETCH_APPLY:
             self._fetch_apply(job)
+        elif job.action == DISCOVER:
+            self._discover(job)
+        elif job.action == V.MANAGE:
+            self._manage(job)
         else:
             log.warning("unknown job %s", job.action)
+
+    # -- the first run: a config to open, and the installs there are ---------------
+    def _first_run(self) -> None:
+        """No config yet: write the commented defaults (so "Open config" opens something),
+        and look for torch installs. Nothing is added or applied: the user chooses."""
+        try:
+            if configmod.write_default(self.config_file):
+                log.info("first run: wrote the default settings to %s", self.config_file)
+                self._event("first run", config=str(self.config_file))
+        except OSError as e:
+            log.warning("could not write the default settings to %s: %s", self.config_file, e)
+        self._enqueue(DISCOVER, None, "first run")
+
+    def _discover(self, job: Job) -> None:
+        from ..engine import target as targetmod
+        from ..engine.discover import discover
+
+        try:
+            found = discover(None)
+        except TKError as e:
+            log.warning("discover failed: %s", e.message)
+            return
+        managed = {t["site_packages"] for t in self.engine.targets().values()}
+        views = []
+        for f in found:
+            if str(f.site_packages) in managed:
+                continue
+            try:
+                cudnn = targetmod.inspect(str(f.path), self.home.cache_dir).cudnn_build
+            except TKError:
+                cudnn = None
+            views.append(V.FoundView(str(f.path), f.app, f.torch_version, cudnn))
+        with self._cv:
+            self._found = views
+        self._event("discovered", reason=job.reason, found=[v.__dict__ for v in views],
+                    timed_out=bool(getattr(found, "timed_out", False)))
+        self._changed()
+        if job.reason == "first run":
+            if views:
+                shown = "; ".join(v.label for v in views[:4]) + (f" (+{len(views) - 4} more)" if len(views) > 4 else "")
+                self._toast(V.Toast("found", f"torchkeeper: found {len(views)} torch install"
+                                    f"{'s' if len(views) != 1 else ''}",
+                                    f"Found {len(views)} torch install{'s' if len(views) != 1 else ''}: "
+                                    f"{shown}. Choose Manage in the tray menu to keep one."))
+            else:
+                self._toast(V.Toast("found", "torchkeeper: no torch installs found",
+                                    "Add one with `torchkeeper target add PATH` (a venv, a python_embeded "
+                                    "folder or a conda env)."))
+
+    def _manage(self, job: Job) -> None:
+        """A person chose Manage on a found install: it becomes a target (no bundle is
+        applied: it gets one only when `use` chose one that fits it)."""
+        try:
+            name, _, _ = self.engine.add_target(job.target)
+        except TKError as e:
+            self._toast(V.Toast(f"manage:{job.target}", "torchkeeper: could not add it",
+                                f"{e.message}. {e.hint or ''}".strip(), level="error"))
+            return
+        with self._cv:
+            self._found = [f for f in self._found if f.path != job.target]
+        self._event("managed", target=name, path=job.target)
+        self._sync_targets()
 
     # -- checking and deciding -------------------------------------------------------
     def _check(self, job: Job) -> None:

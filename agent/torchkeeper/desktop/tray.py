@@ -239,6 +239,9 @@ class Tray:
         items = [self._target_item(t) for t in v.targets]
         if not items:
             items.append(Item("No targets yet", None, enabled=False))
+        if v.found:
+            items += [Menu.SEPARATOR, Item("Found, not managed", None, enabled=False)]
+            items += [self._found_item(f) for f in v.found]
         items += [
             Menu.SEPARATOR,
             # the default item: a left click on the icon runs it where the backend allows
@@ -274,6 +277,13 @@ class Tray:
             Item("Revert to stock", self._action(self._controller.request, view.REVERT, t.name)),
             Item("Open folder", self._action(self._open, t.folder), enabled=t.folder is not None),
             Item("Show details", self._action(self._show_details, t)),
+        ))
+
+    def _found_item(self, f: view.FoundView):
+        Item, Menu = self._pystray.MenuItem, self._pystray.Menu
+        return Item(_clip(f.label, ITEM_TEXT_MAX), Menu(
+            Item("Manage", self._action(self._controller.request, view.MANAGE, f.path)),
+            Item("Open folder", self._action(self._open, f.path)),
         ))
 
     def _action(self, fn, *args):

@@ -13,6 +13,7 @@ from importlib import resources
 from pathlib import Path
 
 from ..errors import UsageError
+from .fsutil import atomic_write_bytes
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -49,6 +50,15 @@ def default_text() -> str:
         return shipped.read_text(encoding="utf-8")
     # a source checkout (editable install): the file in the repo's config/ folder
     return (Path(__file__).parents[3] / "config" / "config.toml").read_text(encoding="utf-8")
+
+
+def write_default(path: Path) -> bool:
+    """Writes the commented defaults to path if nothing is there; True when it wrote."""
+    if path.exists() or path.is_symlink():
+        return False
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(path, default_text().encode("utf-8"))
+    return True
 
 
 def defaults() -> dict:
