@@ -92,7 +92,8 @@ def agent_status(home: Home) -> dict:
             cmd = psutil.Process(pid).cmdline()
             # `torchkeeper run`, `python -m torchkeeper run`, torchkeeper.exe run: not a
             # process that got the pid of one that crashed
-            running = "run" in cmd and any(Path(a).stem == "torchkeeper" for a in cmd)
+            # (the frozen windowed torchkeeper.exe runs the agent with no arguments at all)
+            running = any(Path(a).stem == "torchkeeper" for a in cmd) and ("run" in cmd or len(cmd) == 1)
         except (psutil.Error, OSError):
             running = False
     paused = bool(read_agent_state(home).get("paused"))
