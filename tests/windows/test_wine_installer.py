@@ -51,7 +51,8 @@ def _tree_hash(*roots: Path) -> str:
     h = hashlib.sha256()
     for root in roots:
         files = [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file()
-                                                     and "__pycache__" not in p.parts)
+                                                     and "__pycache__" not in p.parts
+                                                     and p.suffix != ".md")
         for p in files:
             h.update(str(p.relative_to(REPO)).encode() + b"\0" + p.read_bytes())
     return h.hexdigest()[:16]
