@@ -7,6 +7,7 @@
 #   dbus-daemon, dbus-bin        a private session bus (dbus-run-session) for notification tests
 #   libnotify-bin                notify-send: plyer's Linux notifier when dbus-python is absent
 #   dex                          runs XDG autostart entries the way a desktop session does (autostart tests)
+#   nsis                         makensis: builds the Windows installer (tests/windows/test_wine_installer.py)
 # As root: apt-get update + install. Otherwise: says what to install and exits 1.
 set -euo pipefail
 
@@ -33,7 +34,7 @@ if command -v python3 >/dev/null 2>&1 && ! python3 -c 'import ensurepip, venv' >
 fi
 
 # the agent's tests: X server + tray host, private D-Bus session, notify-send
-for tool in Xvfb:xvfb trayer:trayer dbus-daemon:dbus-daemon dbus-run-session:dbus-bin notify-send:libnotify-bin dex:dex; do
+for tool in Xvfb:xvfb trayer:trayer dbus-daemon:dbus-daemon dbus-run-session:dbus-bin notify-send:libnotify-bin dex:dex makensis:nsis; do
     command -v "${tool%%:*}" >/dev/null 2>&1 || missing+=("${tool#*:}")
 done
 

@@ -178,6 +178,17 @@ def test_agent_command_per_platform(tmp_path):
                                 platform="win32") == [r"C:\Apps\torchkeeper\torchkeeper.exe", "run"]
 
 
+def test_frozen_cli_enables_the_windowed_app(tmp_path):
+    """The installer runs torchkeeper-cli.exe (console) to enable start at login: the entry must
+    start the windowed torchkeeper.exe beside it, or every login opens a console window."""
+    app = tmp_path / "torchkeeper"
+    app.mkdir()
+    (app / "torchkeeper-cli.exe").write_text("")
+    (app / "torchkeeper.exe").write_text("")
+    assert osauto.agent_command(executable=str(app / "torchkeeper-cli.exe"), frozen=True,
+                                platform="win32") == [str(app / "torchkeeper.exe"), "run"]
+
+
 # -- Windows' Run key, behind the registry interface (real winreg: tests/windows/) ------------
 
 

@@ -500,6 +500,8 @@ def cmd_autostart(args, eng):
         st, said = login.enable(by=args.by, if_not_declined=args.if_not_declined)
     elif args.action == "disable":
         st, said = login.disable(by=args.by)
+    elif args.action == "remove":  # an uninstaller's: the entry goes, the user's choice stays
+        st, said = login.forget()
     else:
         st = login.status()
         said = {"enabled": "torchkeeper starts at login", "disabled": "torchkeeper does not start at login",
@@ -508,6 +510,57 @@ def cmd_autostart(args, eng):
         if st["state"] != "disabled":
             said += f"\n  {st['where']}" + (f"\n  runs: {st['command']}" if st.get("command") else "")
     _emit(args, st, said)
+    return OK
+
+
+def _stop(eng, timeout: float) -> dict:
+    from .run import stop_agent
+
+    r = stop_agent(eng.home, timeout)
+    if not r["stopped"]:
+        raise TKError(f"the agent (pid {r['pid']}) did not stop within {timeout:g} s",
+                      "it finishes the change it is writing first; try again, or end it in Task "
+                      "Manager / with `kill` (the next command finishes an interrupted change)")
+    return r
+
+
+def cmd_stop(args, eng):
+    r = _stop(eng, args.timeout)
+    _emit(args, r, f"stopped the agent (pid {r['pid']})" if r["was_running"] else "the agent is not running")
+    return OK
+
+
+def cmd_uninstall(args, eng):
+    """What an uninstaller runs before it removes the program itself."""
+    import shutil
+
+    from .engine.login import Login
+
+    stopped = _stop(eng, args.timeout)
+    st, said = Login(eng.home).forget()
+    removed = [str(eng.home.log_dir)]
+    shutil.rmtree(eng.home.log_dir, ignore_errors=True)
+    try:  # ~/.local/state/torchkeeper once its log/ is gone
+        eng.home.log_dir.parent.rmdir()
+    except OSError:
+        pass
+    for name in ("agent.pid", "agent.lock", "agent.stop"):
+        try:
+            (eng.home.data_dir / name).unlink()
+        except OSError:
+            pass
+    if args.remove_cache:
+        shutil.rmtree(eng.home.cache_dir, ignore_errors=True)
+        removed.append(str(eng.home.cache_dir))
+    kept = [str(p) for p in (eng.home.config_dir, eng.home.data_dir,
+                             None if args.remove_cache else eng.home.cache_dir) if p and p.exists()]
+    r = {"agent": stopped, "autostart": st, "removed": removed, "kept": kept}
+    lines = ["stopped the agent" if stopped["was_running"] else "the agent was not running", said,
+             "removed: " + ", ".join(removed)]
+    if kept:
+        lines.append("kept (settings, targets, the backups `revert` needs"
+                     + ("" if args.remove_cache else ", the bundle cache") + "): " + ", ".join(kept))
+    _emit(args, r, "\n".join(lines))
     return OK
 
 
@@ -609,10 +662,18 @@ def build_parser() -> argparse.ArgumentParser:
     rn.add_argument("--verbose", "-v", action="store_true", help="also log to the terminal")
     rn.add_argument("--home", help="use this folder for config, state, cache and logs (TORCHKEEPER_HOME)")
     au = cmd("autostart", cmd_autostart, "start the agent at login: enable, disable or status")
-    au.add_argument("action", choices=("enable", "disable", "status"))
+    au.add_argument("action", choices=("enable", "disable", "status", "remove"),
+                    help="remove: drop the entry but keep your choice (for uninstallers)")
     au.add_argument("--if-not-declined", action="store_true",
                     help="enable unless the user turned it off before (for installers)")
     au.add_argument("--by", default="user", choices=("user", "installer"), help=argparse.SUPPRESS)
+    so = cmd("stop", cmd_stop, "stop the running agent (after the change it is writing, if any)")
+    so.add_argument("--timeout", type=float, default=30.0, help="seconds to wait (default 30)")
+    un = cmd("uninstall", cmd_uninstall, "what an uninstaller runs first: stop the agent, remove "
+             "the start-at-login entry (your choice is kept) and the logs; targets, their backups "
+             "and your settings are never touched")
+    un.add_argument("--remove-cache", action="store_true", help="also remove the bundle cache")
+    un.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for the agent")
     return p
 
 

@@ -92,11 +92,50 @@ def agent_status(home: Home) -> dict:
             cmd = psutil.Process(pid).cmdline()
             # `torchkeeper run`, `python -m torchkeeper run`, torchkeeper.exe run: not a
             # process that got the pid of one that crashed
-            running = "run" in cmd and any(Path(a).stem == "torchkeeper" for a in cmd)
+            # (the frozen windowed torchkeeper.exe runs the agent with no arguments at all)
+            running = any(Path(a).stem == "torchkeeper" for a in cmd) and ("run" in cmd or len(cmd) == 1)
         except (psutil.Error, OSError):
             running = False
     paused = bool(read_agent_state(home).get("paused"))
     return {"running": running, "pid": pid if running else None, "paused": paused}
+
+
+def stop_file(home: Home) -> Path:
+    """Where `torchkeeper stop` asks the running agent to stop: a file, because a windowed
+    Windows program gets no signal another process could send it (TerminateProcess kills)."""
+    return home.data_dir / "agent.stop"
+
+
+def _watch_stop_request(home: Home, stop: threading.Event, on_request, every: float = 1.0) -> None:
+    path = stop_file(home)
+    while not stop.wait(every):
+        if path.exists():
+            log.info("stop requested (%s): stopping after the running job", path)
+            on_request()
+            return
+
+
+def stop_agent(home: Home, timeout: float = 30.0) -> dict:
+    """Ask the running agent to stop after its job in hand and wait for it (never mid-transaction).
+
+    Returns {"was_running", "stopped", "pid"}; "stopped" False: it still runs after ``timeout``."""
+    import time
+
+    st = agent_status(home)
+    if not st["running"]:
+        return {"was_running": False, "stopped": True, "pid": None}
+    path = stop_file(home)
+    atomic_write_bytes(path, str(st["pid"]).encode(), durable=False)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not agent_status(home)["running"]:
+            try:
+                path.unlink()
+            except OSError:
+                pass
+            return {"was_running": True, "stopped": True, "pid": st["pid"]}
+        time.sleep(0.2)
+    return {"was_running": True, "stopped": False, "pid": st["pid"]}
 
 
 def run(home: Home, headless: bool = False, verbose: bool = False, out=print) -> int:
@@ -126,6 +165,10 @@ def run(home: Home, headless: bool = False, verbose: bool = False, out=print) ->
         out(f"torchkeeper: the agent is already running (pid {inst.holder()}); nothing to do")
         return 0
     try:
+        try:  # a request left over from a stop that timed out is not meant for this agent
+            stop_file(home).unlink()
+        except OSError:
+            pass
         tray = None
         if not headless:
             from .desktop import tray as traymod
@@ -156,6 +199,8 @@ def run(home: Home, headless: bool = False, verbose: bool = False, out=print) ->
         if stop.is_set():
             return 0
         agent.start()
+        threading.Thread(target=_watch_stop_request, name="tk-stop-request", daemon=True,
+                         args=(home, stop, lambda: on_signal(0, None))).start()
         out(f"torchkeeper: agent running ({'headless' if headless else 'tray'}), "
             f"log: {agent.log_file}")
         if tray is not None:

@@ -81,7 +81,10 @@ def agent_command(home: str | None = None, executable: str | None = None,
     platform = platform or sys.platform
     exe = Path(executable)
     if frozen:
-        argv = [str(exe), "run"]
+        # torchkeeper-cli.exe (a console program) enables it from an installer: login starts
+        # the windowed torchkeeper.exe beside it, which opens no console window
+        windowed = exe.with_name("torchkeeper.exe" if platform == "win32" else "torchkeeper")
+        argv = [str(windowed if windowed.is_file() else exe), "run"]
     elif platform == "win32":
         pythonw = exe.with_name("pythonw.exe")
         argv = [str(pythonw if pythonw.is_file() else exe), "-m", "torchkeeper", "run"]
