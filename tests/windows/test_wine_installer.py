@@ -25,6 +25,7 @@ from pathlib import Path
 import pytest
 
 import winkit
+from agentkit import wait_for
 
 REPO = winkit.REPO
 SPEC = REPO / "installer" / "windows" / "torchkeeper.spec"
@@ -128,17 +129,6 @@ def _win_env(win, name: str) -> Path:
     return win.unix(r.out.strip())
 
 
-def _wait(pred, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while True:
-        v = pred()
-        if v:
-            return v
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.2)
-
-
 def _wine_rss_kb(exe_name: str) -> int | None:
     """VmRSS of the Wine process (wine64-preloader & co.) running EXE_NAME, from /proc."""
     for pid in os.listdir("/proc"):
@@ -219,7 +209,7 @@ def test_silent_install_start_and_uninstall(win, built):
             assert st["state"] == "enabled" and st["choice"]["by"] == "installer", st
 
             # the installer started the agent (the windowed exe: no stdout; the CLI sees it)
-            agent = _wait(lambda: (a := win.run([cli, "status", "--json"], env=env).json()["agent"])["running"]
+            agent = wait_for(lambda: (a := win.run([cli, "status", "--json"], env=env).json()["agent"])["running"]
                           and a, 60, "the installed agent to run")
             figures["agent_rss_mb"] = round((_wine_rss_kb("torchkeeper.exe") or 0) / 1024, 1)
             t0 = time.monotonic()
@@ -231,7 +221,7 @@ def test_silent_install_start_and_uninstall(win, built):
             (win.home / "cache" / "bundles").mkdir(parents=True, exist_ok=True)
             rc, _ = _run_and_wait(win, [app / "uninstall.exe", "/S"], win.tmp / "uninstall.log", env=env)
             assert rc == 0, (win.tmp / "uninstall.log").read_text()
-            _wait(lambda: not app.exists(), 90, f"the uninstaller to remove {app}")
+            wait_for(lambda: not app.exists(), 90, f"the uninstaller to remove {app}")
         finally:
             if app.exists():  # a failed check: do not leave an installed app in the shared prefix
                 if (app / "torchkeeper-cli.exe").exists():
@@ -264,7 +254,7 @@ def _frozen_start(win, dist: Path) -> float:
     p = win.popen([dist / "torchkeeper.exe", "run", "--headless"], env=env,
                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        _wait(lambda: win.run([cli, "status", "--json"], env=env).json()["agent"]["running"], 60,
+        wait_for(lambda: win.run([cli, "status", "--json"], env=env).json()["agent"]["running"], 60,
               "the frozen agent to run")
         took = round(time.monotonic() - t0, 2)
         r = win.run([cli, "stop"], env=env)

@@ -110,22 +110,19 @@ def parse(text: str, origin: str, uses=None, warnings: list | None = None) -> di
             if spec is None:
                 e = UsageError(f"{where}: unknown setting '{_clip(key)}' in [{section}]",
                                f"known settings: {', '.join(SCHEMA[section])}")
-                if uses is not None and warnings is not None and section not in uses:
-                    warnings.append(e)
-                    continue
+            else:
+                typ, check, allowed = spec
+                ok = isinstance(value, typ) and not (typ is not bool and isinstance(value, bool))
+                if ok and check is not None:
+                    ok = bool(check(value))
+                e = None if ok else UsageError(
+                    f"{where}: {section}.{key} = {_clip(repr(value))} is not allowed", f"use {allowed}")
+            if e is None:
+                merged.setdefault(section, {})[key] = value
+            elif uses is not None and warnings is not None and section not in uses:
+                warnings.append(e)  # a section this caller does not read: its defaults stay
+            else:
                 raise e
-            typ, check, allowed = spec
-            ok = isinstance(value, typ) and not (typ is not bool and isinstance(value, bool))
-            if ok and check is not None:
-                ok = bool(check(value))
-            if not ok:
-                e = UsageError(f"{where}: {section}.{key} = {_clip(repr(value))} is not allowed",
-                               f"use {allowed}")
-                if uses is not None and warnings is not None and section not in uses:
-                    warnings.append(e)
-                    continue
-                raise e
-            merged.setdefault(section, {})[key] = value
     return merged
 
 

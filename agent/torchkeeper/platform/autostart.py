@@ -13,6 +13,7 @@ consent, a choice recorded earlier) is decided above, in ``torchkeeper.engine.lo
 
 from __future__ import annotations
 
+import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,6 +50,29 @@ class Autostart(Protocol):
     def enable(self, argv: list[str]) -> AutostartStatus: ...
 
     def disable(self) -> AutostartStatus: ...
+
+
+class FileEntry:
+    """A back end whose entry is one file (an XDG .desktop, a LaunchAgent plist)."""
+
+    path: Path
+
+    def status(self) -> AutostartStatus: ...
+
+    def _write(self, data: bytes) -> AutostartStatus:
+        """The whole entry in one rename: a login never reads half a file."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        tmp.write_bytes(data)
+        os.replace(tmp, self.path)
+        return self.status()
+
+    def disable(self) -> AutostartStatus:
+        try:
+            self.path.unlink()
+        except FileNotFoundError:
+            pass
+        return self.status()
 
 
 def backend(platform: str | None = None, icon: str | None = None) -> Autostart:

@@ -7,12 +7,12 @@ import os
 import plistlib
 from pathlib import Path
 
-from .autostart import DISABLED, ENABLED, TURNED_OFF, AutostartStatus
+from .autostart import DISABLED, ENABLED, TURNED_OFF, AutostartStatus, FileEntry
 
 LABEL = "io.github.torchkeeper.agent"
 
 
-class LaunchAgent:
+class LaunchAgent(FileEntry):
     def __init__(self, home: str | os.PathLike | None = None):
         self.path = Path(home or Path.home()) / "Library" / "LaunchAgents" / f"{LABEL}.plist"
 
@@ -31,17 +31,5 @@ class LaunchAgent:
         return AutostartStatus(ENABLED, str(self.path), cmd)
 
     def enable(self, argv: list[str]) -> AutostartStatus:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        with open(tmp, "wb") as f:
-            plistlib.dump({"Label": LABEL, "ProgramArguments": list(argv), "RunAtLoad": True,
-                           "ProcessType": "Interactive"}, f)
-        os.replace(tmp, self.path)
-        return self.status()
-
-    def disable(self) -> AutostartStatus:
-        try:
-            self.path.unlink()
-        except FileNotFoundError:
-            pass
-        return self.status()
+        return self._write(plistlib.dumps({"Label": LABEL, "ProgramArguments": list(argv),
+                                           "RunAtLoad": True, "ProcessType": "Interactive"}))

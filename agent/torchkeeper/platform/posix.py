@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from .autostart import APP_ID, DISABLED, ENABLED, TURNED_OFF, AutostartStatus
+from .autostart import APP_ID, DISABLED, ENABLED, TURNED_OFF, AutostartStatus, FileEntry
 
 
 def _exec_quote(arg: str) -> str:
@@ -37,7 +37,7 @@ def _entry(text: str) -> dict[str, str]:
     return out
 
 
-class XdgAutostart:
+class XdgAutostart(FileEntry):
     """``$XDG_CONFIG_HOME/autostart/torchkeeper.desktop``."""
 
     def __init__(self, config_home: str | os.PathLike | None = None, icon: str | None = None):
@@ -64,15 +64,4 @@ class XdgAutostart:
                  f"Exec={exec_line(argv)}", "Terminal=false", "X-GNOME-Autostart-enabled=true"]
         if self.icon:
             lines.append(f"Icon={self.icon}")
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        tmp.write_text("\n".join(lines) + "\n", encoding="utf-8")
-        os.replace(tmp, self.path)
-        return self.status()
-
-    def disable(self) -> AutostartStatus:
-        try:
-            self.path.unlink()
-        except FileNotFoundError:
-            pass
-        return self.status()
+        return self._write(("\n".join(lines) + "\n").encode("utf-8"))
