@@ -258,3 +258,44 @@ def test_revert_and_target_remove_leave_no_standby(build, tmp_path, run_tk, tk_h
     assert not _standby_dir(t).exists()
     assert not (tk_home / "data" / "standby" / f"{NAME}.json").exists()
     classify(t, {"stock": None})
+
+
+def test_the_agent_repairs_through_the_standby_and_prepares_the_next(build, tmp_path, run_tk, tk_home):
+    """The agent prepares the standby by itself after an apply, repairs a real pip reinstall
+    from it (the placed files are the standby's inodes), and is ready for the next one."""
+    from agentkit import end_process, spawn_agent, wait_for
+
+    t = windows_target(build, tmp_path, run_tk, tk_home)
+    ok(run_tk("use", "a"))
+    ok(run_tk("apply"))  # the CLI prepares no standby: the agent does, at its first check
+    assert not _standby_dir(t).exists()
+    files = t.bundles["a"]["files"]
+    p = spawn_agent(tk_home)
+    try:
+        wait_for(lambda: status_of(run_tk)[0]["standby"]["state"] == "ready", 60, "the standby")
+        _reinstall(t)
+        wait_for(lambda: [e for e in events(tk_home, "repaired") if e.get("source") == "agent"], 60,
+                 "the repair")
+        (rep,) = [e for e in events(tk_home, "repaired") if e.get("source") == "agent"]
+        assert rep["via"] == {"standby": len(files), "copy": 0, "why_copy": None}, rep
+        assert_patched(t, run_tk, "a")
+        sb = _standby_inodes(t)
+        now = inodes(t)
+        for rel in t.stock:
+            sha = files.get(rel.rsplit("/", 1)[1])
+            if sha:
+                assert now[rel] == sb[sha], f"{rel} is not the standby's inode"
+        ok(run_tk("verify", "--full"))
+        assert status_of(run_tk)[0]["standby"]["state"] == "ready"
+        # a second reinstall: the standby is ready again without another preparation
+        _reinstall(t)
+        wait_for(lambda: len([e for e in events(tk_home, "repaired") if e.get("source") == "agent"]) == 2,
+                 60, "the second repair")
+        rep2 = [e for e in events(tk_home, "repaired") if e.get("source") == "agent"][-1]
+        assert rep2["via"]["standby"] == len(files), rep2
+    finally:
+        end_process(p)
+    assert_patched(t, run_tk, "a")
+    ok(run_tk("revert"))
+    assert_stock(t, run_tk)
+    assert not _standby_dir(t).exists()
