@@ -277,21 +277,70 @@ def latency_case(work: Path, label: str, size_mb: int | None, rounds: int, settl
     if size_mb:
         disk_baseline(d, files, label)
 
+    for installer, mode in MODES:
+        latency_mode(d, home, venv, wheel, label, installer, mode, rounds, settle)
+
+
+def uv_reinstall(venv: Path, wheel: Path, cache: Path) -> dict:
+    """`uv pip install --reinstall` of the wheel, offline, hard-linked from uv's cache."""
+    ru0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    env = dict(os.environ, UV_LINK_MODE="hardlink", UV_CACHE_DIR=str(cache))
+    t0 = time.time()
+    subprocess.run([shutil.which("uv") or str(Path(sys.executable).parent / "uv"), "pip", "install",
+                    "--python", str(builders.venv_python(venv)), "--offline", "--no-index",
+                    "--find-links", str(wheel.parent), "--reinstall", "--no-deps", "-q", str(wheel)],
+                   check=True, env=env, stdin=subprocess.DEVNULL)
+    t1 = time.time()
+    ru1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    final = builders.site_packages(venv).stat().st_mtime_ns / 1e9
+    return {"start": t0, "exit": t1, "final_write": final,
+            "cpu_user": ru1.ru_utime - ru0.ru_utime, "cpu_sys": ru1.ru_stime - ru0.ru_stime}
+
+
+def standby_ready(home: Path) -> bool:
+    st = json.loads(tk(home, "status", "--json").stdout)
+    return all((t.get("standby") or {}).get("state") == "ready" for t in st["targets"])
+
+
+def latency_mode(d: Path, home: Path, venv: Path, wheel: Path, label: str, installer: str, mode: str,
+                 rounds: int, settle: float) -> None:
+    cfg = home / "config" / "config.toml"
+    cfg.parent.mkdir(parents=True, exist_ok=True)
+    cfg.write_text("[agent]\nstandby = %s\n" % ("true" if mode == "standby" else "false"))
+    tag = f"{label}-{installer}-{mode}"
     tail = EventTail(home)
     tail.skip_to_end()
-    agent = AgentProc(home, d, label)
+    agent = AgentProc(home, d, tag)
     try:
         agent.wait_started(tail)
+        cpu0 = agent.cpu()
         agent.wait_quiet()
+        if mode == "standby":
+            # the agent prepares it at its first check: what that costs it
+            t0 = time.monotonic()
+            while not standby_ready(home):
+                if time.monotonic() - t0 > 120:
+                    raise SystemExit("the standby was never ready")
+                time.sleep(0.2)
+            agent.wait_quiet()
+            sb = json.loads(tk(home, "status", "--json").stdout)["targets"][0]["standby"]
+            say(f"{tag:>18}  standby: {sb['files']} files, {human(sb['bytes'])} linked, "
+                f"{human(sb['disk_bytes'])} of disk of its own while the overlay is in place; "
+                f"agent CPU from start to ready {agent.cpu() - cpu0:.2f} s, RSS {human(agent.rss())}",
+                summary=True)
         rows = []
         for i in range(rounds):
             before = tail.read()  # late events of the previous round, if any: counted here
-            pip = pip_reinstall(venv, wheel)
+            if installer == "uv":
+                pip = uv_reinstall(venv, wheel, d / "uv-cache")
+            else:
+                pip = pip_reinstall(venv, wheel)
             ev, seen = wait_repair(tail, timeout=300)
             seen = before + seen
             time.sleep(settle)
             agent.wait_quiet()
             seen += tail.read()
+            via = ev.get("via") or {}
             r = {
                 "lat_final": ev["verified"] - pip["final_write"],
                 "lat_exit": ev["verified"] - pip["exit"],
@@ -305,11 +354,13 @@ def latency_case(work: Path, label: str, size_mb: int | None, rounds: int, settl
                 "checks": sum(e["event"] == "files changed" for e in seen),
                 "repairs": sum(e["event"] == "repaired" for e in seen),
                 "events": sum(e.get("events", 0) for e in seen if e["event"] == "files changed"),
+                "linked": via.get("standby", 0),
             }
             rows.append(r)
-            print(f"  round {i + 1:2d}: final write -> verified {r['lat_final'] * 1000:7.0f} ms, "
-                  f"pip exit -> verified {r['lat_exit'] * 1000:7.0f} ms  (pip {r['pip_wall']:.2f} s, "
-                  f"{r['events']} file events, {r['checks']} check(s), {r['repairs']} repair(s))", flush=True)
+            print(f"  {tag} round {i + 1:2d}: final write -> verified {r['lat_final'] * 1000:7.0f} ms, "
+                  f"exit -> verified {r['lat_exit'] * 1000:7.0f} ms  ({installer} {r['pip_wall']:.2f} s, "
+                  f"{r['events']} file events, {r['checks']} check(s), {r['repairs']} repair(s), "
+                  f"via {via})", flush=True)
             if r["checks"] != 1 or r["repairs"] != 1:
                 print("      agent events (s from the final write): " + "; ".join(
                     f"{e['ts'] - pip['final_write']:+.2f} {e['event']}"
@@ -323,21 +374,22 @@ def latency_case(work: Path, label: str, size_mb: int | None, rounds: int, settl
         return [r[k] for r in rows]
 
     lf, le = col("lat_final"), col("lat_exit")
-    say(f"{label:>6}  final write -> verified   p50 {statistics.median(lf) * 1000:7.0f} ms   "
-        f"p95 {pct(lf, 95) * 1000:7.0f} ms   (min {min(lf) * 1000:.0f}, max {max(lf) * 1000:.0f}; n={len(lf)})",
-        summary=True)
-    say(f"{label:>6}  pip exit    -> verified   p50 {statistics.median(le) * 1000:7.0f} ms   "
-        f"p95 {pct(le, 95) * 1000:7.0f} ms   (pip exits {statistics.median(col('exit_after_final')) * 1000:.0f} ms "
+    say(f"{tag:>18}  final write -> verified   p50 {statistics.median(lf) * 1000:7.0f} ms   "
+        f"p95 {pct(lf, 95) * 1000:7.0f} ms   (min {min(lf) * 1000:.0f}, max {max(lf) * 1000:.0f}; n={len(lf)}; "
+        f"linked from the standby in {sum(1 for x in col('linked') if x)}/{len(rows)})", summary=True)
+    say(f"{tag:>18}  exit        -> verified   p50 {statistics.median(le) * 1000:7.0f} ms   "
+        f"p95 {pct(le, 95) * 1000:7.0f} ms   ({installer} exits {statistics.median(col('exit_after_final')) * 1000:.0f} ms "
         f"after its final write, median)", summary=True)
-    say(f"{label:>6}  breakdown (medians): detected-final write {statistics.median(col('det')) * 1000:+.0f} ms"
+    say(f"{tag:>18}  breakdown (medians): detected-final write {statistics.median(col('det')) * 1000:+.0f} ms"
         f" | decided-detected {statistics.median(col('dec')) * 1000:.0f} ms"
         f" | applied-decided {statistics.median(col('app')) * 1000:.0f} ms"
-        f" | verified-applied {statistics.median(col('ver')) * 1000:.0f} ms"
-        f"  (decided-final write {statistics.median(col('dec_final')) * 1000:.0f} ms: quiet period + check)",
-        summary=True)
-    say(f"{label:>6}  per reinstall: pip {statistics.median(col('pip_wall')):.2f} s (median), "
-        f"file events {statistics.median(col('events')):.0f} (median), checks {sum(col('checks'))}/{len(rows)}, "
-        f"re-applies {sum(col('repairs'))}/{len(rows)}", summary=True)
+        f" | verified-applied {statistics.median(col('ver')) * 1000:.0f} ms", summary=True)
+    say(f"{tag:>18}  per reinstall: {installer} {statistics.median(col('pip_wall')):.2f} s (median), "
+        f"checks {sum(col('checks'))}/{len(rows)}, re-applies {sum(col('repairs'))}/{len(rows)}", summary=True)
+
+
+# (installer, repair path) side by side in one run, the same target and agent build
+MODES = [("pip", "copy"), ("pip", "standby"), ("uv", "standby")]
 
 
 def disk_baseline(d: Path, files: list[Path], label: str, runs: int = 3) -> None:

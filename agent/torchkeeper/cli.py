@@ -447,6 +447,11 @@ def cmd_status(args, eng):
         lines.append(f"{t['name']:<20} {t['state']:<13} torch {t.get('torch_version') or '?'}"
                      f" (CUDA {t.get('torch_cuda') or '-'}), cuDNN {t.get('cudnn_now') or '?'}"
                      f" (stock {t.get('cudnn_stock') or '?'}), {which}")
+        sb = t.get("standby")
+        if sb and sb.get("state") not in (None, "off"):
+            lines.append(f"    standby: {sb['state']}" + (
+                f", {sb['files']} file(s), {sb['disk_bytes'] / 1e6:.1f} MB of disk of its own"
+                if sb.get("files") else "") + (f" ({sb['why']})" if sb.get("why") else ""))
         shown = t["problems"][:3]
         lines += [f"    {pr}" for pr in shown]
         if len(t["problems"]) > len(shown):
@@ -455,6 +460,19 @@ def cmd_status(args, eng):
             lb = t["last_bench"]
             lines.append(f"    last bench: x{lb['ratio']:.2f} with '{lb['bundle_name']}' ({lb['time']})")
     print("\n".join(lines))
+    return OK
+
+
+def cmd_standby(args, eng):
+    names = args.targets or sorted(eng.targets())
+    out, lines = {}, []
+    for n in names:
+        r = eng.prepare_standby(n)
+        out[n] = r
+        lines.append(f"{n:<20} standby {r['state']}" + (f", {r['files']} file(s), {r['bytes']:,} bytes"
+                                                      if r.get("files") else "")
+                     + (f" ({r['why']})" if r.get("why") else ""))
+    _emit(args, out, "\n".join(lines) or "no targets yet")
     return OK
 
 
@@ -651,6 +669,9 @@ def build_parser() -> argparse.ArgumentParser:
              "(stock, then with the bundle; the target is put back as it was)")
     bn.add_argument("target")
     bn.add_argument("--bundle", help="default: the target's chosen bundle")
+    sb = cmd("standby", cmd_standby, "prepare each target's standby copy now (the agent does it "
+             "by itself after every apply)")
+    sb.add_argument("targets", nargs="*")
     dr = cmd("doctor", cmd_doctor, "the manual checks: driver, CUDA toolkits, torch/CUDA/cuDNN per target")
     dr.add_argument("--probe", action="store_true", help="also run each target's Python: import torch")
     lg = cmd("log", cmd_log, "show recent events")

@@ -122,6 +122,7 @@ class Agent:
         self._found: list[V.FoundView] = []
         self._agent_state = read_agent_state(home)
         self.cfg, problem = self._load_config()
+        self.engine.config = self.cfg
         self._config_problem = problem
         self._cv = threading.Condition()
         self._jobs: dict[tuple, Job] = {}
@@ -148,6 +149,13 @@ class Agent:
         self._working: str | None = None         # target an apply / revert is writing to
         self.checks = 0       # counters, for tests and the benchmark
         self.applies = 0
+        # standby preparation: its own low-priority thread, so that the worker queue (the
+        # repairs) never waits behind hashing another target's standby
+        self._standby_todo: dict[str, bool] = {}  # target -> re-hash (daily check)
+        self._standby_cv = threading.Condition()
+        self._standby_thread = threading.Thread(target=self._standby_loop, name="tk-standby",
+                                                daemon=True)
+        self.standby_runs = 0
 
     # -- config and the agent's own small state --------------------------------------
     def _load_config(self):
@@ -206,6 +214,7 @@ class Agent:
             self._overflow = _OverflowHook(
                 lambda: self.request(V.CHECK_ALL, reason="file events lost"))
         self._worker.start()
+        self._standby_thread.start()
         self.poll_driver(initial=True)
         self.request(V.CHECK_ALL, reason="start")
         if self._schedule:
@@ -227,6 +236,11 @@ class Agent:
             self._cv.notify_all()
         if self._worker.is_alive():
             self._worker.join(timeout)
+        with self._standby_cv:
+            self._standby_todo.clear()
+            self._standby_cv.notify_all()
+        if self._standby_thread.is_alive():
+            self._standby_thread.join(timeout)  # a kill here is recovered: see standby.py
         if self.safety:
             self.safety.stop()
         if self.watcher:
@@ -248,6 +262,33 @@ class Agent:
         """No job running or queued (tests and benchmarks wait for this)."""
         with self._cv:  # a suggestion waiting for its time is no work in hand
             return self._running is None and all(j.action == SUGGEST for j in self._jobs.values())
+
+    # -- the standby -----------------------------------------------------------------
+    def _want_standby(self, name: str, rehash: bool = False) -> None:
+        """Prepare (or, with standby off, delete) a target's standby in the background."""
+        with self._standby_cv:
+            self._standby_todo[name] = self._standby_todo.get(name, False) or rehash
+            self._standby_cv.notify_all()
+
+    def _standby_loop(self) -> None:
+        from ..engine.standby import _lower_priority
+
+        _lower_priority()  # this thread only: the worker and pip keep their share
+        while True:
+            with self._standby_cv:
+                while not self._standby_todo and not self._stopping:
+                    self._standby_cv.wait()
+                if self._stopping:
+                    return
+                name = min(self._standby_todo)
+                rehash = self._standby_todo.pop(name)
+            try:
+                if name in self.engine.targets():
+                    res = self.engine.prepare_standby(name, rehash=rehash)
+                    self.standby_runs += 1
+                    log.info("standby of '%s': %s", name, res)
+            except Exception as e:  # TKError (a lock held too long), OSError: next time
+                log.warning("standby of '%s' not prepared: %s", name, e)
 
     # -- the Controller interface (tray, toast buttons) -----------------------------
     def view(self) -> V.AgentView:
@@ -521,6 +562,8 @@ class Agent:
         self._asks.pop(name, None)
         self._retry.pop(name, None)
         self._set_view(name, s, state, self._ok_message(s))
+        if state == PATCHED and (s.standby or {}).get("state") not in ("ready", "off", "preparing"):
+            self._want_standby(name)
         if state == PATCHED and job.reason.startswith("driver"):
             self._driver_gate(name, s)
 
@@ -594,7 +637,10 @@ class Agent:
         self.applies += 1
         self._event("repaired" if ok else "reapply unverified", target=name, reason=job.reason,
                     detected=detected, decided=decided, applied=applied, verified=verified,
-                    bundle=m.id if m else None, action=res.action, latency=round(verified - detected, 3))
+                    bundle=m.id if m else None, action=res.action, latency=round(verified - detected, 3),
+                    via=res.via)
+        if ok and (after.standby or {}).get("state") != "ready":
+            self._want_standby(name)  # after the toast's work: at low priority, off the queue
         bundle_cudnn = m.cudnn if m else None
         what = f"cuDNN {bundle_cudnn}" if bundle_cudnn else f"bundle '{m.name if m else None}'"
         if job.reason == "file events" and stock_now and stock_now != bundle_cudnn:
@@ -715,6 +761,8 @@ class Agent:
     def _full_check(self) -> None:
         """Every file re-hashed: catches what stat data cannot (same size, same times)."""
         for r in self.engine.verify(full=True):
+            if r.state == PATCHED:
+                self._want_standby(r.name, rehash=True)  # its bytes re-hashed too
             job = Job(0, 0, CHECK, r.name, "daily full check")
             if r.state == DRIFTED and r.applied:
                 self._drifted(r.name, r, job)  # not via a quick check: it may see no change
@@ -925,12 +973,18 @@ class Agent:
         self._remember_config(text)
         if new == self.cfg:
             return
+        old_a = self.cfg["agent"]
         self.cfg = new
+        self.engine.config = new
         a = new["agent"]
         if self.watcher:
             self.watcher.debouncer.configure(a["quiet_seconds"], a["max_wait_seconds"])
         if self.safety:
             self.safety.reconfigure(a)
+        if (a.get("standby"), a.get("standby_min_free_mb")) != (old_a.get("standby"),
+                                                                 old_a.get("standby_min_free_mb")):
+            for name in self.engine.targets():
+                self._want_standby(name)  # prepared, or deleted when turned off
         if self.notifier is not None and hasattr(self.notifier, "update_config"):
             self.notifier.update_config(new["notifications"])
         self._event("config reloaded", auto_reapply=a["auto_reapply"],

@@ -10,7 +10,7 @@ import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import gate, libs, target as targetmod, versions
+from . import gate, libs, standby, target as targetmod, versions
 from .bundle import Store, describe
 from ..errors import NotFound, OperationFailed, Refused, TKError, UsageError
 from .fsutil import hash_many, sha256_file, stat_key
@@ -30,9 +30,12 @@ class Result:
     message: str
     plan: dict | None = None
     foreign: list[str] | None = None  # revert: files put back as the foreign bytes they were
+    via: dict | None = None      # apply: files linked from the standby / copied, and why copied
 
     def to_dict(self) -> dict:
         d = {"target": self.target, "ok": self.ok, "action": self.action, "message": self.message}
+        if self.via is not None:
+            d["via"] = self.via
         if self.plan is not None:
             d["plan"] = self.plan
         if self.foreign is not None:
@@ -47,6 +50,15 @@ class Engine:
         self.bundles = Store(self.home)
         self._driver_query = driver_query
         self._driver = None
+        self.config: dict | None = None  # the CLI and the agent set the effective config
+
+    def agent_config(self) -> dict:
+        """[agent]: the standby's settings live there (the agent prepares it)."""
+        if self.config is None:
+            from . import config as configmod
+
+            self.config = configmod.defaults()
+        return self.config.get("agent", {})
 
     # -- driver ----------------------------------------------------------------------
     def driver(self, refresh: bool = False):
@@ -91,6 +103,10 @@ class Engine:
                     out.append(msg)
         if out or damaged(self.home):
             self._gc_backups()
+        st = self.state.read() if standby.interrupted(self.home) else None
+        for name in standby.recover(self.home, lambda t: (st["targets"].get(t) or {}).get("site_packages")):
+            out.append(f"target '{name}': an interrupted standby preparation was thrown away "
+                       "(the target's files were not touched)")
         return out
 
     def _discard_staged(self, name: str) -> None:
@@ -193,8 +209,9 @@ class Engine:
                 raise UsageError(f"target '{name}' {what}",
                                  f"revert it first (torchkeeper revert {name}), or pass --force to "
                                  "forget it and keep its files as they are")
-            st["targets"].pop(name)
+            sp = st["targets"].pop(name)["site_packages"]
             st["overlays"].pop(name, None)
+            standby.drop(self.home, name, sp)
         self._gc_backups()
         log_event(self.home, "target removed", target=name)
 
@@ -340,6 +357,7 @@ class Engine:
             meta = {"bundle": m["id"], "bundle_name": m["name"], "files": meta_files,
                     "torch_version": info.torch_version, "torch_cuda": info.torch_cuda,
                     "cudnn_stock": (overlay or {}).get("cudnn_stock") or info.cudnn_build}
+            why_copy = self._offer_standby(name, info, overlay, m, changes)
             t0 = time.time()
             tx = Transaction(self.home, name, info.site_packages, "apply", changes, meta,
                              progress=progress)
@@ -350,12 +368,41 @@ class Engine:
                 self._refresh_stats(name)
                 self._gc_backups()
                 raise
+            linked = {c.new_sha256 for c in changes if c.link is not None}
+            copied = [c for c in changes if c.src is not None and c.link is None]
+            if linked:
+                standby.after_commit(self.home, name, {sha: True for sha in linked})
+            if copied and why_copy is None:
+                why_copy = "standby file changed"  # seen at the last moment, in the transaction
+            via = {"standby": sum(c.link is not None for c in changes), "copy": len(copied),
+                   "why_copy": why_copy if copied else None}
             self._gc_backups()
             log_event(self.home, "applied", target=name, bundle=m["id"], bundle_name=m["name"],
-                      files=len(changes), seconds=round(time.time() - t0, 3))
+                      files=len(changes), seconds=round(time.time() - t0, 3), via=via)
+            how = (f"{via['standby']} linked from the standby, {via['copy']} copied" if via["standby"]
+                   else f"{len(changes)} file(s) replaced")
             return Result(name, True, "applied",
-                          f"applied {describe(m)} ({m['name']}) to '{name}': {len(changes)} file(s) "
-                          "replaced, backed up and verified", p.to_dict())
+                          f"applied {describe(m)} ({m['name']}) to '{name}': {how}, backed up and "
+                          "verified", p.to_dict(), via=via)
+
+    def _offer_standby(self, name, info, overlay, m, changes) -> str | None:
+        """Let the transaction link standby files in where a repair puts back the overlay
+        the standby was prepared for. Returns why (some) files will be copied instead."""
+        if not any(c.src is not None for c in changes):
+            return None
+        if not overlay or overlay.get("bundle") != m["id"]:
+            # another overlay's standby: its links would only make backups copies
+            standby.drop(self.home, name, info.site_packages)
+            return "first apply" if not overlay else "another bundle"
+        ready, why = standby.usable(self.home, name, info.site_packages, m["id"], self.agent_config())
+        if why == "disk space below the standby floor":
+            standby.drop(self.home, name, info.site_packages)  # give the space back first
+        for c in changes:
+            f = ready.get(c.new_sha256) if c.src is not None else None
+            if f is not None:
+                c.link = {**f["identity"], "path": f["path"]}
+        missing = [c for c in changes if c.src is not None and c.link is None]
+        return (why or "no standby file for " + missing[0].rel) if missing else None
 
     def _restore_change(self, info, rel: str, prev: dict) -> Change:
         """What puts rel back as it was before the first overlay: the stock bytes, or the
@@ -464,6 +511,8 @@ class Engine:
                 self.target(name)
             overlay = st["overlays"].get(name)
             mixed = bool(damaged(self.home, name))
+            # its links to our files would also make the backups below copies
+            standby.drop(self.home, name, st["targets"][name]["site_packages"])
             if not overlay and not mixed:
                 return Result(name, True, "nothing to revert", f"'{name}' has no overlay applied")
             info = self.inspect(name, st["targets"][name], overlay)
@@ -521,6 +570,16 @@ class Engine:
             p = info.site_packages / rel
             out.append(Change(rel, None, None, None, sha256_file(p), stat_key(p)))
         return out
+
+    # -- the standby ---------------------------------------------------------------------
+    def prepare_standby(self, name: str, low_priority: bool = False, rehash: bool = False) -> dict:
+        """Link the overlay's files into the target's standby folder and hash them there
+        (engine/standby.py): what lets the next repair link instead of copy."""
+        sp = Path(self.target(name)["site_packages"])
+        res = standby.prepare(self.home, name, sp, lambda: self.state.read()["overlays"].get(name),
+                              self.agent_config(), target_lock(self.home, name), low_priority, rehash)
+        log_event(self.home, "standby", target=name, **{k: v for k, v in res.items() if v is not None})
+        return res
 
     # -- the agent's re-apply ----------------------------------------------------------
     def reapply_if_still_wanted(self, name: str, seen: TargetStatus, progress=None) -> Result:
@@ -601,6 +660,11 @@ class Engine:
         out.state = state
         out.cudnn_stock = (overlay or {}).get("cudnn_stock") if state == PATCHED else info.cudnn_build
         out.cudnn_now = self._cudnn_now(info, state, overlay, m)
+        if overlay:
+            try:
+                out.standby = standby.describe(self.home, name, info.site_packages, self.agent_config())
+            except OSError as e:
+                out.standby = {"state": "unreadable", "why": str(e)}
         if overlay:
             out.applied = AppliedRef(overlay["bundle"], overlay.get("bundle_name"), overlay.get("applied"),
                                      len(overlay["files"]))

@@ -95,7 +95,7 @@ def doctor(eng, probe: bool = False) -> dict:
         try:
             s = eng.target_state(name, st=st)
             t.update({k: getattr(s, k) for k in ("site_packages", "state", "torch_version", "torch_cuda",
-                                             "cudnn_stock", "cudnn_now", "problems")})
+                                             "cudnn_stock", "cudnn_now", "problems", "standby")})
             t["cudnn_now_int"] = versions.cudnn_int(s.cudnn_now)
             if d is not None and getattr(d, "ok", False) and s.torch_cuda:
                 from .driver import cuda_supports
@@ -136,6 +136,11 @@ def render(r: dict) -> str:
         lines.append(f"  {t['name']}: torch {t.get('torch_version')}, CUDA {t.get('torch_cuda')}, cuDNN "
                      f"{t.get('cudnn_now')} ({t.get('cudnn_now_int')}), stock cuDNN {t.get('cudnn_stock')}, "
                      f"{t.get('state')}")
+        sb = t.get("standby")
+        if sb and sb.get("state") != "off":
+            lines.append(f"    standby: {sb['state']}" + (
+                f", {sb['files']} file(s) in {sb['folder']}, {sb['disk_bytes'] / 1e6:.1f} MB of disk "
+                "of its own" if sb.get("files") else "") + (f" ({sb['why']})" if sb.get("why") else ""))
         if t.get("driver_supports_torch_cuda") is False:
             lines.append(f"    the driver is too old for CUDA {t.get('torch_cuda')}: update the NVIDIA driver")
         p = t.get("probe")

@@ -56,6 +56,7 @@ class TargetStatus:
     applied: AppliedRef | None = None
     info: TargetInfo | None = None    # the full inspection, when asked for
     in_desired_state: bool | None = None  # set by verify
+    standby: dict | None = None       # the standby copy: state, files, bytes (engine/standby.py)
 
     @property
     def inspected(self) -> bool:
@@ -74,6 +75,8 @@ class TargetStatus:
             d["info"] = self.info.to_dict()
         if self.in_desired_state is not None:
             d["in_desired_state"] = self.in_desired_state
+        if self.standby is not None:
+            d["standby"] = self.standby
         return d
 
 

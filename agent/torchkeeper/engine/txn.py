@@ -36,6 +36,7 @@ from ..errors import OperationFailed, TKError
 from .. import testing
 from ..platform.files import FileOps, is_no_space
 from .fsutil import atomic_write_json, clone_or_copy, copy_hashing, fsync_dir, sha256_file, stat_key
+from . import standby
 from ..home import Home
 from .state import TARGET_NAME_RX
 
@@ -54,6 +55,8 @@ class Change:
     old_stat: dict | None = None   # stat data of the file when old_sha256 was taken
     backup: str | None = None   # sha256 of the backed-up old bytes (set in prepare)
     staged: dict | None = None  # stat data of the staged file (set in prepare): what the swap put there
+    link: dict | None = None    # a standby file with src's bytes ({"path", identity}): staged as a
+                                # hard link to it, no copy; None after falling back to the copy
 
 
 class BackupStore:
@@ -242,6 +245,12 @@ class Transaction:
             staged = Path(str(self._path(c)) + STAGED)
             if staged.exists():
                 os.unlink(staged)
+            if c.link is not None:
+                if self._link_standby(c, staged):
+                    c.staged = stat_key(staged)
+                    self.crash(f"linked {c.rel}")
+                    continue
+                c.link = None  # any doubt: the copy, as without a standby
             try:
                 testing.check_space(staged.parent)
                 # fsync: once swapped in, a file must survive a power cut (the backups
@@ -255,6 +264,24 @@ class Transaction:
                                       "bundle")
             c.staged = stat_key(staged)  # journalled before the swap: how rollback knows its own
             self.crash(f"staged {c.rel}")
+
+    @staticmethod
+    def _link_standby(c: Change, staged: Path) -> bool:
+        """Stage c as a hard link to its standby file, when that file still is the one
+        hashed (identity) and the link lands on the same inode. No bytes move."""
+        sb = c.link.get("path")
+        if not isinstance(sb, str) or not standby.same(sb, c.link):
+            return False
+        try:
+            testing.check_space(staged.parent)
+            os.link(sb, staged)
+        except OSError:  # another volume, no hard links there, no space for a name
+            return False
+        st = os.lstat(staged)
+        if (st.st_ino, st.st_size, st.st_mtime_ns) != (c.link["ino"], c.new_size, c.link["mtime_ns"]):
+            os.unlink(staged)
+            return False
+        return True
 
     def _swap(self) -> None:
         for c in self.changes:
@@ -344,7 +371,7 @@ JOURNAL_KEYS = {"txn", "op", "target", "root", "phase", "meta", "changes"}
 CHANGE_TYPES = {"rel": (str,), "src": (str, type(None)), "new_sha256": (str, type(None)),
                 "new_size": (int, type(None)), "old_sha256": (str, type(None)),
                 "old_stat": (dict, type(None)), "backup": (str, type(None)),
-                "staged": (dict, type(None))}
+                "staged": (dict, type(None)), "link": (dict, type(None))}
 
 
 def journal_problem(j, stem: str) -> str | None:
