@@ -231,7 +231,10 @@ def test_twenty_thousand_file_burst_gives_one_reapply(tmp_path, build, run_tk, t
         agent.stop()
     changed = agent_events(tk_home, "files changed")
     assert len(changed) == 1, changed
-    assert changed[0]["events"] >= 10_000  # the agent did see the burst
+    # the agent saw the burst as one: how many of its 20,000 writes reach the agent varies
+    # (those pip makes before the new torch/lib watch is armed are seen only as torch/ being
+    # created; under load inotify's queue may overflow, which checks every target instead)
+    assert changed[0]["events"] >= 1_000, changed
     assert agent.checks - checks0 == 1 and agent.applies == 1
     assert run_tk("verify").rc == 0
 

@@ -41,6 +41,9 @@ PERSIST_S = 60  # wineserver -pN: how long Wine stays up after the last Windows 
 Arg = Union[str, os.PathLike, int, float]
 
 
+DEFAULT_CONFIG = Path(__file__).resolve().parents[2] / "config" / "config.toml"
+
+
 class WineUnavailable(RuntimeError):
     pass
 
@@ -289,6 +292,11 @@ class Win:
         self.tmp = Path(tmp)
         self.home = self.tmp / "tk-home"
         self.home.mkdir(parents=True, exist_ok=True)
+        # a user who has run torchkeeper before: an agent started here does not run the first
+        # run's discover, which under Wine would walk Z:\ (all of this machine's /)
+        config = self.home / "config" / "config.toml"
+        config.parent.mkdir(exist_ok=True)
+        config.write_text(DEFAULT_CONFIG.read_text(encoding="utf-8"), encoding="utf-8")
 
     @property
     def tk_wheel(self) -> Path:

@@ -99,7 +99,7 @@ class Job:
 # internal job kinds besides view's actions
 CHECK, FULL, DRIVER, CONFIG, TARGETS = "check", "full check", "driver", "config", "targets"
 SUGGEST = "suggest"
-DISCOVER = "discover"
+FOUND_SHOWN = 10          # found installs listed (and inspected for their cuDNN) at most
 NO_TARGETS_HINT = ("no targets yet: choose Manage under \"Found, not managed\" in the tray menu, "
                    "or run `torchkeeper discover --add` or `torchkeeper target add PATH`")
 SUGGEST_DELAY_S = 30.0   # after a target is first shown: the index is asked once per agent run
@@ -211,8 +211,7 @@ class Agent:
                                    self._on_burst, self._is_own)
             self.watcher.start()
             self._watch_config()
-            self._overflow = _OverflowHook(
-                lambda: self.request(V.CHECK_ALL, reason="file events lost"))
+            self._overflow = _OverflowHook(self._events_lost)
         self._worker.start()
         self._standby_thread.start()
         self.poll_driver(initial=True)
@@ -456,8 +455,6 @@ class Agent:
             self._suggest(job)
         elif job.action == V.FETCH_APPLY:
             self._fetch_apply(job)
-        elif job.action == DISCOVER:
-            self._discover(job)
         elif job.action == V.MANAGE:
             self._manage(job)
         else:
@@ -473,9 +470,18 @@ class Agent:
                 self._event("first run", config=str(self.config_file))
         except OSError as e:
             log.warning("could not write the default settings to %s: %s", self.config_file, e)
-        self._enqueue(DISCOVER, None, "first run")
+        # read-only and slow (every drive root on Windows, up to its time limit): its own
+        # thread, so a repair never waits behind it, and nothing to finish at stop
+        threading.Thread(target=self._discover, args=("first run",), name="tk-discover",
+                         daemon=True).start()
 
-    def _discover(self, job: Job) -> None:
+    def _events_lost(self) -> None:
+        """The kernel's event queue overflowed (a huge install, a slow machine): what the
+        lost events would have said is found by checking every target now."""
+        self._event("file events lost")
+        self.request(V.CHECK_ALL, reason="file events lost")
+
+    def _discover(self, reason: str) -> None:
         from ..engine import target as targetmod
         from ..engine.discover import discover
 
@@ -485,10 +491,9 @@ class Agent:
             log.warning("discover failed: %s", e.message)
             return
         managed = {t["site_packages"] for t in self.engine.targets().values()}
+        fresh = [f for f in found if str(f.site_packages) not in managed]
         views = []
-        for f in found:
-            if str(f.site_packages) in managed:
-                continue
+        for f in fresh[:FOUND_SHOWN]:
             try:
                 cudnn = targetmod.inspect(str(f.path), self.home.cache_dir).cudnn_build
             except TKError:
@@ -496,16 +501,17 @@ class Agent:
             views.append(V.FoundView(str(f.path), f.app, f.torch_version, cudnn))
         with self._cv:
             self._found = views
-        self._event("discovered", reason=job.reason, found=[v.__dict__ for v in views],
-                    timed_out=bool(getattr(found, "timed_out", False)))
+        self._event("discovered", reason=reason, found=[v.__dict__ for v in views],
+                    more=len(fresh) - len(views), timed_out=bool(getattr(found, "timed_out", False)))
         self._changed()
-        if job.reason == "first run":
+        if reason == "first run":
+            total = len(fresh)
             if views:
-                shown = "; ".join(v.label for v in views[:4]) + (f" (+{len(views) - 4} more)" if len(views) > 4 else "")
-                self._toast(V.Toast("found", f"torchkeeper: found {len(views)} torch install"
-                                    f"{'s' if len(views) != 1 else ''}",
-                                    f"Found {len(views)} torch install{'s' if len(views) != 1 else ''}: "
-                                    f"{shown}. Choose Manage in the tray menu to keep one."))
+                many = "s" if total != 1 else ""
+                shown = "; ".join(v.label for v in views[:4]) + (f" (+{total - 4} more)" if total > 4 else "")
+                self._toast(V.Toast("found", f"torchkeeper: found {total} torch install{many}",
+                                    f"Found {total} torch install{many}: {shown}. "
+                                    "Choose Manage in the tray menu to keep one."))
             else:
                 self._toast(V.Toast("found", "torchkeeper: no torch installs found",
                                     "Add one with `torchkeeper target add PATH` (a venv, a python_embeded "

@@ -223,6 +223,9 @@ class Tray:
         if self.backend == "xorg":
             _patch_xorg(self.icon, lambda side: icons.load(self._shown_state, side))
         controller.subscribe(self.refresh)
+        # a change between the first view() and subscribe() (a discover finishing on its own
+        # thread) reached no listener: show the view as it is now
+        self.refresh(controller.view())
 
     # -- the menu ---------------------------------------------------------------------------
 
