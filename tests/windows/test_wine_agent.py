@@ -10,6 +10,7 @@ process group started from a Windows parent (WinError 6 / 12), and a login start
 from __future__ import annotations
 
 import os
+import shutil
 import time
 import zipfile
 
@@ -112,3 +113,39 @@ def test_a_dll_held_by_another_process_waits_and_reapplies_once_it_exits(win, bu
     assert len(toasts) == 1 and "will re-apply as soon as it is closed" in toasts[0]["body"], toasts
     text = (win.home / "logs" / "agent.log").read_text(encoding="utf-8")
     assert "toast inuse:a1111 shown through log" in text and "Traceback" not in text, text
+
+
+def test_first_run_under_wine_writes_the_config_and_tells_what_it_found(win, build, tmp_path):
+    """No config yet: the Windows agent writes the commented defaults, finds the A1111 venv in
+    the user's profile (the first of the default roots) and says so in one toast; it adds and
+    applies nothing."""
+    profile = win.unix(win.py("-c", "import pathlib; print(pathlib.Path.home())").out.strip())
+    apps = profile / f"tk-first-run-{os.getpid()}"
+    config = win.home / "config" / "config.toml"
+    try:
+        whl = build.torch_wheel(tmp_path / "w", version="2.3.1+cu121", cuda="12.1", layout="windows",
+                                cudnn="8.8.1.3")
+        venv = win.venv(apps / "stable-diffusion-webui" / "venv")
+        win.pip_install(venv, whl)
+        default = config.read_text(encoding="utf-8")
+        config.unlink()                                     # a first run
+        win.popen(["python", "-m", "torchkeeper", "run", "--headless"], env={"TORCHKEEPER_HOME": win.home})
+        log = win.home / "logs" / "agent.log"
+        try:
+            (ev,) = wait_for(lambda: events(win.home, "discovered"), 120, "the first run's discover")
+            wait_for(lambda: "toast found shown through" in log.read_text(encoding="utf-8"), 60,
+                     "the first-run toast")
+        finally:
+            kill_windows_processes(win.path(win.home))
+        assert config.read_text(encoding="utf-8") == default
+        ours = [f for f in ev["found"] if apps.name in f["path"]]
+        assert [(f["app"], f["torch_version"], f["cudnn"]) for f in ours] == \
+            [("AUTOMATIC1111", "2.3.1+cu121", "8.8.1.3")], ev["found"]
+        text = log.read_text(encoding="utf-8")
+        assert text.splitlines()[0].endswith("`torchkeeper target add PATH`") and "no targets yet" in text
+        (toast,) = [ln for ln in text.splitlines() if "toast key=found " in ln]
+        assert "title=torchkeeper: found " in toast and "AUTOMATIC1111 (2.3.1+cu121, cuDNN 8.8.1.3)" in toast
+        st = win.tk("status", "--json")
+        assert st.rc == 0 and st.json()["targets"] == [], st
+    finally:
+        shutil.rmtree(apps, ignore_errors=True)
