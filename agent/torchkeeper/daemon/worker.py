@@ -21,7 +21,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..engine import config as configmod, gate
+from ..engine import config as configmod, gate, hold
 from . import view as V
 from ..engine.core import DRIFTED, INCOMPATIBLE, MISSING, PATCHED, STOCK, Engine
 from ..engine.login import Login
@@ -102,6 +102,7 @@ SUGGEST = "suggest"
 DISCOVER = "discover"
 NO_TARGETS_HINT = ("no targets yet: choose Manage under \"Found, not managed\" in the tray menu, "
                    "or run `torchkeeper discover --add` or `torchkeeper target add PATH`")
+HOLD_POLL_S = 1.0        # how often a check held off by another process (bench) looks again
 SUGGEST_DELAY_S = 30.0   # after a target is first shown: the index is asked once per agent run
 
 
@@ -120,6 +121,7 @@ class Agent:
         self.log_file = home.log_dir / "agent.log"
         self.first_run = not (self.config_file.exists() or self.config_file.is_symlink())
         self._found: list[V.FoundView] = []
+        self._holds: dict[str, dict] = {}  # target -> the hold another process has on it
         self._agent_state = read_agent_state(home)
         self.cfg, problem = self._load_config()
         self.engine.config = self.cfg
@@ -316,6 +318,9 @@ class Agent:
             tip = "torchkeeper: " + "; ".join(f"{t.name} {t.state}" for t in bad[:3])
         if paused:
             tip += " (auto re-apply paused)"
+        holds = dict(self._holds)
+        if holds:
+            tip += "; " + ", ".join(f"'{n}' held by {h.get('why')}" for n, h in sorted(holds.items()))
         fetching = getattr(self, "_fetch_line", None)
         if fetching:
             overall, tip = V.WORKING, fetching
@@ -531,6 +536,8 @@ class Agent:
         if name not in self.engine.targets():
             self._forget(name)
             return
+        if self._held_off(name, job):
+            return
         self.checks += 1
         s = self.engine.target_state(name, with_versions=True)
         self._rewatch(name, s)
@@ -566,6 +573,25 @@ class Agent:
             self._want_standby(name)
         if state == PATCHED and job.reason.startswith("driver"):
             self._driver_gate(name, s)
+
+    def _held_off(self, name: str, job: Job) -> bool:
+        """Another torchkeeper process (bench) holds this target: its half-swapped files are
+        not drift. The check waits, looked at again every HOLD_POLL_S, and runs when the hold
+        ends; the user's own pause is untouched by it."""
+        held = hold.active(self.home, name)
+        was = self._holds.get(name)
+        if held:
+            if was is None:
+                self._holds[name] = held[0]
+                self._event("held", target=name, by=held[0].get("why"), pid=held[0].get("pid"))
+                self._changed()
+            self._enqueue(CHECK, name, job.reason, delay=HOLD_POLL_S, detected=job.detected)
+            return True
+        if was is not None:
+            del self._holds[name]
+            self._event("hold released", target=name, by=was.get("why"))
+            self._changed()
+        return False
 
     def _drifted(self, name: str, s: TargetStatus, job: Job) -> None:
         detected = job.detected or time.time()
