@@ -273,19 +273,19 @@ class Fetched:
 
 
 def resolve_request(engine, target: str | None, asked: dict[str, str | None], cuda: str | None,
-                    platform: str | None):
+                    platform: str | None, info=None):
     """(platform, CUDA major, wanted families -> version prefix, target info or None).
-    asked maps a family to its flag's value ('' for "newest"); absent families were not asked."""
+    asked maps a family to its flag's value ('' for "newest"); absent families were not asked.
+    info: the install's TargetInfo when it is not a target yet (target is then its label)."""
     from ..errors import Refused
 
-    info = None
     for fam, spec in asked.items():
         if spec and not re.fullmatch(r"\d+(\.\d+){0,3}", spec):
             raise UsageError(f"{FLAG[fam]} {spec!r} is not a version", "write it like 9.5 or 9.5.1.17")
     if cuda is not None and not re.fullmatch(r"\d+", cuda):
         raise UsageError(f"--cuda {cuda!r} is not a CUDA major", "use --cuda 11, 12 or 13")
     if target is not None:
-        info = engine.inspect(target)
+        info = info if info is not None else engine.inspect(target)
         tcuda = versions.major_minor(info.torch_cuda)
         if tcuda is None:
             raise Refused(f"target '{target}': torch {info.torch_version} is a CPU build: it loads "
