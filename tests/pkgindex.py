@@ -4,6 +4,7 @@ of `bundle fetch` against a real index over HTTP (pip's hash checking, broken do
     with PackageIndex(folder) as idx:
         env = {"PIP_INDEX_URL": idx.url, ...}
         idx.truncate.add("nvidia_cudnn_cu12-9.5.1.17-py3-none-any.whl")  # the body stops halfway
+        idx.stall.add(name)   # half the body, then nothing until the name leaves idx.stall
 
 Links carry ``#sha256=`` like PyPI's (``idx.wrong_hash`` names files published with a wrong
 one). ``idx.downloads`` counts the wheel downloads per file. The server thread stops with the
@@ -16,6 +17,7 @@ import hashlib
 import html
 import re
 import threading
+import time
 from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -30,6 +32,8 @@ class PackageIndex:
         self.folder = Path(folder)
         self.truncate: set[str] = set()
         self.wrong_hash: set[str] = set()
+        self.stall: set[str] = set()
+        self.stalled = threading.Event()   # a stalled download has begun
         self.downloads: Counter = Counter()
         index = self
 
@@ -74,6 +78,14 @@ class PackageIndex:
                 self.send_header("Content-Type", "application/octet-stream")
                 self.send_header("Content-Length", str(len(data)))
                 self.end_headers()
+                if name in index.stall:
+                    self.wfile.write(data[: len(data) // 2])
+                    self.wfile.flush()
+                    index.stalled.set()
+                    while name in index.stall:
+                        time.sleep(0.05)
+                    self.close_connection = True
+                    return
                 if name in index.truncate:
                     self.wfile.write(data[: len(data) // 2])
                     self.wfile.flush()

@@ -128,3 +128,122 @@ def test_bench_measures_stock_then_the_bundle_and_puts_the_overlay_back(build, t
     wayback.assert_patched(t, run_tk, "a")
     wayback.ok(run_tk("revert"))
     wayback.assert_stock(t, run_tk)
+
+
+# -- the running agent holds off while a bench swaps stock and bundle --------------------------
+
+
+def _bench_with_agent(t, tk_home, tmp_path, monkeypatch, seen) -> float:
+    """One bench in this process while `torchkeeper run` runs; each of its four transactions
+    (revert, apply b, revert, apply a) stops 2 s in the middle of its swap, where the agent's
+    watch sees a half-swapped target. Returns when the bench began (wall clock)."""
+    import agentkit
+
+    k = len(t.bundles["a"]["files"])
+    monkeypatch.setenv("TORCHKEEPER_TEST_PAUSE_AT", str(2 + 2 * k + k // 2))
+    monkeypatch.setenv("TORCHKEEPER_TEST_PAUSE_FILE", str(tmp_path / "paused"))
+    began = __import__("time").time()
+    try:
+        bench.bench(Engine(), wayback.NAME, "b", runner=_fake_gpu(t, seen))
+    finally:
+        monkeypatch.delenv("TORCHKEEPER_TEST_PAUSE_AT")
+    assert " swapped " in (tmp_path / "paused").read_text()
+    # the agent did see the bench's writes
+    assert [e for e in agentkit.events(tk_home, "files changed") if e["ts"] >= began]
+    return began
+
+
+def _decisions(tk_home, since: float) -> list[dict]:
+    import agentkit
+
+    return [e for e in agentkit.events(tk_home) if e["event"] in ("drift", "repaired", "reapplied")
+            and e["ts"] >= since]
+
+
+def test_a_bench_holds_the_running_agent_and_leaves_a_users_pause_alone(
+        build, tmp_path, run_tk, tk_home, monkeypatch):
+    import signal
+
+    import agentkit
+    from torchkeeper.engine import hold
+
+    t = wayback.windows_target(build, tmp_path, run_tk, tk_home)
+    wayback.add_bundle(t, run_tk, "b", *wayback.win_sources(build, tmp_path, "8.9.2.26"))
+    wayback.ok(run_tk("use", "a"))
+    wayback.ok(run_tk("apply"))
+    (tk_home / "config").mkdir(exist_ok=True)
+    agentkit.write_config(tk_home, "[agent]\nquiet_seconds = 0.2\n")
+
+    def agent_up():
+        n = len(agentkit.events(tk_home, "started"))
+        p = agentkit.spawn_agent(tk_home)
+        agentkit.wait_for(lambda: len(agentkit.events(tk_home, "started")) > n, 20, "the agent's start")
+        agentkit.wait_for(lambda: wayback.ok(run_tk("status", "--json")).json()["agent"]["running"], 20,
+                          "the agent's pid file")
+        __import__("time").sleep(1.0)  # its first check
+        return p
+
+    p = agent_up()
+    try:
+        seen = []
+        began = _bench_with_agent(t, tk_home, tmp_path, monkeypatch, seen)
+        assert seen == ["stock", "b"]
+        assert _decisions(tk_home, began) == []
+        agentkit.wait_for(lambda: [e["event"] for e in agentkit.events(tk_home, target=wayback.NAME)
+                                   if e["ts"] >= began and e["event"] in ("held", "hold released")][:2]
+                          == ["held", "hold released"], 10, "the agent to check again after the bench")
+        assert hold.active(Engine().home) == []
+        wayback.assert_patched(t, run_tk, "a")
+        # a bench that fails lets go all the same
+        from torchkeeper.errors import OperationFailed
+        with pytest.raises(OperationFailed, match="crashed"):
+            bench.bench(Engine(), wayback.NAME, "b", runner=_fake_gpu(t, [], fail_second=True))
+        assert hold.active(Engine().home) == [] and list((tk_home / "data" / "holds").iterdir()) == []
+        wayback.assert_patched(t, run_tk, "a")
+        # and after it auto re-apply works again: a pip reinstall is repaired
+        after = __import__("time").time()
+        builders.pip_install(t.venv, *t.wheels, force_reinstall=True)
+        agentkit.wait_for(lambda: [e for e in agentkit.events(tk_home, "repaired") if e["ts"] >= after],
+                          30, "the repair after the bench")
+        agentkit.wait_for(lambda: run_tk("verify").rc == 0, 20, "a verified overlay")
+    finally:
+        p.send_signal(signal.SIGTERM)
+        p.wait(30)
+
+    # the user had paused auto re-apply: the bench holds and lets go, the user's pause stays
+    agent_json = tk_home / "data" / "agent.json"
+    agent_json.write_text(json.dumps({**json.loads(agent_json.read_text()), "paused": True}))
+    p = agent_up()
+    try:
+        seen = []
+        began = _bench_with_agent(t, tk_home, tmp_path, monkeypatch, seen)
+        assert _decisions(tk_home, began) == []
+        assert wayback.ok(run_tk("status", "--json")).json()["agent"]["paused"] is True
+        after = __import__("time").time()
+        builders.pip_install(t.venv, *t.wheels, force_reinstall=True)
+        d = agentkit.wait_for(lambda: [e for e in agentkit.events(tk_home, "drift") if e["ts"] >= after],
+                              30, "the drift after the bench")
+        assert d[0]["decision"] == "asked the user" and "paused" in d[0]["why"], d
+        assert not [e for e in agentkit.events(tk_home, "repaired") if e["ts"] >= after]
+    finally:
+        p.send_signal(signal.SIGTERM)
+        p.wait(30)
+    assert json.loads(agent_json.read_text())["paused"] is True
+
+
+def test_a_hold_left_by_a_killed_bench_counts_for_nothing(tk_home):
+    import subprocess
+
+    from torchkeeper.engine import hold
+
+    home = Engine().home
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True, check=True)
+    pid = int(dead.stdout)  # a process that has exited
+    d = hold.holds_dir(home)
+    d.mkdir(parents=True)
+    (d / f"{pid}-1.json").write_text(json.dumps({"pid": pid, "target": "t", "why": "bench"}))
+    with hold.hold(home, "t", "bench"):
+        assert [h["pid"] for h in hold.active(home, "t")] == [os.getpid()]
+        assert hold.active(home, "other") == []
+    assert hold.active(home) == [] and list(d.iterdir()) == []

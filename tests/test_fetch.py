@@ -4,6 +4,7 @@ real pip doing every download, and the NVML stub answering as the driver."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -198,3 +199,103 @@ def test_choose_without_a_driver_or_target():
     empty = suggest.choose(libs.WINDOWS, 13, {libs.CUBLAS: None}, {libs.CUBLAS: ["0.0.1"]})
     assert empty.chosen == {} and empty.headline() is None
     assert "placeholder" in empty.candidates[0].why
+
+
+# -- a full disk, a killed fetch ---------------------------------------------------------------
+
+
+def _mount_tmpfs(where: Path, size: int) -> None:
+    import subprocess
+
+    where.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tk-fetch-test", str(where)], check=True,
+                   capture_output=True)
+
+
+def _umount(where: Path) -> None:
+    import subprocess
+
+    subprocess.run(["umount", "-l", str(where)], capture_output=True)
+
+
+def _one_error(r, *want: str) -> str:
+    assert "Traceback" not in r.err, str(r)
+    lines = r.err.strip().splitlines()
+    errs = [ln for ln in lines if ln.startswith("error: ")]
+    assert len(errs) == 1 and lines[-1].startswith("hint: ") and lines[-2] == errs[0], str(r)
+    for w in want:
+        assert w in errs[0], (w, str(r))
+    return errs[0]
+
+
+def test_a_full_disk_during_the_download_is_a_clear_error_and_leaves_nothing(run_tk, tk_home, index):
+    """pip writes the wheel it downloads into the cache's tmp folder: a small file system there."""
+    tmp = tk_home / "cache" / "tmp"
+    env = pkgindex.pip_env(PIP_INDEX_URL=index.url)
+    args = ("bundle", "fetch", "--cublas", "12.8", "--platform", "linux")
+    _mount_tmpfs(tmp, 8 << 10)   # the folders and pip's log fit; the wheel (6 kB) does not
+    try:
+        r = run_tk(*args, extra_env=env)
+        assert r.rc == 4, str(r)
+        _one_error(r, "no space", "nvidia-cublas-cu12 12.8.4.1", str(tmp))
+        assert "free" in r.err.splitlines()[-1], str(r)
+        assert cache_wheels(tk_home) == [] and wayback.ok(run_tk("bundle", "list", "--json")).json() == []
+        no_leftovers(tk_home)
+    finally:
+        _umount(tmp)
+    r = wayback.ok(run_tk(*args, extra_env=env))
+    assert "created bundle cuda12.8-linux" in r.out, str(r)
+
+
+def test_a_full_bundle_store_after_the_download_leaves_no_half_bundle(run_tk, tk_home, index):
+    env = {**pkgindex.pip_env(PIP_INDEX_URL=index.url),
+           "TORCHKEEPER_TEST_NO_SPACE": str(tk_home / "cache" / "bundles")}
+    args = ("bundle", "fetch", "--cudart", "12.8", "--platform", "linux")
+    r = run_tk(*args, extra_env=env)
+    assert r.rc == 4, str(r)
+    _one_error(r, "no space", str(tk_home / "cache" / "bundles"))
+    assert wayback.ok(run_tk("bundle", "list", "--json")).json() == []
+    bundles = tk_home / "cache" / "bundles"
+    assert not bundles.is_dir() or list(bundles.iterdir()) == []
+    no_leftovers(tk_home)
+    # the wheel itself was whole: it is kept, and the next fetch takes it from the cache
+    assert cache_wheels(tk_home) == ["nvidia_cuda_runtime_cu12-12.8.90-py3-none-manylinux_2_27_x86_64.whl"]
+    r = wayback.ok(run_tk(*args, extra_env={**env, "TORCHKEEPER_TEST_NO_SPACE": None}))
+    assert "from the cache" in r.err and "created bundle" in r.out, str(r)
+    assert sum(index.downloads.values()) == 1
+
+
+def test_what_a_killed_fetch_left_is_cleaned_at_the_next_fetch(run_tk, tk_home, index, tmp_path):
+    """kill -9 in the middle of a download: its temporary folder (a partial wheel in it) stays
+    behind until the next fetch, which removes it -- but never the folder of a fetch that runs."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from conftest import tk_env
+
+    index.stall.add("nvidia_cublas_cu12-12.8.4.1-py3-none-manylinux_2_27_x86_64.whl")
+    env = pkgindex.pip_env(PIP_INDEX_URL=index.url)
+    p = subprocess.Popen([sys.executable, "-m", "torchkeeper", "bundle", "fetch", "--cublas", "12.8",
+                          "--platform", "linux"], env=tk_env(tk_home, env), stdin=subprocess.DEVNULL,
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    tmp = tk_home / "cache" / "tmp"
+    try:
+        deadline = time.monotonic() + 60
+        while not index.stalled.is_set() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert index.stalled.is_set(), "the download never started"
+        os.killpg(p.pid, signal.SIGKILL)   # torchkeeper and its pip, as a crash would
+        p.wait(10)
+    finally:
+        index.stall.clear()
+    left = sorted(x.name for x in tmp.iterdir())
+    assert left and all(n.startswith("fetch-") for n in left), left
+    # a live fetch's folder is not the dead one's: made by this (running) process
+    import tempfile
+    live = Path(tempfile.mkdtemp(prefix=f"fetch-{os.getpid()}-", dir=tmp))
+    r = wayback.ok(run_tk("bundle", "fetch", "--cudart", "12.8", "--platform", "linux", extra_env=env))
+    assert "created bundle" in r.out, str(r)
+    assert sorted(x.name for x in tmp.iterdir()) == [live.name]
+    live.rmdir()

@@ -13,7 +13,6 @@ Real venvs, real pip, the real CLI; crashes are real SIGKILLs at checkpoints.
 
 from __future__ import annotations
 
-import json
 import os
 
 import pytest

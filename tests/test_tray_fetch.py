@@ -85,3 +85,72 @@ def test_a_failed_download_is_a_toast_and_the_target_stays_stock(setup, run_tk, 
     assert "nvidia-cudnn-cu12 8.9.7.29" in toast.body and "PIP_INDEX_URL" in toast.body
     assert run_tk("bundle", "list", "--json").json() == []
     wayback.assert_stock(t, run_tk)
+
+
+# -- a found install, not managed yet: the same item after "Manage" ----------------------------
+
+FOUND_HEAD = "cuDNN 8.9.7 + CUDA 12.4 fit — manage it, get them and apply"
+
+
+@pytest.fixture
+def found_setup(build, tmp_path, tk_home, wheel_dir, monkeypatch):
+    """The first run (no config): discover finds an A1111 venv and a ComfyUI portable in HOME."""
+    from test_first_run import _installs
+
+    home = tmp_path / "user"
+    sps = _installs(build, home)
+    monkeypatch.setenv("HOME", str(home))
+    with pkgindex.PackageIndex(wheel_dir) as idx:
+        for k, v in pkgindex.pip_env(PIP_INDEX_URL=idx.url).items():
+            if v is None:
+                monkeypatch.delenv(k, raising=False)
+            else:
+                monkeypatch.setenv(k, v)
+        monkeypatch.setattr(worker.Agent, "suggest_delay", 0)
+        agent = agentkit.start_agent(tk_home, watch=False, schedule=False, driver_query=_driver)
+        try:
+            agentkit.wait_for(lambda: agentkit.events(tk_home, "discovered"), 60, "the first discover")
+            agentkit.wait_idle(agent)
+            # no menu yet: nothing asked of the index
+            assert not agentkit.events(tk_home, "suggested") and idx.downloads == {}
+            yield home, sps, idx, agent, tray.Tray(agent, backend="dummy", opener=lambda p: True)
+        finally:
+            agent.stop(timeout=30)
+
+
+def _found(tr, app):
+    return [i for i in tr.icon.menu if i.text.startswith(app + " (")]
+
+
+def test_a_found_install_gets_the_suggestion_after_manage(found_setup, run_tk, tk_home):
+    home, sps, idx, agent, tr = found_setup
+    agentkit.wait_for(lambda: _found(tr, "AUTOMATIC1111") and FOUND_HEAD in
+                      [i.text for i in _found(tr, "AUTOMATIC1111")[0].submenu], 60,
+                      "the suggestion under the found install")
+    assert [i.text for i in _found(tr, "AUTOMATIC1111")[0].submenu] == ["Manage", FOUND_HEAD, "Open folder"]
+    comfy = [i.text for i in _found(tr, "ComfyUI portable")[0].submenu]   # cu124: its own suggestion
+    assert comfy[0] == "Manage" and comfy[1].startswith("cuDNN 9.5.1 fits — manage it") and len(comfy) == 3
+    assert idx.downloads == {}                                            # suggesting downloads nothing
+    assert len(agentkit.events(tk_home, "suggested")) == 2
+    sp = sps["a1111"]
+    t = wayback.Target(home / "stable-diffusion-webui" / "venv", sp, tk_home, [], wayback.record_libs(sp))
+    wayback.classify(t, {"stock": None})
+
+    (it,) = [i for i in _found(tr, "AUTOMATIC1111")[0].submenu if i.text == FOUND_HEAD]
+    it(tr.icon)
+    (managed,) = agentkit.wait_for(lambda: agentkit.events(tk_home, "managed"), 30, "the install managed")
+    name = managed["target"]
+    agentkit.wait_for(lambda: agentkit.events(tk_home, "repaired", name), 120, "the apply")
+    agentkit.wait_idle(agent)
+    assert sum(idx.downloads.values()) == 3
+    (b,) = run_tk("bundle", "list", "--json").json()
+    t.bundles["fetched"] = {"id": b["id"], "files": {f["name"]: f["sha256"] for f in b["files"]}}
+    wayback.classify(t, {"fetched": "fetched"})          # every file the bundle's, none mixed
+    wayback.assert_clean(t)
+    (st,) = [x for x in run_tk("status", "--json").json()["targets"] if x["name"] == name]
+    assert st["state"] == "patched" and st["applied"]["bundle"] == b["id"], st
+    assert not _found(tr, "AUTOMATIC1111") and _found(tr, "ComfyUI portable")  # the other stays offered
+    assert [v.name for v in tr.view.targets] == [name]
+    assert any("fetched and applied as asked" in x for x in agent.notifier.bodies())
+    wayback.ok(run_tk("revert", name))
+    wayback.classify(t, {"stock": None})

@@ -22,6 +22,7 @@ REAPPLY = "reapply"             # one target (target=name); an explicit ask, so 
 REVERT = "revert"               # one target back to stock
 FETCH_APPLY = "fetch and apply" # one target: fetch the suggested wheels, make the bundle, use it, apply
 MANAGE = "manage"               # a found install (target=its path): add it as a target
+MANAGE_FETCH_APPLY = "manage, fetch and apply"  # a found install: MANAGE, then FETCH_APPLY
 QUIT = "quit"
 
 
@@ -43,6 +44,7 @@ class FoundView:
     app: str                    # "ComfyUI portable", "Forge (Stability Matrix)", ...
     torch_version: str | None
     cudnn: str | None           # the cuDNN that torch ships
+    suggestion: str | None = None  # "cuDNN 9.10.2 fits — manage it, get it and apply" (MANAGE_FETCH_APPLY)
 
     @property
     def label(self) -> str:

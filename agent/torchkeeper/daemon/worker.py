@@ -21,7 +21,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..engine import config as configmod, gate
+from ..engine import config as configmod, gate, hold
 from . import view as V
 from ..engine.core import DRIFTED, INCOMPATIBLE, MISSING, PATCHED, STOCK, Engine
 from ..engine.login import Login
@@ -100,8 +100,10 @@ class Job:
 CHECK, FULL, DRIVER, CONFIG, TARGETS = "check", "full check", "driver", "config", "targets"
 SUGGEST = "suggest"
 FOUND_SHOWN = 10          # found installs listed (and inspected for their cuDNN) at most
+SUGGEST_FOUND = "suggest found"   # the same for a found install (target=its path)
 NO_TARGETS_HINT = ("no targets yet: choose Manage under \"Found, not managed\" in the tray menu, "
                    "or run `torchkeeper discover --add` or `torchkeeper target add PATH`")
+HOLD_POLL_S = 1.0        # how often a check held off by another process (bench) looks again
 SUGGEST_DELAY_S = 30.0   # after a target is first shown: the index is asked once per agent run
 
 
@@ -120,6 +122,8 @@ class Agent:
         self.log_file = home.log_dir / "agent.log"
         self.first_run = not (self.config_file.exists() or self.config_file.is_symlink())
         self._found: list[V.FoundView] = []
+        self._holds: dict[str, dict] = {}  # target -> the hold another process has on it
+        self._found_suggestions: dict[str, str | None] = {}  # found install's path -> its line
         self._agent_state = read_agent_state(home)
         self.cfg, problem = self._load_config()
         self.engine.config = self.cfg
@@ -260,7 +264,8 @@ class Agent:
     def idle(self) -> bool:
         """No job running or queued (tests and benchmarks wait for this)."""
         with self._cv:  # a suggestion waiting for its time is no work in hand
-            return self._running is None and all(j.action == SUGGEST for j in self._jobs.values())
+            return self._running is None and all(j.action in (SUGGEST, SUGGEST_FOUND)
+                                                for j in self._jobs.values())
 
     # -- the standby -----------------------------------------------------------------
     def _want_standby(self, name: str, rehash: bool = False) -> None:
@@ -315,6 +320,9 @@ class Agent:
             tip = "torchkeeper: " + "; ".join(f"{t.name} {t.state}" for t in bad[:3])
         if paused:
             tip += " (auto re-apply paused)"
+        holds = dict(self._holds)
+        if holds:
+            tip += "; " + ", ".join(f"'{n}' held by {h.get('why')}" for n, h in sorted(holds.items()))
         fetching = getattr(self, "_fetch_line", None)
         if fetching:
             overall, tip = V.WORKING, fetching
@@ -368,6 +376,7 @@ class Agent:
 
     def subscribe(self, callback) -> None:
         self._listeners.append(callback)
+        self._want_found_suggestions()
         known = self.__dict__.setdefault("_suggestions", {})
         with self._cv:
             shown = [n for n in self._views if n not in known]
@@ -457,6 +466,12 @@ class Agent:
             self._fetch_apply(job)
         elif job.action == V.MANAGE:
             self._manage(job)
+        elif job.action == SUGGEST_FOUND:
+            self._suggest_found(job)
+        elif job.action == V.MANAGE_FETCH_APPLY:
+            name = self._manage(job)
+            if name is not None:
+                self._fetch_apply(Job(job.at, job.seq, V.FETCH_APPLY, name, job.reason, None, True))
         else:
             log.warning("unknown job %s", job.action)
 
@@ -498,9 +513,11 @@ class Agent:
                 cudnn = targetmod.inspect(str(f.path), self.home.cache_dir).cudnn_build
             except TKError:
                 cudnn = None
-            views.append(V.FoundView(str(f.path), f.app, f.torch_version, cudnn))
+            views.append(V.FoundView(str(f.path), f.app, f.torch_version, cudnn,
+                                     self._found_suggestions.get(str(f.path))))
         with self._cv:
             self._found = views
+        self._want_found_suggestions()
         self._event("discovered", reason=reason, found=[v.__dict__ for v in views],
                     more=len(fresh) - len(views), timed_out=bool(getattr(found, "timed_out", False)))
         self._changed()
@@ -517,7 +534,7 @@ class Agent:
                                     "Add one with `torchkeeper target add PATH` (a venv, a python_embeded "
                                     "folder or a conda env)."))
 
-    def _manage(self, job: Job) -> None:
+    def _manage(self, job: Job) -> str | None:
         """A person chose Manage on a found install: it becomes a target (no bundle is
         applied: it gets one only when `use` chose one that fits it)."""
         try:
@@ -525,17 +542,55 @@ class Agent:
         except TKError as e:
             self._toast(V.Toast(f"manage:{job.target}", "torchkeeper: could not add it",
                                 f"{e.message}. {e.hint or ''}".strip(), level="error"))
-            return
+            return None
         with self._cv:
             self._found = [f for f in self._found if f.path != job.target]
         self._event("managed", target=name, path=job.target)
         self._sync_targets()
+        return name
+
+    def _want_found_suggestions(self) -> None:
+        """Found installs get a suggestion the same lazy way targets do: only once a menu
+        listens, and the index is asked once per install per agent run."""
+        if not self._listeners:
+            return
+        with self._cv:
+            paths = [f.path for f in self._found if f.path not in self._found_suggestions]
+        for path in paths:
+            self._found_suggestions[path] = None
+            self._enqueue(SUGGEST_FOUND, path, "suggest", delay=self.suggest_delay)
+
+    def _suggest_found(self, job: Job) -> None:
+        from dataclasses import replace
+
+        from ..engine.fetch import PipOptions
+        from ..engine.suggest import suggest_for_install
+
+        with self._cv:
+            f = next((x for x in self._found if x.path == job.target), None)
+        if f is None:  # managed or gone since
+            return
+        try:
+            sg = suggest_for_install(self.engine, f.path, f.app, PipOptions("linux"))
+        except TKError as e:  # offline, no index, a CPU build: no suggestion, said in the log
+            log.info("no suggestion for %s: %s", f.path, e.message)
+            return
+        head = sg.headline()
+        line = (f"{head} — manage it, get {'it' if head.endswith('fits') else 'them'} and apply"
+                if head else None)
+        self._found_suggestions[f.path] = line
+        self._event("suggested", path=f.path, suggestion=head, chosen=sg.chosen)
+        with self._cv:
+            self._found = [replace(x, suggestion=line) if x.path == f.path else x for x in self._found]
+        self._changed()
 
     # -- checking and deciding -------------------------------------------------------
     def _check(self, job: Job) -> None:
         name = job.target
         if name not in self.engine.targets():
             self._forget(name)
+            return
+        if self._held_off(name, job):
             return
         self.checks += 1
         s = self.engine.target_state(name, with_versions=True)
@@ -572,6 +627,25 @@ class Agent:
             self._want_standby(name)
         if state == PATCHED and job.reason.startswith("driver"):
             self._driver_gate(name, s)
+
+    def _held_off(self, name: str, job: Job) -> bool:
+        """Another torchkeeper process (bench) holds this target: its half-swapped files are
+        not drift. The check waits, looked at again every HOLD_POLL_S, and runs when the hold
+        ends; the user's own pause is untouched by it."""
+        held = hold.active(self.home, name)
+        was = self._holds.get(name)
+        if held:
+            if was is None:
+                self._holds[name] = held[0]
+                self._event("held", target=name, by=held[0].get("why"), pid=held[0].get("pid"))
+                self._changed()
+            self._enqueue(CHECK, name, job.reason, delay=HOLD_POLL_S, detected=job.detected)
+            return True
+        if was is not None:
+            del self._holds[name]
+            self._event("hold released", target=name, by=was.get("why"))
+            self._changed()
+        return False
 
     def _drifted(self, name: str, s: TargetStatus, job: Job) -> None:
         detected = job.detected or time.time()

@@ -284,8 +284,13 @@ class Tray:
 
     def _found_item(self, f: view.FoundView):
         Item, Menu = self._pystray.MenuItem, self._pystray.Menu
+        more = []
+        if f.suggestion:  # one click: add it, then fetch, create, use and apply as for a target
+            more = [Item(_clip(f.suggestion, ITEM_TEXT_MAX),
+                         self._action(self._controller.request, view.MANAGE_FETCH_APPLY, f.path))]
         return Item(_clip(f.label, ITEM_TEXT_MAX), Menu(
             Item("Manage", self._action(self._controller.request, view.MANAGE, f.path)),
+            *more,
             Item("Open folder", self._action(self._open, f.path)),
         ))
 

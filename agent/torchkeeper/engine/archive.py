@@ -120,7 +120,7 @@ def import_(store: Store, archive: Path) -> tuple[dict, bool]:
     if not archive.is_file():
         raise NotFound(f"{archive} does not exist", "give the path of a file made by `bundle export`")
     store.root.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix="import-", dir=store.home.tmp_dir()))
+    tmp = Path(tempfile.mkdtemp(prefix=f"import-{os.getpid()}-", dir=store.home.tmp_dir()))
     try:
         stage = tmp / "bundle"
         (stage / "files").mkdir(parents=True)

@@ -3,7 +3,7 @@
 The workload is bench_workload.py (a file in this package a user can read), run with the
 target's interpreter: first a probe (no CUDA device: one clear error, nothing touched), then
 with the stock libraries, then with the bundle applied through the same transaction as
-`apply`; afterwards the target is put back as it was (its overlay, its chosen bundle),
+`apply`, the running agent held off the target all along (hold.py); afterwards the target is put back as it was (its overlay, its chosen bundle),
 whatever happened in between.
 """
 
@@ -15,7 +15,8 @@ import time
 from pathlib import Path
 
 from ..errors import OperationFailed, TKError, UsageError
-from .state import log_event
+from .hold import hold
+from .state import log_event, target_lock
 
 WORKLOAD = Path(__file__).with_name("bench_workload.py")
 PROBE_TIMEOUT_S = 120
@@ -69,11 +70,18 @@ def bench(engine, name: str, bundle_ref: str | None = None, say=None, runner=_ru
     if not probe.get("cuda"):
         raise UsageError(f"target '{name}': no CUDA device to measure on ({probe.get('reason')}; "
                          f"{python})", "bench needs an NVIDIA GPU and a CUDA build of torch")
-    st = engine.state.read()
-    m = engine.bundles.get(bundle_ref) if bundle_ref else engine.desired_bundle(name, st)
+    m = engine.bundles.get(bundle_ref) if bundle_ref else engine.desired_bundle(name, engine.state.read())
     if m is None:
         raise UsageError(f"target '{name}' has no bundle chosen",
                          f"pass --bundle B, or choose one with `torchkeeper use B --target {name}`")
+    # the running agent checks nothing on this target until the bench is done, whatever happens
+    with hold(engine.home, name, "bench"):
+        return _measure(engine, name, m, python, probe, runner, say)
+
+
+def _measure(engine, name: str, m: dict, python: Path, probe: dict, runner, say) -> dict:
+    with target_lock(engine.home, name):  # a re-apply the agent began before the hold ends first
+        st = engine.state.read()
     prior_overlay = (st["overlays"].get(name) or {}).get("bundle")
     prior_choice = st["targets"][name].get("bundle")
     result = {"target": name, "bundle": m["id"], "bundle_name": m["name"], "gpu": probe.get("gpu"),

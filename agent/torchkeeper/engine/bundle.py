@@ -8,6 +8,7 @@ whatever the bundle is named or where it came from.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
@@ -21,7 +22,8 @@ from hashlib import sha256
 from pathlib import Path
 
 from . import libs, versions
-from ..errors import NotFound, UsageError
+from .. import testing
+from ..errors import NotFound, OperationFailed, UsageError
 from .fsutil import copy_hashing, sha256_file
 from ..home import Home
 
@@ -400,7 +402,7 @@ class Store:
             raise UsageError(f"bundle name {name!r} is not allowed",
                              "use letters, digits, '.', '_', '+' or '-' (at most 64)")
         self.root.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix="create-", dir=self.home.tmp_dir()))
+        tmp = Path(tempfile.mkdtemp(prefix=f"create-{os.getpid()}-", dir=self.home.tmp_dir()))
         try:
             col = collect(sources, tmp / "src")
             if cudnn:
@@ -470,6 +472,14 @@ class Store:
             m["id"] = bundle_id(m)
             m["name"] = name or self._free_name(_default_name(m), m["id"])
             return self._commit(stage, m)
+        except OSError as e:
+            if e.errno != errno.ENOSPC:
+                raise
+            # the staged copy goes with tmp below: nothing half-made is left in the store
+            raise OperationFailed(f"no space left on the disk of {self.root} while making the bundle "
+                                  f"(staged in {self.home.tmp_dir()})",
+                                  "free disk space there (a bundle is as large as its libraries), "
+                                  "then run the command again") from None
         finally:
             _rmtree(tmp)
 
@@ -482,6 +492,7 @@ class Store:
         if clash:
             raise UsageError(f"a different bundle is already named {m['name']!r} "
                              f"({clash[0]['id'][:12]})", "choose another name with --name")
+        testing.check_space(self.root)
         (stage / "manifest.json").write_text(json.dumps(m, indent=1, sort_keys=True))
         for p in [stage / "manifest.json", *(stage / "files").iterdir()]:
             os.chmod(p, stat.S_IRUSR | stat.S_IRGRP | stat.S_IROTH)

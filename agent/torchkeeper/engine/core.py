@@ -10,7 +10,7 @@ import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import gate, libs, standby, target as targetmod, versions
+from . import gate, hold, libs, standby, target as targetmod, versions
 from .bundle import Store, describe
 from ..errors import NotFound, OperationFailed, Refused, TKError, UsageError
 from .fsutil import hash_many, sha256_file, stat_key
@@ -591,6 +591,9 @@ class Engine:
         with target_lock(self.home, name):
             st = self.state.read()
             why = _changed_since(st, name, seen)
+            held = hold.active(self.home, name)
+            if held and not why:  # `bench` swaps stock and bundle: its state is not drift
+                why = f"held by torchkeeper {held[0].get('why')} (pid {held[0].get('pid')})"
             if why:
                 return Result(name, True, "not wanted", why)
             return self.apply(name, progress=progress)

@@ -19,12 +19,14 @@ interrupted download leaves nothing that looks cached. A cached wheel is re-hash
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -63,31 +65,37 @@ class PipOptions:
         return out
 
 
-def _pip(args: list[str], log: Path, tmp: Path, progress=None, expect: int | None = None) -> tuple[int, str]:
-    """Runs pip with its output in a file and its temporary files in tmp; while it runs, reports
-    the bytes under tmp (the download in flight) to progress(done, total). No threads."""
+def _pip(args: list[str], tmp: Path, progress=None, expect: int | None = None) -> tuple[int, str]:
+    """Runs pip with its temporary files in tmp; while it runs, reports the bytes under tmp
+    (the download in flight) to progress(done, total). pip's output is kept in memory, not in
+    a file: on a full disk a log file would lose the very line that says so."""
     env = dict(os.environ)
     env["TMPDIR"] = env["TEMP"] = env["TMP"] = str(tmp)  # where pip writes the wheel it fetches
     env["PYTHONUNBUFFERED"] = "1"
-    with open(log, "wb") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "pip", *args], stdout=out,
-                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
-        try:
-            total = expect
-            while proc.poll() is None:
-                time.sleep(POLL_S)
-                if progress is None:
-                    continue
-                text = log.read_text(errors="replace")
-                m = _DOWNLOADING.search(text)
-                if m and m.group(2):
-                    total = int(float(m.group(2)) * _UNITS[m.group(3)])
-                progress(_tree_size(tmp), total)
-        except BaseException:  # Ctrl-C, or the agent stopping: pip must not go on alone
-            proc.kill()
-            proc.wait()
-            raise
-    return proc.returncode, log.read_text(errors="replace")
+    chunks: list[bytes] = []
+    proc = subprocess.Popen([sys.executable, "-m", "pip", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
+    reader = threading.Thread(target=lambda: chunks.extend(iter(lambda: proc.stdout.read1(65536), b"")),
+                              name="tk-pip-output", daemon=True)
+    reader.start()
+    try:
+        total = expect
+        while proc.poll() is None:
+            time.sleep(POLL_S)
+            if progress is None:
+                continue
+            m = _DOWNLOADING.search(b"".join(chunks).decode(errors="replace"))
+            if m and m.group(2):
+                total = int(float(m.group(2)) * _UNITS[m.group(3)])
+            progress(_tree_size(tmp), total)
+    except BaseException:  # Ctrl-C, or the agent stopping: pip must not go on alone
+        proc.kill()
+        proc.wait()
+        raise
+    finally:
+        reader.join(10)
+        proc.stdout.close()
+    return proc.returncode, b"".join(chunks).decode(errors="replace")
 
 
 def _tree_size(root: Path) -> int:
@@ -111,6 +119,51 @@ def _pip_says(text: str) -> str:
     return warns[-1] if warns else (lines[-1] if lines else "no output")
 
 
+def _no_space(text: str) -> bool:
+    return any(s in text for s in _NO_SPACE)
+
+
+def _no_space_error(what: str, folder: Path) -> OperationFailed:
+    return OperationFailed(f"no space left on the disk of {folder} while {what}",
+                           "free disk space there (NVIDIA's wheels are 300-900 MB each; the cache "
+                           "needs about twice that while a bundle is made), then fetch again")
+
+
+# the engine's temporary folders are named <kind>-<pid>-...: what a killed process left is
+# found by its pid (the trash of a bundle removal ends in the pid instead)
+_WORK_KINDS = ("fetch", "versions", "create", "import")
+_WORK_NAME = re.compile(r"^(?:(?:%s)-(\d+)-.*|(?:damaged|remove)-[0-9a-f]+-(\d+))$" % "|".join(_WORK_KINDS))
+
+
+def work_dir(home: Home, kind: str) -> Path:
+    """A new temporary folder under the cache's tmp, named so that sweep() knows its owner."""
+    return Path(tempfile.mkdtemp(prefix=f"{kind}-{os.getpid()}-", dir=home.tmp_dir()))
+
+
+def sweep(home: Home) -> list[str]:
+    """Removes the temporary folders of torchkeeper processes that are gone (a kill -9 or a
+    power cut in the middle of a download): a partial wheel is never left to fill the disk.
+    The folders of a process that still runs are left alone. Returns the names removed."""
+    import psutil
+
+    removed = []
+    try:
+        entries = list(home.tmp_dir().iterdir())
+    except OSError:
+        return removed
+    for p in entries:
+        m = _WORK_NAME.match(p.name)
+        if m is None:
+            continue
+        pid = int(m.group(1) or m.group(2))
+        if pid == os.getpid() or psutil.pid_exists(pid):
+            continue
+        shutil.rmtree(p, ignore_errors=True)
+        if not p.exists():
+            removed.append(p.name)
+    return removed
+
+
 def _where_hint() -> str:
     return ("check the network, or point pip elsewhere: PIP_INDEX_URL=URL (an index or mirror) "
             "or --find-links DIR (a folder of downloaded nvidia-* wheels)")
@@ -123,20 +176,23 @@ class Fetcher:
         self.home = home
         self.opts = opts
         self.root = home.cache_dir / "wheels" / opts.platform
+        sweep(home)
 
-    def _work(self, prefix: str) -> Path:
-        return Path(tempfile.mkdtemp(prefix=prefix, dir=self.home.tmp_dir()))
+    def _work(self, kind: str) -> Path:
+        return work_dir(self.home, kind)
 
     def versions(self, name: str) -> list[str]:
         """Every version of name the index has a wheel of for this platform, oldest first."""
-        work = self._work("versions-")
+        work = self._work("versions")
         try:
             (work / "tmp").mkdir()
             rc, text = _pip(["download", *self.opts.args(), "--dest", str(work / "out"), f"{name}<0"],
-                            work / "pip.log", work / "tmp")
+                            work / "tmp")
         finally:
             shutil.rmtree(work, ignore_errors=True)
         m = _FROM_VERSIONS.search(text)
+        if m is None and _no_space(text):
+            raise _no_space_error(f"asking the package index for the versions of {name}", self.home.tmp_dir())
         if m is None:
             raise UsageError(f"could not list the versions of {name} ({self.opts.platform}) on the "
                              f"package index: {_pip_says(text)}", _where_hint())
@@ -159,23 +215,26 @@ class Fetcher:
         hit = self.cached(name, version)
         if hit is not None:
             return hit, False
-        work = self._work("fetch-")
+        work = self._work("fetch")
         try:
             (work / "tmp").mkdir()
             out = work / f"{name}-{version}"
-            rc, text = _pip(["download", *self.opts.args(), "--dest", str(out), f"{name}=={version}"],
-                            work / "pip.log", work / "tmp", progress)
-            got = sorted(out.glob("*.whl")) if out.is_dir() else []
+            try:
+                rc, text = _pip(["download", *self.opts.args(), "--dest", str(out), f"{name}=={version}"],
+                                work / "tmp", progress)
+                got = sorted(out.glob("*.whl")) if out.is_dir() else []
+                if rc == 0 and len(got) == 1:
+                    (out / "sha256").write_text(sha256_file(got[0]) + "\n")
+            except OSError as e:
+                if e.errno != errno.ENOSPC:
+                    raise
+                rc, text, got = 1, str(e), []
             if rc != 0 or len(got) != 1:
                 said = _pip_says(text)
-                if any(s in text for s in _NO_SPACE):
-                    raise OperationFailed(f"no space left on the disk while downloading {name} "
-                                          f"{version}: {said}",
-                                          f"free disk space where the cache is ({self.home.cache_dir}) "
-                                          "and the temporary folder, then fetch again")
+                if _no_space(text):
+                    raise _no_space_error(f"downloading {name} {version}", self.home.tmp_dir())
                 raise UsageError(f"could not download {name} {version} ({self.opts.platform}): {said}",
                                  _where_hint())
-            (out / "sha256").write_text(sha256_file(got[0]) + "\n")
             final = self.root / out.name
             final.parent.mkdir(parents=True, exist_ok=True)
             if final.exists():  # a damaged copy the check above rejected
@@ -214,19 +273,19 @@ class Fetched:
 
 
 def resolve_request(engine, target: str | None, asked: dict[str, str | None], cuda: str | None,
-                    platform: str | None):
+                    platform: str | None, info=None):
     """(platform, CUDA major, wanted families -> version prefix, target info or None).
-    asked maps a family to its flag's value ('' for "newest"); absent families were not asked."""
+    asked maps a family to its flag's value ('' for "newest"); absent families were not asked.
+    info: the install's TargetInfo when it is not a target yet (target is then its label)."""
     from ..errors import Refused
 
-    info = None
     for fam, spec in asked.items():
         if spec and not re.fullmatch(r"\d+(\.\d+){0,3}", spec):
             raise UsageError(f"{FLAG[fam]} {spec!r} is not a version", "write it like 9.5 or 9.5.1.17")
     if cuda is not None and not re.fullmatch(r"\d+", cuda):
         raise UsageError(f"--cuda {cuda!r} is not a CUDA major", "use --cuda 11, 12 or 13")
     if target is not None:
-        info = engine.inspect(target)
+        info = info if info is not None else engine.inspect(target)
         tcuda = versions.major_minor(info.torch_cuda)
         if tcuda is None:
             raise Refused(f"target '{target}': torch {info.torch_version} is a CPU build: it loads "

@@ -214,9 +214,20 @@ def render(s: Suggestion) -> str:
 
 def suggest_for(engine, name: str, opts) -> Suggestion:
     """The suggestion for one target: its families, the index's versions, the gate's rules."""
+    return _suggest(engine, name, opts, None)
+
+
+def suggest_for_install(engine, path: str, label: str, opts) -> Suggestion:
+    """The same for a torch install that is not a target yet (one discover found)."""
+    from . import target as targetmod
+
+    return _suggest(engine, label, opts, targetmod.inspect(path, engine.home.cache_dir))
+
+
+def _suggest(engine, name: str, opts, info) -> Suggestion:
     from .fetch import Fetcher, resolve_request
 
-    platform, major, wanted, info = resolve_request(engine, name, {}, None, None)
+    platform, major, wanted, info = resolve_request(engine, name, {}, None, None, info=info)
     opts.platform = platform
     fx = Fetcher(engine.home, opts)
     found = {f: fx.versions(wheels.package(f, major)) for f in wanted}
