@@ -691,3 +691,75 @@ def test_real_install_is_due_after_settle_and_finished(installer, build, tmp_pat
     at, libs, stashes, done = seen[0]
     assert at - exited < quiet / 2
     assert libs == stock and stashes == [] and done
+
+
+# ---- one thread for every watch (Linux) ------------------------------------------------------
+
+linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="inotify: Linux")
+
+
+@linux_only
+def test_watcher_threads_do_not_grow_with_targets(make_watcher, tmp_path):
+    """50 targets, two watches each: no thread per watch (watchdog's Observer ran one each)."""
+    w, dues = make_watcher(quiet=0.1)
+    before = threading.active_count()
+    sps = []
+    for i in range(50):
+        sp = tmp_path / f"t{i}" / "site-packages"
+        (sp / "torch" / "lib").mkdir(parents=True)
+        w.set_target(f"t{i}", sp, ["torch/lib"])
+        sps.append(sp)
+    assert all(len(w.watched(f"t{i}")) == 2 for i in range(50))
+    assert threading.active_count() - before <= 1
+    (sps[7] / "torch" / "lib" / "cudnn64_9.dll").write_bytes(b"x")
+    (sps[42] / "torch-2.5.1.dist-info").mkdir()
+    (sps[42] / "torch-2.5.1.dist-info" / "RECORD").write_text("")
+    settle(w, dues, 2)
+    assert sorted(n for n, _ in dues.items) == ["t42", "t7"]
+    for i in range(50):
+        w.remove_target(f"t{i}")
+    assert threading.active_count() - before <= 1
+
+
+def test_watcher_sees_a_file_moved_into_a_library_folder(make_watcher, sp, tmp_path):
+    """A library written elsewhere and renamed into torch/lib (no close-after-write there)."""
+    w, dues = make_watcher(quiet=0.1)
+    w.set_target("t", sp, ["torch/lib"])
+    (tmp_path / "cudnn64_9.dll").write_bytes(b"x")
+    time.sleep(0.2)
+    os.rename(tmp_path / "cudnn64_9.dll", sp / "torch" / "lib" / "cudnn64_9.dll")
+    settle(w, dues, 1)
+    # and one renamed out of it
+    os.rename(sp / "torch" / "lib" / "cudnn64_9.dll", tmp_path / "gone.dll")
+    settle(w, dues, 2)
+
+
+@linux_only
+def test_watcher_move_inside_a_folder_is_one_event_and_own_when_both_names_are(make_watcher, sp):
+    own = lambda target, path: Path(path).name.endswith(".tk-new") or Path(path).name == "mine.dll"  # noqa: E731
+    w, dues = make_watcher(quiet=0.1, is_own=own)
+    w.set_target("t", sp, ["torch/lib"])
+    lib = sp / "torch" / "lib"
+    (lib / "mine.dll.tk-new").write_bytes(b"ours")
+    os.replace(lib / "mine.dll.tk-new", lib / "mine.dll")   # the engine's swap: both names ours
+    wait_for(lambda: w.dropped_own >= 2, 5, "the write and the rename, both ours")
+    quiet_for(w, dues, 0.4)
+    assert len(dues) == 0 and w.dropped_own == 2
+    os.replace(lib / "mine.dll", lib / "cudnn64_9.dll")      # ours -> a name that is not
+    settle(w, dues, 1)
+
+
+@linux_only
+def test_an_inotify_overflow_is_logged_for_the_agent(make_watcher, sp, caplog):
+    """The kernel's IN_Q_OVERFLOW reaches the warning the agent's overflow hook listens for."""
+    import logging
+
+    from watchdog.observers.inotify_c import InotifyConstants, InotifyEvent
+
+    w, dues = make_watcher(quiet=0.1)
+    w.set_target("t", sp, ["torch/lib"])
+    with caplog.at_level(logging.WARNING, logger="watchdog.observers.inotify_c"):
+        w._observer._fd.handle_event(InotifyEvent(-1, InotifyConstants.IN_Q_OVERFLOW, 0, b""))
+    assert any("overflow" in r.getMessage().lower() for r in caplog.records)
+    (sp / "torch" / "lib" / "x.dll").write_bytes(b"x")     # and the watches still work
+    settle(w, dues, 1)

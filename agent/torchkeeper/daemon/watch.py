@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -276,8 +277,6 @@ def _event_filter(top_level: bool) -> list:
     IN_MODIFY (one per write() call) and no IN_OPEN (every read of a DLL by a running
     webui): a 20,000-file install costs one event per file, not three. site-packages also
     needs folder creation (a new torch/). Windows and macOS report writes as create/modify."""
-    import sys
-
     from watchdog import events as e
 
     kinds = [e.FileDeletedEvent, e.FileMovedEvent, e.DirDeletedEvent, e.DirMovedEvent]
@@ -302,9 +301,14 @@ class Watcher:
         self.on_due = on_due
         self.is_own = is_own
         if observer is None:
-            from watchdog.observers import Observer
+            if sys.platform.startswith("linux"):
+                from .inotify import SharedInotify  # one thread for all watches
 
-            observer = Observer()
+                observer = SharedInotify()
+            else:
+                from watchdog.observers import Observer
+
+                observer = Observer()
         self._observer = observer
         self._watches: dict[str, list[_Watch]] = {}     # target -> watches
         self._dirs: dict[str, tuple[Path, list[str]]] = {}  # target -> (site-packages, lib dirs)
