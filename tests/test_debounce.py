@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -15,7 +17,9 @@ from pathlib import Path
 import pytest
 
 from agentkit import wait_for
-from torchkeeper.daemon.watch import NEW, Burst, Debouncer, Watcher, install_finished, relevant_top
+import builders
+from torchkeeper.daemon.watch import (NEW, Burst, Debouncer, Watcher, install_done, install_finished,
+                                       relevant_top)
 
 
 class Clock:
@@ -319,6 +323,113 @@ def test_install_finished_and_relevant_top(sp):
     assert not relevant_top("gradio") and not relevant_top("numpy-2.0.dist-info")
 
 
+# ---- settle: a short quiet time once the installer's last step is there ------------------------
+
+WHEEL_RECORD = "torch/__init__.py,sha256=x,1\ntorch-2.5.1.dist-info/RECORD,,\n"   # as the wheel ships it
+FINAL_RECORD = WHEEL_RECORD + "torch-2.5.1.dist-info/INSTALLER,sha256=y,4\n"      # as pip and uv write it last
+
+
+def dist_info(sp: Path, record: str | None, name: str = "torch-2.5.1.dist-info") -> Path:
+    di = sp / name
+    di.mkdir(exist_ok=True)
+    if record is not None:
+        (di / "RECORD").write_text(record)
+    return di
+
+
+def test_pip_install_done_is_due_after_settle(clock, sp):
+    d = Debouncer(quiet=2, max_wait=10, clock=clock, settle=0.5)
+    (sp / "~orch").mkdir()
+    d.event("a", sp, "~orch", "moved_to")
+    d.event("a", sp, "torch", "created")
+    dist_info(sp, WHEEL_RECORD)                 # pip extracts the wheel's RECORD first
+    d.event("a", sp, "torch-2.5.1.dist-info", "created")
+    assert d.next_wakeup() == pytest.approx(0.5)
+    clock.advance(0.5)
+    assert d.due() == []                        # the stash is still there
+    (sp / "torch-2.5.1.dist-info" / "RECORD").write_text(FINAL_RECORD)
+    assert d.due() == []                        # RECORD final, stash not yet removed
+    shutil.rmtree(sp / "~orch")
+    assert names(d.due()) == ["a"]              # done: no need to wait for the quiet period
+
+
+def test_uv_install_done_is_due_after_settle(clock, sp):
+    d = Debouncer(quiet=2, max_wait=10, clock=clock, settle=0.5)
+    d.event("a", sp, "torch", "created")        # uv: no stash
+    dist_info(sp, WHEEL_RECORD)                 # RECORD linked in from uv's cache: not done yet
+    d.event("a", sp, "torch-2.5.1.dist-info", "created")
+    clock.advance(0.5)
+    assert d.due() == []
+    clock.advance(1)
+    assert d.due() == []
+    (sp / "torch-2.5.1.dist-info" / "RECORD").write_text(FINAL_RECORD)
+    assert names(d.due()) == ["a"]
+
+
+def test_settle_waits_for_library_files_to_stop_growing(clock, sp):
+    d = Debouncer(quiet=2, max_wait=10, clock=clock, settle=0.5)
+    d.set_lib_dirs("a", ["torch/lib"])
+    (sp / "torch" / "lib" / "cudnn64_9.dll").write_bytes(b"x")
+    d.event("a", sp, "torch", "created")
+    dist_info(sp, FINAL_RECORD)
+    d.event("a", sp, "torch-2.5.1.dist-info", "created")
+    clock.advance(0.5)
+    assert d.due() == []                        # first look at the library files
+    (sp / "torch" / "lib" / "cudnn64_9.dll").write_bytes(b"xx")
+    clock.advance(0.25)
+    assert d.due() == []                        # it grew
+    clock.advance(0.25)
+    assert names(d.due()) == ["a"]              # the same at two looks
+
+
+def test_without_evidence_the_full_quiet_period_applies(clock, sp):
+    d = Debouncer(quiet=2, max_wait=10, clock=clock, settle=0.5)
+    d.event("a", sp)                            # a library folder's event: no installer seen
+    assert d.next_wakeup() == pytest.approx(2)
+    clock.advance(1.5)
+    assert d.due() == []
+    clock.advance(0.5)
+    assert names(d.due()) == ["a"]
+    # a dist-info whose RECORD never gets its INSTALLER line: the quiet period, then due
+    d.event("a", sp, "torch", "created")
+    dist_info(sp, WHEEL_RECORD)
+    d.event("a", sp, "torch-2.5.1.dist-info", "created")
+    clock.advance(1.5)
+    assert d.due() == []
+    clock.advance(0.5)
+    assert names(d.due()) == ["a"]
+    # settle None (the default) or longer than quiet: the quiet period
+    for settle in (None, 5):
+        d = Debouncer(quiet=2, max_wait=10, clock=clock, settle=settle)
+        d.event("a", sp, "torch-2.5.1.dist-info", "created")
+        (sp / "torch-2.5.1.dist-info" / "RECORD").write_text(FINAL_RECORD)
+        clock.advance(1.5)
+        assert d.due() == []
+        clock.advance(0.5)
+        assert names(d.due()) == ["a"]
+
+
+def test_install_done(sp):
+    b = Burst(0, 0, 0)
+    assert not install_done(sp, b)              # nothing says an installer ran
+    b.stashes.add("~orch")
+    assert install_done(sp, b)                  # a pip stash (install_finished: gone)
+    b = Burst(0, 0, 0, dist_infos={"torch-2.5.1.dist-info"})
+    di = dist_info(sp, None)
+    assert not install_done(sp, b)              # no RECORD yet
+    (di / "RECORD").write_text(WHEEL_RECORD)
+    assert not install_done(sp, b)
+    (di / "RECORD").write_text(FINAL_RECORD)
+    assert install_done(sp, b)
+    (di / "RECORD").write_text(WHEEL_RECORD + "torch-2.5.1.dist-info\\INSTALLER,,\n")
+    assert install_done(sp, b)                  # Windows separators
+    b.dist_infos.add("torch-2.4.0.dist-info")   # created and removed again: not in the way
+    assert install_done(sp, b)
+    dist_info(sp, FINAL_RECORD, "nvidia_cudnn_cu12-9.1.0.70.dist-info")
+    b.dist_infos.add("nvidia_cudnn_cu12-9.1.0.70.dist-info")
+    assert not install_done(sp, b)              # that RECORD lists another dist-info's INSTALLER
+
+
 # ---- Watcher on real folders ----------------------------------------------------------------
 
 class Dues:
@@ -539,3 +650,116 @@ def test_watcher_survives_a_failing_callback(sp):
         wait_for(lambda: len(calls) == 2, 5, "second burst after a failing callback")
     finally:
         w.stop()
+
+
+@pytest.mark.parametrize("installer", ["pip", "uv"])
+def test_real_install_is_due_after_settle_and_finished(installer, build, tmp_path):
+    """A real pip / uv reinstall: one burst, handed out before a (long) quiet period would
+    allow, and only once the install is complete (the new torch/ whole, no stash)."""
+    wheel = build.torch_wheel(tmp_path / "w", layout="windows")
+    venv = builders.make_venv(tmp_path / "venv")
+    builders.pip_install(venv, wheel)
+    sp = builders.site_packages(venv)
+    stock = sorted(p.name for p in (sp / "torch" / "lib").iterdir())
+    seen = []
+
+    def on_due(name, burst):
+        seen.append((time.monotonic(), sorted(p.name for p in (sp / "torch" / "lib").iterdir()),
+                     sorted(e for e in os.listdir(sp) if e.startswith("~")),
+                     install_done(sp, burst)))
+
+    quiet = 20
+    w = Watcher(Debouncer(quiet, 60, settle=0.1), on_due)
+    w.start()
+    try:
+        w.set_target("t", sp, ["torch/lib"])
+        if installer == "pip":
+            builders.pip_install(venv, wheel, force_reinstall=True)
+        else:
+            uv = shutil.which("uv", path=str(Path(sys.executable).parent))
+            env = dict(os.environ, UV_LINK_MODE="hardlink", UV_CACHE_DIR=str(tmp_path / "uv-cache"),
+                       UV_NO_CONFIG="1", UV_PYTHON_DOWNLOADS="never")
+            subprocess.run([uv, "pip", "install", "--python", str(builders.venv_python(venv)), "--offline",
+                            "--no-index", "--find-links", str(wheel.parent), "--reinstall", "--no-deps", "-q",
+                            str(wheel)], check=True, env=env, stdin=subprocess.DEVNULL)
+        exited = time.monotonic()
+        wait_for(lambda: seen, quiet / 2, "the burst, well before the quiet period")
+        time.sleep(0.5)
+    finally:
+        w.stop()
+    assert len(seen) == 1, seen                 # one install, one check
+    at, libs, stashes, done = seen[0]
+    assert at - exited < quiet / 2
+    assert libs == stock and stashes == [] and done
+
+
+# ---- one thread for every watch (Linux) ------------------------------------------------------
+
+linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="inotify: Linux")
+
+
+@linux_only
+def test_watcher_threads_do_not_grow_with_targets(make_watcher, tmp_path):
+    """50 targets, two watches each: no thread per watch (watchdog's Observer ran one each)."""
+    w, dues = make_watcher(quiet=0.1)
+    before = threading.active_count()
+    sps = []
+    for i in range(50):
+        sp = tmp_path / f"t{i}" / "site-packages"
+        (sp / "torch" / "lib").mkdir(parents=True)
+        w.set_target(f"t{i}", sp, ["torch/lib"])
+        sps.append(sp)
+    assert all(len(w.watched(f"t{i}")) == 2 for i in range(50))
+    assert threading.active_count() - before <= 1
+    (sps[7] / "torch" / "lib" / "cudnn64_9.dll").write_bytes(b"x")
+    (sps[42] / "torch-2.5.1.dist-info").mkdir()
+    (sps[42] / "torch-2.5.1.dist-info" / "RECORD").write_text("")
+    settle(w, dues, 2)
+    assert sorted(n for n, _ in dues.items) == ["t42", "t7"]
+    for i in range(50):
+        w.remove_target(f"t{i}")
+    assert threading.active_count() - before <= 1
+
+
+def test_watcher_sees_a_file_moved_into_a_library_folder(make_watcher, sp, tmp_path):
+    """A library written elsewhere and renamed into torch/lib (no close-after-write there)."""
+    w, dues = make_watcher(quiet=0.1)
+    w.set_target("t", sp, ["torch/lib"])
+    (tmp_path / "cudnn64_9.dll").write_bytes(b"x")
+    time.sleep(0.2)
+    os.rename(tmp_path / "cudnn64_9.dll", sp / "torch" / "lib" / "cudnn64_9.dll")
+    settle(w, dues, 1)
+    # and one renamed out of it
+    os.rename(sp / "torch" / "lib" / "cudnn64_9.dll", tmp_path / "gone.dll")
+    settle(w, dues, 2)
+
+
+@linux_only
+def test_watcher_move_inside_a_folder_is_one_event_and_own_when_both_names_are(make_watcher, sp):
+    own = lambda target, path: Path(path).name.endswith(".tk-new") or Path(path).name == "mine.dll"  # noqa: E731
+    w, dues = make_watcher(quiet=0.1, is_own=own)
+    w.set_target("t", sp, ["torch/lib"])
+    lib = sp / "torch" / "lib"
+    (lib / "mine.dll.tk-new").write_bytes(b"ours")
+    os.replace(lib / "mine.dll.tk-new", lib / "mine.dll")   # the engine's swap: both names ours
+    wait_for(lambda: w.dropped_own >= 2, 5, "the write and the rename, both ours")
+    quiet_for(w, dues, 0.4)
+    assert len(dues) == 0 and w.dropped_own == 2
+    os.replace(lib / "mine.dll", lib / "cudnn64_9.dll")      # ours -> a name that is not
+    settle(w, dues, 1)
+
+
+@linux_only
+def test_an_inotify_overflow_is_logged_for_the_agent(make_watcher, sp, caplog):
+    """The kernel's IN_Q_OVERFLOW reaches the warning the agent's overflow hook listens for."""
+    import logging
+
+    from watchdog.observers.inotify_c import InotifyConstants, InotifyEvent
+
+    w, dues = make_watcher(quiet=0.1)
+    w.set_target("t", sp, ["torch/lib"])
+    with caplog.at_level(logging.WARNING, logger="watchdog.observers.inotify_c"):
+        w._observer._fd.handle_event(InotifyEvent(-1, InotifyConstants.IN_Q_OVERFLOW, 0, b""))
+    assert any("overflow" in r.getMessage().lower() for r in caplog.records)
+    (sp / "torch" / "lib" / "x.dll").write_bytes(b"x")     # and the watches still work
+    settle(w, dues, 1)

@@ -5,7 +5,9 @@ Two parts:
 - :class:`Debouncer` - pure logic on an injected clock: a burst of events for a target
   becomes one check after a quiet period, once the install looks finished (every
   ``*.dist-info`` created in the burst has its RECORD, pip's ``~orch`` stash is gone),
-  and never later than a bound after the first event.
+  and never later than a bound after the first event. Where the installer's own last
+  step shows it is done (see :func:`install_done`), a short settle period replaces the
+  quiet period.
 - :class:`Watcher` - watchdog watches (non-recursive) on each target's site-packages and
   library folders, re-armed when pip swaps ``torch/`` for a new folder. A watch follows
   the inode it was put on, so after ``torch -> ~orch`` it reports the stash's deletions
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -31,6 +34,11 @@ _RELEVANT_PREFIXES = ("torch", "nvidia", "~")
 
 
 NEW = "new"  # Debouncer.event: the event started a burst
+
+# quiet time after a burst whose install is known done (install_done): pip and uv write
+# nothing more by then (measured: uv exits 1-3 ms after RECORD, pip ~100 ms after its
+# stash removal, with no file event in between)
+SETTLE = 0.1
 
 
 def relevant_top(name: str) -> bool:
@@ -55,14 +63,20 @@ class Debouncer:
 
     ``finished(site_packages, burst)`` says whether an install has finished (checked only
     once the quiet period has passed); the default looks at the file system.
+    ``settle`` (None: the quiet period): the shorter quiet time after which a burst is due
+    when ``done(site_packages, burst)`` (default :func:`install_done`) and ``finished``
+    both say so.
     """
 
     def __init__(self, quiet: float, max_wait: float, clock: Callable[[], float] = time.monotonic,
-                 finished: Callable[[Path, Burst], bool] | None = None):
+                 finished: Callable[[Path, Burst], bool] | None = None, settle: float | None = None,
+                 done: Callable[[Path, Burst], bool] | None = None):
         self.quiet = quiet
         self.max_wait = max_wait
+        self.settle = settle
         self.clock = clock
         self.finished = finished or install_finished
+        self.done = done or install_done
         self._bursts: dict[str, Burst] = {}
         self._roots: dict[str, Path] = {}
         self._lib_dirs: dict[str, tuple[str, ...]] = {}
@@ -71,6 +85,14 @@ class Debouncer:
     def configure(self, quiet: float, max_wait: float) -> None:
         with self._lock:
             self.quiet, self.max_wait = quiet, max_wait
+
+    def _settle(self) -> float:
+        return self.quiet if self.settle is None else min(self.settle, self.quiet)
+
+    def _short(self, root: Path, b: Burst) -> bool:
+        """Whether this burst may come out after the settle period: only an install whose
+        last step was seen (a stash or a new dist-info), now done and finished."""
+        return (b.stashes or b.dist_infos) and self.done(root, b) and self.finished(root, b)
 
     def set_lib_dirs(self, target: str, lib_dirs) -> None:
         """The folders (relative to site-packages) the target loads libraries from: an
@@ -119,8 +141,10 @@ class Debouncer:
         out = []
         with self._lock:
             for name, b in list(self._bursts.items()):
+                root, quiet_for = self._roots[name], now - b.last
                 if now - b.first >= self.max_wait or (
-                        now - b.last >= self.quiet and self.finished(self._roots[name], b)):
+                        quiet_for >= self.quiet and self.finished(root, b)) or (
+                        self._settle() <= quiet_for < self.quiet and self._short(root, b)):
                     out.append((name, b))
                     del self._bursts[name]
         return out
@@ -133,7 +157,9 @@ class Debouncer:
                 return None
             waits = []
             for b in self._bursts.values():
-                quiet_left = b.last + self.quiet - now
+                # an install that may be done: look after the settle period already
+                quiet = self._settle() if b.stashes or b.dist_infos else self.quiet
+                quiet_left = b.last + quiet - now
                 # once quiet, poll for the install to finish (RECORD written, stash gone)
                 waits.append(min(max(quiet_left, poll), b.first + self.max_wait - now))
             return max(0.0, min(waits))
@@ -185,6 +211,29 @@ def install_finished(root: Path, b: Burst) -> bool:
     return True
 
 
+def install_done(root: Path, b: Burst) -> bool:
+    """Whether the installer's own last step is there: pip and uv both write a dist-info's
+    final RECORD last, and it lists the dist-info's INSTALLER, which a wheel's own RECORD
+    (extracted first, by pip and by uv's cache links) never does. True when every
+    dist-info created in the burst has such a RECORD, at least one did or the burst saw
+    a pip stash (then gone: :func:`install_finished`); stashes and growth are left to it."""
+    seen = bool(b.stashes)
+    for d in b.dist_infos:
+        try:
+            record = (root / d / "RECORD").read_bytes()
+        except FileNotFoundError:
+            if (root / d).exists():
+                return False
+            continue  # created and removed again
+        except OSError:
+            return False
+        name = d.encode("utf-8", "surrogateescape")
+        if name + b"/INSTALLER," not in record and name + b"\\INSTALLER," not in record:
+            return False
+        seen = True
+    return seen
+
+
 def _lib_stats(root: Path, lib_dirs) -> dict:
     out = {}
     for rel in lib_dirs:
@@ -228,8 +277,6 @@ def _event_filter(top_level: bool) -> list:
     IN_MODIFY (one per write() call) and no IN_OPEN (every read of a DLL by a running
     webui): a 20,000-file install costs one event per file, not three. site-packages also
     needs folder creation (a new torch/). Windows and macOS report writes as create/modify."""
-    import sys
-
     from watchdog import events as e
 
     kinds = [e.FileDeletedEvent, e.FileMovedEvent, e.DirDeletedEvent, e.DirMovedEvent]
@@ -254,9 +301,14 @@ class Watcher:
         self.on_due = on_due
         self.is_own = is_own
         if observer is None:
-            from watchdog.observers import Observer
+            if sys.platform.startswith("linux"):
+                from .inotify import SharedInotify  # one thread for all watches
 
-            observer = Observer()
+                observer = SharedInotify()
+            else:
+                from watchdog.observers import Observer
+
+                observer = Observer()
         self._observer = observer
         self._watches: dict[str, list[_Watch]] = {}     # target -> watches
         self._dirs: dict[str, tuple[Path, list[str]]] = {}  # target -> (site-packages, lib dirs)

@@ -208,10 +208,10 @@ class Agent:
             self._toast(V.Toast("config", "torchkeeper: config not used", self._config_problem,
                                 level="error"))
         if self._watch:
-            from .watch import Debouncer, Watcher
+            from .watch import SETTLE, Debouncer, Watcher
 
             a = self.cfg["agent"]
-            self.watcher = Watcher(Debouncer(a["quiet_seconds"], a["max_wait_seconds"]),
+            self.watcher = Watcher(Debouncer(a["quiet_seconds"], a["max_wait_seconds"], settle=SETTLE),
                                    self._on_burst, self._is_own)
             self.watcher.start()
             self._watch_config()
