@@ -3,6 +3,8 @@ backend, the real pip fetching from a local package index, the real engine apply
 
 from __future__ import annotations
 
+import contextlib
+
 import pytest
 
 import agentkit
@@ -26,9 +28,10 @@ def _driver():
                                "compute_capability": "8.9"}])
 
 
-@pytest.fixture
-def setup(build, tmp_path, run_tk, tk_home, wheel_dir, monkeypatch):
-    t = wayback.make_target(build, tmp_path, run_tk, tk_home, "windows")
+@contextlib.contextmanager
+def _agent_on_an_index(wheel_dir, tk_home, monkeypatch):
+    """A local package index the agent's pip is pointed at, and the agent (in this process,
+    suggestions asked at once)."""
     with pkgindex.PackageIndex(wheel_dir) as idx:
         for k, v in pkgindex.pip_env(PIP_INDEX_URL=idx.url).items():
             if v is None:
@@ -38,9 +41,16 @@ def setup(build, tmp_path, run_tk, tk_home, wheel_dir, monkeypatch):
         monkeypatch.setattr(worker.Agent, "suggest_delay", 0)
         agent = agentkit.start_agent(tk_home, watch=False, schedule=False, driver_query=_driver)
         try:
-            yield t, idx, agent, tray.Tray(agent, backend="dummy", opener=lambda p: True)
+            yield idx, agent
         finally:
             agent.stop(timeout=30)
+
+
+@pytest.fixture
+def setup(build, tmp_path, run_tk, tk_home, wheel_dir, monkeypatch):
+    t = wayback.make_target(build, tmp_path, run_tk, tk_home, "windows")
+    with _agent_on_an_index(wheel_dir, tk_home, monkeypatch) as (idx, agent):
+        yield t, idx, agent, tray.Tray(agent, backend="dummy", opener=lambda p: True)
 
 
 def _submenu(tr):
@@ -100,22 +110,12 @@ def found_setup(build, tmp_path, tk_home, wheel_dir, monkeypatch):
     home = tmp_path / "user"
     sps = _installs(build, home)
     monkeypatch.setenv("HOME", str(home))
-    with pkgindex.PackageIndex(wheel_dir) as idx:
-        for k, v in pkgindex.pip_env(PIP_INDEX_URL=idx.url).items():
-            if v is None:
-                monkeypatch.delenv(k, raising=False)
-            else:
-                monkeypatch.setenv(k, v)
-        monkeypatch.setattr(worker.Agent, "suggest_delay", 0)
-        agent = agentkit.start_agent(tk_home, watch=False, schedule=False, driver_query=_driver)
-        try:
-            agentkit.wait_for(lambda: agentkit.events(tk_home, "discovered"), 60, "the first discover")
-            agentkit.wait_idle(agent)
-            # no menu yet: nothing asked of the index
-            assert not agentkit.events(tk_home, "suggested") and idx.downloads == {}
-            yield home, sps, idx, agent, tray.Tray(agent, backend="dummy", opener=lambda p: True)
-        finally:
-            agent.stop(timeout=30)
+    with _agent_on_an_index(wheel_dir, tk_home, monkeypatch) as (idx, agent):
+        agentkit.wait_for(lambda: agentkit.events(tk_home, "discovered"), 60, "the first discover")
+        agentkit.wait_idle(agent)
+        # no menu yet: nothing asked of the index
+        assert not agentkit.events(tk_home, "suggested") and idx.downloads == {}
+        yield home, sps, idx, agent, tray.Tray(agent, backend="dummy", opener=lambda p: True)
 
 
 def _found(tr, app):
