@@ -29,6 +29,17 @@ def _standby_dir(t):
     return t.sp / STANDBY
 
 
+def _assert_linked_from_standby(t, files: dict) -> dict:
+    """Every file of the bundle in place is the standby's inode (linked, not copied);
+    returns {rel: inode} of the target's libraries."""
+    now, sb = inodes(t), _standby_inodes(t)
+    for rel in t.stock:
+        sha = files.get(rel.rsplit("/", 1)[1])
+        if sha:
+            assert now[rel] == sb[sha], f"{rel} was copied, not linked from the standby"
+    return now
+
+
 def _standby_inodes(t) -> dict[str, int]:
     d = _standby_dir(t)
     return {p.name: p.stat().st_ino for p in d.iterdir()} if d.is_dir() else {}
@@ -84,12 +95,9 @@ def test_repair_links_the_standby_in_without_copying(build, tmp_path, run_tk, tk
     assert via == {"standby": len(files), "copy": 0, "why_copy": None}, str(r)
     assert _applied_event(tk_home)["via"] == via
     assert_patched(t, run_tk, "a")
-    now = inodes(t)
-    sb = _standby_inodes(t)
+    now = _assert_linked_from_standby(t, files)
     for rel in t.stock:
-        sha = files.get(rel.rsplit("/", 1)[1])
-        if sha:
-            assert now[rel] == sb[sha], f"{rel} was copied, not linked from the standby"
+        if rel.rsplit("/", 1)[1] in files:
             assert now[rel] == placed[rel], f"{rel} is not the overlay's first inode"
     ok(run_tk("verify", "--full"))
     tgt, _ = status_of(run_tk)
@@ -280,12 +288,7 @@ def test_the_agent_repairs_through_the_standby_and_prepares_the_next(build, tmp_
         (rep,) = [e for e in events(tk_home, "repaired") if e.get("source") == "agent"]
         assert rep["via"] == {"standby": len(files), "copy": 0, "why_copy": None}, rep
         assert_patched(t, run_tk, "a")
-        sb = _standby_inodes(t)
-        now = inodes(t)
-        for rel in t.stock:
-            sha = files.get(rel.rsplit("/", 1)[1])
-            if sha:
-                assert now[rel] == sb[sha], f"{rel} is not the standby's inode"
+        _assert_linked_from_standby(t, files)
         ok(run_tk("verify", "--full"))
         assert status_of(run_tk)[0]["standby"]["state"] == "ready"
         # a second reinstall: the standby is ready again without another preparation

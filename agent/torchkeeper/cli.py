@@ -415,15 +415,8 @@ def cmd_verify(args, eng):
 def cmd_status(args, eng):
     from .run import agent_status
 
-    from .engine.bench import last_gain
-
-    records = eng.targets()
     st = eng.status().to_dict()
     st["agent"] = agent_status(eng.home)
-    for t in st["targets"]:
-        lb = last_gain(records.get(t["name"], {}))
-        if lb:
-            t["last_bench"] = {k: lb.get(k) for k in ("ratio", "bundle_name", "time", "gpu", "it_s")}
     if args.json:
         _emit(args, st)
         return OK

@@ -132,14 +132,6 @@ def restore(engine, name: str, prior_overlay: str | None, prior_choice: str | No
                               f"see `torchkeeper status {name}` and `torchkeeper apply` / `revert`")
 
 
-def last_gain(target_record: dict) -> dict | None:
-    """The newest bench result kept with a target's record (None when none, or damaged)."""
-    lb = target_record.get("last_bench")
-    if isinstance(lb, dict) and isinstance(lb.get("ratio"), (int, float)) and not isinstance(lb["ratio"], bool):
-        return lb
-    return None
-
-
 def render(r: dict) -> str:
     lines = [f"target '{r['target']}' on {r['gpu']} (driver {r['driver']}), torch {r['torch']}"]
     for label, key in (("stock", "stock"), (f"with '{r['bundle_name']}'", "with_bundle")):

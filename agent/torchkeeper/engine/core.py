@@ -19,7 +19,7 @@ from .state import TARGET_NAME_RX, StateStore, log_event, target_lock, warn
 from .txn import STAGED, BackupStore, Change, Transaction, damaged, pending, recover, resolve_damaged
 
 from .records import (DRIFTED, INCOMPATIBLE, MISSING, PATCHED, STOCK, AppliedRef, BundleRef, Status,
-                      TargetStatus, UseResult)
+                      TargetStatus, UseResult, last_gain)
 
 
 @dataclass
@@ -604,7 +604,7 @@ class Engine:
         st = st or self.state.read()
         rec = st["targets"][name]
         overlay = st["overlays"].get(name)
-        out = TargetStatus(name, rec["path"], rec["site_packages"])
+        out = TargetStatus(name, rec["path"], rec["site_packages"], last_bench=last_gain(rec))
         try:
             info = self.inspect(name, rec, overlay)
         except TKError as e:

@@ -13,6 +13,14 @@ if TYPE_CHECKING:
 PATCHED, DRIFTED, STOCK, INCOMPATIBLE, MISSING = "patched", "drifted", "stock", "incompatible", "missing"
 
 
+def last_gain(target_record: dict) -> dict | None:
+    """The newest bench result kept with a target's record (None when none, or damaged)."""
+    lb = target_record.get("last_bench")
+    if isinstance(lb, dict) and isinstance(lb.get("ratio"), (int, float)) and not isinstance(lb["ratio"], bool):
+        return lb
+    return None
+
+
 @dataclass
 class BundleRef:
     """The bundle a target should use (chosen with `use`)."""
@@ -56,6 +64,7 @@ class TargetStatus:
     applied: AppliedRef | None = None
     info: TargetInfo | None = None    # the full inspection, when asked for
     in_desired_state: bool | None = None  # set by verify
+    last_bench: dict | None = None    # the newest `bench` result kept with the target
     standby: dict | None = None       # the standby copy: state, files, bytes (engine/standby.py)
 
     @property
@@ -75,6 +84,8 @@ class TargetStatus:
             d["info"] = self.info.to_dict()
         if self.in_desired_state is not None:
             d["in_desired_state"] = self.in_desired_state
+        if self.last_bench is not None:
+            d["last_bench"] = {k: self.last_bench.get(k) for k in ("ratio", "bundle_name", "time", "gpu", "it_s")}
         if self.standby is not None:
             d["standby"] = self.standby
         return d
