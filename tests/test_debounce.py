@@ -747,19 +747,3 @@ def test_watcher_move_inside_a_folder_is_one_event_and_own_when_both_names_are(m
     assert len(dues) == 0 and w.dropped_own == 2
     os.replace(lib / "mine.dll", lib / "cudnn64_9.dll")      # ours -> a name that is not
     settle(w, dues, 1)
-
-
-@linux_only
-def test_an_inotify_overflow_is_logged_for_the_agent(make_watcher, sp, caplog):
-    """The kernel's IN_Q_OVERFLOW reaches the warning the agent's overflow hook listens for."""
-    import logging
-
-    from watchdog.observers.inotify_c import InotifyConstants, InotifyEvent
-
-    w, dues = make_watcher(quiet=0.1)
-    w.set_target("t", sp, ["torch/lib"])
-    with caplog.at_level(logging.WARNING, logger="watchdog.observers.inotify_c"):
-        w._observer._fd.handle_event(InotifyEvent(-1, InotifyConstants.IN_Q_OVERFLOW, 0, b""))
-    assert any("overflow" in r.getMessage().lower() for r in caplog.records)
-    (sp / "torch" / "lib" / "x.dll").write_bytes(b"x")     # and the watches still work
-    settle(w, dues, 1)

@@ -30,7 +30,7 @@ from agentkit import wait_for
 REPO = winkit.REPO
 SPEC = REPO / "installer" / "windows" / "torchkeeper.spec"
 NSI = REPO / "installer" / "windows" / "torchkeeper.nsi"
-BUILD_REQS = REPO / "installer" / "windows" / "build-requirements.txt"
+LOCK = REPO / "installer" / "windows" / "requirements.lock"   # pinned, hashed: what the app ships
 CACHE = winkit.CACHE / "installer"
 UNINST_KEY = r"HKCU\Software\Microsoft\Windows\CurrentVersion\Uninstall\torchkeeper"
 AUMID_KEY = r"HKCU\Software\Classes\AppUserModelId\torchkeeper"
@@ -74,13 +74,13 @@ def _build(win: winkit.Win) -> dict:
     with _lock("build"):
         if done.is_file():
             return json.loads(done.read_text())
-        venv = CACHE / f"venv-{_tree_hash(BUILD_REQS)}"
+        venv = CACHE / f"venv-{_tree_hash(LOCK)}"
         if not (venv / ".ready").is_file():
             win.venv(venv)
-            win.pip(venv, "install", "-q", "-r", BUILD_REQS, timeout=600)  # PyInstaller, online
+            # PyInstaller and every dependency at the lock's versions and hashes, online
+            win.pip(venv, "install", "-q", "--require-hashes", "-r", LOCK, timeout=900)
             (venv / ".ready").write_text("")
         wheel = win.path(win.tk_wheel)
-        win.pip(venv, "install", "-q", "--no-index", "-f", win.wheelhouse, wheel + "[buttons]")
         win.pip(venv, "install", "-q", "--no-index", "--no-deps", "--force-reinstall", wheel)
         for old in CACHE.iterdir():  # earlier checkouts' builds
             if old.is_dir() and not old.name.startswith("venv-") and old != out:

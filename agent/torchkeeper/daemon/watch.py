@@ -293,18 +293,29 @@ class Watcher:
     bursts to ``on_due(target, burst)`` from the watcher's own timer thread.
 
     ``is_own(target, path)`` lets the agent drop events its own writes caused.
+    ``on_lost(why)``: file events were lost (an inotify overflow, watches made anew after a
+    failure): look at every target. ``on_health(ok, why)``: watching stopped working, or works
+    again (an exception on a watch thread never ends watching silently).
     """
 
     def __init__(self, debouncer: Debouncer, on_due: Callable[[str, Burst], None],
-                 is_own: Callable[[str, str], bool] = lambda t, p: False, observer=None):
+                 is_own: Callable[[str, str], bool] = lambda t, p: False, observer=None,
+                 on_lost: Callable[[str], None] = lambda why: None,
+                 on_health: Callable[[bool, str], None] = lambda ok, why: None,
+                 on_start: Callable[[str], None] = lambda target: None):
         self.debouncer = debouncer
+        self.on_start = on_start   # a burst began (an install is under way): called once per burst
         self.on_due = on_due
         self.is_own = is_own
+        self.on_lost = on_lost
+        self._health_cb = on_health
+        self._unhealthy: dict[str, str] = {}   # which thread -> why it is not working
         if observer is None:
             if sys.platform.startswith("linux"):
                 from .inotify import SharedInotify  # one thread for all watches
 
-                observer = SharedInotify()
+                observer = SharedInotify(on_lost=on_lost,
+                                         on_health=lambda ok, why: self._health("reader", ok, why))
             else:
                 from watchdog.observers import Observer
 
@@ -316,9 +327,35 @@ class Watcher:
         self._wake = threading.Condition()
         self._stop = False
         self._rearm: set[str] = set()
+        self._last_sweep = 0.0
         self._thread = threading.Thread(target=self._timer_loop, name="tk-debounce", daemon=True)
         self.dropped_own = 0
         self.dropped_stale = 0
+
+    # -- health ----------------------------------------------------------------------
+    def _health(self, part: str, ok: bool, why: str) -> None:
+        with self._lock:
+            was = dict(self._unhealthy)
+            if ok:
+                self._unhealthy.pop(part, None)
+            else:
+                self._unhealthy[part] = why
+            now = dict(self._unhealthy)
+        if now != was:
+            self._health_cb(not now, "; ".join(now.values()))
+
+    def health(self) -> tuple[bool, str]:
+        """(True, "") while every watch thread works; else (False, why)."""
+        with self._lock:
+            unhealthy = dict(self._unhealthy)
+        threads = getattr(self._observer, "emitters", None)  # watchdog's Observer
+        if threads is not None and self._observer.is_alive():
+            dead = [e for e in list(threads) if not e.is_alive()]
+            if dead:
+                unhealthy["emitters"] = f"{len(dead)} file watch thread(s) ended"
+        if self._thread.ident is not None and not self._thread.is_alive() and not self._stop:
+            unhealthy["timer"] = "the file event timer thread ended"
+        return (not unhealthy, "; ".join(unhealthy.values()))
 
     # -- lifecycle -------------------------------------------------------------------
     def start(self) -> None:
@@ -420,6 +457,8 @@ class Watcher:
             counted = [self.debouncer.event(w.target, sp, top, k) for top, k in touched]
             if not any(counted):
                 return
+            if NEW in counted:
+                self._started(w.target)
             # torch/ replaced or a library folder appeared: watch the new folders
             self._request_rearm(w.target)
             self._nudge()
@@ -435,42 +474,66 @@ class Watcher:
             self.dropped_own += 1
             return
         if self.debouncer.event(w.target, self._dirs.get(w.target, (Path(w.path),))[0]) == NEW:
+            self._started(w.target)
             self._nudge()  # later events only move the deadline the timer already waits for
+
+    def _started(self, target: str) -> None:
+        try:
+            self.on_start(target)
+        except Exception:  # never the reader thread's end
+            log.exception("starting a burst for target '%s' failed", target)
 
     def _nudge(self) -> None:
         with self._wake:
             self._wake.notify_all()
 
     def _timer_loop(self) -> None:
-        last_sweep = 0.0
+        failed = 0
         while True:
-            with self._wake:
-                if self._stop:
+            try:
+                if self._timer_loop_once():
                     return
-                if not self._rearm:
-                    wait = self.debouncer.next_wakeup()
-                    self._wake.wait(timeout=wait)  # None: until an event or stop
-                if self._stop:
-                    return
-                rearm, self._rearm = self._rearm, set()
-            now = time.monotonic()
-            if now - last_sweep >= 0.1:
-                # during an install, folders appear between events: watch them as soon
-                # as they exist, so the rest of the burst is seen
-                rearm.update(self.debouncer.pending_targets())
-                last_sweep = now
-            for name in rearm:
-                with self._lock:
-                    if name in self._dirs:
-                        self._arm(name)
-            for name, burst in self.debouncer.due():
-                with self._lock:  # the folders may have changed under an old watch
-                    if name in self._dirs:
-                        self._arm(name)
-                try:
-                    self.on_due(name, burst)
-                except Exception:  # the agent's callback must never kill the watcher
-                    log.exception("handling file events for target '%s' failed", name)
+                if failed:
+                    failed = 0
+                    self._health("timer", True, "")
+                    self.on_lost("file event timer restarted")
+            except Exception as e:  # never end silently: say so, look at everything, go on
+                log.exception("the file event timer failed; going on")
+                if not failed:
+                    self._health("timer", False, f"the file event timer failed ({type(e).__name__}: {e})")
+                failed += 1
+                with self._wake:
+                    self._wake.wait(timeout=min(10.0, 0.5 * failed))
+
+    def _timer_loop_once(self) -> bool:
+        """One wait and what is due after it; True when the watcher is stopping."""
+        with self._wake:
+            if self._stop:
+                return True
+            if not self._rearm:
+                self._wake.wait(timeout=self.debouncer.next_wakeup())  # None: until an event
+            if self._stop:
+                return True
+            rearm, self._rearm = self._rearm, set()
+        now = time.monotonic()
+        if now - self._last_sweep >= 0.1:
+            # during an install, folders appear between events: watch them as soon
+            # as they exist, so the rest of the burst is seen
+            rearm.update(self.debouncer.pending_targets())
+            self._last_sweep = now
+        for name in rearm:
+            with self._lock:
+                if name in self._dirs:
+                    self._arm(name)
+        for name, burst in self.debouncer.due():
+            with self._lock:  # the folders may have changed under an old watch
+                if name in self._dirs:
+                    self._arm(name)
+            try:
+                self.on_due(name, burst)
+            except Exception:  # the agent's callback must never kill the watcher
+                log.exception("handling file events for target '%s' failed", name)
+        return False
 
 
 class _Handler:
