@@ -47,11 +47,11 @@ case "$method" in
     uv)
         say "installing $src with uv tool install (step 1/3)"
         uv tool install --force --reinstall "$src" >&2
-        cmd="$(uv tool dir --bin)/torchkeeper" ;;
+        cmd="$(uv tool dir --bin)/torchkeeper" linked=$cmd ;;
     pipx)
         say "installing $src with pipx (step 1/3)"
         pipx install --force "$src" >&2
-        cmd="${PIPX_BIN_DIR:-$bindir}/torchkeeper" ;;
+        cmd="${PIPX_BIN_DIR:-$bindir}/torchkeeper" linked=$cmd ;;
     venv)
         py=$(command -v python3 || true)
         [ -n "$py" ] || die "no python3 on PATH" "install Python 3.10 or newer (Debian: apt install python3-venv)"
@@ -61,7 +61,7 @@ case "$method" in
         "$venv/bin/python" -m pip install --disable-pip-version-check --progress-bar on "$src" >&2
         mkdir -p "$bindir"
         ln -sfn "$venv/bin/torchkeeper" "$bindir/torchkeeper"
-        cmd="$venv/bin/torchkeeper" ;;
+        cmd="$venv/bin/torchkeeper" linked="$bindir/torchkeeper" ;;
     *) die "unknown --method $method" "one of: uv, pipx, venv" ;;
 esac
 [ -x "$cmd" ] || die "the install left no torchkeeper command at $cmd" "run the $method step by hand to see why"
@@ -95,5 +95,10 @@ if [ $start -eq 1 ]; then
     setsid "$cmd" run </dev/null >/dev/null 2>&1 &
     say "started the agent"
 fi
-say "installed: $cmd (uninstall: installer/uninstall.sh)"
-case ":$PATH:" in *":$(dirname "$cmd"):"*) ;; *) say "note: $(dirname "$cmd") is not on your PATH" ;; esac
+# what the user types: the command in the folder it was linked into, not the venv behind it
+say "installed: $linked (uninstall: installer/uninstall.sh)"
+case ":$PATH:" in
+    *":$(dirname "$linked"):"*) ;;
+    *) say "note: $(dirname "$linked") is not on your PATH: run $linked, or add the folder to PATH" \
+           "(e.g. echo 'export PATH=\"$(dirname "$linked"):\$PATH\"' >> ~/.profile, then log in again)" ;;
+esac

@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import sys
 import time
 from pathlib import Path
 
@@ -494,9 +495,10 @@ def test_a_failed_reapply_is_told_and_leaves_stock_files(tmp_path, build, run_tk
     assert run_tk("verify", "--full").rc == 0
 
 
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="inotify: Linux")
 def test_an_inotify_overflow_checks_every_target_at_once(tmp_path, build, run_tk, tk_home):
-    """Events lost in the kernel's queue: watchdog only logs a warning; the agent hears it."""
-    import logging
+    """Events lost in the kernel's queue: the reader tells the agent, which checks everything."""
+    from inotify_simple import Event, flags
 
     venv, w, m = patched_target(tmp_path, build, run_tk)
     agent = start_agent(tk_home)
@@ -506,12 +508,46 @@ def test_an_inotify_overflow_checks_every_target_at_once(tmp_path, build, run_tk
         builders.pip_install(venv, w, force_reinstall=True)
         time.sleep(0.5)
         assert not agent_events(tk_home, "repaired")
-        # the warning watchdog's inotify code logs on IN_Q_OVERFLOW
-        logging.getLogger("watchdog.observers.inotify_c").warning(
-            "Inotify queue overflowed; filesystem events were lost")
+        # what the kernel reads out after IN_Q_OVERFLOW, through the reader's own dispatch
+        agent.watcher._observer._dispatch([Event(-1, flags.Q_OVERFLOW, 0, "")])
         rep = wait_for(lambda: agent_events(tk_home, "repaired"), 20, "the repair")[0]
         wait_idle(agent, 0.3)
     finally:
         agent.stop()
     assert rep["reason"] == "file events lost"
+    assert run_tk("verify", "--full").rc == 0
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="inotify: Linux")
+def test_dead_watches_are_said_and_every_target_is_polled(tmp_path, build, run_tk, tk_home, monkeypatch):
+    """The reader thread fails and no new inotify instance can be made: the agent says
+    "watching: degraded" (view, agent.json, event log) and repairs by polling every target."""
+    from torchkeeper.daemon import inotify, worker
+
+    monkeypatch.setattr(worker, "DEGRADED_POLL_S", 0.5)
+    venv, w, m = patched_target(tmp_path, build, run_tk)
+    agent = start_agent(tk_home)
+    try:
+        wait_idle(agent, 0.5)
+
+        def no_instance():
+            raise OSError(24, "Too many open files")
+
+        reader = agent.watcher._observer
+        monkeypatch.setattr(reader, "_dispatch", lambda events: (_ for _ in ()).throw(RuntimeError("boom")))
+        monkeypatch.setattr(inotify, "INotify", no_instance)
+        builders.pip_install(venv, w, force_reinstall=True)
+        wait_for(lambda: agent_events(tk_home, "watching degraded"), 10, "degraded said")
+        v = agent.view()
+        assert v.watching and "boom" in v.watching and "watching: degraded" in v.tooltip
+        saved = worker.read_agent_state(agent.home)["watching"]
+        assert saved["ok"] is False and "boom" in saved["why"]
+        rep = wait_for(lambda: agent_events(tk_home, "repaired"), 30, "the repair by polling")[0]
+        assert rep["reason"] == "watching degraded"
+        monkeypatch.undo()  # inotify works again: the reader re-arms and says so
+        wait_for(lambda: agent_events(tk_home, "watching again"), 20, "well again")
+        assert agent.view().watching is None
+        wait_idle(agent, 0.3)
+    finally:
+        agent.stop()
     assert run_tk("verify", "--full").rc == 0

@@ -1,19 +1,40 @@
 """The real agent under a real tray: `torchkeeper run` (not headless) on Xvfb with trayer,
 pystray's X11 backend. A pip reinstall turns the icon amber (auto re-apply is off, so it
-asks); a left click on the icon (its default action, "Reapply all") puts the overlay back
-and the icon turns green again."""
+asks); X11's icon has no menu, so a left click opens the overview, which names the command
+that puts the overlay back; after it the icon turns green again. With no tray host the agent
+says so once, runs headless, and docks when one starts later."""
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 import builders
 import pytest
 from agentkit import end_process, events, patched_target, write_config
 from conftest import tk_env
 from test_tray import AMBER_FILL, OK_FILL, _find, _start_xvfb, _tray_owner, _wait
+
+
+def fake_opener(tmp_path: Path) -> Path:
+    """A folder with an `xdg-open` that records what it was asked to open."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    script = bin_dir / "xdg-open"
+    script.write_text(f"#!/bin/sh\nprintf '%s\\n' \"$1\" >> '{tmp_path / 'opened.txt'}'\n")
+    script.chmod(0o755)
+    return bin_dir
+
+
+def _opened(tmp_path: Path) -> list[str]:
+    try:
+        return (tmp_path / "opened.txt").read_text().split()
+    except FileNotFoundError:
+        return []
 
 
 def _click(display: str, x: int, y: int) -> None:
@@ -48,7 +69,8 @@ def test_agent_tray_shows_drift_and_a_click_reapplies(tmp_path, build, run_tk, t
         display, xvfb = _start_xvfb(logs["xvfb"])
         procs.append(("Xvfb", xvfb))
         env = tk_env(tk_home, {"DISPLAY": display, "WAYLAND_DISPLAY": None, "PYSTRAY_BACKEND": None,
-                               "DBUS_SESSION_BUS_ADDRESS": None})
+                               "DBUS_SESSION_BUS_ADDRESS": None,
+                               "PATH": f"{fake_opener(tmp_path)}{os.pathsep}{os.environ['PATH']}"})
         procs.append(("trayer", subprocess.Popen(
             ["trayer", "--edge", "top", "--align", "right", "--widthtype", "pixel", "--width", "200",
              "--heighttype", "pixel", "--height", "32", "--transparent", "false",
@@ -81,9 +103,13 @@ def test_agent_tray_shows_drift_and_a_click_reapplies(tmp_path, build, run_tk, t
         assert [e["decision"] for e in events(tk_home, "drift")] == ["asked the user"]
         assert not events(tk_home, "repaired")
 
-        # left click: the default menu item, "Reapply all"
+        # left click: X11's icon has no menu, so its default item opens the overview
         _click(display, (abox[0] + abox[2]) // 2, (abox[1] + abox[3]) // 2)
-        _wait(lambda: events(tk_home, "repaired"), 60, "the re-apply after the click", procs)
+        opened = _wait(lambda: _opened(tmp_path), 30, "the overview opened by the click", procs)
+        overview = Path(opened[0]).read_text(encoding="utf-8")
+        assert "a1111: drifted" in overview and "torchkeeper apply a1111" in overview, overview
+        assert not events(tk_home, "repaired")  # a click on X11 opens; it changes nothing
+        assert run_tk("apply", "a1111").rc == 0   # what the overview says to type
         again, _ = _wait(icon(OK_FILL), 60, "the green icon again", procs)
         again.save(tmp_path / "agent-tray-ok-again.png")
         print(f"\nagent tray screenshots in {tmp_path}: icon at {box} (ok), {abox} (attention)")
@@ -99,3 +125,57 @@ def test_agent_tray_shows_drift_and_a_click_reapplies(tmp_path, build, run_tk, t
     log = (tmp_path / "agent.log").read_text(errors="replace")
     assert "agent running (tray)" in log, log
     assert "Traceback" not in log and "Traceback" not in (tk_home / "logs" / "agent.log").read_text()
+
+
+@pytest.mark.timeout(180)
+def test_no_tray_host_is_said_once_and_the_icon_docks_when_one_starts(tmp_path, build, run_tk, tk_home):
+    """Xvfb with no tray: `torchkeeper run` says so once and runs headless (it still repairs);
+    trayer started a little later: the icon docks there, and the agent says so."""
+    missing = [tool for tool in ("Xvfb", "trayer") if shutil.which(tool) is None]
+    if missing:
+        pytest.fail(f"{' and '.join(missing)} not installed: run tests/setup-system.sh")
+    from PIL import ImageGrab
+
+    venv, w, m = patched_target(tmp_path, build, run_tk)
+    logs = {n: open(tmp_path / f"{n}.log", "wb") for n in ("xvfb", "trayer", "agent")}
+    procs = []
+    try:
+        display, xvfb = _start_xvfb(logs["xvfb"])
+        procs.append(("Xvfb", xvfb))
+        env = tk_env(tk_home, {"DISPLAY": display, "WAYLAND_DISPLAY": None, "PYSTRAY_BACKEND": None,
+                               "DBUS_SESSION_BUS_ADDRESS": None})
+        agent = subprocess.Popen([sys.executable, "-m", "torchkeeper", "run"], env=env,
+                                 stdout=logs["agent"], stderr=subprocess.STDOUT,
+                                 stdin=subprocess.DEVNULL)
+        procs.append(("torchkeeper run", agent))
+        out = lambda: (tmp_path / "agent.log").read_text(errors="replace")  # noqa: E731
+        _wait(lambda: "agent running (headless)" in out(), 60, "the headless start", procs)
+        assert "no system tray on this desktop" in out()
+        builders.pip_install(venv, w, force_reinstall=True)   # headless, it still repairs
+        _wait(lambda: events(tk_home, "repaired"), 60, "the repair, headless", procs)
+
+        procs.append(("trayer", subprocess.Popen(
+            ["trayer", "--edge", "top", "--align", "right", "--widthtype", "pixel", "--width", "200",
+             "--heighttype", "pixel", "--height", "32", "--transparent", "false",
+             "--tint", "0x000000", "--SetDockType", "true"],
+            env=env, stdout=logs["trayer"], stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            start_new_session=True)))
+        _wait(lambda: "a system tray appeared" in out(), 30, "the agent to see the tray", procs)
+
+        def green():
+            shot = ImageGrab.grab(xdisplay=display).convert("RGB")
+            box, n = _find(shot, OK_FILL)
+            return (shot, box) if n >= 20 and box[1] < 32 else None
+        shot, box = _wait(green, 60, "the green icon docked in the late tray", procs)
+        shot.save(tmp_path / "late-tray.png")
+        time.sleep(1)
+        agent.terminate()
+        assert agent.wait(30) == 0
+    finally:
+        for _, p in reversed(procs):
+            end_process(p)
+        for f in logs.values():
+            f.close()
+    text = (tmp_path / "agent.log").read_text(errors="replace")
+    assert text.count("no system tray on this desktop") == 1, text
+    assert "Traceback" not in text

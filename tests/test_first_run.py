@@ -69,7 +69,13 @@ def test_first_run_writes_the_config_finds_installs_and_says_so_once(build, tmp_
     assert "Found 2 torch installs: " in n["body"]
     assert "AUTOMATIC1111 (2.1.2+cu121, cuDNN 8.8.1.3)" in n["body"]
     assert "ComfyUI portable (2.4.1+cu124, cuDNN 9.1.0.70)" in n["body"]
-    assert "Manage" in n["body"]
+    # headless: no menu to choose Manage in; the toast names the command instead
+    assert "torchkeeper discover --add" in n["body"] and "Manage" not in n["body"]
+    # the terminal that started it: once, what it found and the next command to type
+    said = p.stdout.read()
+    assert said.count("first run: default settings in") == 1, said
+    assert "found 2 torch installs: " in said and "AUTOMATIC1111 (2.1.2+cu121" in said, said
+    assert "next: run `torchkeeper discover --add`" in said and "tray menu" not in said, said
     (ev,) = agentkit.events(tk_home, "discovered")
     assert sorted(f["app"] for f in ev["found"]) == ["AUTOMATIC1111", "ComfyUI portable"]
     # nothing added, nothing applied, no file touched
@@ -78,7 +84,31 @@ def test_first_run_writes_the_config_finds_installs_and_says_so_once(build, tmp_
     assert _snapshot(*sps.values()) == before
     log = (tk_home / "logs" / "agent.log").read_text(encoding="utf-8")
     first = log.splitlines()[0]
-    assert "no targets yet" in first and "Manage" in first and "target add" in first, first
+    assert "no targets yet" in first and "discover --add" in first and "target add" in first, first
+    assert "Manage" not in first, first  # headless: there is no menu to choose it in
+
+
+def test_a_start_in_a_terminal_says_what_it_protects_and_what_to_type_next(build, tmp_path, tk_home, run_tk):
+    """Not a first run: the terminal hears the targets it protects, or that there are none
+    and the command that adds one."""
+    configmod.write_default(tk_home / "config" / "config.toml")
+    env = {"HOME": tmp_path / "user", "DISPLAY": None, "WAYLAND_DISPLAY": None}
+    p = agentkit.spawn_agent(tk_home, env)
+    try:
+        agentkit.wait_for(lambda: agentkit.events(tk_home, "started"), 30, "the start")
+    finally:
+        agentkit.end_process(p)
+    said = p.stdout.read()
+    assert "no targets yet, so nothing is protected" in said, said
+    assert "next: run `torchkeeper discover --add`" in said, said
+    agentkit.patched_target(tmp_path, build, run_tk)
+    p = agentkit.spawn_agent(tk_home, env)
+    try:
+        agentkit.wait_for(lambda: len(agentkit.events(tk_home, "started")) == 2, 30, "the start")
+    finally:
+        agentkit.end_process(p)
+    said = p.stdout.read()
+    assert "protecting 1 target: a1111" in said and "torchkeeper status" in said, said
 
 
 def test_a_second_start_is_not_a_first_run(build, tmp_path, tk_home):

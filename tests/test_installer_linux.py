@@ -127,3 +127,23 @@ def test_no_autostart_is_honoured_and_remove_cache_removes_it(tmp_path):
     assert r.returncode == 0, r.text
     assert not (home / ".cache/torchkeeper").exists()
     assert not (home / ".local/share/uv/tools/torchkeeper").exists()
+
+
+def test_venv_install_names_the_folder_it_linked_into_when_it_is_not_on_path(tmp_path):
+    """--method venv links ~/.local/bin/torchkeeper to the venv's command: the last lines name
+    that command and, with ~/.local/bin not on PATH, that folder (not the venv's bin)."""
+    home = tmp_path / "home"
+    home.mkdir()
+    env = _env(home)
+    env["PATH"] = f"{Path(sys.executable).parent}:/usr/bin:/bin"     # no ~/.local/bin
+    env["PIP_CACHE_DIR"] = str(REPO / ".tk-test-cache" / "pip")
+    r = subprocess.run(["bash", str(INSTALL), "--method", "venv", "--no-start", "--no-autostart",
+                        str(REPO)], env=env, stdin=subprocess.DEVNULL, capture_output=True,
+                       text=True, timeout=600)
+    assert r.returncode == 0, r.stderr
+    linked = home / ".local" / "bin" / "torchkeeper"
+    assert f"installed: {linked} " in r.stderr, r.stderr
+    assert f"note: {linked.parent} is not on your PATH" in r.stderr, r.stderr
+    assert "venv/bin is not on your PATH" not in r.stderr
+    v = subprocess.run([str(linked), "--version"], env=env, capture_output=True, text=True, timeout=60)
+    assert v.returncode == 0 and v.stdout.startswith("torchkeeper "), v.stderr

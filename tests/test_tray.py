@@ -82,7 +82,7 @@ def test_menu_shows_the_view(t):
     assert texts == [
         "a1111 — cuDNN 8.9.7 applied",
         "comfy — pip put the stock files back",
-        SEP, "Reapply all", "Check now", "Pause auto re-apply",
+        SEP, "Reapply all", "Check now", "Pause auto re-apply", "Show overview",
         SEP, "driver 551.86 (CUDA 12.4)",
         SEP, "Open config", "Open log", "Start at login",
         SEP, "Quit",
@@ -172,6 +172,31 @@ def test_every_action_calls_the_controller(ctl, opener, t):
 def test_default_action_is_reapply_all(ctl, t):
     t.icon.menu(t.icon)         # what a left click on the icon runs
     assert ctl.calls == [("request", view.REAPPLY_ALL, None)]
+
+
+def test_without_a_menu_a_click_opens_the_overview_with_the_actions(ctl, opener, monkeypatch):
+    """pystray's X11 backend has no menu (HAS_MENU False): the click must lead somewhere that
+    names every action, not re-apply blindly with nothing else reachable."""
+    _, dummy = tray._import_pystray("dummy")
+    monkeypatch.setattr(dummy, "HAS_MENU", False)
+    tr = tray.Tray(ctl, backend="dummy", opener=opener)
+    assert not tr.has_menu
+    assert [i.text for i in tr.icon.menu if i.default] == ["Show overview"]
+    tr.icon.menu(tr.icon)       # the click
+    assert ctl.calls == []      # nothing re-applied behind the user's back
+    [path] = opener.opened
+    text = path.read_text(encoding="utf-8")
+    assert path == ctl.log_file.parent / "overview.txt"
+    assert "torchkeeper apply a1111" in text and "torchkeeper revert comfy" in text
+    assert "comfy: drifted" in text
+
+
+def test_degraded_watching_is_a_menu_line_and_in_the_overview(ctl, opener, t):
+    ctl.publish(replace(ctl.view(), watching="the file watch failed (OSError: x)"))
+    line = [i for i in items(t.icon.menu) if i.text.startswith("Watching: degraded")]
+    assert len(line) == 1 and not line[0].enabled
+    click(t, item(t.icon.menu, "Show overview"))
+    assert "watching: degraded (the file watch failed (OSError: x))" in opener.opened[-1].read_text()
 
 
 def test_open_actions(ctl, opener, t):

@@ -14,6 +14,7 @@ import os
 import signal
 import sys
 import threading
+import time
 from pathlib import Path
 
 from .engine.fsutil import atomic_write_bytes
@@ -96,8 +97,15 @@ def agent_status(home: Home) -> dict:
             running = any(Path(a).stem == "torchkeeper" for a in cmd) and ("run" in cmd or len(cmd) == 1)
         except (psutil.Error, OSError):
             running = False
-    paused = bool(read_agent_state(home).get("paused"))
-    return {"running": running, "pid": pid if running else None, "paused": paused}
+    state = read_agent_state(home)
+    out = {"running": running, "pid": pid if running else None, "paused": bool(state.get("paused"))}
+    if running:
+        w = state.get("watching") or {"ok": True}
+        out["watching"] = "ok" if w["ok"] else "degraded"
+        if not w["ok"]:
+            out["watching_why"] = w.get("why") or "unknown"
+            out["watching_since"] = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(w.get("since", 0)))
+    return out
 
 
 def stop_file(home: Home) -> Path:
@@ -119,7 +127,6 @@ def stop_agent(home: Home, timeout: float = 30.0) -> dict:
     """Ask the running agent to stop after its job in hand and wait for it (never mid-transaction).
 
     Returns {"was_running", "stopped", "pid"}; "stopped" False: it still runs after ``timeout``."""
-    import time
 
     st = agent_status(home)
     if not st["running"]:
@@ -138,7 +145,42 @@ def stop_agent(home: Home, timeout: float = 30.0) -> dict:
     return {"was_running": True, "stopped": False, "pid": st["pid"]}
 
 
-def run(home: Home, headless: bool = False, verbose: bool = False, out=print) -> int:
+HOST_POLL_S = 2.0   # how often a headless agent with a tray backend looks for a tray host
+
+
+def first_words(agent) -> list[str]:
+    """What the terminal that started the agent reads once: what it protects and what to type
+    next (on a first run, what discover found follows when it is done)."""
+    from .daemon.worker import MENU_STEP, NEXT_STEP
+
+    targets = agent.engine.targets()
+    if agent.first_run:
+        return [f"torchkeeper: first run: default settings in {agent.config_file}; "
+                "looking for torch installs (a minute at most)..."]
+    if not targets:
+        return ["torchkeeper: no targets yet, so nothing is protected",
+                f"torchkeeper: next: {MENU_STEP if agent.has_menu else ''}{NEXT_STEP}"]
+    names = sorted(targets)
+    shown = ", ".join(names[:5]) + (f" (+{len(names) - 5} more)" if len(names) > 5 else "")
+    unbound = [n for n in names if not targets[n].get("bundle")]
+    lines = [f"torchkeeper: protecting {len(names)} target{'s' if len(names) != 1 else ''}: {shown}; "
+             "a reinstall that undoes an overlay is re-applied and said in a toast"]
+    if unbound:
+        lines.append(f"torchkeeper: no bundle chosen for {', '.join(unbound[:3])}"
+                     f"{' ...' if len(unbound) > 3 else ''}: next: `torchkeeper suggest`, then "
+                     "`torchkeeper bundle fetch --for NAME` and `torchkeeper use BUNDLE`")
+    else:
+        lines.append("torchkeeper: next: `torchkeeper status` shows each target; Ctrl-C stops the agent")
+    return lines
+
+
+def _say(line: str) -> None:
+    """A line for the terminal, out at once (a pipe or a log file is block-buffered)."""
+    if sys.stdout is not None:  # pythonw.exe: no console at all
+        print(line, flush=True)
+
+
+def run(home: Home, headless: bool = False, verbose: bool = False, out=_say) -> int:
     from .daemon.worker import Agent
     from .desktop.notify import Notifier
 
@@ -169,21 +211,31 @@ def run(home: Home, headless: bool = False, verbose: bool = False, out=print) ->
             stop_file(home).unlink()
         except OSError:
             pass
-        tray = None
+        tray, tray_cls, no_host = None, None, None
         if not headless:
             from .desktop import tray as traymod
 
             ok, why = traymod.available()
             if ok:
                 tray_cls = traymod.Tray
+                present, no_host = traymod.host_present()
+                if not present:
+                    # said once; the icon docks when a tray host appears (looked for every 2 s)
+                    log.warning("%s: running headless until one appears", no_host)
+                    out(f"torchkeeper: {no_host}; running headless - the icon appears if a tray "
+                        "starts later")
+                    headless = True
             else:
                 log.warning("no tray here (%s): running headless", why)
                 out(f"torchkeeper: no tray here ({why}); running headless")
                 headless = True
         agent = Agent(home)
-        if not headless:
-            tray = shown["tray"] = tray_cls(agent)
-            if tray.backend == "win32":
+        agent.say = out
+
+        def make_tray():
+            made = shown["tray"] = tray_cls(agent)
+            agent.has_menu = made.has_menu
+            if made.backend == "win32":
                 from .platform.session import SessionEnd
                 from .platform.windows import Win32Blocker
 
@@ -191,8 +243,12 @@ def run(home: Home, headless: bool = False, verbose: bool = False, out=print) ->
                     stop.set()
                     agent.stop(timeout)
 
-                tray.handle_session_end(SessionEnd(agent.writing_to, finish,
-                                                   Win32Blocker(lambda: tray.icon._hwnd)))
+                made.handle_session_end(SessionEnd(agent.writing_to, finish,
+                                                   Win32Blocker(lambda: made.icon._hwnd)))
+            return made
+
+        if not headless:
+            tray = make_tray()
         agent.notifier = Notifier(agent.cfg["notifications"],
                                   on_action=lambda action, target: agent.request(action, target),
                                   tray=tray, logger=log)
@@ -203,15 +259,22 @@ def run(home: Home, headless: bool = False, verbose: bool = False, out=print) ->
                          args=(home, stop, lambda: on_signal(0, None))).start()
         out(f"torchkeeper: agent running ({'headless' if headless else 'tray'}), "
             f"log: {agent.log_file}")
-        if tray is not None:
+        for line in first_words(agent):
+            out(line)
+        looked = time.monotonic()
+        while tray is None and not stop.wait(0.5) and not agent.wait_stopped(0):
+            if not no_host or time.monotonic() - looked < HOST_POLL_S:
+                continue
+            looked = time.monotonic()
+            if traymod.host_present()[0]:
+                log.info("a tray host appeared: showing the icon")
+                out("torchkeeper: a system tray appeared; the icon is there now")
+                tray = make_tray()
+        if tray is not None and not stop.is_set() and not agent.wait_stopped(0):
             # Quit from the menu stops the agent; its end stops the tray's loop
             threading.Thread(target=lambda: (agent.wait_stopped(), tray.stop()),
                              name="tk-tray-stop", daemon=True).start()
-            if not stop.is_set():
-                tray.run()
-        else:
-            while not stop.is_set() and not agent.wait_stopped(0.5):
-                pass
+            tray.run()
         agent.stop()
         return 0
     finally:

@@ -61,6 +61,7 @@ class AgentView:
     paused: bool = False        # auto re-apply paused by the user
     autostart: bool | None = None  # start at login; None = not available on this system
     found: list[FoundView] = field(default_factory=list)  # installs found, not managed yet
+    watching: str | None = None  # why file watching is degraded (every target polled); None: it works
 
 
 @dataclass

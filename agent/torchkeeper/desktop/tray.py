@@ -89,6 +89,44 @@ def available(backend: str | None = None) -> tuple[bool, str]:
     return True, f"tray backend: {_backend_name(icon_cls)}"
 
 
+def host_present(backend: str | None = None) -> tuple[bool, str]:
+    """(whether something on this desktop will show the icon, what is missing if not).
+    pystray's X11 and GTK backends dock into an XEmbed system tray, the owner of the
+    ``_NET_SYSTEM_TRAY_S<screen>`` selection (a panel's notification area, trayer, ...);
+    its AppIndicator backend needs a StatusNotifierWatcher on the session bus. Windows and
+    macOS always have one. Cheap enough to ask every few seconds."""
+    backend = backend or _backend_name(_import_pystray()[1])
+    if backend in ("xorg", "gtk"):
+        try:
+            import Xlib.X
+            import Xlib.display
+
+            d = Xlib.display.Display()
+            try:
+                atom = d.intern_atom(f"_NET_SYSTEM_TRAY_S{d.get_default_screen()}")
+                owned = d.get_selection_owner(atom) != Xlib.X.NONE
+            finally:
+                d.close()
+        except Exception as e:  # no X server after all (Wayland only), a refused connection
+            return False, f"no X display to dock into ({_one_line(e)})"
+        return owned, "" if owned else "no system tray on this desktop (nothing owns _NET_SYSTEM_TRAY_S0)"
+    if backend == "appindicator" and sys.platform.startswith("linux"):
+        try:
+            from jeepney import DBusAddress, new_method_call
+            from jeepney.io.blocking import open_dbus_connection
+
+            bus = DBusAddress("/org/freedesktop/DBus", bus_name="org.freedesktop.DBus",
+                              interface="org.freedesktop.DBus")
+            with open_dbus_connection(bus="SESSION") as conn:
+                reply = conn.send_and_get_reply(new_method_call(
+                    bus, "NameHasOwner", "s", ("org.kde.StatusNotifierWatcher",)), timeout=2)
+            owned = bool(reply.body[0])
+        except Exception as e:
+            return False, f"no session bus to find a tray host on ({_one_line(e)})"
+        return owned, "" if owned else "no tray host on this desktop (no StatusNotifierWatcher)"
+    return True, ""
+
+
 def _clip(text: str, limit: int) -> str:
     text = " ".join(text.split())   # one line: a menu item or tooltip line has no room for more
     return text if len(text) <= limit else text[:limit - 1] + "…"
@@ -207,6 +245,9 @@ class Tray:
         self._icon_size = icon_size
         self._pystray, icon_cls = _import_pystray(backend)
         self.backend = _backend_name(icon_cls)
+        # pystray's X11 backend has no menu: a click then opens the overview, which has the
+        # actions as commands (see _show_overview)
+        self.has_menu = bool(getattr(icon_cls, "HAS_MENU", True))
         self._view: view.AgentView = controller.view()
         self._shown_state = self._view.overall
         self._stopped = False
@@ -247,14 +288,19 @@ class Tray:
             items += [self._found_item(f) for f in v.found]
         items += [
             Menu.SEPARATOR,
-            # the default item: a left click on the icon runs it where the backend allows
+            # the default item: a left click on the icon runs it where the backend allows; with
+            # no menu to reach the rest, the click opens the overview instead
             Item("Reapply all", self._action(self._controller.request, view.REAPPLY_ALL),
-                 default=True),
+                 default=self.has_menu),
             Item("Check now", self._action(self._controller.request, view.CHECK_ALL)),
             Item("Pause auto re-apply", self._action(self._toggle_paused),
                  checked=lambda _: self._view.paused),
+            Item("Show overview", self._action(self._show_overview), default=not self.has_menu),
             Menu.SEPARATOR,
             Item(_clip(v.driver, ITEM_TEXT_MAX), None, enabled=False),
+            *([Item(_clip(f"Watching: degraded ({v.watching}) - every target is checked "
+                          "every few seconds; Quit and start torchkeeper again to fix it",
+                          ITEM_TEXT_MAX), None, enabled=False)] if v.watching else []),
             Menu.SEPARATOR,
             Item("Open config", self._action(self._open, self._controller.config_file)),
             Item("Open log", self._action(self._open, self._controller.log_file)),
@@ -317,6 +363,42 @@ class Tray:
         if not self._opener(path):
             log.warning("tray: could not open %s", path)
 
+    def _show_overview(self) -> None:
+        """Every target and what can be done about it, as text opened in the user's editor:
+        where the tray has no menu (pystray's X11 backend) this is what a click shows."""
+        v = self._view
+        lines = [v.tooltip, v.driver, ""]
+        if v.watching:
+            lines += [f"watching: degraded ({v.watching}); every target is checked every few "
+                      "seconds. Fix: `torchkeeper stop`, then `torchkeeper run`.", ""]
+        for t in v.targets:
+            lines += [f"{t.name}: {t.state} - {t.message}",
+                      f"    re-apply: torchkeeper apply {t.name}    back to stock: torchkeeper revert {t.name}"]
+            if t.suggestion:
+                lines.append(f"    {t.suggestion}: torchkeeper bundle fetch --for {t.name}")
+        if not v.targets:
+            lines.append("No targets yet: `torchkeeper discover --add` or `torchkeeper target add PATH`.")
+        if v.found:
+            lines += ["", "Found, not managed (`torchkeeper target add PATH` keeps one):"]
+            lines += [f"    {f.label}: {f.path}" for f in v.found]
+        lines += ["", "Everything at once: torchkeeper status | torchkeeper apply | torchkeeper verify",
+                  f"Auto re-apply is {'paused' if v.paused else 'on'} (config: {self._controller.config_file}).",
+                  "This desktop's tray shows no menu: see torchkeeper's README, \"The tray\", for one that does."]
+        self._write_and_open("overview", "\n".join(lines) + "\n")
+
+    def _write_and_open(self, stem: str, text: str) -> None:
+        safe = re.sub(r"[^\w.-]+", "_", stem)[:60] or "details"
+        for folder in (Path(self._controller.log_file).parent, Path(tempfile.gettempdir())):
+            path = folder / f"{safe}.txt"
+            try:
+                folder.mkdir(parents=True, exist_ok=True)
+                path.write_text(text, encoding="utf-8")
+            except OSError:
+                continue
+            self._open(path)
+            return
+        log.warning("tray: could not write %s anywhere", safe)
+
     def _show_details(self, t: view.TargetView) -> None:
         """Writes the target's details to a text file next to the log and opens it: every
         backend can do that (X11 has no notifications, Windows balloons keep 255 characters),
@@ -325,17 +407,7 @@ class Tray:
         if t.folder:
             text += f"folder: {t.folder}\n"
         text += "\n" + (t.details or "(no details)") + "\n"
-        safe = re.sub(r"[^\w.-]+", "_", t.name)[:60] or "target"
-        for folder in (Path(self._controller.log_file).parent, Path(tempfile.gettempdir())):
-            path = folder / f"details-{safe}.txt"
-            try:
-                folder.mkdir(parents=True, exist_ok=True)
-                path.write_text(text, encoding="utf-8")
-            except OSError:
-                continue
-            self._open(path)
-            return
-        log.warning("tray: could not write the details of %s anywhere", t.name)
+        self._write_and_open(f"details-{t.name}", text)
 
     # -- updates from the agent -------------------------------------------------------------
 
