@@ -134,6 +134,26 @@ def test_toolkit_plus_cudnn_archive_is_one_bundle(run_tk, build, tmp_path, win_a
     assert from_["cudart64_12.dll"] == str(tk) and from_["cudnn64_9.dll"] == str(win_archive)
 
 
+def test_create_says_what_it_left_out_and_logs_an_event(run_tk, build, tmp_path, win_archive, tk_home):
+    """A count of every file left out (nvcc.exe, headers, cufft...), the names with --verbose,
+    and a `bundle created` event (once: the same files again create nothing)."""
+    import json
+
+    tk = build.cuda_toolkit(tmp_path / "sdk", version="12.4.127", platform=WIN)
+    r = run_tk("bundle", "create", tk, win_archive)
+    assert r.rc == 0, r
+    line = next(ln for ln in r.out.splitlines() if "left out" in ln)
+    assert "--verbose names each" in line and "other libraries" in line and "other files" in line
+    assert "cufft64_11.dll" in r.out and "nvcc.exe" not in r.out
+    r = run_tk("bundle", "create", tk, win_archive, "--verbose")
+    assert r.rc == 0 and "nvcc.exe" in r.out and "cufft64_11.dll" in r.out, r
+    events = [json.loads(x) for x in (tk_home / "logs" / "events.jsonl").read_text().splitlines()]
+    made = [e for e in events if e["event"] == "bundle created"]
+    assert len(made) == 1 and made[0]["bundle_name"] == "cuda12.4-cudnn9.5.1-win"
+    assert made[0]["left_out"] >= 2 and made[0]["files"] > 0
+    assert "bundle created" in run_tk("log").out
+
+
 def test_linux_toolkit_soname_keys(run_tk, build, tmp_path):
     tk = build.cuda_toolkit(tmp_path / "sdk", version="12.4.127", platform=LINUX)
     m = create(run_tk, tk)

@@ -177,11 +177,17 @@ def test_suggest_each_layout_with_different_drivers(build, tmp_path, run_tk, tk_
 
     # an Ada GPU on an older driver (CUDA 12.4): 9.11 fits, CUDA 12.8 does not
     new_gpu = {**env, **driver_env(nvml_stub, tmp_path, driver="551.86", cuda=12040, cc="8.9")}
-    r = wayback.ok(run_tk("suggest", "t", extra_env=new_gpu))
+    r = wayback.ok(run_tk("suggest", "t", "--verbose", extra_env=new_gpu))
     assert "take nvidia-cudnn-cu12 9.11.0.98: the newest that fits" in r.out, str(r)
     assert "skip nvidia-cublas-cu12 12.8.4.1: CUDA 12.8 is newer than the driver's CUDA 12.4" in r.out
     assert "NVIDIA CUDA release notes" in r.out and "suggestion: cuDNN 9.11.0 + CUDA 12.4 fit" in r.out
     assert "bundle fetch --for t" in r.out
+    # without --verbose: the choice and why in a few lines, the skipped ones counted
+    short = wayback.ok(run_tk("suggest", "t", extra_env=new_gpu)).out
+    assert "take nvidia-cudnn-cu12 9.11.0.98: the newest that fits" in short
+    assert "suggestion: cuDNN 9.11.0 + CUDA 12.4 fit" in short and "skip " not in short
+    assert "skipped " in short and "--verbose" in short
+    assert len(short.splitlines()) <= 10, short
 
     # a driver too old for CUDA 12 at all: no CUDA part fits, and it says why
     r = wayback.ok(run_tk("suggest", "win", "--json", extra_env={
@@ -199,6 +205,21 @@ def test_choose_without_a_driver_or_target():
     empty = suggest.choose(libs.WINDOWS, 13, {libs.CUBLAS: None}, {libs.CUBLAS: ["0.0.1"]})
     assert empty.chosen == {} and empty.headline() is None
     assert "placeholder" in empty.candidates[0].why
+
+
+def test_pre_release_dev_and_local_versions_are_chosen_only_with_pre():
+    found = {libs.CUDNN: ["9.5.1.17", "9.6.0.0rc1", "9.27.0.21.dev65563384", "9.5.2.1+local", "9.6.0.0a2"]}
+    s = suggest.choose(libs.LINUX, 12, {libs.CUDNN: None}, found)
+    assert s.chosen[libs.CUDNN]["version"] == "9.5.1.17"
+    skipped = {c.version: c.why for c in s.candidates if not c.taken}
+    for v in ("9.6.0.0rc1", "9.27.0.21.dev65563384", "9.5.2.1+local", "9.6.0.0a2"):
+        assert "--pre" in skipped[v], (v, skipped)
+    assert "pre-release" in suggest.render(s)   # said, in the short form too
+    pre = suggest.choose(libs.LINUX, 12, {libs.CUDNN: None}, found, pre=True)
+    assert pre.chosen[libs.CUDNN]["version"] == "9.27.0.21.dev65563384"
+    # PEP 440 order: a release candidate is older than its release
+    rc = suggest.choose(libs.LINUX, 12, {libs.CUDNN: "9.6"}, {libs.CUDNN: ["9.6.0.0rc1", "9.6.0.0"]}, pre=True)
+    assert rc.chosen[libs.CUDNN]["version"] == "9.6.0.0"
 
 
 # -- a full disk, a killed fetch ---------------------------------------------------------------

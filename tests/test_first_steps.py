@@ -102,3 +102,22 @@ def test_doctor_lists_every_folder(run_tk, tk_home):
     assert [ln.split()[0] for ln in block] == ["config", "state", "cache", "logs"]
     assert block[3].split()[1] == str(tk_home / "logs")
     assert set(run_tk("doctor", "--json").json()["home"]) == {"config", "data", "cache", "logs"}
+
+
+def test_status_and_doctor_say_why_a_cudnn_version_is_unknown(tmp_path, build, run_tk):
+    """Mid-reinstall (pip has removed the cuDNN DLLs and not yet written the new ones): no
+    `?` or `None`, but what is unknown and why."""
+    from agentkit import patched_target
+
+    venv, _, _ = patched_target(tmp_path, build, run_tk)
+    lib = builders.site_packages(venv) / "torch" / "lib"
+    for dll in lib.glob("cudnn*.dll"):
+        dll.unlink()
+    st = run_tk("status")
+    assert st.rc == 0, st
+    assert "cuDNN unknown" in st.out and "has no cuDNN library right now (pip reinstalling?" in st.out, st.out
+    assert " ?" not in st.out and "None" not in st.out, st.out
+    j = run_tk("status", "--json").json()
+    assert j["targets"][0]["cudnn_now"] is None and "pip reinstalling" in j["targets"][0]["cudnn_unknown"]
+    doc = run_tk("doctor")
+    assert "None" not in doc.out and "cuDNN unknown" in doc.out, doc.out

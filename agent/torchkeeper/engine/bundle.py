@@ -43,7 +43,8 @@ class Candidate:
 @dataclass
 class Collected:
     files: dict[str, Candidate] = field(default_factory=dict)
-    left_out: list[str] = field(default_factory=list)
+    left_out: list[str] = field(default_factory=list)  # libraries it does not manage
+    other: list[str] = field(default_factory=list)     # every other file left out (headers, tools, ...)
     read: list[str] = field(default_factory=list)     # "cuDNN 9.5.1 from <file>"
     cuda: str | None = None
     cuda_full: str | None = None
@@ -59,6 +60,8 @@ def _classify_file(path: Path, origin: str, col: Collected, display: str) -> Non
             return  # libcudnn.so -> libcudnn.so.9: the same library, taken by its soname
         if libs.is_library_file(path.name):
             col.left_out.append(display)
+        else:
+            col.other.append(display)
         return
     real = path.resolve()
     if ln.platform == libs.LINUX:
@@ -237,6 +240,8 @@ def _read_wheel(src: Path, col: Collected, tmp: Path) -> None:
                 _classify_file(p, str(src), col, display)
             elif libs.is_library_file(base):
                 col.left_out.append(display)
+            elif not (parts[-2:-1] and parts[-2].endswith(".dist-info")):
+                col.other.append(display)
     col.sources.append({"path": str(src), "kind": "nvidia wheel"})
 
 
@@ -467,11 +472,20 @@ class Store:
                 "sources": col.sources,
                 "read": col.read,
                 "left_out": sorted(set(col.left_out)),
+                "left_out_other": len(set(col.other)),
                 "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             }
             m["id"] = bundle_id(m)
             m["name"] = name or self._free_name(_default_name(m), m["id"])
-            return self._commit(stage, m)
+            m, created = self._commit(stage, m)
+            m["_other"] = sorted(set(col.other))   # names for `bundle create --verbose`; not kept
+            if created:
+                from .state import log_event
+
+                log_event(self.home, "bundle created", bundle=m["id"], bundle_name=m["name"],
+                          files=len(m["files"]), left_out=len(m["left_out"]) + m["left_out_other"],
+                          sources=[x["path"] for x in col.sources])
+            return m, created
         except OSError as e:
             if e.errno != errno.ENOSPC:
                 raise

@@ -95,7 +95,8 @@ def doctor(eng, probe: bool = False) -> dict:
         try:
             s = eng.target_state(name, st=st)
             t.update({k: getattr(s, k) for k in ("site_packages", "state", "torch_version", "torch_cuda",
-                                             "cudnn_stock", "cudnn_now", "problems", "standby")})
+                                             "cudnn_stock", "cudnn_now", "cudnn_unknown", "problems",
+                                             "standby")})
             t["cudnn_now_int"] = versions.cudnn_int(s.cudnn_now)
             if d is not None and getattr(d, "ok", False) and s.torch_cuda:
                 from .driver import cuda_supports
@@ -133,9 +134,15 @@ def render(r: dict) -> str:
         if t.get("error"):
             lines.append(f"  {t['name']}: {t['error']}")
             continue
-        lines.append(f"  {t['name']}: torch {t.get('torch_version')}, CUDA {t.get('torch_cuda')}, cuDNN "
-                     f"{t.get('cudnn_now')} ({t.get('cudnn_now_int')}), stock cuDNN {t.get('cudnn_stock')}, "
-                     f"{t.get('state')}")
+        if t.get("state") == "missing":
+            lines.append(f"  {t['name']}: missing: {'; '.join(t.get('problems') or []) or t.get('site_packages')}")
+            continue
+        now = (f"{t['cudnn_now']} ({t['cudnn_now_int']})" if t.get("cudnn_now") else "unknown")
+        lines.append(f"  {t['name']}: torch {t.get('torch_version') or 'unknown'}, "
+                     f"{'CUDA ' + t['torch_cuda'] if t.get('torch_cuda') else 'a CPU build'}, cuDNN "
+                     f"{now}, stock cuDNN {t.get('cudnn_stock') or 'unknown'}, {t.get('state')}")
+        if t.get("cudnn_unknown"):
+            lines.append(f"    cuDNN unknown: {t['cudnn_unknown']}")
         sb = t.get("standby")
         if sb and sb.get("state") != "off":
             lines.append(f"    standby: {sb['state']}" + (

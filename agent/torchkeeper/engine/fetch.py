@@ -52,6 +52,7 @@ class PipOptions:
     python_version: str = f"{sys.version_info[0]}.{sys.version_info[1]}"
     find_links: list[str] = field(default_factory=list)
     index_url: str | None = None
+    pre: bool = False        # pre-release, dev and local versions may be chosen (--pre)
 
     def args(self) -> list[str]:
         out = ["--no-deps", "--only-binary=:all:", "--python-version", self.python_version,
@@ -245,8 +246,26 @@ class Fetcher:
             shutil.rmtree(work, ignore_errors=True)
 
 
-def _version_key(v: str) -> tuple:
-    return tuple(int(x) if x.isdigit() else -1 for x in re.split(r"[.+]", v))
+def _version_key(v: str):
+    """PEP 440 order (9.6.0.0rc1 before 9.6.0.0, after 9.5.1.17); a version pip would not
+    accept either sorts first."""
+    from packaging.version import InvalidVersion, Version
+
+    try:
+        return (1, Version(v))
+    except InvalidVersion:
+        return (0, Version("0"))
+
+
+def is_final(v: str) -> bool:
+    """A release: not a pre-release (rc, a, b), not a dev build, not a local version (+x)."""
+    from packaging.version import InvalidVersion, Version
+
+    try:
+        pv = Version(v)
+    except InvalidVersion:
+        return False
+    return not (pv.is_prerelease or pv.is_devrelease or pv.local)
 
 
 def matches(version: str, spec: str | None) -> bool:
@@ -341,7 +360,7 @@ def fetch_bundle(engine, *, target: str | None = None, asked: dict | None = None
     fx = Fetcher(engine.home, opts)
     found = {f: fx.versions(wheels.package(f, major)) for f in wanted}
     s = suggest.choose(platform, major, wanted, found, info, engine.driver() if info is not None else None,
-                       target)
+                       target, pre=opts.pre)
     if not s.chosen or any(f not in s.chosen for f in asked):
         missing = [f for f in (asked or wanted) if f not in s.chosen]
         fam = missing[0] if missing else next(iter(wanted))

@@ -61,6 +61,7 @@ class TargetStatus:
     platform: str | None = None
     cudnn_stock: str | None = None    # the cuDNN torch ships (or shipped, under an overlay)
     cudnn_now: str | None = None      # the cuDNN in place now, where known
+    cudnn_unknown: str | None = None  # why cudnn_now (or cudnn_stock) is not known, in words
     applied: AppliedRef | None = None
     info: TargetInfo | None = None    # the full inspection, when asked for
     in_desired_state: bool | None = None  # set by verify
@@ -78,6 +79,8 @@ class TargetStatus:
         if self.inspected:
             d.update(torch_version=self.torch_version, torch_cuda=self.torch_cuda,
                      platform=self.platform, cudnn_stock=self.cudnn_stock, cudnn_now=self.cudnn_now)
+            if self.cudnn_unknown:
+                d["cudnn_unknown"] = self.cudnn_unknown
         if self.applied is not None:
             d["applied"] = self.applied.to_dict()
         if self.info is not None:

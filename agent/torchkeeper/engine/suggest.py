@@ -13,13 +13,15 @@ Nothing is downloaded here: only the index's version lists are read (fetch.Fetch
 
 from __future__ import annotations
 
+import re
 from dataclasses import asdict, dataclass, field
 
 from . import cudadrivers, libs, versions, wheels
 from .driver import lowest_compute_capability
-from .fetch import _version_key, matches
+from .fetch import _version_key, is_final, matches
 
-CC_MIN_FROM = ((9, 11), (7, 5))  # cuDNN >= 9.11 needs compute capability >= 7.5
+CC_MIN_FROM = ((9, 11), (7, 5))
+PRE_WHY = "a pre-release, dev or local build: chosen only with --pre"  # cuDNN >= 9.11 needs compute capability >= 7.5
 FAMILY_ORDER = (libs.CUDNN, libs.CUBLAS, libs.CUDART)
 
 
@@ -69,10 +71,18 @@ def _mm(v: str) -> tuple[int, int]:
 
 
 def choose(platform: str, cuda_major: int, wanted: dict[str, str | None],
-           found: dict[str, list[str]], info=None, driver=None, target: str | None = None) -> Suggestion:
+           found: dict[str, list[str]], info=None, driver=None, target: str | None = None,
+           pre: bool = False) -> Suggestion:
     """The candidates for each wanted family (family -> a version prefix or None for newest),
-    from the versions found on the index (family -> versions)."""
+    from the versions found on the index (family -> versions). Pre-release, dev and local
+    versions are candidates only with ``pre``; otherwise each is listed as skipped."""
     s = Suggestion(target, platform, cuda_major)
+    if not pre:
+        for fam, vs in found.items():
+            for v in sorted((v for v in vs if not is_final(v)), key=_version_key, reverse=True):
+                s.candidates.append(Candidate(fam, wheels.package(fam, cuda_major), v, False,
+                                              PRE_WHY))
+        found = {fam: [v for v in vs if is_final(v)] for fam, vs in found.items()}
     driver_ok = driver is not None and getattr(driver, "ok", False)
     cc = lowest_compute_capability(driver) if driver_ok else None
     if driver_ok:
@@ -199,16 +209,31 @@ def _cuda(s: Suggestion, fams, wanted, found, info, driver, too_old) -> None:
             s.problems.append(f"no {pkg} on the index fits")
 
 
-def render(s: Suggestion) -> str:
+def render(s: Suggestion, verbose: bool = False) -> str:
+    """The choice and why in a few lines; ``verbose``: the rules and every candidate."""
     lines = [f"target '{s.target}': {s.torch}" if s.target else
              f"{s.platform}, CUDA {s.cuda_major}"]
     lines.append(f"  driver: {s.driver}")
-    lines += [f"  rule: {r}" for r in s.rules]
-    for c in s.candidates:
-        lines.append(f"  {'take' if c.taken else 'skip'} {c.package} {c.version}: {c.why}")
-    lines += [f"  {p}" for p in s.problems]
     head = s.headline()
     lines.append(f"  suggestion: {head}" if head else "  suggestion: nothing newer fits")
+    if verbose:
+        lines += [f"  rule: {r}" for r in s.rules]
+    for c in s.candidates:
+        if verbose or c.taken:
+            lines.append(f"  {'take' if c.taken else 'skip'} {c.package} {c.version}: {c.why}")
+    lines += [f"  {p}" for p in s.problems]
+    skipped = [c for c in s.candidates if not c.taken]
+    if skipped and not verbose:
+        # the reasons, with their versions left out, most common first
+        counts: dict[str, int] = {}
+        for c in skipped:
+            why = re.sub(r"\b\d+(?:\.\d+)+\S*", "X", c.why)
+            counts[why] = counts.get(why, 0) + 1
+        top = sorted(counts.items(), key=lambda kv: -kv[1])
+        lines.append(f"  skipped {len(skipped)} other version(s): "
+                     + "; ".join(f"{n} {why}" for why, n in top[:3])
+                     + (f"; {sum(n for _, n in top[3:])} for other reasons" if len(top) > 3 else ""))
+        lines.append("  (--verbose lists each version and the rules; --json too)")
     return "\n".join(lines)
 
 
@@ -231,4 +256,4 @@ def _suggest(engine, name: str, opts, info) -> Suggestion:
     opts.platform = platform
     fx = Fetcher(engine.home, opts)
     found = {f: fx.versions(wheels.package(f, major)) for f in wanted}
-    return choose(platform, major, wanted, found, info, engine.driver(), name)
+    return choose(platform, major, wanted, found, info, engine.driver(), name, pre=opts.pre)
