@@ -154,9 +154,15 @@ def cmd_bundle_create(args, eng):
     if not created and args.name and args.name != m["name"]:
         lines.append(f"  (these files are already bundle '{m['name']}'; --name {args.name} was not used)")
     lines += [f"  read: {r}" for r in m.get("read", [])]
-    if m.get("left_out"):
-        lines.append(f"  left out ({len(m['left_out'])}, not CUDA runtime/cuBLAS/cuDNN): " +
-                     ", ".join(m["left_out"][:8]) + (" ..." if len(m["left_out"]) > 8 else ""))
+    libs_out, other = m.get("left_out", []), m.get("_other", [])
+    if libs_out or other:
+        lines.append(f"  left out {len(libs_out) + len(other)} file(s) that are not CUDA runtime, cuBLAS "
+                     f"or cuDNN libraries: {len(libs_out)} other libraries, {len(other)} other files "
+                     "(headers, tools, docs)" + ("" if args.verbose else "; --verbose names each"))
+        if libs_out and not args.verbose:
+            lines.append("    libraries: " + ", ".join(libs_out[:6]) + (" ..." if len(libs_out) > 6 else ""))
+        if args.verbose:
+            lines += [f"    {x}" for x in libs_out + other]
     _emit(args, {**public(m), "created_now": created}, "\n".join(lines))
     return OK
 
@@ -165,7 +171,7 @@ def _pip_options(args, platform=None):
     from .engine.fetch import PipOptions, host_platform
 
     return PipOptions(platform or host_platform(), find_links=list(args.find_links or []),
-                      index_url=args.index_url)
+                      index_url=args.index_url, pre=bool(getattr(args, "pre", False)))
 
 
 def cmd_bundle_fetch(args, eng):
@@ -195,7 +201,7 @@ def cmd_bundle_fetch(args, eng):
         for bar in bars.values():
             bar.close()
     m = res.bundle
-    lines = [render(res.suggestion),
+    lines = [render(res.suggestion, verbose=args.verbose),
              ("created bundle " if res.created else "already in the cache: ") + _bundle_line(m)]
     if args.for_target:
         lines.append(f"next: `torchkeeper use {m['name']} --target {args.for_target}` and "
@@ -220,7 +226,7 @@ def cmd_suggest(args, eng):
             texts.append(f"target '{n}': {e.message}")
             continue
         out.append(s.to_dict())
-        texts.append(render(s) + (f"\n  get it: `torchkeeper bundle fetch --for {n}`" if s.chosen else ""))
+        texts.append(render(s, verbose=args.verbose) + (f"\n  get it: `torchkeeper bundle fetch --for {n}`" if s.chosen else ""))
     _emit(args, out if not args.target else out[0], "\n".join(texts))
     return OK
 
@@ -426,6 +432,10 @@ def cmd_status(args, eng):
     a = st["agent"]
     lines.append(f"agent: running (pid {a['pid']})" + (", auto re-apply paused" if a["paused"] else "")
                  if a["running"] else "agent: not running (start it with `torchkeeper run`)")
+    if a.get("watching") == "degraded":
+        lines.append(f"    watching: degraded since {a.get('watching_since')} ({a.get('watching_why')}); "
+                     "every target is checked every few seconds instead. hint: `torchkeeper stop`, "
+                     "then `torchkeeper run`; `torchkeeper log --agent` says what failed")
     if not st["targets"]:
         lines.append("no targets yet: `torchkeeper target add PATH` or `torchkeeper discover --add`")
     for t in st["targets"]:
@@ -437,9 +447,15 @@ def cmd_status(args, eng):
             which = f"applied {applied}"
         else:
             which = f"chosen {chosen}, not applied" if chosen else "no bundle chosen"
-        lines.append(f"{t['name']:<20} {t['state']:<13} torch {t.get('torch_version') or '?'}"
-                     f" (CUDA {t.get('torch_cuda') or '-'}), cuDNN {t.get('cudnn_now') or '?'}"
-                     f" (stock {t.get('cudnn_stock') or '?'}), {which}")
+        if t["state"] == "missing":
+            lines.append(f"{t['name']:<20} missing       {which}")
+        else:
+            lines.append(f"{t['name']:<20} {t['state']:<13} torch {t.get('torch_version') or 'unknown'}"
+                         f" ({'CUDA ' + t['torch_cuda'] if t.get('torch_cuda') else 'a CPU build'}),"
+                         f" cuDNN {t.get('cudnn_now') or 'unknown'}"
+                         f" (stock {t.get('cudnn_stock') or 'unknown'}), {which}")
+            if t.get("cudnn_unknown"):
+                lines.append(f"    cuDNN unknown: {t['cudnn_unknown']}")
         sb = t.get("standby")
         if sb and sb.get("state") not in (None, "off"):
             lines.append(f"    standby: {sb['state']}" + (
@@ -609,6 +625,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--name")
     c.add_argument("--cuda", help="CUDA version, when the source does not say (X.Y)")
     c.add_argument("--cudnn", help="cuDNN version, when the source does not say (X.Y.Z)")
+    c.add_argument("--verbose", "-v", action="store_true", help="name every file left out")
     fe = cmd("fetch", cmd_bundle_fetch, "download nvidia-* wheels with pip and make a bundle "
              "(no NVIDIA account needed)", bsub)
     for flag, what in (("--cudnn", "cuDNN"), ("--cublas", "cuBLAS"), ("--cudart", "CUDA runtime")):
@@ -658,6 +675,10 @@ def build_parser() -> argparse.ArgumentParser:
                          help="also look here for wheels (pip's --find-links)")
         sp_.add_argument("--index-url", metavar="URL", help="pip's --index-url (else PIP_INDEX_URL "
                          "or pip's configuration)")
+        sp_.add_argument("--pre", action="store_true",
+                         help="consider pre-release, dev and local versions too")
+        sp_.add_argument("--verbose", "-v", action="store_true",
+                         help="every candidate version and why it was taken or skipped, and the rules")
     bn = cmd("bench", cmd_bench, "measure the speed-up of a bundle in the target's own Python "
              "(stock, then with the bundle; the target is put back as it was)")
     bn.add_argument("target")
@@ -691,6 +712,20 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _say_engine_warnings() -> None:
+    """The engine's warnings (a hostile file set aside, a malformed hold ignored) as one
+    `warning:` line each on stderr; the agent logs them to agent.log instead."""
+    import logging
+
+    log = logging.getLogger("torchkeeper.engine")
+    if not log.handlers:
+        h = logging.StreamHandler(sys.stderr)
+        h.setFormatter(logging.Formatter("warning: %(message)s"))
+        log.addHandler(h)
+        log.setLevel(logging.WARNING)
+        log.propagate = False
+
+
 def _print_error(e: TKError) -> None:
     print(f"error: {e.message}", file=sys.stderr)
     if e.hint:
@@ -706,6 +741,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.fn is cmd_run:  # the agent reports a broken config itself and keeps going
             return cmd_run(args)
+        _say_engine_warnings()
         eng = _engine()
         from .engine.config import load
 

@@ -82,6 +82,9 @@ _AGENT_STATE = {
     "autostart": lambda v: v is None or isinstance(v, bool),
     "driver": _driver_record_ok,
     "config_text": lambda v: isinstance(v, str),  # the last config.toml that was valid
+    # whether the running agent's file watches work (False: it polls every target)
+    "watching": lambda v: isinstance(v, dict) and isinstance(v.get("ok"), bool)
+    and isinstance(v.get("why", ""), str) and isinstance(v.get("since", 0), (int, float)),
 }
 
 
@@ -99,10 +102,15 @@ class Job:
 # internal job kinds besides view's actions
 CHECK, FULL, DRIVER, CONFIG, TARGETS = "check", "full check", "driver", "config", "targets"
 SUGGEST = "suggest"
+POLL = "poll"             # every target, while the file watches do not work
+FULL_ONE = "full check of one"    # one target's files re-hashed (its standby found other bytes)
+PREPARE, REHASH, REFRESH = "prepare", "rehash", "refresh"   # standby work, weakest last
+_STANDBY_RANK = {REFRESH: 0, PREPARE: 1, REHASH: 2}
+DEGRADED_POLL_S = 10.0
 FOUND_SHOWN = 10          # found installs listed (and inspected for their cuDNN) at most
 SUGGEST_FOUND = "suggest found"   # the same for a found install (target=its path)
-NO_TARGETS_HINT = ("no targets yet: choose Manage under \"Found, not managed\" in the tray menu, "
-                   "or run `torchkeeper discover --add` or `torchkeeper target add PATH`")
+NEXT_STEP = "run `torchkeeper discover --add` (every install found) or `torchkeeper target add PATH`"
+MENU_STEP = "choose Manage under \"Found, not managed\" in the tray menu, or "
 HOLD_POLL_S = 1.0        # how often a check held off by another process (bench) looks again
 SUGGEST_DELAY_S = 30.0   # after a target is first shown: the index is asked once per agent run
 
@@ -146,6 +154,9 @@ class Agent:
         self.login = login or Login(home)
         self._autostart = self._read_autostart()
         self._driver_error = False
+        self._degraded: str | None = None   # why the file watches do not work, None: they do
+        self.has_menu = False     # a tray menu shows "Found, not managed" (set by `run`)
+        self.say = None           # say(line): a line for the terminal that started the agent
         self.watcher = None
         self.safety = None
         self._watch, self._schedule = watch, schedule
@@ -155,7 +166,7 @@ class Agent:
         self.applies = 0
         # standby preparation: its own low-priority thread, so that the worker queue (the
         # repairs) never waits behind hashing another target's standby
-        self._standby_todo: dict[str, bool] = {}  # target -> re-hash (daily check)
+        self._standby_todo: dict[str, str] = {}  # target -> PREPARE, REHASH (daily) or REFRESH
         self._standby_cv = threading.Condition()
         self._standby_thread = threading.Thread(target=self._standby_loop, name="tk-standby",
                                                 daemon=True)
@@ -197,8 +208,13 @@ class Agent:
 
     # -- lifecycle -------------------------------------------------------------------
     def start(self) -> None:
+        if self._agent_state.pop("watching", None) is not None:  # an earlier agent's
+            try:
+                self._save_agent_state()
+            except OSError as e:
+                log.error("cannot write %s: %s", agent_state_file(self.home), e)
         if not self.engine.targets():
-            log.info(NO_TARGETS_HINT)
+            log.info("no targets yet: %s%s", MENU_STEP if self.has_menu else "", NEXT_STEP)
         if self.first_run:
             self._first_run()
         for line in self.engine.recover_all():
@@ -212,10 +228,13 @@ class Agent:
 
             a = self.cfg["agent"]
             self.watcher = Watcher(Debouncer(a["quiet_seconds"], a["max_wait_seconds"], settle=SETTLE),
-                                   self._on_burst, self._is_own)
+                                   self._on_burst, self._is_own, on_lost=self._events_lost,
+                                   on_health=self._watch_health,
+                                   # an install began: prove the standby's bytes again meanwhile,
+                                   # off the repair's critical path
+                                   on_start=lambda name: self._want_standby(name, refresh=True))
             self.watcher.start()
             self._watch_config()
-            self._overflow = _OverflowHook(self._events_lost)
         self._worker.start()
         self._standby_thread.start()
         self.poll_driver(initial=True)
@@ -248,7 +267,6 @@ class Agent:
             self.safety.stop()
         if self.watcher:
             self.watcher.stop()
-            self._overflow.close()
         if self.notifier is not None and hasattr(self.notifier, "close"):
             self.notifier.close()
         self._stopped.set()
@@ -268,10 +286,14 @@ class Agent:
                                                 for j in self._jobs.values())
 
     # -- the standby -----------------------------------------------------------------
-    def _want_standby(self, name: str, rehash: bool = False) -> None:
-        """Prepare (or, with standby off, delete) a target's standby in the background."""
+    def _want_standby(self, name: str, rehash: bool = False, refresh: bool = False) -> None:
+        """Prepare (or, with standby off, delete) a target's standby in the background;
+        ``refresh``: only hash again what an install in progress touched (standby.refresh)."""
+        want = REFRESH if refresh else (REHASH if rehash else PREPARE)
         with self._standby_cv:
-            self._standby_todo[name] = self._standby_todo.get(name, False) or rehash
+            had = self._standby_todo.get(name)
+            if had is None or _STANDBY_RANK[want] > _STANDBY_RANK[had]:
+                self._standby_todo[name] = want
             self._standby_cv.notify_all()
 
     def _standby_loop(self) -> None:
@@ -285,12 +307,19 @@ class Agent:
                 if self._stopping:
                     return
                 name = min(self._standby_todo)
-                rehash = self._standby_todo.pop(name)
+                what = self._standby_todo.pop(name)
             try:
-                if name in self.engine.targets():
-                    res = self.engine.prepare_standby(name, rehash=rehash)
-                    self.standby_runs += 1
-                    log.info("standby of '%s': %s", name, res)
+                if name not in self.engine.targets():
+                    continue
+                if what == REFRESH:
+                    log.info("standby of '%s' refreshed: %s", name, self.engine.refresh_standby(name))
+                    continue
+                res = self.engine.prepare_standby(name, rehash=what == REHASH)
+                self.standby_runs += 1
+                log.info("standby of '%s': %s", name, res)
+                if res.get("bad"):
+                    # the placed file is that inode: not the overlay's bytes, so not patched
+                    self._enqueue(FULL_ONE, name, "standby found changed bytes")
             except Exception as e:  # TKError (a lock held too long), OSError: next time
                 log.warning("standby of '%s' not prepared: %s", name, e)
 
@@ -302,6 +331,8 @@ class Agent:
         states = {t.state for t in targets}
         if states & {MISSING} or self._driver_error:
             overall = V.ERROR
+        elif self._degraded is not None:
+            overall = V.ATTENTION
         elif self._working is not None:
             overall = V.WORKING
         elif states & {DRIFTED, INCOMPATIBLE, V.WAITING} or self._asks:
@@ -320,6 +351,8 @@ class Agent:
             tip = "torchkeeper: " + "; ".join(f"{t.name} {t.state}" for t in bad[:3])
         if paused:
             tip += " (auto re-apply paused)"
+        if self._degraded is not None:
+            tip += f"; watching: degraded - checking every {DEGRADED_POLL_S:.0f} s"
         holds = dict(self._holds)
         if holds:
             tip += "; " + ", ".join(f"'{n}' held by {h.get('why')}" for n, h in sorted(holds.items()))
@@ -327,7 +360,7 @@ class Agent:
         if fetching:
             overall, tip = V.WORKING, fetching
         return V.AgentView(overall, tip, targets, self._driver_line, paused, self._autostart,
-                           list(self._found))
+                           list(self._found), self._degraded)
 
     def request(self, action: str, target: str | None = None, reason: str = "",
                 explicit: bool | None = None) -> None:
@@ -449,9 +482,13 @@ class Agent:
             self._check(job)
         elif job.action == FULL:
             self._full_check()
+        elif job.action == FULL_ONE:
+            self._full_check([job.target], job.reason)
         elif job.action == DRIVER:
             for name in self.engine.targets():
                 self._check(Job(0, 0, CHECK, name, job.reason))
+        elif job.action == POLL:
+            self._poll_all()
         elif job.action == CONFIG:
             self._reload_config()
         elif job.action == TARGETS:
@@ -490,11 +527,38 @@ class Agent:
         threading.Thread(target=self._discover, args=("first run",), name="tk-discover",
                          daemon=True).start()
 
-    def _events_lost(self) -> None:
-        """The kernel's event queue overflowed (a huge install, a slow machine): what the
-        lost events would have said is found by checking every target now."""
-        self._event("file events lost")
+    def _events_lost(self, why: str = "") -> None:
+        """File events were lost (the kernel's queue overflowed in a huge install, or the
+        watches were made anew after a failure): what they would have said is found by
+        checking every target now."""
+        self._event("file events lost", why=why or None)
         self.request(V.CHECK_ALL, reason="file events lost")
+
+    def _watch_health(self, ok: bool, why: str) -> None:
+        """The watcher stopped working (a watch thread failed) or works again. While it does
+        not, every target is checked every DEGRADED_POLL_S, and the tray and `status` say so."""
+        self._degraded = None if ok else why
+        self._agent_state["watching"] = {"ok": ok, "why": why, "since": time.time()}
+        try:
+            self._save_agent_state()
+        except OSError as e:
+            log.error("cannot write %s: %s", agent_state_file(self.home), e)
+        if ok:
+            self._event("watching again")
+        else:
+            log.error("watching: degraded (%s); checking every target every %d s until it works",
+                      why, DEGRADED_POLL_S)
+            self._event("watching degraded", why=why)
+            self._enqueue(POLL, None, "watching degraded")
+        self._changed()
+
+    def _poll_all(self) -> None:
+        """The fallback while watching is degraded: every target checked, again and again."""
+        if self._degraded is None:
+            return
+        for name in self.engine.targets():
+            self._check(Job(0, 0, CHECK, name, "watching degraded"))
+        self._enqueue(POLL, None, "watching degraded", delay=DEGRADED_POLL_S)
 
     def _discover(self, reason: str) -> None:
         from ..engine import target as targetmod
@@ -526,13 +590,18 @@ class Agent:
             if views:
                 many = "s" if total != 1 else ""
                 shown = "; ".join(v.label for v in views[:4]) + (f" (+{total - 4} more)" if total > 4 else "")
+                how = ("Choose Manage in the tray menu to keep one." if self.has_menu else
+                       "Run `torchkeeper discover --add` to keep them.")
                 self._toast(V.Toast("found", f"torchkeeper: found {total} torch install{many}",
-                                    f"Found {total} torch install{many}: {shown}. "
-                                    "Choose Manage in the tray menu to keep one."))
+                                    f"Found {total} torch install{many}: {shown}. {how}"))
+                self._say(f"found {total} torch install{many}: {shown}")
+                self._say(f"next: {MENU_STEP if self.has_menu else ''}{NEXT_STEP}")
             else:
                 self._toast(V.Toast("found", "torchkeeper: no torch installs found",
                                     "Add one with `torchkeeper target add PATH` (a venv, a python_embeded "
                                     "folder or a conda env)."))
+                self._say("found no torch install in the usual places")
+                self._say("next: `torchkeeper target add PATH` (a venv, a python_embeded folder or a conda env)")
 
     def _manage(self, job: Job) -> str | None:
         """A person chose Manage on a found install: it becomes a target (no bundle is
@@ -838,12 +907,15 @@ class Agent:
                                 f"{warn[0].message}. {warn[0].hint or ''}".strip(), name,
                                 level="warning"))
 
-    def _full_check(self) -> None:
+    def _full_check(self, names: list[str] | None = None, reason: str = "daily full check") -> None:
         """Every file re-hashed: catches what stat data cannot (same size, same times)."""
-        for r in self.engine.verify(full=True):
-            if r.state == PATCHED:
+        names = [n for n in names if n in self.engine.targets()] if names is not None else None
+        if names == []:
+            return
+        for r in self.engine.verify(names, full=True):
+            if r.state == PATCHED and names is None:
                 self._want_standby(r.name, rehash=True)  # its bytes re-hashed too
-            job = Job(0, 0, CHECK, r.name, "daily full check")
+            job = Job(0, 0, CHECK, r.name, reason)
             if r.state == DRIFTED and r.applied:
                 self._drifted(r.name, r, job)  # not via a quick check: it may see no change
             elif r.state != PATCHED:
@@ -1103,6 +1175,13 @@ class Agent:
         except Exception:
             log.exception("notification failed")
 
+    def _say(self, line: str) -> None:
+        if self.say is not None:
+            try:
+                self.say(f"torchkeeper: {line}")
+            except (OSError, ValueError):  # no terminal any more (closed, or a pythonw start)
+                self.say = None
+
     def _event(self, kind: str, **fields) -> None:
         fields = {k: v for k, v in fields.items() if v is not None}
         log.info("%s %s", kind, " ".join(f"{k}={v}" for k, v in fields.items()))
@@ -1112,27 +1191,6 @@ class Agent:
             log.error("cannot write the event log: %s", e)
 
 
-class _OverflowHook(logging.Handler):
-    """watchdog has no callback for a kernel queue overflow (events were lost), only a
-    warning on its logger: turn that warning into a check of every target at once, rather
-    than waiting for the safety net's next run."""
-
-    LOGGER = "watchdog.observers.inotify_c"
-
-    def __init__(self, on_overflow):
-        super().__init__(logging.WARNING)
-        self._on_overflow = on_overflow
-        logging.getLogger(self.LOGGER).addHandler(self)
-
-    def emit(self, record: logging.LogRecord) -> None:
-        if "overflow" in record.getMessage().lower():
-            self._on_overflow()
-
-    def close(self) -> None:
-        logging.getLogger(self.LOGGER).removeHandler(self)
-        super().close()
-
-
 # why a re-apply happened, for its toast
 _BECAUSE = {
     "get it and apply": "fetched and applied as asked",
@@ -1140,8 +1198,10 @@ _BECAUSE = {
     "start": "found undone when the agent started",
     "scheduled": "a scheduled check found it undone",
     "file events lost": "a check after lost file events found it undone",
+    "watching degraded": "a check while file watching is degraded found it undone",
     "resume from sleep": "found undone after the computer woke up",
     "daily full check": "the daily full check found it undone",
+    "standby found changed bytes": "its files' bytes were changed in place",
     "config changed": "auto re-apply was turned on",
     "auto re-apply resumed": "auto re-apply was resumed",
 }

@@ -7,6 +7,7 @@ file and line; the agent keeps its last good config, the CLI exits 2.
 from __future__ import annotations
 
 import copy
+import errno
 import re
 import sys
 from importlib import resources
@@ -135,23 +136,27 @@ def load(path: Path, uses=None, warnings: list | None = None) -> dict:
 
 
 def read_text(path: Path) -> tuple[str, str]:
-    """The user's config text and its name for messages ("" when there is no file)."""
+    """The user's config text and its name for messages ("" when there is no file). Only a
+    regular file is read (a FIFO would block every command; a link to /dev/zero never ends)."""
+    from .fsutil import NotARegularFile, read_file
+
     try:
-        size = path.stat().st_size
+        data = read_file(path, MAX_BYTES)
     except FileNotFoundError:
         return "", str(path)
+    except NotARegularFile as e:
+        raise UsageError(f"the config file {path} is {e.strerror}",
+                         "replace it with a text file (see the commented default), or remove it "
+                         "to use the defaults") from None
     except OSError as e:
+        if e.errno == errno.EFBIG:
+            raise UsageError(f"the config file {path} is over {MAX_BYTES:,} bytes, too large to be a config",
+                             "replace it with the commented default (see the README)") from None
         raise UsageError(f"cannot read the config file {path}: {e.strerror}",
                          "fix its permissions, or delete it to use the defaults") from None
-    if size > MAX_BYTES:
-        raise UsageError(f"the config file {path} is {size:,} bytes, too large to be a config",
-                         "replace it with the commented default (see the README)")
     try:
-        text = path.read_bytes().decode("utf-8-sig")  # Notepad writes a BOM
+        text = data.decode("utf-8-sig")  # Notepad writes a BOM
     except UnicodeDecodeError:
         raise UsageError(f"the config file {path} is not UTF-8 text",
                          "save it as UTF-8, or delete it to use the defaults") from None
-    except OSError as e:
-        raise UsageError(f"cannot read the config file {path}: {e.strerror}",
-                         "fix its permissions, or delete it to use the defaults") from None
     return text, str(path)

@@ -578,8 +578,14 @@ class Engine:
         sp = Path(self.target(name)["site_packages"])
         res = standby.prepare(self.home, name, sp, lambda: self.state.read()["overlays"].get(name),
                               self.agent_config(), target_lock(self.home, name), low_priority, rehash)
-        log_event(self.home, "standby", target=name, **{k: v for k, v in res.items() if v is not None})
+        log_event(self.home, "standby", target=name, **{k: v for k, v in res.items() if v})
         return res
+
+    def refresh_standby(self, name: str) -> dict:
+        """Hash again the standby files an install in progress has touched (standby.refresh):
+        the repair after it then links them without hashing on its critical path."""
+        sp = Path(self.target(name)["site_packages"])
+        return standby.refresh(self.home, name, sp, self.agent_config())
 
     # -- the agent's re-apply ----------------------------------------------------------
     def reapply_if_still_wanted(self, name: str, seen: TargetStatus, progress=None) -> Result:
@@ -663,6 +669,8 @@ class Engine:
         out.state = state
         out.cudnn_stock = (overlay or {}).get("cudnn_stock") if state == PATCHED else info.cudnn_build
         out.cudnn_now = self._cudnn_now(info, state, overlay, m)
+        if out.cudnn_now is None or out.cudnn_stock is None:
+            out.cudnn_unknown = _cudnn_unknown(info, out.cudnn_now is None)
         if overlay:
             try:
                 out.standby = standby.describe(self.home, name, info.site_packages, self.agent_config())
@@ -693,7 +701,7 @@ class Engine:
             return info.cudnn_build
         return None
 
-    def verify(self, names: list[str] | None = None, full: bool = False) -> list[dict]:
+    def verify(self, names: list[str] | None = None, full: bool = False) -> list[TargetStatus]:
         st = self.state.read()
         names = names or sorted(st["targets"])
         for n in names:
@@ -786,3 +794,17 @@ def _numbered(base: str, taken) -> str:
         name = base[:64 - len(suffix)].rstrip("-._") + suffix
         i += 1
     return name
+
+
+def _cudnn_unknown(info, now_unknown: bool) -> str:
+    """Why status cannot name a cuDNN version, in words a user can act on."""
+    cudnn = [lf for lf in info.libs.values() if lf.family == libs.CUDNN]
+    folders = sorted({str(Path(lf.rel).parent) for lf in info.libs.values()}) or ["torch/lib"]
+    present = [lf for lf in cudnn if (info.site_packages / lf.rel).exists()]
+    if not cudnn or not present:
+        return (f"{', '.join(folders[:2])} has no cuDNN library right now "
+                "(pip reinstalling? look again when it is done)")
+    if now_unknown:
+        return ("the cuDNN in place is neither stock nor the overlay's and names no version "
+                "readable here (`torchkeeper verify --full` says which files differ)")
+    return "torch names no cuDNN build (no nvidia-cudnn pin, no version resource)"

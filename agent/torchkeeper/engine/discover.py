@@ -18,7 +18,6 @@ SwarmUI) are known by their layouts, and where a launcher records its folder in 
 
 from __future__ import annotations
 
-import json
 import os
 import string
 import sys
@@ -147,15 +146,17 @@ def _config_dirs(home: Path, env) -> list[Path]:
 def _read_json(path: Path, notes: list[str]):
     """The JSON object in ``path``; None when it is missing, or unreadable or not a JSON
     object (then with a note: a broken launcher config must not stop discover)."""
+    from .fsutil import parse_json, read_text
+
     try:
-        text = path.read_text(encoding="utf-8-sig")
+        text = read_text(path, encoding="utf-8-sig")   # a regular file of at most 4 MiB
     except FileNotFoundError:
         return None
     except (OSError, UnicodeDecodeError) as e:
-        notes.append(f"ignored {path}: cannot read it ({e})")
+        notes.append(f"ignored {path}: cannot read it ({e.strerror if isinstance(e, OSError) else e})")
         return None
     try:
-        obj = json.loads(text)
+        obj = parse_json(text)                         # 100,000 nested brackets: a ValueError
     except ValueError as e:
         notes.append(f"ignored {path}: not valid JSON ({e})")
         return None

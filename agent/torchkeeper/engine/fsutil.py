@@ -232,3 +232,105 @@ def stat_key(path: Path) -> dict:
     """The stat data quick verification compares: size, mtime, inode."""
     st = path.stat()
     return {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "ino": st.st_ino}
+
+
+# -- reading files a hostile or broken machine may have put there ---------------------------
+SMALL = 4 << 20       # configs, records, launcher files, METADATA: 4 MiB is far beyond any real one
+
+
+class NotARegularFile(OSError):
+    """A FIFO, a device, a folder, a socket (or, with follow=False, a link) where a file
+    was expected: never read (a FIFO would block, /dev/zero would never end)."""
+
+
+def _kind(mode: int) -> str:
+    import stat as st
+
+    for test, name in ((st.S_ISDIR, "a folder"), (st.S_ISFIFO, "a FIFO"), (st.S_ISCHR, "a device"),
+                       (st.S_ISBLK, "a device"), (st.S_ISSOCK, "a socket"), (st.S_ISLNK, "a link")):
+        if test(mode):
+            return name
+    return "not a regular file"
+
+
+def read_file(path: os.PathLike | str, limit: int = SMALL, follow: bool = True) -> bytes:
+    """The bytes of a regular file of at most ``limit`` bytes. Anything else raises an OSError
+    that says what it is: :class:`NotARegularFile` (opened without blocking, so a FIFO never
+    hangs the caller), ``EFBIG`` for a larger file, ``ELOOP`` for a link loop (or, with
+    ``follow=False``, any link)."""
+    import stat as st
+
+    flags = os.O_RDONLY | getattr(os, "O_BINARY", 0) | getattr(os, "O_CLOEXEC", 0) \
+        | getattr(os, "O_NONBLOCK", 0)
+    if not follow:
+        flags |= getattr(os, "O_NOFOLLOW", 0)
+        if os.name == "nt" and os.path.islink(path):
+            raise NotARegularFile(errno.ELOOP, "a link, not a file", str(path))
+    fd = os.open(path, flags)
+    try:
+        mode = os.fstat(fd).st_mode
+        if not st.S_ISREG(mode):
+            raise NotARegularFile(errno.EINVAL, f"{_kind(mode)}, not a file", str(path))
+        chunks, size = [], 0
+        while True:
+            b = os.read(fd, min(CHUNK, limit + 1 - size))
+            if not b:
+                break
+            chunks.append(b)
+            size += len(b)
+            if size > limit:
+                raise OSError(errno.EFBIG, f"larger than {limit:,} bytes", str(path))
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
+
+
+def read_text(path: os.PathLike | str, limit: int = SMALL, follow: bool = True,
+              encoding: str = "utf-8", errors: str = "strict") -> str:
+    return read_file(path, limit, follow).decode(encoding, errors)
+
+
+def parse_json(data: bytes | str):
+    """json.loads, with nesting too deep for the parser a ValueError like any bad JSON."""
+    try:
+        return json.loads(data)
+    except RecursionError:
+        raise ValueError("nested too deeply") from None
+
+
+def load_json(path: os.PathLike | str, limit: int = SMALL, follow: bool = True):
+    """A small JSON file: OSError for the file (see :func:`read_file`), ValueError for its text."""
+    return parse_json(read_file(path, limit, follow))
+
+
+def set_aside(path: os.PathLike | str, what: str) -> Path | None:
+    """Move something of the wrong type (a link where torchkeeper keeps a folder of its own, a
+    folder where it keeps a file) out of the way, without following it or deleting anything in
+    it: renamed in place to ``<name>.set-aside-<time>``, with one warning saying so. Returns
+    the new name, or None when it could not be moved (then it is only never trusted)."""
+    import logging
+    import time
+
+    path = Path(path)
+    log = logging.getLogger("torchkeeper.engine")
+    new = path.with_name(f"{path.name}.set-aside-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}")
+    try:
+        os.rename(path, new)   # renames a link itself, never what it points to
+    except OSError as e:
+        log.warning("%s is %s, not torchkeeper's; it is ignored (could not move it aside: %s)",
+                    path, what, e.strerror)
+        return None
+    log.warning("%s was %s, not torchkeeper's: moved aside to %s, nothing in it touched", path, what,
+                new.name)
+    return new
+
+
+def kind_of(path: os.PathLike | str) -> str | None:
+    """'a link', 'a folder', 'a FIFO', ... for what lies at path (not followed); None: nothing."""
+    try:
+        mode = os.lstat(path).st_mode
+    except FileNotFoundError:
+        return None
+    import stat as st
+
+    return "a file" if st.S_ISREG(mode) else _kind(mode)

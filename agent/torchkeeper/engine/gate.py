@@ -237,6 +237,10 @@ def plan(name: str, info: TargetInfo, m: dict, overlay: dict | None = None,
             step.prior = "stock"
         elif rec is not None and cur == rec.get("sha256"):
             step.prior = "overlay"
+        elif rec is not None and _same_placed_file(step.current_stat, rec):
+            # the very file the overlay placed (inode, size and mtime as recorded), its bytes
+            # changed in place: the overlay damaged, not another tool's copy
+            step.prior = "overlay"
         else:
             step.action, step.prior = FOREIGN, "foreign"
         p.steps.append(step)
@@ -280,3 +284,8 @@ def plan(name: str, info: TargetInfo, m: dict, overlay: dict | None = None,
             "file nor an overlay of ours (another tool's copy?)",
             "pass --force to replace; the current bytes are backed up first"))
     return p
+
+
+def _same_placed_file(st: dict | None, rec: dict) -> bool:
+    return bool(st) and all(st.get(k) is not None and st.get(k) == rec.get(k)
+                            for k in ("ino", "size", "mtime_ns"))

@@ -7,11 +7,18 @@ overlay's inode lives on there with our bytes; while the overlay is in place it 
 disk at all. Every file is recorded (``<data>/standby/<target>.json``) with its sha256, read
 back after linking, and its stat identity (device, inode, size, mtime, ctime, links).
 
-A repair uses a standby file only while its identity still says "the bytes we hashed":
-same device, inode, size and mtime, and the same ctime -- or a ctime that moved together with
-a lost link (pip unlinking the overlay's name changes the inode's ctime). An in-place write
-into the overlay file (the same inode) changes its mtime: such a file is never used, and the
-repair copies from the bundle as before. The daily full check re-hashes the standby.
+A repair uses a standby file only while its identity proves "the bytes we hashed": the same
+device, inode, size, mtime and ctime. pip unlinking the overlay's name moves the inode's ctime,
+and so does a write that puts the mtime back (through the standby's name, or a second hard
+link): a moved ctime is never explained away, the file is hashed again first (the agent does
+that in the background as soon as an install starts: :func:`refresh`), and used only if its
+bytes are still the overlay's. Otherwise the repair copies from the bundle.
+
+The folder is torchkeeper's own: never followed when it is a link (a sync tool's, a user's,
+an attacker's). Something other than a real folder there is moved aside with a warning and a
+real folder made; every link, rename, hash and removal inside it goes through a descriptor of
+that folder opened without following links (POSIX), so a swap of the folder in between cannot
+send a deletion elsewhere.
 
 Preparation takes ``<target>.preparing`` (a marker, and a lock held while it runs): a kill -9
 during it leaves the marker, and the next command throws that standby away. Preparing never
@@ -22,15 +29,18 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import json
+import hashlib
 import os
+import re
 import shutil
+import stat
 import time
 from pathlib import Path
 
 from .. import testing
 from ..home import Home
-from .fsutil import atomic_write_json, fsync_dir, sha256_file
+from .fsutil import (CHUNK, NotARegularFile, atomic_write_json, fsync_dir, kind_of, load_json,
+                     set_aside)
 
 DIRNAME = ".torchkeeper-standby"
 PREP = ".tk-prep"
@@ -49,37 +59,65 @@ def _marker(home: Home, target: str) -> Path:
     return home.data_dir / "standby" / f"{target}.preparing"
 
 
-def identity(p: Path | str) -> dict:
-    st = os.lstat(p)
+IDENTITY = ("dev", "ino", "size", "mtime_ns", "ctime_ns")   # what proves the bytes
+_SHA_RX = re.compile(r"^[0-9a-f]{64}$")
+
+
+def _ident(st: os.stat_result) -> dict:
     return {"dev": st.st_dev, "ino": st.st_ino, "size": st.st_size, "mtime_ns": st.st_mtime_ns,
             "ctime_ns": st.st_ctime_ns, "nlink": st.st_nlink}
 
 
+def identity(p: Path | str) -> dict:
+    return _ident(os.lstat(p))
+
+
 def same(p: Path | str, rec: dict) -> bool:
-    """Whether p still is the file rec recorded, with the bytes that were hashed."""
+    """Whether p still is the file rec recorded, with the bytes that were hashed: nothing
+    about it has changed since, not even its ctime (a write that put the mtime back moves it)."""
     try:
         now = identity(p)
     except OSError:
         return False
-    if any(now[k] != rec.get(k) for k in ("dev", "ino", "size", "mtime_ns")):
+    return all(now[k] == rec.get(k) for k in IDENTITY)
+
+
+def _only_ctime_moved(now: dict, rec: dict) -> bool:
+    """Same inode, size and mtime, another ctime: pip's unlink of the overlay's name, or a
+    write that put the mtime back; only a hash can tell which."""
+    return all(now[k] == rec.get(k) for k in ("dev", "ino", "size", "mtime_ns")) \
+        and now["ctime_ns"] != rec.get("ctime_ns")
+
+
+def _valid_record(rec) -> bool:
+    """The record's shape, every value checked: a damaged or hostile one is no standby."""
+    if not isinstance(rec, dict) or not isinstance(rec.get("dir"), str) \
+            or not isinstance(rec.get("files"), dict):
         return False
-    # a link removed (pip unlinking the overlay's name) moves ctime too; anything else that
-    # moves it (chmod, a write that restored mtime) is doubt
-    return now["ctime_ns"] == rec.get("ctime_ns") or now["nlink"] < rec.get("nlink", 0)
+    for sha, f in rec["files"].items():
+        if not (isinstance(sha, str) and _SHA_RX.match(sha) and isinstance(f, dict)):
+            return False
+        if not all(type(f.get(k)) is int for k in IDENTITY):
+            return False
+    return rec.get("bundle") is None or isinstance(rec["bundle"], str)
 
 
 def read(home: Home, target: str) -> dict | None:
-    """The standby record, or None (none, damaged, or a preparation was interrupted)."""
-    if _marker(home, target).exists():
+    """The standby record, or None (none, damaged, or a preparation was interrupted). A
+    record path that is not a file (a folder, a link) is moved aside: it never stops a command."""
+    if kind_of(_marker(home, target)) is not None:
         return None
+    path = record_path(home, target)
     try:
-        rec = json.loads(record_path(home, target).read_text())
+        rec = load_json(path, follow=False)
+    except FileNotFoundError:
+        return None
+    except NotARegularFile as e:
+        set_aside(path, e.strerror.split(",")[0])
+        return None
     except (OSError, ValueError):
         return None
-    if not isinstance(rec, dict) or not isinstance(rec.get("files"), dict) \
-            or not isinstance(rec.get("dir"), str):
-        return None
-    return rec
+    return rec if _valid_record(rec) else None
 
 
 def free_bytes(path: Path) -> int:
@@ -94,11 +132,118 @@ def enabled(cfg: dict | None) -> bool:
     return bool((cfg or {}).get("standby", True))
 
 
+# -- the folder: torchkeeper's own, never followed -----------------------------------------
+class _Folder:
+    """The standby folder, opened without following a link: every operation inside it goes
+    through that descriptor (POSIX), so the folder swapped for a link in between changes
+    nothing. Where descriptors cannot be used this way (Windows), paths, after the same check."""
+
+    def __init__(self, path: Path, fd: int | None):
+        self.path, self.fd = path, fd
+
+    @classmethod
+    @contextlib.contextmanager
+    def open(cls, site_packages: Path | str, create: bool):
+        """Yields the folder, or None when there is none (and not ``create``) or it cannot be
+        had (something there that could not be moved aside)."""
+        d = folder(site_packages)
+        kind = kind_of(d)
+        if kind not in (None, "a folder"):
+            set_aside(d, kind)      # a link, a file, a FIFO: never followed, never deleted
+            kind = kind_of(d)
+        if kind is None and create:
+            with contextlib.suppress(FileExistsError):
+                os.mkdir(d)
+            kind = kind_of(d)
+        if kind != "a folder":
+            yield None
+            return
+        if not _DIR_FD:
+            yield cls(d, None)
+            return
+        try:
+            fd = os.open(d, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except OSError:  # swapped for a link since the look above (ELOOP): not ours
+            yield None
+            return
+        try:
+            yield cls(d, fd)
+        finally:
+            os.close(fd)
+
+    def _at(self, name: str):
+        return (name, self.fd) if self.fd is not None else (str(self.path / name), None)
+
+    def stat(self, name: str) -> dict:
+        p, fd = self._at(name)
+        return _ident(os.stat(p, dir_fd=fd, follow_symlinks=False))
+
+    def link_from(self, src: Path, name: str) -> None:
+        """name becomes a hard link to src (replacing what was there), in one rename."""
+        tmp = name + PREP
+        with contextlib.suppress(FileNotFoundError):
+            self.unlink(tmp)
+        p, fd = self._at(tmp)
+        os.link(src, p, dst_dir_fd=fd, follow_symlinks=False)
+        q, _ = self._at(name)
+        os.replace(p, q, src_dir_fd=fd, dst_dir_fd=fd)
+
+    def unlink(self, name: str) -> None:
+        p, fd = self._at(name)
+        os.unlink(p, dir_fd=fd)
+
+    def names(self) -> list[str]:
+        return os.listdir(self.fd if self.fd is not None else self.path)
+
+    def sha256(self, name: str) -> str:
+        """The bytes of a regular file in the folder (a link or a FIFO there: an OSError)."""
+        p, fd = self._at(name)
+        flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0) \
+            | getattr(os, "O_BINARY", 0)
+        h = hashlib.sha256()
+        f = os.open(p, flags, dir_fd=fd)
+        try:
+            if not stat.S_ISREG(os.fstat(f).st_mode):
+                raise NotARegularFile(errno.EINVAL, "not a file", p)
+            while chunk := os.read(f, CHUNK):
+                h.update(chunk)
+        finally:
+            os.close(f)
+        return h.hexdigest()
+
+    def fsync(self) -> None:
+        if self.fd is not None:
+            with contextlib.suppress(OSError):
+                os.fsync(self.fd)
+        else:
+            fsync_dir(self.path)
+
+
+_DIR_FD = os.name != "nt" and all(
+    f in os.supports_dir_fd for f in (os.link, os.unlink, os.stat, os.open, os.rename)) \
+    and hasattr(os, "O_NOFOLLOW") and hasattr(os, "O_DIRECTORY")
+
+
+def _check(f: _Folder, sha: str, rec: dict) -> dict | None:
+    """The file's identity now when it proves rec's bytes; a file whose ctime alone moved is
+    hashed again (and trusted only when its bytes still are ``sha``). None: not usable."""
+    try:
+        now = f.stat(sha)
+        if all(now[k] == rec.get(k) for k in IDENTITY):
+            return now
+        if not _only_ctime_moved(now, rec) or f.sha256(sha) != sha:
+            return None
+        return now if f.stat(sha) == now else None   # unchanged while it was hashed
+    except OSError:
+        return None
+
+
 # -- using it ------------------------------------------------------------------------------
 def usable(home: Home, target: str, site_packages: Path, bundle: str, cfg: dict | None
            ) -> tuple[dict[str, dict], str | None]:
     """{sha256: {"path", "identity"}} of the standby files a repair may link in, and why
-    none can be used (None when some can)."""
+    none can be used (None when some can). A file whose ctime moved since it was hashed is
+    hashed again here, unless :func:`refresh` already did."""
     if not enabled(cfg):
         return {}, "standby off"
     rec = read(home, target)
@@ -111,16 +256,62 @@ def usable(home: Home, target: str, site_packages: Path, bundle: str, cfg: dict 
             return {}, "disk space below the standby floor"
     except OSError:
         return {}, "free space unknown"
-    out, bad = {}, []
-    for sha, f in rec["files"].items():
-        p = Path(rec["dir"]) / sha
-        if isinstance(f, dict) and same(p, f):
-            out[sha] = {"path": str(p), "identity": f}
-        else:
-            bad.append(sha)
+    out, bad, changed = {}, [], False
+    with _Folder.open(site_packages, create=False) as f:
+        if f is None:
+            return {}, "no standby folder of torchkeeper's"
+        for sha, fr in rec["files"].items():
+            now = _check(f, sha, fr)
+            if now is None:
+                bad.append(sha)
+                continue
+            if now != fr:
+                rec["files"][sha], changed = now, True
+            out[sha] = {"path": str(f.path / sha), "identity": now}
+    if changed:
+        _save(home, target, rec)
     if not out:
         return {}, "standby damaged" if bad else "standby empty"
     return out, ("standby damaged" if bad else None)
+
+
+def refresh(home: Home, target: str, site_packages: Path, cfg: dict | None) -> dict:
+    """Hash again, now, the standby files whose ctime moved (pip unlinking the overlay's names
+    during an install), so that the repair after the install finds them proven and links them
+    without hashing on its critical path. A file whose bytes are no longer the overlay's is
+    dropped from the record. Returns {"checked", "dropped"}."""
+    rec = read(home, target)
+    if rec is None or not enabled(cfg) or Path(rec["dir"]) != folder(site_packages):
+        return {"checked": 0, "dropped": 0}
+    checked = dropped = 0
+    with _Folder.open(site_packages, create=False) as f:
+        if f is None:
+            return {"checked": 0, "dropped": 0}
+        for sha, fr in list(rec["files"].items()):
+            try:
+                if all(f.stat(sha)[k] == fr.get(k) for k in IDENTITY):
+                    continue
+            except OSError:
+                continue   # gone: usable() says so
+            checked += 1
+            now = _check(f, sha, fr)
+            if now is None:
+                rec["files"].pop(sha)
+                dropped += 1
+            else:
+                rec["files"][sha] = now
+    if checked:
+        fresh = read(home, target)   # a repair or a preparation may have written it meanwhile
+        if fresh is not None and fresh.get("prepared") == rec.get("prepared"):
+            _save(home, target, rec)
+    return {"checked": checked, "dropped": dropped}
+
+
+def _save(home: Home, target: str, rec: dict) -> None:
+    path = record_path(home, target)
+    if kind_of(path) not in (None, "a file"):
+        set_aside(path, kind_of(path))
+    atomic_write_json(path, rec)
 
 
 def after_commit(home: Home, target: str, used: dict[str, dict]) -> None:
@@ -144,7 +335,7 @@ def after_commit(home: Home, target: str, used: dict[str, dict]) -> None:
         else:
             rec["files"].pop(sha)
     rec["refreshed"] = time.time()
-    atomic_write_json(record_path(home, target), rec)
+    _save(home, target, rec)
 
 
 # -- preparing it --------------------------------------------------------------------------
@@ -154,15 +345,18 @@ def prepare(home: Home, target: str, site_packages: Path, get_overlay, cfg: dict
     folder, hash it, record it. ``lock`` is the target's lock (a context manager), taken for
     the short part that reads the overlay and links its files; the hashing runs outside it.
     ``get_overlay()`` reads the overlay record (under that lock). Returns {"state", "files",
-    "bytes", "why"}. ``rehash``: hash files already in the standby again (the daily check)."""
+    "bytes", "why", "bad"}: ``bad`` names overlay files whose bytes were found not to be the
+    overlay's (the caller must check that target in full: it is drifted, not patched).
+    ``rehash``: hash files already in the standby again (the daily check)."""
     from filelock import FileLock, Timeout
 
     crash = testing.Checkpoints()
     if low_priority:
         _lower_priority()
-    d = folder(site_packages)
     mk = _marker(home, target)
     mk.parent.mkdir(parents=True, exist_ok=True)
+    if kind_of(mk) not in (None, "a file"):
+        set_aside(mk, kind_of(mk))
     plock = FileLock(str(mk) + ".lock")
     try:
         plock.acquire(timeout=30)
@@ -180,81 +374,93 @@ def prepare(home: Home, target: str, site_packages: Path, get_overlay, cfg: dict
             drop(home, target, site_packages)
             return {"state": "skipped", "why": "disk space below the standby floor"}
         old = read(home, target)
-        want: dict[str, dict] = {}
-        why = None
-        with lock:
-            overlay = get_overlay()
-            if not overlay:
-                drop(home, target, site_packages)
-                return {"state": "none", "why": "no overlay"}
-            _write_marker(mk)
-            crash("standby: marker written")
-            for rel, f in sorted(overlay.get("files", {}).items()):
-                sha = f.get("sha256")
-                if not sha or f.get("same_as_stock") or sha in want:
-                    continue
-                p = Path(overlay["site_packages"]) / rel
-                dest = d / sha
-                try:
-                    st = os.stat(p)
-                    in_place = (st.st_size, st.st_mtime_ns, st.st_ino) == (
-                        f.get("size"), f.get("mtime_ns"), f.get("ino"))
-                except OSError:
-                    in_place = False
-                if not in_place:
-                    # a reinstall undid it: the standby's own copy, if still whole, is
-                    # just what the coming repair needs
-                    prev = (old or {}).get("files", {}).get(sha)
-                    if prev and same(dest, prev):
-                        want[sha] = {"ident": prev, "rel": rel}
-                    else:
-                        why = "the overlay is not in place"
-                    continue
-                try:
-                    d.mkdir(exist_ok=True)
-                    if not (dest.exists() and os.stat(dest).st_ino == st.st_ino):
-                        tmp = d / (sha + PREP)
-                        with contextlib.suppress(FileNotFoundError):
-                            os.unlink(tmp)
-                        os.link(p, tmp)
-                        os.replace(tmp, dest)
-                except OSError as e:
-                    why = ("the library folder is on another volume" if e.errno == errno.EXDEV
-                           else f"cannot link into {d}: {e.strerror}")
-                    continue
-                want[sha] = {"ident": identity(dest), "rel": rel}
-                crash(f"standby: linked {rel}")
-            if want:
-                fsync_dir(d)
-            bundle = overlay.get("bundle")
-        files = {}
-        for sha, w in want.items():
-            dest = d / sha
-            prev = (old or {}).get("files", {}).get(sha)
-            if not rehash and prev and prev.get("ino") == w["ident"]["ino"] and same(dest, prev):
-                files[sha] = identity(dest)  # hashed before, untouched since
-                continue
-            before = identity(dest)
-            ok = sha256_file(dest) == sha and identity(dest) == before
-            crash(f"standby: hashed {w['rel']}")
-            if ok:
-                files[sha] = before
-            else:
-                why = f"{w['rel']} changed while the standby was prepared"
-                with contextlib.suppress(OSError):
-                    os.unlink(dest)
-        for p in d.iterdir() if d.is_dir() else []:
-            if p.name not in files:  # an older overlay's, or a damaged one
-                with contextlib.suppress(OSError):
-                    os.unlink(p)
-        rec = {"bundle": bundle, "dir": str(d), "files": files, "prepared": time.time(), "why": why}
-        atomic_write_json(record_path(home, target), rec)
-        crash("standby: recorded")
-        os.unlink(mk)
-        return {"state": "ready" if files and not why else ("partial" if files else "none"),
-                "files": len(files), "bytes": sum(f["size"] for f in files.values()), "why": why}
+        with _Folder.open(site_packages, create=True) as f:
+            if f is None:
+                return {"state": "none", "why": f"{folder(site_packages)} is not a folder of torchkeeper's"}
+            return _prepare_in(home, target, f, mk, get_overlay, lock, old, rehash, crash)
     finally:
         plock.release()
+
+
+def _prepare_in(home, target, f: _Folder, mk: Path, get_overlay, lock, old, rehash, crash) -> dict:
+    want: dict[str, dict] = {}
+    why = None
+    with lock:
+        overlay = get_overlay()
+        if not overlay:
+            drop(home, target, f.path.parent)
+            return {"state": "none", "why": "no overlay"}
+        _write_marker(mk)
+        crash("standby: marker written")
+        for rel, o in sorted(overlay.get("files", {}).items()):
+            sha = o.get("sha256")
+            if not sha or o.get("same_as_stock") or sha in want:
+                continue
+            p = Path(overlay["site_packages"]) / rel
+            try:
+                st = os.stat(p)
+                in_place = (st.st_size, st.st_mtime_ns, st.st_ino) == (o.get("size"), o.get("mtime_ns"),
+                                                                      o.get("ino"))
+            except OSError:
+                in_place = False
+            if not in_place:
+                # a reinstall undid it: the standby's own copy, if still whole, is just
+                # what the coming repair needs
+                # (hashed below, outside the lock, when its ctime moved)
+                prev = (old or {}).get("files", {}).get(sha)
+                try:
+                    now = f.stat(sha)
+                except OSError:
+                    now = None
+                if prev and now and all(now[k] == prev.get(k) for k in ("dev", "ino", "size", "mtime_ns")):
+                    want[sha] = {"ident": now, "rel": rel, "placed": False}
+                else:
+                    why = "the overlay is not in place"
+                continue
+            try:
+                try:
+                    linked = f.stat(sha)["ino"] == st.st_ino
+                except FileNotFoundError:
+                    linked = False
+                if not linked:
+                    f.link_from(p, sha)
+            except OSError as e:
+                why = ("the library folder is on another volume" if e.errno == errno.EXDEV
+                       else f"cannot link into {f.path}: {e.strerror}")
+                continue
+            want[sha] = {"ident": f.stat(sha), "rel": rel, "placed": True}
+            crash(f"standby: linked {rel}")
+        if want:
+            f.fsync()
+        bundle = overlay.get("bundle")
+    files, bad = {}, []
+    for sha, w in want.items():
+        prev = (old or {}).get("files", {}).get(sha)
+        if not rehash and prev and prev.get("ino") == w["ident"]["ino"] and same(f.path / sha, prev):
+            files[sha] = f.stat(sha)  # hashed before, untouched since
+            continue
+        before = f.stat(sha)
+        ok = f.sha256(sha) == sha and f.stat(sha) == before
+        crash(f"standby: hashed {w['rel']}")
+        if ok:
+            files[sha] = before
+        else:
+            why = f"{w['rel']} is not the overlay's bytes (changed in place?)"
+            if w["placed"]:
+                bad.append(w["rel"])  # the placed file is that inode: the target is drifted
+            with contextlib.suppress(OSError):
+                f.unlink(sha)
+    for name in f.names():
+        if name not in files:  # an older overlay's, or a damaged one (links are unlinked, not followed)
+            with contextlib.suppress(OSError):
+                f.unlink(name)
+    rec = {"bundle": bundle, "dir": str(f.path), "files": files, "prepared": time.time(), "why": why}
+    _save(home, target, rec)
+    crash("standby: recorded")
+    os.unlink(mk)
+    return {"state": "ready" if files and not why else ("partial" if files else "none"),
+            "files": len(files), "bytes": sum(x["size"] for x in files.values()), "why": why,
+            "bad": bad}
 
 
 def _write_marker(mk: Path) -> None:
@@ -276,15 +482,26 @@ def _lower_priority() -> None:
 
 
 def drop(home: Home, target: str, site_packages: Path | str | None) -> None:
-    """Delete the standby (revert, target remove, standby off, too little disk)."""
+    """Delete the standby (revert, target remove, standby off, too little disk). Only a real
+    folder is deleted (shutil.rmtree does not follow links inside it); a link or anything else
+    in its place is moved aside, never deleted through. The same for the record and marker."""
     if site_packages is None:
         rec = read(home, target)
         site_packages = Path(rec["dir"]).parent if rec else None
     if site_packages is not None:
-        shutil.rmtree(folder(site_packages), ignore_errors=True)
+        d = folder(site_packages)
+        kind = kind_of(d)
+        if kind == "a folder":
+            shutil.rmtree(d, ignore_errors=True)
+        elif kind is not None:
+            set_aside(d, kind)
     for p in (record_path(home, target), _marker(home, target)):
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(p)
+        kind = kind_of(p)
+        if kind in ("a file", "a link"):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(p)   # a link itself, not what it points to
+        elif kind is not None:
+            set_aside(p, kind)
 
 
 def recover(home: Home, site_packages_of) -> list[str]:
@@ -319,10 +536,12 @@ def describe(home: Home, target: str, site_packages: Path | str, cfg: dict | Non
     rec = read(home, target)
     if rec is None:
         return {"state": "none"}
+    if kind_of(folder(site_packages)) != "a folder":
+        return {"state": "none", "why": "no standby folder of torchkeeper's"}
     ready, held, total = 0, 0, 0
     for sha, f in rec["files"].items():
         p = Path(rec["dir"]) / sha
-        if same(p, f):
+        if same(p, f) or _refreshable(p, f):
             ready += 1
             total += f["size"]
             if os.lstat(p).st_nlink == 1:
@@ -332,6 +551,16 @@ def describe(home: Home, target: str, site_packages: Path | str, cfg: dict | Non
     if rec.get("why"):
         out["why"] = rec["why"]
     return out
+
+
+def _refreshable(p: Path, rec: dict) -> bool:
+    """Status: ctime moved by pip's unlink of the overlay's name (one link fewer); the next
+    repair hashes it again before trusting it, so it counts as ready here."""
+    try:
+        now = identity(p)
+    except OSError:
+        return False
+    return _only_ctime_moved(now, rec) and now["nlink"] < rec.get("nlink", 0)
 
 
 def interrupted(home: Home) -> bool:

@@ -274,7 +274,7 @@ class Transaction:
             return False
         try:
             testing.check_space(staged.parent)
-            os.link(sb, staged)
+            os.link(sb, staged, follow_symlinks=False)   # a link swapped in: its own inode, refused below
         except OSError:  # another volume, no hard links there, no space for a name
             return False
         st = os.lstat(staged)

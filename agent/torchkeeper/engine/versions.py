@@ -5,7 +5,11 @@ from __future__ import annotations
 
 import json
 import re
+import os
+import stat
 from pathlib import Path
+
+from .fsutil import load_json, read_file, read_text
 
 
 def pe_version(path: Path) -> dict | None:
@@ -13,6 +17,8 @@ def pe_version(path: Path) -> dict | None:
     import pefile
 
     try:
+        if not stat.S_ISREG(os.stat(path).st_mode):
+            return None   # a FIFO there would block pefile's read forever
         pe = pefile.PE(str(path), fast_load=True)
         pe.parse_data_directories(
             directories=[pefile.DIRECTORY_ENTRY["IMAGE_DIRECTORY_ENTRY_RESOURCE"]])
@@ -93,14 +99,20 @@ def _defines(text: str) -> dict[str, int]:
 
 
 def cudnn_version_from_header(path: Path) -> str | None:
-    d = _defines(path.read_text(errors="replace"))
+    try:
+        d = _defines(read_text(path, errors="replace"))
+    except OSError:
+        return None
     if "CUDNN_MAJOR" not in d:
         return None
     return f"{d['CUDNN_MAJOR']}.{d.get('CUDNN_MINOR', 0)}.{d.get('CUDNN_PATCHLEVEL', 0)}"
 
 
 def cuda_version_from_header(path: Path) -> str | None:
-    d = _defines(path.read_text(errors="replace"))
+    try:
+        d = _defines(read_text(path, errors="replace"))
+    except OSError:
+        return None
     v = d.get("CUDART_VERSION")
     if v is None:
         return None
@@ -110,8 +122,10 @@ def cuda_version_from_header(path: Path) -> str | None:
 def cuda_version_from_json(path: Path) -> dict:
     """version.json of a CUDA toolkit -> {'cuda': '12.4.1', 'cudart': '12.4.127', 'cublas': ...}."""
     try:
-        data = json.loads(path.read_text())
+        data = load_json(path)
     except (OSError, ValueError):
+        return {}
+    if not isinstance(data, dict):
         return {}
     out = {}
     for key, name in (("cuda", "cuda"), ("cuda_cudart", "cudart"), ("libcublas", "cublas")):
@@ -124,7 +138,7 @@ def cuda_version_from_json(path: Path) -> dict:
 def read_metadata(path: Path) -> dict:
     """Name, Version and Requires-Dist lines of a METADATA file."""
     try:
-        return read_metadata_bytes(path.read_bytes())
+        return read_metadata_bytes(read_file(path))
     except OSError:
         return {"requires": []}
 
@@ -159,8 +173,8 @@ def pinned(requires: list[str], pattern: str) -> tuple[str, str] | None:
 def torch_version_py(path: Path) -> tuple[str | None, str | None]:
     """(__version__, cuda) from torch/version.py, read as text."""
     try:
-        text = path.read_text(errors="replace")
-    except OSError:
+        text = read_text(path, errors="replace")
+    except OSError:  # missing, or a FIFO / folder / huge file where torch/version.py belongs
         return None, None
     v = re.search(r"^__version__\s*=\s*['\"]([^'\"]+)['\"]", text, re.M)
     c = re.search(r"^cuda\s*(?::[^=]+)?=\s*(?:['\"]([^'\"]*)['\"]|None)", text, re.M)
