@@ -71,6 +71,9 @@ echo "$method $cmd" >"$marker"
 # the interpreter behind the command: it knows where the installed package keeps its icon
 python=$(head -1 "$cmd" | sed 's/^#! *//')
 icon=$("$python" -c 'from torchkeeper.home import app_icon; print(app_icon())' 2>/dev/null || echo torchkeeper)
+# the Exec value as the Desktop Entry spec wants it (quoting, then the string escapes): the
+# same code as the autostart entry, for a path with spaces, quotes, $ or backslashes
+exec_value=$("$python" -c 'import sys; from torchkeeper.platform.posix import exec_value; print(exec_value(sys.argv[1:]))' "$cmd" run)
 
 say "adding the menu entry $data/applications/torchkeeper.desktop (step 2/3)"
 mkdir -p "$data/applications"
@@ -79,7 +82,7 @@ cat >"$data/applications/torchkeeper.desktop" <<DESKTOP
 Type=Application
 Name=torchkeeper
 Comment=Keeps a newer CUDA runtime, cuBLAS and cuDNN overlaid on PyTorch
-Exec="$cmd" run
+Exec=$exec_value
 Icon=$icon
 Terminal=false
 Categories=Utility;

@@ -5,6 +5,7 @@ of `bundle fetch` against a real index over HTTP (pip's hash checking, broken do
         env = {"PIP_INDEX_URL": idx.url, ...}
         idx.truncate.add("nvidia_cudnn_cu12-9.5.1.17-py3-none-any.whl")  # the body stops halfway
         idx.stall.add(name)   # half the body, then nothing until the name leaves idx.stall
+        idx.stall_pages.add("nvidia-cudnn-cu12")   # the project's page never answers
 
 Links carry ``#sha256=`` like PyPI's (``idx.wrong_hash`` names files published with a wrong
 one). ``idx.downloads`` counts the wheel downloads per file. The server thread stops with the
@@ -33,6 +34,7 @@ class PackageIndex:
         self.truncate: set[str] = set()
         self.wrong_hash: set[str] = set()
         self.stall: set[str] = set()
+        self.stall_pages: set[str] = set()   # projects (canonical names) whose page never comes
         self.stalled = threading.Event()   # a stalled download has begun
         self.downloads: Counter = Counter()
         index = self
@@ -50,6 +52,8 @@ class PackageIndex:
                 self.send_error(404)
 
             def _page(self, project: str):
+                while _canon(project) in index.stall_pages:
+                    time.sleep(0.05)
                 files = [p for p in sorted(index.folder.glob("*.whl"))
                          if _canon(p.name.split("-")[0]) == _canon(project)]
                 if not files:

@@ -8,6 +8,8 @@
 #   libnotify-bin                notify-send: plyer's Linux notifier when dbus-python is absent
 #   dex                          runs XDG autostart entries the way a desktop session does (autostart tests)
 #   nsis                         makensis: builds the Windows installer (tests/windows/test_wine_installer.py)
+#   python3-gi, gir1.2-glib-2.0  GLib's key file and launcher, how GNOME reads an autostart entry
+#                                (tests/test_autostart_exec.py, run with Debian's /usr/bin/python3)
 # As root: apt-get update + install. Otherwise: says what to install and exits 1.
 set -euo pipefail
 
@@ -38,6 +40,11 @@ for tool in Xvfb:xvfb trayer:trayer dbus-daemon:dbus-daemon dbus-run-session:dbu
     command -v "${tool%%:*}" >/dev/null 2>&1 || missing+=("${tool#*:}")
 done
 
+if ! /usr/bin/python3 -c 'import gi; gi.require_version("Gio", "2.0"); from gi.repository import Gio' \
+        >/dev/null 2>&1; then
+    missing+=(python3-gi gir1.2-glib-2.0)
+fi
+
 if [ ${#missing[@]} -eq 0 ]; then
     exit 0
 fi
@@ -50,5 +57,6 @@ fi
 
 echo "tests/setup-system.sh: installing ${missing[*]}" >&2
 export DEBIAN_FRONTEND=noninteractive
-apt-get update -qq
-apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+# another apt (an unattended upgrade, a second test run) may hold the lock for a while: wait for it
+apt-get -o DPkg::Lock::Timeout=600 update -qq
+apt-get -o DPkg::Lock::Timeout=600 install -y -qq --no-install-recommends "${missing[@]}" >/dev/null

@@ -244,6 +244,6 @@ def test_a_hold_left_by_a_killed_bench_counts_for_nothing(tk_home):
     d.mkdir(parents=True)
     (d / f"{pid}-1.json").write_text(json.dumps({"pid": pid, "target": "t", "why": "bench"}))
     with hold.hold(home, "t", "bench"):
-        assert [h["pid"] for h in hold.active(home, "t")] == [os.getpid()]
+        assert [h.pid for h in hold.active(home, "t")] == [os.getpid()]
         assert hold.active(home, "other") == []
     assert hold.active(home) == [] and list(d.iterdir()) == []

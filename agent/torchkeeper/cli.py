@@ -171,7 +171,8 @@ def _pip_options(args, platform=None):
     from .engine.fetch import PipOptions, host_platform
 
     return PipOptions(platform or host_platform(), find_links=list(args.find_links or []),
-                      index_url=args.index_url, pre=bool(getattr(args, "pre", False)))
+                      index_url=args.index_url, pre=bool(getattr(args, "pre", False)),
+                      timeout_s=args.timeout)
 
 
 def cmd_bundle_fetch(args, eng):
@@ -456,6 +457,8 @@ def cmd_status(args, eng):
                          f" (stock {t.get('cudnn_stock') or 'unknown'}), {which}")
             if t.get("cudnn_unknown"):
                 lines.append(f"    cuDNN unknown: {t['cudnn_unknown']}")
+        if t.get("held"):
+            lines.append(f"    {t['held']['describe']}: the agent leaves it alone until that ends")
         sb = t.get("standby")
         if sb and sb.get("state") not in (None, "off"):
             lines.append(f"    standby: {sb['state']}" + (
@@ -675,6 +678,9 @@ def build_parser() -> argparse.ArgumentParser:
                          help="also look here for wheels (pip's --find-links)")
         sp_.add_argument("--index-url", metavar="URL", help="pip's --index-url (else PIP_INDEX_URL "
                          "or pip's configuration)")
+        sp_.add_argument("--timeout", type=_positive, default=30.0, metavar="SECONDS",
+                         help="how long the index may be silent (default 30; a download with nothing "
+                         "new for twice that is stalled)")
         sp_.add_argument("--pre", action="store_true",
                          help="consider pre-release, dev and local versions too")
         sp_.add_argument("--verbose", "-v", action="store_true",
@@ -710,6 +716,16 @@ def build_parser() -> argparse.ArgumentParser:
     un.add_argument("--remove-cache", action="store_true", help="also remove the bundle cache")
     un.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for the agent")
     return p
+
+
+def _positive(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        v = -1.0
+    if not 0 < v <= 3600:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds (above 0, at most 3600)")
+    return v
 
 
 def _say_engine_warnings() -> None:

@@ -17,7 +17,7 @@ import threading
 import time
 from pathlib import Path
 
-from .engine.fsutil import atomic_write_bytes
+from .engine.fsutil import atomic_write_bytes, read_text
 from .home import Home
 
 log = logging.getLogger("torchkeeper.agent")
@@ -64,7 +64,7 @@ class SingleInstance:
 
     def holder(self) -> str:
         try:
-            return self.pid_file.read_text(encoding="utf-8").strip() or "?"
+            return read_text(self.pid_file, 64, follow=False).strip() or "?"
         except OSError:
             return "?"
 
@@ -82,7 +82,7 @@ def agent_status(home: Home) -> dict:
 
     pid = None
     try:
-        pid = int((home.data_dir / "agent.pid").read_text(encoding="utf-8").strip())
+        pid = int(read_text(home.data_dir / "agent.pid", 64, follow=False).strip())
     except (OSError, ValueError):
         pass
     running = False
@@ -95,7 +95,7 @@ def agent_status(home: Home) -> dict:
             # process that got the pid of one that crashed
             # (the frozen windowed torchkeeper.exe runs the agent with no arguments at all)
             running = any(Path(a).stem == "torchkeeper" for a in cmd) and ("run" in cmd or len(cmd) == 1)
-        except (psutil.Error, OSError):
+        except (psutil.Error, OSError, OverflowError, ValueError):  # a pid out of any range
             running = False
     state = read_agent_state(home)
     out = {"running": running, "pid": pid if running else None, "paused": bool(state.get("paused"))}
@@ -114,10 +114,22 @@ def stop_file(home: Home) -> Path:
     return home.data_dir / "agent.stop"
 
 
+def _stop_requested(path: Path) -> bool:
+    """A stop request is a regular file (what `torchkeeper stop` writes); anything else there
+    (a folder, a FIFO, a link) is no request: moved aside, with a warning, and ignored."""
+    from .engine.fsutil import kind_of, set_aside
+
+    kind = kind_of(path)
+    if kind in (None, "a file"):
+        return kind == "a file"
+    set_aside(path, kind)
+    return False
+
+
 def _watch_stop_request(home: Home, stop: threading.Event, on_request, every: float = 1.0) -> None:
     path = stop_file(home)
     while not stop.wait(every):
-        if path.exists():
+        if _stop_requested(path):
             log.info("stop requested (%s): stopping after the running job", path)
             on_request()
             return
@@ -207,10 +219,11 @@ def run(home: Home, headless: bool = False, verbose: bool = False, out=_say) -> 
         out(f"torchkeeper: the agent is already running (pid {inst.holder()}); nothing to do")
         return 0
     try:
-        try:  # a request left over from a stop that timed out is not meant for this agent
-            stop_file(home).unlink()
-        except OSError:
-            pass
+        if _stop_requested(stop_file(home)):  # left over from a stop that timed out: not for us
+            try:
+                stop_file(home).unlink()
+            except OSError:
+                pass
         tray, tray_cls, no_host = None, None, None
         if not headless:
             from .desktop import tray as traymod

@@ -26,6 +26,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from ..engine.fsutil import read_file
+
 log = logging.getLogger("torchkeeper.agent")
 
 # top-level names in site-packages whose changes matter: torch itself, the nvidia-* wheels
@@ -220,7 +222,7 @@ def install_done(root: Path, b: Burst) -> bool:
     seen = bool(b.stashes)
     for d in b.dist_infos:
         try:
-            record = (root / d / "RECORD").read_bytes()
+            record = read_file(root / d / "RECORD", 64 << 20)  # a FIFO must not block the timer
         except FileNotFoundError:
             if (root / d).exists():
                 return False

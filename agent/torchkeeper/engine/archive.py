@@ -18,9 +18,10 @@ import tarfile
 import tempfile
 from pathlib import Path
 
-from . import libs
+from . import libs, versions
 from .bundle import FORMAT, NAME_RX, Store, _rmtree, bundle_id, public
 from ..errors import BadArchive, NotFound
+from .fsutil import parse_json
 
 MAX_MANIFEST = 1 << 20
 MAX_FILES = 64
@@ -84,7 +85,7 @@ def _bad(archive: Path, what: str) -> BadArchive:
 
 def _check_manifest(archive: Path, raw: bytes) -> dict:
     try:
-        m = json.loads(raw)
+        m = parse_json(raw)     # 100,000 nested brackets are a ValueError too
     except ValueError:
         raise _bad(archive, "manifest.json is not valid JSON") from None
     if not isinstance(m, dict) or m.get("format") != FORMAT:
@@ -176,6 +177,10 @@ def import_(store: Store, archive: Path) -> tuple[dict, bool]:
                         raise _bad(archive, f"{key} is truncated")
                     if h.hexdigest() != f["sha256"]:
                         raise _bad(archive, f"{key} does not match its sha256 in the manifest")
+                    # a forged manifest can hash anything: the bytes must be a real library
+                    windows = m.get("platform") == libs.WINDOWS
+                    if not (versions.is_pe if windows else versions.is_elf)(stage / "files" / key):
+                        raise _bad(archive, f"{key} is not a {'64-bit PE DLL' if windows else '64-bit ELF library'}")
                     got[key] = h.hexdigest()
         except (tarfile.TarError, EOFError, OSError, *codec_errors()) as e:
             if isinstance(e, OSError) and not isinstance(e, (EOFError,)) and e.errno is not None:

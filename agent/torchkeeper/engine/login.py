@@ -11,14 +11,13 @@ OS's autostart entry (``torchkeeper.platform.autostart`` writes it).
 
 from __future__ import annotations
 
-import json
 import os
 import time
 
 from ..errors import UsageError
 from ..home import Home, app_icon
 from ..platform import autostart as osauto
-from .fsutil import atomic_write_json
+from .fsutil import atomic_write_json, load_json
 
 ON, OFF = "on", "off"
 
@@ -38,8 +37,8 @@ class Login:
     def choice(self) -> dict | None:
         """The last choice a person made ({"choice": "on"|"off", "by": ..., "at": ...}), or None."""
         try:
-            d = json.loads(self.choice_file.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
+            d = load_json(self.choice_file, 64 << 10)
+        except (OSError, ValueError):   # absent, a FIFO or folder, nonsense: no choice made
             return None
         return d if isinstance(d, dict) and d.get("choice") in (ON, OFF) else None
 

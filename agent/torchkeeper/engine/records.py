@@ -67,6 +67,7 @@ class TargetStatus:
     in_desired_state: bool | None = None  # set by verify
     last_bench: dict | None = None    # the newest `bench` result kept with the target
     standby: dict | None = None       # the standby copy: state, files, bytes (engine/standby.py)
+    held: dict | None = None          # another torchkeeper process's hold (bench): why, pid, since
 
     @property
     def inspected(self) -> bool:
@@ -91,6 +92,8 @@ class TargetStatus:
             d["last_bench"] = {k: self.last_bench.get(k) for k in ("ratio", "bundle_name", "time", "gpu", "it_s")}
         if self.standby is not None:
             d["standby"] = self.standby
+        if self.held is not None:
+            d["held"] = self.held
         return d
 
 

@@ -17,11 +17,13 @@ import time
 from pathlib import Path
 
 from ..errors import OperationFailed, UsageError
-from .fsutil import atomic_write_json
+from .fsutil import atomic_write_json, load_json, read_file
 from ..home import Home
 from .. import testing
 
 SCHEMA = 1
+STATE_MAX = 256 << 20       # state.json: far beyond thousands of targets
+EVENTS_MAX = 512 << 20      # events.jsonl as `log` reads it
 # A target name is also a file name (locks/<name>.lock) on every OS: Unicode letters and
 # digits, '.', '_', '-'; starts with a letter or digit; at most 64 characters, none outside
 # the BMP (64 x 3 UTF-8 bytes stays under NAME_MAX); no '..', no trailing '.', and none of
@@ -44,11 +46,12 @@ class StateStore:
 
     def read(self) -> dict:
         try:
-            data = json.loads(self.path.read_text())
+            data = load_json(self.path, STATE_MAX)   # a regular file only: a FIFO never blocks
         except FileNotFoundError:
             return empty()
-        except (OSError, ValueError, RecursionError) as e:
-            raise UsageError(f"the state file {self.path} is unreadable: {e}",
+        except (OSError, ValueError) as e:
+            raise UsageError(f"the state file {self.path} is unreadable: "
+                             f"{getattr(e, 'strerror', None) or e}",
                              f"restore it from {self.path}.bak if present, or move it away to "
                              "start over (backups in the data folder are kept)") from None
         if not isinstance(data, dict) or data.get("schema") != SCHEMA:
@@ -252,9 +255,12 @@ def read_events_counted(home: Home, n: int | None = None) -> tuple[list[dict], i
     """The last n events (all when n is None), and how many of the lines read could not
     be: not UTF-8, not JSON, not an event (a crash mid-line, a damaged disk, an editor)."""
     try:
-        data = home.events_file.read_bytes()
+        data = read_file(home.events_file, EVENTS_MAX)
     except FileNotFoundError:
         return [], 0
+    except OSError as e:
+        raise UsageError(f"the event log {home.events_file} cannot be read: {e.strerror}",
+                         "move it away: the next event starts a new one") from None
     lines = data.splitlines()
     out, skipped = [], 0
     for raw in lines[-n:] if n else lines:

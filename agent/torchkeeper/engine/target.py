@@ -6,7 +6,6 @@ Everything here is data that works on any OS: a Windows venv (``Lib/site-package
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from dataclasses import dataclass, field
@@ -15,7 +14,7 @@ from pathlib import Path
 
 from . import libs, versions
 from ..errors import NotFound, UsageError
-from .fsutil import atomic_write_json, record_hash_to_hex, sha256_file
+from .fsutil import atomic_write_json, load_json, parse_json, read_text, record_hash_to_hex, sha256_file
 
 # Where a file's stock hash came from (LibFile.stock_source, the plan, the overlay record).
 FROM_RECORD = "RECORD"
@@ -149,7 +148,7 @@ def read_record(dist_info: Path, only: re.Pattern | None = None) -> dict[str, tu
     """RECORD as {relative posix path: (sha256 hex or None, size or None)}."""
     out = {}
     try:
-        text = (dist_info / "RECORD").read_text(errors="replace")
+        text = read_text(dist_info / "RECORD", 64 << 20, errors="replace")  # a FIFO: OSError, no hang
     except OSError:
         return out
     for line in text.splitlines():
@@ -226,11 +225,11 @@ def inspect(path: str | Path, cache_dir: Path | None = None) -> TargetInfo:
     cache = Path(cache_dir) / "inspect" / (sha256(str(sp).encode()).hexdigest()[:32] + ".json")
     known: list[str] = []
     try:
-        data = json.loads(cache.read_text())
+        data = load_json(cache)
         known = [str(d) for d in data["dirs"]]
         if data.get("stamp") == _stamp(sp, known):
             return TargetInfo.from_dict(data["info"])
-    except (OSError, ValueError, KeyError, TypeError):
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
         pass
     # the library folders come from RECORD: stamp the usual ones and those found last time,
     # and once more with any new one the inspection finds
@@ -391,10 +390,10 @@ def _conda_hashes(prefix: Path, sp: Path, found: dict[str, LibFile]) -> None:
     names = [rel.rsplit("/", 1)[1] for rel in want]
     for meta in sorted((prefix / "conda-meta").glob("*.json")):
         try:
-            text = meta.read_text(encoding="utf-8", errors="replace")
+            text = read_text(meta, 64 << 20, errors="replace")   # a regular file, at most 64 MiB
             if not any(n in text for n in names):
                 continue
-            paths = json.loads(text).get("paths_data", {}).get("paths", [])
+            paths = parse_json(text).get("paths_data", {}).get("paths", [])
         except (OSError, ValueError, AttributeError):
             continue
         for entry in paths if isinstance(paths, list) else []:

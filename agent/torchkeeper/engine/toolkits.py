@@ -16,13 +16,14 @@ Nothing here raises for a missing tool or folder: it is reported in the entry's 
 from __future__ import annotations
 
 import glob
-import json
 import os
 import re
 import shutil
 import signal
 import subprocess
 from pathlib import Path
+
+from .fsutil import load_json, read_text
 
 NVCC_TIMEOUT = 5.0
 
@@ -49,7 +50,7 @@ def read_toolkit_version(root) -> tuple[str, str | None] | None:
     """
     root = Path(root)
     try:
-        data = json.loads((root / "version.json").read_text(encoding="utf-8"))
+        data = load_json(root / "version.json")
     except (OSError, ValueError):
         data = None
     if isinstance(data, dict):
@@ -63,7 +64,7 @@ def read_toolkit_version(root) -> tuple[str, str | None] | None:
     headers += [Path(p) for p in sorted(glob.glob(str(root / "targets" / "*" / "include" / "cuda_runtime_api.h")))]
     for header in headers:
         try:
-            text = header.read_text(encoding="utf-8", errors="replace")
+            text = read_text(header, errors="replace")   # a regular file only (a FIFO: OSError)
         except OSError:
             continue
         m = _CUDART_DEFINE.search(text)

@@ -23,7 +23,6 @@ one is there no backup is collected: the target is judged from its files instead
 
 from __future__ import annotations
 
-import json
 import os
 import stat
 import time
@@ -35,7 +34,8 @@ from typing import Callable
 from ..errors import OperationFailed, TKError
 from .. import testing
 from ..platform.files import FileOps, is_no_space
-from .fsutil import atomic_write_json, clone_or_copy, copy_hashing, fsync_dir, sha256_file, stat_key
+from .fsutil import (atomic_write_json, clone_or_copy, copy_hashing, fsync_dir, load_json, sha256_file,
+                     stat_key)
 from . import standby
 from ..home import Home
 from .state import TARGET_NAME_RX
@@ -408,10 +408,11 @@ def pending(home: Home) -> list[dict]:
     out = []
     for p in sorted(d.glob("*.json")):
         try:
-            j = json.loads(p.read_text())
+            # never through a link, never a FIFO or a folder: those are damaged journals
+            j = load_json(p, 64 << 20, follow=False)
             problem = journal_problem(j, p.stem)
         except (OSError, ValueError) as e:
-            problem = str(e)
+            problem = (f"{e.strerror} ({p.name})" if isinstance(e, OSError) and e.strerror else str(e))
         if problem:
             out.append({"target": p.stem, "corrupt": problem, "_path": str(p)})
         else:

@@ -3,7 +3,6 @@ version.json, dist-info METADATA and torch/version.py. Nothing here imports torc
 
 from __future__ import annotations
 
-import json
 import re
 import os
 import stat
@@ -77,20 +76,45 @@ def elf_soname(path: Path) -> str | None:
     return None
 
 
-def is_elf(path: Path) -> bool:
+PE_MACHINES = {0x8664: "x64", 0xAA64: "ARM64"}    # what a 64-bit Windows torch loads
+ELF_MACHINES = {62: "x86-64", 183: "AArch64"}       # e_machine of a 64-bit Linux torch's libraries
+
+
+def _head(path: Path, n: int) -> bytes:
+    """The first n bytes of a regular file (a FIFO or device: b"", never a blocking read)."""
+    flags = os.O_RDONLY | getattr(os, "O_BINARY", 0) | getattr(os, "O_NONBLOCK", 0)
     try:
-        with open(path, "rb") as f:
-            return f.read(4) == b"\x7fELF"
+        fd = os.open(path, flags)
     except OSError:
-        return False
+        return b""
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return b""
+        return os.read(fd, n)
+    except OSError:
+        return b""
+    finally:
+        os.close(fd)
+
+
+def is_elf(path: Path) -> bool:
+    """A 64-bit ELF shared object for x86-64 or AArch64 (magic, class, type and machine)."""
+    h = _head(path, 20)
+    return (len(h) == 20 and h[:4] == b"\x7fELF" and h[4] == 2 and h[5] == 1
+            and int.from_bytes(h[16:18], "little") == 3
+            and int.from_bytes(h[18:20], "little") in ELF_MACHINES)
 
 
 def is_pe(path: Path) -> bool:
-    try:
-        with open(path, "rb") as f:
-            return f.read(2) == b"MZ"
-    except OSError:
+    """A PE image for x64 or ARM64: the DOS stub's pointer leads to "PE\\0\\0" and a machine
+    type a 64-bit Windows torch can load (two bytes "MZ" are not a DLL)."""
+    h = _head(path, 4096)
+    if len(h) < 64 or h[:2] != b"MZ":
         return False
+    off = int.from_bytes(h[0x3C:0x40], "little")
+    if off + 6 > len(h):
+        return False
+    return h[off:off + 4] == b"PE\0\0" and int.from_bytes(h[off + 4:off + 6], "little") in PE_MACHINES
 
 
 def _defines(text: str) -> dict[str, int]:

@@ -59,6 +59,20 @@ class FileEntry:
 
     def status(self) -> AutostartStatus: ...
 
+    def _read(self, limit: int = 64 << 10) -> bytes:
+        """The entry's bytes, only from a small regular file: a FIFO there must not block a
+        login's status (OSError for anything else, FileNotFoundError when there is none)."""
+        import stat
+
+        fd = os.open(self.path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode) or st.st_size > limit:
+                raise OSError(f"{self.path} is not a small file")
+            return os.read(fd, limit)
+        finally:
+            os.close(fd)
+
     def _write(self, data: bytes) -> AutostartStatus:
         """The whole entry in one rename: a login never reads half a file."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
