@@ -21,8 +21,11 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..engine import config as configmod, gate, hold
+from ..engine import config as configmod, gate
+from . import decide as D
 from . import view as V
+from .decide import decide
+from .snapshot import install_signs, snapshot
 from ..engine.core import DRIFTED, INCOMPATIBLE, MISSING, PATCHED, STOCK, Engine
 from ..engine.login import Login
 from ..engine.records import TargetStatus
@@ -47,14 +50,14 @@ def agent_state_file(home: Home) -> Path:
 def read_agent_state(home: Home) -> dict:
     """agent.json, each value checked: a damaged one is dropped (and logged), never a crash
     of the agent or of `torchkeeper status`."""
-    import json
+    from ..engine.fsutil import load_json
 
     path = agent_state_file(home)
     try:
-        data = json.loads(path.read_bytes().decode("utf-8"))
+        data = load_json(path)   # a regular file of at most 4 MiB: a FIFO there never blocks
     except FileNotFoundError:
         return {}
-    except (OSError, ValueError, RecursionError) as e:
+    except (OSError, ValueError) as e:
         log.warning("%s is unreadable (%s); starting from an empty agent state", path, e)
         return {}
     if not isinstance(data, dict):
@@ -97,6 +100,7 @@ class Job:
     reason: str = field(compare=False, default="")
     detected: float | None = field(compare=False, default=None)  # wall time of the first event
     explicit: bool = field(compare=False, default=False)         # the user asked (click, button)
+    lib_stats: dict | None = field(compare=False, default=None)  # the debouncer's last look at the files
 
 
 # internal job kinds besides view's actions
@@ -111,7 +115,6 @@ FOUND_SHOWN = 10          # found installs listed (and inspected for their cuDNN
 SUGGEST_FOUND = "suggest found"   # the same for a found install (target=its path)
 NEXT_STEP = "run `torchkeeper discover --add` (every install found) or `torchkeeper target add PATH`"
 MENU_STEP = "choose Manage under \"Found, not managed\" in the tray menu, or "
-HOLD_POLL_S = 1.0        # how often a check held off by another process (bench) looks again
 SUGGEST_DELAY_S = 30.0   # after a target is first shown: the index is asked once per agent run
 
 
@@ -130,7 +133,8 @@ class Agent:
         self.log_file = home.log_dir / "agent.log"
         self.first_run = not (self.config_file.exists() or self.config_file.is_symlink())
         self._found: list[V.FoundView] = []
-        self._holds: dict[str, dict] = {}  # target -> the hold another process has on it
+        self._holds: dict[str, dict] = {}  # target -> the hold another process has on it (as status says)
+        self._lib_stats: dict[str, dict] = {}  # target -> its library files' stat data at the last check
         self._found_suggestions: dict[str, str | None] = {}  # found install's path -> its line
         self._agent_state = read_agent_state(home)
         self.cfg, problem = self._load_config()
@@ -355,7 +359,7 @@ class Agent:
             tip += f"; watching: degraded - checking every {DEGRADED_POLL_S:.0f} s"
         holds = dict(self._holds)
         if holds:
-            tip += "; " + ", ".join(f"'{n}' held by {h.get('why')}" for n, h in sorted(holds.items()))
+            tip += "; " + ", ".join(f"'{n}' {h['describe']}" for n, h in sorted(holds.items()))
         fetching = getattr(self, "_fetch_line", None)
         if fetching:
             overall, tip = V.WORKING, fetching
@@ -427,7 +431,8 @@ class Agent:
 
     # -- the queue -------------------------------------------------------------------
     def _enqueue(self, action: str, target: str | None, reason: str = "", delay: float = 0.0,
-                 detected: float | None = None, explicit: bool = False) -> None:
+                 detected: float | None = None, explicit: bool = False,
+                 lib_stats: dict | None = None) -> None:
         key = (action, target)
         with self._cv:
             if self._stopping:
@@ -439,10 +444,11 @@ class Agent:
                 old.at = min(old.at, at)
                 old.detected = old.detected or detected
                 old.explicit = old.explicit or explicit
+                old.lib_stats = lib_stats or old.lib_stats
                 self._cv.notify_all()
                 return
             self._seq += 1
-            self._jobs[key] = Job(at, self._seq, action, target, reason, detected, explicit)
+            self._jobs[key] = Job(at, self._seq, action, target, reason, detected, explicit, lib_stats)
             self._cv.notify_all()
 
     def _next_job(self) -> Job | None:
@@ -655,66 +661,78 @@ class Agent:
 
     # -- checking and deciding -------------------------------------------------------
     def _check(self, job: Job) -> None:
+        """Read the target once, decide (daemon/decide.py, pure), carry the decision out."""
         name = job.target
         if name not in self.engine.targets():
             self._forget(name)
             return
-        if self._held_off(name, job):
-            return
         self.checks += 1
         s = self.engine.target_state(name, with_versions=True)
+        self._note_hold(name, s)
         self._rewatch(name, s)
-        state = s.state
-        if state == MISSING:
-            self._set_view(name, s, MISSING, s.problems[0] if s.problems else "missing")
-            if job.reason == "file events":
-                # maybe the middle of a long install (a check forced by max_wait_seconds):
-                # look again before alarming anyone
-                self._enqueue(CHECK, name, "still missing?",
-                              delay=self.cfg["agent"]["max_wait_seconds"], detected=job.detected)
-            else:
-                self._toast(V.Toast(f"missing:{name}", f"torchkeeper: '{name}' has no torch",
-                                    s.problems[0] if s.problems else "", name,
-                                    level="error"))
+        lib_dirs = list(s.info.lib_dirs) if s.info else []
+        libs_rel = [lf.rel for lf in s.info.libs.values()] if s.info else []
+        signs, self._lib_stats[name] = install_signs(Path(s.site_packages), lib_dirs, libs_rel,
+                                                     job.lib_stats or self._lib_stats.get(name))
+        d = decide(snapshot(s, (s.held or {}).get("describe"), signs), self._settings(),
+                   D.JobView(_why(job.reason), explicit=job.explicit,
+                             waited_s=time.time() - job.detected if job.detected else 0.0))
+        if d.kind is D.Kind.WAIT:
+            if not s.held:  # an install under way: never judged mid-write, looked at again
+                self._set_view(name, s, V.CHECKING, d.words)
+            # no torch and no install to wait for: look once more, then say so
+            again = D.Why.STILL_MISSING.value if s.state == MISSING and not signs.any else job.reason
+            self._enqueue(CHECK, name, again, delay=d.delay, detected=job.detected, explicit=job.explicit)
             return
-        if state == INCOMPATIBLE:
+        if d.kind is D.Kind.REFUSE and s.state == MISSING:
+            self._set_view(name, s, MISSING, d.words)
+            self._toast(V.Toast(f"missing:{name}", f"torchkeeper: '{name}' has no torch", d.words, name,
+                                level="error"))
+            return
+        if d.kind is D.Kind.REFUSE:
             self._incompatible(name, s, job)
             return
-        if state == DRIFTED and s.applied:
-            self._drifted(name, s, job)
+        if d.kind is D.Kind.ASK:
+            self._ask(name, s, d.words, job.detected or time.time(), job)
             return
-        if state == DRIFTED:
-            msg = "files differ from torch's RECORD (changed outside torchkeeper)"
-            self._set_view(name, s, DRIFTED, msg)
+        if d.kind is D.Kind.REAPPLY:
+            detected = job.detected or time.time()
+            self._event("drift", target=name, reason=job.reason, detected=detected,
+                        decided=time.time(), decision="re-apply", what=d.words)
+            pause_point("agent decided")
+            stock_now = s.cudnn_now or (s.info.cudnn_build if s.info else None)
+            self._apply(name, s, job, detected, stock_now, explicit=False)
+            return
+        if s.state == DRIFTED:   # left alone: not torchkeeper's overlay
+            self._set_view(name, s, DRIFTED, d.words)
             self._event("drift", target=name, reason=job.reason, detected=job.detected,
                         decided=time.time(), decision="left alone: not torchkeeper's overlay")
             return
         self._asks.pop(name, None)
         self._retry.pop(name, None)
-        self._set_view(name, s, state, self._ok_message(s))
-        if state == PATCHED and (s.standby or {}).get("state") not in ("ready", "off", "preparing"):
+        self._set_view(name, s, s.state, self._ok_message(s))
+        if s.state == PATCHED and (s.standby or {}).get("state") not in ("ready", "off", "preparing"):
             self._want_standby(name)
-        if state == PATCHED and job.reason.startswith("driver"):
+        if s.state == PATCHED and job.reason.startswith("driver"):
             self._driver_gate(name, s)
 
-    def _held_off(self, name: str, job: Job) -> bool:
-        """Another torchkeeper process (bench) holds this target: its half-swapped files are
-        not drift. The check waits, looked at again every HOLD_POLL_S, and runs when the hold
-        ends; the user's own pause is untouched by it."""
-        held = hold.active(self.home, name)
+    def _settings(self) -> D.Settings:
+        a = self.cfg["agent"]
+        return D.Settings(auto_reapply=bool(a["auto_reapply"]), paused=bool(self._agent_state.get("paused")),
+                          max_wait_s=float(a["max_wait_seconds"]))
+
+    def _note_hold(self, name: str, s: TargetStatus) -> None:
+        """Another torchkeeper process (bench) holds this target, or its hold ended: said once
+        each, as events and in the view; the user's own pause is untouched by it."""
         was = self._holds.get(name)
-        if held:
-            if was is None:
-                self._holds[name] = held[0]
-                self._event("held", target=name, by=held[0].get("why"), pid=held[0].get("pid"))
-                self._changed()
-            self._enqueue(CHECK, name, job.reason, delay=HOLD_POLL_S, detected=job.detected)
-            return True
-        if was is not None:
-            del self._holds[name]
-            self._event("hold released", target=name, by=was.get("why"))
+        if s.held and was is None:
+            self._holds[name] = s.held
+            self._event("held", target=name, by=s.held["why"], pid=s.held["pid"], since=s.held["since"])
             self._changed()
-        return False
+        elif not s.held and was is not None:
+            del self._holds[name]
+            self._event("hold released", target=name, by=was["why"])
+            self._changed()
 
     def _drifted(self, name: str, s: TargetStatus, job: Job) -> None:
         detected = job.detected or time.time()
@@ -1043,7 +1061,7 @@ class Agent:
     def _on_burst(self, name: str, burst) -> None:
         self._event("files changed", target=name, events=burst.events, detected=burst.first_wall,
                     stashes=sorted(burst.stashes) or None)
-        self._enqueue(CHECK, name, "file events", detected=burst.first_wall)
+        self._enqueue(CHECK, name, "file events", detected=burst.first_wall, lib_stats=burst.sizes)
 
     def _begin_own(self, name: str) -> None:
         self._working = name
@@ -1205,6 +1223,16 @@ _BECAUSE = {
     "config changed": "auto re-apply was turned on",
     "auto re-apply resumed": "auto re-apply was resumed",
 }
+
+
+_WHYS = {w.value: w for w in D.Why}
+
+
+def _why(reason: str) -> D.Why:
+    """A job's reason as decide's Why (a driver poll's reasons carry the versions)."""
+    if reason.startswith("driver"):
+        return D.Why.DRIVER
+    return _WHYS.get(reason, D.Why.USER)
 
 
 def _driver_change_text(before: dict, now: dict, d) -> tuple[str, str]:
