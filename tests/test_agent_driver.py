@@ -40,7 +40,10 @@ def answers(tmp_path) -> Path:
 @pytest.fixture
 def agent_env(nvml_stub, answers) -> dict:
     ld = os.pathsep.join(filter(None, [str(nvml_stub), os.environ.get("LD_LIBRARY_PATH")]))
-    return {"LD_LIBRARY_PATH": ld, "TK_NVML_STUB_FILE": str(answers), "TK_NVML_STUB_LOG": None}
+    # the stub's answers file stands for the installed driver: rewriting it is an update the OS
+    # shows (engine/driversignal.py), so the agent asks NVML again
+    return {"LD_LIBRARY_PATH": ld, "TK_NVML_STUB_FILE": str(answers), "TK_NVML_STUB_LOG": None,
+            "TORCHKEEPER_TEST_DRIVER_SIGNAL": str(answers)}
 
 
 @pytest.fixture
@@ -253,3 +256,23 @@ def test_run_without_display_is_headless(tk_home, agent_env, answers, procs, tmp
     assert log.count("no tray here") == 1, log
     assert "agent running (headless)" in out
     assert "Traceback" not in log and "Traceback" not in err
+
+
+@pytest.mark.timeout(90)
+def test_a_sleeping_gpu_is_left_asleep_nvml_only_at_start_and_on_a_change(
+        tk_home, agent_env, answers, procs, tmp_path):
+    """The stub counts nvmlInit calls. Ten poll periods with nothing changed: the one at start
+    only. A driver update (the stub's answers and so the OS's signal changed): toasted within
+    a poll, with one more NVML initialisation."""
+    log = tmp_path / "nvml.log"
+    write_config(tk_home, CONFIG)   # driver_poll_seconds = 1
+    write_answers(answers, driver="551.86", cuda=12040, gpus=[RTX4070])
+    p = spawn(tk_home, {**agent_env, "TK_NVML_STUB_LOG": str(log)}, procs)
+    wait_started(tk_home, p)
+    time.sleep(10.5)                 # ten poll periods
+    inits = lambda: [ln for ln in log.read_text().splitlines() if ln.startswith("init")]  # noqa: E731
+    assert len(inits()) == 1, log.read_text()
+    write_answers(answers, driver="560.70", cuda=12060, gpus=[RTX4070])
+    wait_toast(tk_home, lambda t: "560.70" in t.get("body", ""), "about 560.70", timeout=5)
+    assert len(inits()) == 2, log.read_text()
+    assert stop(p)[0] == 0

@@ -69,7 +69,12 @@ def test_an_install_slower_than_max_wait_gets_one_repair_and_no_false_alarm(tmp_
     finally:
         end_process(p)
     toasts = [e["key"] for e in _agent_events(tk_home, "toast") if e["ts"] >= began]
-    assert len(_agent_events(tk_home, "repaired")) == 1
+    (rep,) = _agent_events(tk_home, "repaired")
+    # the repair's time counts from pip's last write, not its first file event
+    assert rep["first_event"] < rep["last_write"] <= rep["verified"], rep
+    assert rep["latency"] == round(rep["verified"] - rep["last_write"], 3)
+    assert rep["since_first_event"] > rep["latency"] and rep["last_write"] - rep["first_event"] > 2, rep
+    assert "after the last write" in run_tk("log", "--agent").out
     assert toasts == [f"reapplied:{NAME}"], toasts
     assert not _agent_events(tk_home, "incompatible")
     assert not [e for e in _agent_events(tk_home, "drift") if e["decision"] != "re-apply"]

@@ -43,6 +43,10 @@ def test_doctor_probe_sees_the_overlay(tmp_path, build, run_tk, nvml_stub):
     assert d["driver"]["version"] == "551.86" and d["driver"]["cuda"] == "12.4"
     assert d["driver"]["gpus"][0]["name"] == "NVIDIA GeForce RTX 4070"
     assert isinstance(d["toolkits"], list)
+    # which signal the agent watches for driver changes (none here: no NVIDIA kernel module)
+    assert d["driver_signal"].startswith("none:") and "/sys/module/nvidia/version" in d["driver_signal"]
+    sig = run_tk("doctor", "--json", extra_env={**env, "TORCHKEEPER_TEST_DRIVER_SIGNAL": answers}).json()
+    assert sig["driver_signal"].startswith("the OS: ") and str(answers) in sig["driver_signal"]
     t = d["targets"][0]
     assert t["torch_version"] == "2.4.1+cu124" and t["torch_cuda"] == "12.4"
     assert t["cudnn_now"] == "9.1.0.70" and t["cudnn_now_int"] == 90100

@@ -508,6 +508,10 @@ def cmd_log(args, eng):
     lines = []
     for e in evs:
         rest = " ".join(f"{k}={v}" for k, v in sorted(e.items()) if k not in ("ts", "time", "event"))
+        if e.get("event") == "repaired" and isinstance(e.get("latency"), (int, float)):
+            # first what a user asks: how long after the installer's last write it was back
+            rest = (f"in {e['latency']:.2f} s after the last write" if e.get("last_write") else
+                    f"in {e['latency']:.2f} s") + f" ({rest})"
         lines.append(f"{e.get('time')} {e.get('event')} {rest}")
     _emit(args, evs, "\n".join(lines) or "no events yet")
     return OK

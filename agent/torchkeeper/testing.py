@@ -13,6 +13,9 @@ and gets a simulated one only when a variable says so.
 - ``TORCHKEEPER_TEST_PAUSE_POINT=LABEL``: at the named point outside a transaction (the
   agent's "decided" between its decision and the apply), write the label to the pause file
   and wait until the test deletes it (60 s at most).
+- ``TORCHKEEPER_TEST_DRIVER_SIGNAL=FILE``: the file whose contents and stat data stand for
+  the installed driver (engine/driversignal.py), in place of /sys/module/nvidia/version or
+  System32's nvml.dll: the NVML stub's answers file, which a test rewrites to "update" it.
 """
 
 from __future__ import annotations
@@ -34,6 +37,11 @@ CRASH_TRACE = "TORCHKEEPER_TEST_CRASH_TRACE"
 PAUSE_AT = "TORCHKEEPER_TEST_PAUSE_AT"
 PAUSE_FILE = "TORCHKEEPER_TEST_PAUSE_FILE"
 PAUSE_POINT = "TORCHKEEPER_TEST_PAUSE_POINT"
+DRIVER_SIGNAL = "TORCHKEEPER_TEST_DRIVER_SIGNAL"
+
+
+def driver_signal_file() -> str | None:
+    return os.environ.get(DRIVER_SIGNAL) or None
 
 
 def file_ops() -> FileOps:

@@ -53,6 +53,7 @@ class Burst:
     first: float                 # clock time of the first event
     last: float                  # clock time of the latest event
     first_wall: float            # wall time of the first event, for the event log
+    last_wall: float = 0.0       # wall time of the latest event: the installer's last write
     events: int = 0
     dist_infos: set[str] = field(default_factory=set)  # dist-info folders created in the burst
     stashes: set[str] = field(default_factory=set)     # ~xxx folders pip stashed into
@@ -119,6 +120,7 @@ class Debouncer:
                 b = self._bursts[target] = Burst(now, now, time.time(),
                                                  lib_dirs=self._lib_dirs.get(target, ()))
             b.last = now
+            b.last_wall = time.time()
             b.events += 1
             self._roots[target] = root
             if top and kind in ("created", "moved_to"):

@@ -101,6 +101,7 @@ class Job:
     detected: float | None = field(compare=False, default=None)  # wall time of the first event
     explicit: bool = field(compare=False, default=False)         # the user asked (click, button)
     lib_stats: dict | None = field(compare=False, default=None)  # the debouncer's last look at the files
+    last_write: float | None = field(compare=False, default=None)  # wall time of the last file event
 
 
 # internal job kinds besides view's actions
@@ -158,6 +159,8 @@ class Agent:
         self.login = login or Login(home)
         self._autostart = self._read_autostart()
         self._driver_error = False
+        self._driver_signal = None   # what the OS showed of the driver at the last NVML query
+        self.nvml_queries = 0
         self._degraded: str | None = None   # why the file watches do not work, None: they do
         self.has_menu = False     # a tray menu shows "Found, not managed" (set by `run`)
         self.say = None           # say(line): a line for the terminal that started the agent
@@ -432,7 +435,7 @@ class Agent:
     # -- the queue -------------------------------------------------------------------
     def _enqueue(self, action: str, target: str | None, reason: str = "", delay: float = 0.0,
                  detected: float | None = None, explicit: bool = False,
-                 lib_stats: dict | None = None) -> None:
+                 lib_stats: dict | None = None, last_write: float | None = None) -> None:
         key = (action, target)
         with self._cv:
             if self._stopping:
@@ -445,10 +448,12 @@ class Agent:
                 old.detected = old.detected or detected
                 old.explicit = old.explicit or explicit
                 old.lib_stats = lib_stats or old.lib_stats
+                old.last_write = max(filter(None, (old.last_write, last_write)), default=None)
                 self._cv.notify_all()
                 return
             self._seq += 1
-            self._jobs[key] = Job(at, self._seq, action, target, reason, detected, explicit, lib_stats)
+            self._jobs[key] = Job(at, self._seq, action, target, reason, detected, explicit, lib_stats,
+                                  last_write)
             self._cv.notify_all()
 
     def _next_job(self) -> Job | None:
@@ -682,7 +687,8 @@ class Agent:
                 self._set_view(name, s, V.CHECKING, d.words)
             # no torch and no install to wait for: look once more, then say so
             again = D.Why.STILL_MISSING.value if s.state == MISSING and not signs.any else job.reason
-            self._enqueue(CHECK, name, again, delay=d.delay, detected=job.detected, explicit=job.explicit)
+            self._enqueue(CHECK, name, again, delay=d.delay, detected=job.detected, explicit=job.explicit,
+                          last_write=job.last_write)
             return
         if d.kind is D.Kind.REFUSE and s.state == MISSING:
             self._set_view(name, s, MISSING, d.words)
@@ -802,10 +808,13 @@ class Agent:
             self._event("already applied", target=name, reason=job.reason)
             return
         self.applies += 1
+        # the repair's time counts from the installer's last write (what a user waits for), not
+        # from its first file event (the install's own length is in since_first_event)
         self._event("repaired" if ok else "reapply unverified", target=name, reason=job.reason,
-                    detected=detected, decided=decided, applied=applied, verified=verified,
-                    bundle=m.id if m else None, action=res.action, latency=round(verified - detected, 3),
-                    via=res.via)
+                    detected=detected, first_event=detected, last_write=job.last_write, decided=decided,
+                    applied=applied, verified=verified, bundle=m.id if m else None, action=res.action,
+                    latency=round(verified - (job.last_write or detected), 3),
+                    since_first_event=round(verified - detected, 3), via=res.via)
         if ok and (after.standby or {}).get("state") != "ready":
             self._want_standby(name)  # after the toast's work: at low priority, off the queue
         bundle_cudnn = m.cudnn if m else None
@@ -1061,7 +1070,8 @@ class Agent:
     def _on_burst(self, name: str, burst) -> None:
         self._event("files changed", target=name, events=burst.events, detected=burst.first_wall,
                     stashes=sorted(burst.stashes) or None)
-        self._enqueue(CHECK, name, "file events", detected=burst.first_wall, lib_stats=burst.sizes)
+        self._enqueue(CHECK, name, "file events", detected=burst.first_wall, lib_stats=burst.sizes,
+                      last_write=burst.last_wall or None)
 
     def _begin_own(self, name: str) -> None:
         self._working = name
@@ -1164,6 +1174,15 @@ class Agent:
 
     # -- the driver ------------------------------------------------------------------
     def poll_driver(self, initial: bool = False) -> None:
+        """The driver, through what the OS shows (engine/driversignal.py): NVML, which wakes a
+        sleeping laptop GPU, only at start and when that changed."""
+        from ..engine import driversignal
+
+        sig = driversignal.current()
+        if not initial and sig == self._driver_signal:
+            return
+        self._driver_signal = sig
+        self.nvml_queries += 1
         d = self.engine.driver(refresh=True)
         now = {"state": d.state, "version": d.version, "cuda": d.cuda,
                "gpus": sorted(g.get("name") or "?" for g in d.gpus)}

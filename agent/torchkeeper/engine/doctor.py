@@ -85,7 +85,9 @@ def doctor(eng, probe: bool = False) -> dict:
     from .toolkits import find_toolkits
 
     d = eng.driver(refresh=True)
-    report = {"driver": d.to_dict() if hasattr(d, "to_dict") else None,
+    from .driversignal import describe as driver_signal
+
+    report = {"driver": d.to_dict() if hasattr(d, "to_dict") else None, "driver_signal": driver_signal(),
               "toolkits": find_toolkits(), "targets": [], "home": {
                   "config": str(eng.home.config_file), "data": str(eng.home.data_dir),
                   "cache": str(eng.home.cache_dir), "logs": str(eng.home.log_dir)}}
@@ -121,6 +123,8 @@ def render(r: dict) -> str:
         lines.append(f"  {d.get('message') or 'not available'}")
         if d.get("hint"):
             lines.append(f"  hint: {d['hint']}")
+    if r.get("driver_signal"):
+        lines.append(f"  the agent watches for driver changes through {r['driver_signal']}")
     lines.append("CUDA toolkits (what nvcc -V and CUDA_PATH show; torch does not need one):")
     if not r["toolkits"]:
         lines.append("  none installed")
