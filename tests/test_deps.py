@@ -40,7 +40,7 @@ def test_the_internals_we_patch_are_bounded_above():
     """tray.py patches pystray's X11 backend; an upper bound keeps a new release from
     breaking a running tray unnoticed (tested by the next bump, deliberately)."""
     bounded = {canonicalize_name(r.name): r for r in _requirements()}
-    for name in ("pystray", "watchdog", "apscheduler", "inotify-simple"):
+    for name in ("pystray", "watchdog", "apscheduler", "inotify-simple", "pefile"):
         assert any(s.operator == "<" for s in bounded[name].specifier), bounded[name]
 
 

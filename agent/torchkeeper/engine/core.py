@@ -3,6 +3,7 @@ toasts or timers; the CLI and the agent both drive it."""
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import re
 import time
@@ -46,6 +47,8 @@ class Result:
 class Engine:
     def __init__(self, home: Home | None = None, driver_query=None):
         self.home = home or get_home()
+        versions.use_cache_file(self.home.cache_dir / "versions.json")
+        atexit.register(versions.save_cache)
         self.state = StateStore(self.home)
         self.bundles = Store(self.home)
         self._driver_query = driver_query
