@@ -521,7 +521,7 @@ def test_an_inotify_overflow_checks_every_target_at_once(tmp_path, build, run_tk
 def test_dead_watches_are_said_and_every_target_is_polled(tmp_path, build, run_tk, tk_home, monkeypatch):
     """The reader thread fails and no new inotify instance can be made: the agent says
     "watching: degraded" (view, agent.json, event log) and repairs by polling every target."""
-    from torchkeeper.daemon import inotify, worker
+    from torchkeeper.daemon import agentstate, inotify, worker
 
     monkeypatch.setattr(worker, "DEGRADED_POLL_S", 0.5)
     venv, w, m = patched_target(tmp_path, build, run_tk)
@@ -539,7 +539,7 @@ def test_dead_watches_are_said_and_every_target_is_polled(tmp_path, build, run_t
         wait_for(lambda: agent_events(tk_home, "watching degraded"), 10, "degraded said")
         v = agent.view()
         assert v.watching and "boom" in v.watching and "watching: degraded" in v.tooltip
-        saved = worker.read_agent_state(agent.home)["watching"]
+        saved = agentstate.read(agent.home)["watching"]
         assert saved["ok"] is False and "boom" in saved["why"]
         rep = wait_for(lambda: agent_events(tk_home, "repaired"), 30, "the repair by polling")[0]
         assert rep["reason"] == "watching degraded"

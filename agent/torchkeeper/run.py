@@ -78,7 +78,7 @@ class SingleInstance:
 
 def agent_status(home: Home) -> dict:
     """Whether the agent runs (from its pid file; a stale one, left by a crash, says no)."""
-    from .daemon.worker import read_agent_state
+    from .daemon.agentstate import read as read_agent_state
 
     pid = None
     try:

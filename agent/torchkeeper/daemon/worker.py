@@ -18,11 +18,11 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..engine import config as configmod, gate
-from . import decide as D
+from . import agentstate, decide as D
+from .jobs import Job, JobQueue
 from . import view as V
 from .decide import decide
 from .snapshot import install_signs, snapshot
@@ -30,7 +30,7 @@ from ..engine.core import DRIFTED, INCOMPATIBLE, MISSING, PATCHED, STOCK, Engine
 from ..engine.login import Login
 from ..engine.records import TargetStatus
 from ..errors import FileInUse, Refused, TKError
-from ..engine.fsutil import atomic_write_json, stat_key
+from ..engine.fsutil import stat_key
 from ..home import Home
 from ..engine.state import log_event
 from ..engine.txn import RESTORE, STAGED
@@ -40,68 +40,6 @@ log = logging.getLogger("torchkeeper.agent")
 
 RETRY_FIRST_S = 2.0
 RETRY_MAX_S = 60.0
-
-
-def agent_state_file(home: Home) -> Path:
-    """The agent's own small state: auto re-apply paused, the last driver seen."""
-    return home.data_dir / "agent.json"
-
-
-def read_agent_state(home: Home) -> dict:
-    """agent.json, each value checked: a damaged one is dropped (and logged), never a crash
-    of the agent or of `torchkeeper status`."""
-    from ..engine.fsutil import load_json
-
-    path = agent_state_file(home)
-    try:
-        data = load_json(path)   # a regular file of at most 4 MiB: a FIFO there never blocks
-    except FileNotFoundError:
-        return {}
-    except (OSError, ValueError) as e:
-        log.warning("%s is unreadable (%s); starting from an empty agent state", path, e)
-        return {}
-    if not isinstance(data, dict):
-        log.warning("%s is not a JSON object; starting from an empty agent state", path)
-        return {}
-    out = {}
-    for key, value in data.items():
-        check = _AGENT_STATE.get(key)
-        if check is None or check(value):
-            out[key] = value
-        else:
-            log.warning("%s: ignoring a damaged %r", path, key)
-    return out
-
-
-def _driver_record_ok(v) -> bool:
-    return isinstance(v, dict) and isinstance(v.get("state"), str) \
-        and all(v.get(k) is None or isinstance(v.get(k), str) for k in ("version", "cuda")) \
-        and isinstance(v.get("gpus", []), list) and all(isinstance(g, str) for g in v.get("gpus", []))
-
-
-# agent.json's keys and what each must hold; unknown keys are kept (a newer agent's)
-_AGENT_STATE = {
-    "paused": lambda v: isinstance(v, bool),
-    "autostart": lambda v: v is None or isinstance(v, bool),
-    "driver": _driver_record_ok,
-    "config_text": lambda v: isinstance(v, str),  # the last config.toml that was valid
-    # whether the running agent's file watches work (False: it polls every target)
-    "watching": lambda v: isinstance(v, dict) and isinstance(v.get("ok"), bool)
-    and isinstance(v.get("why", ""), str) and isinstance(v.get("since", 0), (int, float)),
-}
-
-
-@dataclass(order=True)
-class Job:
-    at: float                                  # not before (clock time)
-    seq: int
-    action: str = field(compare=False)
-    target: str | None = field(compare=False, default=None)
-    reason: str = field(compare=False, default="")
-    detected: float | None = field(compare=False, default=None)  # wall time of the first event
-    explicit: bool = field(compare=False, default=False)         # the user asked (click, button)
-    lib_stats: dict | None = field(compare=False, default=None)  # the debouncer's last look at the files
-    last_write: float | None = field(compare=False, default=None)  # wall time of the last file event
 
 
 # internal job kinds besides view's actions
@@ -137,15 +75,14 @@ class Agent:
         self._holds: dict[str, dict] = {}  # target -> the hold another process has on it (as status says)
         self._lib_stats: dict[str, dict] = {}  # target -> its library files' stat data at the last check
         self._found_suggestions: dict[str, str | None] = {}  # found install's path -> its line
-        self._agent_state = read_agent_state(home)
+        self.state = agentstate.AgentState(home)   # agent.json, one lock for every thread
         self.cfg, problem = self._load_config()
         self.engine.config = self.cfg
         self._config_problem = problem
-        self._cv = threading.Condition()
-        self._jobs: dict[tuple, Job] = {}
-        self._seq = 0
-        self._running: Job | None = None
-        self._stopping = False
+        self.jobs = JobQueue(clock)
+        self._cv = threading.Lock()      # the view model: _views, _found
+        self._suggestions: dict[str, str | None] = {}  # target -> its suggestion line, once asked
+        self._fetch_line: str | None = None  # the tooltip while "get it and apply" downloads
         self._stopped = threading.Event()
         self._worker = threading.Thread(target=self._work, name="tk-worker", daemon=True)
         self._listeners = []
@@ -187,7 +124,7 @@ class Agent:
             text, origin = configmod.read_text(self.config_file)
             cfg = configmod.parse(text, origin)
         except TKError as e:
-            good = self._agent_state.get("config_text")
+            good = self.state.get("config_text")
             if good is not None:
                 try:
                     cfg = configmod.parse(good, "the last good config")
@@ -202,24 +139,13 @@ class Agent:
         return cfg, None
 
     def _remember_config(self, text: str) -> None:
-        if self._agent_state.get("config_text") != text:
-            self._agent_state["config_text"] = text
-            try:
-                self._save_agent_state()
-            except OSError as e:
-                log.error("cannot write %s: %s", agent_state_file(self.home), e)
-
-    def _save_agent_state(self) -> None:
-        self.home.data_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(agent_state_file(self.home), self._agent_state, durable=False)
+        if self.state.get("config_text") != text:
+            self.state.set(config_text=text)
 
     # -- lifecycle -------------------------------------------------------------------
     def start(self) -> None:
-        if self._agent_state.pop("watching", None) is not None:  # an earlier agent's
-            try:
-                self._save_agent_state()
-            except OSError as e:
-                log.error("cannot write %s: %s", agent_state_file(self.home), e)
+        if self.state.get("watching") is not None:  # an earlier agent's
+            self.state.set(watching=None)
         if not self.engine.targets():
             log.info("no targets yet: %s%s", MENU_STEP if self.has_menu else "", NEXT_STEP)
         if self.first_run:
@@ -259,10 +185,9 @@ class Agent:
         """Stop taking work, let the running job finish, stop the watchers."""
         if self._stopped.is_set():
             return
-        with self._cv:
-            self._stopping = True
-            self._jobs.clear()
-            self._cv.notify_all()
+        self.jobs.stop()
+        with self._standby_cv:
+            self._standby_cv.notify_all()
         if self._worker.is_alive():
             self._worker.join(timeout)
         with self._standby_cv:
@@ -288,9 +213,7 @@ class Agent:
 
     def idle(self) -> bool:
         """No job running or queued (tests and benchmarks wait for this)."""
-        with self._cv:  # a suggestion waiting for its time is no work in hand
-            return self._running is None and all(j.action in (SUGGEST, SUGGEST_FOUND)
-                                                for j in self._jobs.values())
+        return self.jobs.idle(waiting_is_not_work=(SUGGEST, SUGGEST_FOUND))
 
     # -- the standby -----------------------------------------------------------------
     def _want_standby(self, name: str, rehash: bool = False, refresh: bool = False) -> None:
@@ -309,9 +232,9 @@ class Agent:
         _lower_priority()  # this thread only: the worker and pip keep their share
         while True:
             with self._standby_cv:
-                while not self._standby_todo and not self._stopping:
+                while not self._standby_todo and not self.jobs.stopping:
                     self._standby_cv.wait()
-                if self._stopping:
+                if self.jobs.stopping:
                     return
                 name = min(self._standby_todo)
                 what = self._standby_todo.pop(name)
@@ -334,7 +257,7 @@ class Agent:
     def view(self) -> V.AgentView:
         with self._cv:
             targets = [self._views[n] for n in sorted(self._views)]
-        paused = bool(self._agent_state.get("paused"))
+        paused = self.state.paused
         states = {t.state for t in targets}
         if states & {MISSING} or self._driver_error:
             overall = V.ERROR
@@ -363,7 +286,7 @@ class Agent:
         holds = dict(self._holds)
         if holds:
             tip += "; " + ", ".join(f"'{n}' {h['describe']}" for n, h in sorted(holds.items()))
-        fetching = getattr(self, "_fetch_line", None)
+        fetching = self._fetch_line
         if fetching:
             overall, tip = V.WORKING, fetching
         return V.AgentView(overall, tip, targets, self._driver_line, paused, self._autostart,
@@ -387,8 +310,7 @@ class Agent:
         self._enqueue(action, target, reason, explicit=explicit)
 
     def set_paused(self, paused: bool) -> None:
-        self._agent_state["paused"] = bool(paused)
-        self._save_agent_state()
+        self.state.set(paused=bool(paused))
         self._event("paused" if paused else "resumed")
         if not paused:
             self.request(V.CHECK_ALL, reason="auto re-apply resumed")
@@ -417,7 +339,7 @@ class Agent:
     def subscribe(self, callback) -> None:
         self._listeners.append(callback)
         self._want_found_suggestions()
-        known = self.__dict__.setdefault("_suggestions", {})
+        known = self._suggestions
         with self._cv:
             shown = [n for n in self._views if n not in known]
         for name in shown:  # shown before a menu was there to offer a suggestion
@@ -436,45 +358,11 @@ class Agent:
     def _enqueue(self, action: str, target: str | None, reason: str = "", delay: float = 0.0,
                  detected: float | None = None, explicit: bool = False,
                  lib_stats: dict | None = None, last_write: float | None = None) -> None:
-        key = (action, target)
-        with self._cv:
-            if self._stopping:
-                return
-            at = self.clock() + delay
-            old = self._jobs.get(key)
-            if old is not None:
-                # merge: keep the earliest time, the first detection, and any explicit ask
-                old.at = min(old.at, at)
-                old.detected = old.detected or detected
-                old.explicit = old.explicit or explicit
-                old.lib_stats = lib_stats or old.lib_stats
-                old.last_write = max(filter(None, (old.last_write, last_write)), default=None)
-                self._cv.notify_all()
-                return
-            self._seq += 1
-            self._jobs[key] = Job(at, self._seq, action, target, reason, detected, explicit, lib_stats,
-                                  last_write)
-            self._cv.notify_all()
-
-    def _next_job(self) -> Job | None:
-        with self._cv:
-            while True:
-                if self._stopping:
-                    return None
-                if self._jobs:
-                    job = min(self._jobs.values())
-                    wait = job.at - self.clock()
-                    if wait <= 0:
-                        del self._jobs[(job.action, job.target)]
-                        self._running = job
-                        return job
-                    self._cv.wait(timeout=wait)
-                else:
-                    self._cv.wait()  # _enqueue and stop notify: no idle wake-ups
+        self.jobs.put(action, target, reason, delay, detected, explicit, lib_stats, last_write)
 
     def _work(self) -> None:
         while True:
-            job = self._next_job()
+            job = self.jobs.take()
             if job is None:
                 return
             self._changed()
@@ -484,8 +372,7 @@ class Agent:
                 log.exception("job %s %s failed", job.action, job.target or "")
                 self._event("agent error", target=job.target, error=f"{type(e).__name__}: {e}")
             finally:
-                with self._cv:
-                    self._running = None
+                self.jobs.done()
                 self._changed()
 
     def _run(self, job: Job) -> None:
@@ -549,11 +436,7 @@ class Agent:
         """The watcher stopped working (a watch thread failed) or works again. While it does
         not, every target is checked every DEGRADED_POLL_S, and the tray and `status` say so."""
         self._degraded = None if ok else why
-        self._agent_state["watching"] = {"ok": ok, "why": why, "since": time.time()}
-        try:
-            self._save_agent_state()
-        except OSError as e:
-            log.error("cannot write %s: %s", agent_state_file(self.home), e)
+        self.state.set_watching(ok, why)
         if ok:
             self._event("watching again")
         else:
@@ -724,7 +607,7 @@ class Agent:
 
     def _settings(self) -> D.Settings:
         a = self.cfg["agent"]
-        return D.Settings(auto_reapply=bool(a["auto_reapply"]), paused=bool(self._agent_state.get("paused")),
+        return D.Settings(auto_reapply=bool(a["auto_reapply"]), paused=self.state.paused,
                           max_wait_s=float(a["max_wait_seconds"]))
 
     def _note_hold(self, name: str, s: TargetStatus) -> None:
@@ -743,7 +626,7 @@ class Agent:
     def _drifted(self, name: str, s: TargetStatus, job: Job) -> None:
         detected = job.detected or time.time()
         stock_now = s.cudnn_now or (s.info.cudnn_build if s.info else None)
-        paused = bool(self._agent_state.get("paused"))
+        paused = self.state.paused
         auto = self.cfg["agent"]["auto_reapply"] and not paused
         what = "; ".join(s.problems[:2])
         if not auto:
@@ -980,7 +863,7 @@ class Agent:
 
     def _suggestion(self, name: str, s: TargetStatus) -> str | None:
         """The tray line for a target; the first time it is shown, a SUGGEST job is queued."""
-        known = self.__dict__.setdefault("_suggestions", {})
+        known = self._suggestions
         if name not in known and s.torch_cuda and self._listeners:  # a menu to show it in
             known[name] = None
             self._enqueue(SUGGEST, name, "suggest", delay=self.suggest_delay)
@@ -1042,7 +925,7 @@ class Agent:
         finally:
             self._fetch_line = None
             self._changed()
-        self.__dict__.setdefault("_suggestions", {})[name] = None
+        self._suggestions[name] = None
         s = self.engine.target_state(name, with_versions=True)
         stock_now = s.cudnn_now or (s.info.cudnn_build if s.info else None)
         self._apply(name, s, job, time.time(), stock_now, explicit=True)
@@ -1186,12 +1069,11 @@ class Agent:
         d = self.engine.driver(refresh=True)
         now = {"state": d.state, "version": d.version, "cuda": d.cuda,
                "gpus": sorted(g.get("name") or "?" for g in d.gpus)}
-        before = self._agent_state.get("driver")
+        before = self.state.get("driver")
         self._driver_error = d.state in ("error", "reboot_needed")
         self._driver_line = d.summary() if d.ok else (d.message or d.state)
         if before != now:
-            self._agent_state["driver"] = now
-            self._save_agent_state()
+            self.state.set(driver=now)
             if before is not None:
                 title, body = _driver_change_text(before, now, d)
                 self._event("driver changed", before=before, after=now)
