@@ -306,9 +306,11 @@ class Watcher:
                  is_own: Callable[[str, str], bool] = lambda t, p: False, observer=None,
                  on_lost: Callable[[str], None] = lambda why: None,
                  on_health: Callable[[bool, str], None] = lambda ok, why: None,
-                 on_start: Callable[[str], None] = lambda target: None):
+                 on_start: Callable[[str], None] = lambda target: None,
+                 on_written: Callable[[str, str], None] = lambda target, path: None):
         self.debouncer = debouncer
         self.on_start = on_start   # a burst began (an install is under way): called once per burst
+        self.on_written = on_written  # a file in a library folder was written whole (closed, moved in)
         self.on_due = on_due
         self.is_own = is_own
         self.on_lost = on_lost
@@ -477,6 +479,13 @@ class Watcher:
         if paths and all(self.is_own(w.target, p) for p in paths):
             self.dropped_own += 1
             return
+        if kind in ("closed", "moved"):   # an installer's file, whole: hash it in the background
+            written = ev.dest_path if kind == "moved" else ev.src_path
+            if written:
+                try:
+                    self.on_written(w.target, written)
+                except Exception:
+                    log.exception("handling a written file of target '%s' failed", w.target)
         if self.debouncer.event(w.target, self._dirs.get(w.target, (Path(w.path),))[0]) == NEW:
             self._started(w.target)
             self._nudge()  # later events only move the deadline the timer already waits for

@@ -16,6 +16,7 @@ Decisions (see README "The agent"):
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from pathlib import Path
@@ -115,6 +116,12 @@ class Agent:
         self._standby_thread = threading.Thread(target=self._standby_loop, name="tk-standby",
                                                 daemon=True)
         self.standby_runs = 0
+        # library files an installer wrote, hashed at low priority while it goes on: the repair's
+        # plan then finds them hashed (fsutil.remember), not on its critical path
+        self._hash_todo: dict[str, None] = {}
+        self._hash_cv = threading.Condition()
+        self._hash_thread = threading.Thread(target=self._hash_loop, name="tk-hash", daemon=True)
+        self.prehashed = 0
 
     # -- config and the agent's own small state --------------------------------------
     def _load_config(self):
@@ -165,11 +172,13 @@ class Agent:
                                    on_health=self._watch_health,
                                    # an install began: prove the standby's bytes again meanwhile,
                                    # off the repair's critical path
-                                   on_start=lambda name: self._want_standby(name, refresh=True))
+                                   on_start=lambda name: self._want_standby(name, refresh=True),
+                                   on_written=self._want_hash)
             self.watcher.start()
             self._watch_config()
         self._worker.start()
         self._standby_thread.start()
+        self._hash_thread.start()
         self.poll_driver(initial=True)
         self.request(V.CHECK_ALL, reason="start")
         if self._schedule:
@@ -188,6 +197,9 @@ class Agent:
         self.jobs.stop()
         with self._standby_cv:
             self._standby_cv.notify_all()
+        with self._hash_cv:
+            self._hash_todo.clear()
+            self._hash_cv.notify_all()
         if self._worker.is_alive():
             self._worker.join(timeout)
         with self._standby_cv:
@@ -252,6 +264,32 @@ class Agent:
                     self._enqueue(FULL_ONE, name, "standby found changed bytes")
             except Exception as e:  # TKError (a lock held too long), OSError: next time
                 log.warning("standby of '%s' not prepared: %s", name, e)
+
+    # -- hashing what an installer writes, while it writes -------------------------------
+    def _want_hash(self, target: str, path: str) -> None:
+        from ..engine import libs
+
+        if libs.parse(os.path.basename(path)) is None:
+            return   # only the libraries a plan hashes (not the 20,000 other files of torch)
+        with self._hash_cv:
+            self._hash_todo[path] = None
+            self._hash_cv.notify_all()
+
+    def _hash_loop(self) -> None:
+        from ..engine.fsutil import remember
+        from ..engine.standby import _lower_priority
+
+        _lower_priority()
+        while True:
+            with self._hash_cv:
+                while not self._hash_todo and not self.jobs.stopping:
+                    self._hash_cv.wait()
+                if self.jobs.stopping:
+                    return
+                path = next(iter(self._hash_todo))
+                del self._hash_todo[path]
+            if remember(path) is not None:
+                self.prehashed += 1
 
     # -- the Controller interface (tray, toast buttons) -----------------------------
     def view(self) -> V.AgentView:

@@ -159,9 +159,60 @@ def _copy_fd(fi, fo, progress) -> int:
     return size
 
 
+# -- hashes known by a file's full stat identity ---------------------------------------------
+# (device, inode, size, mtime, ctime): any write, truncation, rename-over or chmod moves the
+# ctime, which no program can set back, so an identity seen before means the bytes hashed then.
+# The agent fills it in the background while an installer writes (remember()), so the repair's
+# plan after the install finds what pip wrote already hashed: off the critical path.
+_KNOWN_MAX = 4096
+_known: dict[tuple, str] = {}
+_known_lock = threading.Lock()
+
+
+def identity(path: os.PathLike | str) -> tuple | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
+def known_sha256(path: os.PathLike | str) -> str | None:
+    """The sha256 hashed before for the file as it is now (its identity unchanged); else None."""
+    ident = identity(path)
+    with _known_lock:
+        return _known.get(ident) if ident else None
+
+
+def remember(path: os.PathLike | str) -> str | None:
+    """Hash a file now and keep its hash under its identity (only if it did not change while it
+    was read). Returns the hash; None when the file is gone or not a regular file."""
+    import stat as st
+
+    before = identity(path)
+    if before is None:
+        return None
+    with _known_lock:
+        if before in _known:
+            return _known[before]
+    try:
+        if not st.S_ISREG(os.stat(path).st_mode):
+            return None
+        digest = sha256_file(path)
+    except OSError:
+        return None
+    if identity(path) == before:
+        with _known_lock:
+            if len(_known) >= _KNOWN_MAX:
+                _known.pop(next(iter(_known)))
+            _known[before] = digest
+    return digest
+
+
 def hash_many(paths) -> dict[Path, tuple[str, dict]]:
     """{path: (sha256, stat_key before hashing)} for existing files, two at a time
-    (hashlib drops the GIL), largest first so the pair finishes together."""
+    (hashlib drops the GIL), largest first so the pair finishes together. A file whose
+    identity was hashed before (remember) is not read again."""
     from concurrent.futures import ThreadPoolExecutor
 
     todo = sorted({Path(p) for p in paths if Path(p).is_file()},
@@ -169,7 +220,7 @@ def hash_many(paths) -> dict[Path, tuple[str, dict]]:
 
     def one(p: Path):
         st = stat_key(p)
-        return p, (sha256_file(p), st)
+        return p, (known_sha256(p) or remember(p) or sha256_file(p), st)
 
     if len(todo) <= 1:
         return dict(map(one, todo))
