@@ -6,6 +6,12 @@ figures, never passes or fails.
             7 DLLs, ~36 KB) and a ~1 GB one (its DLLs grown with bench_engine.pad_dll), with the
             breakdown of the "repaired" event's timestamps and, for 1 GB, a disk baseline
             (cp, cp + sync) measured in the same run.
+1b. real    the real thing: the real nvidia-cudnn-cu13 9.24.0.43 wheel (fetched once through pip
+            into ~/.cache/torchkeeper-bench, or $TK_BENCH_CACHE) reinstalled by pip over a real
+            9.28.1.4 overlay (~0.9 GB of cuDNN each), in three conditions: quiet, a CPU hog on
+            every core, and pip's writes throttled (a sitecustomize slowing shutil.copyfileobj,
+            as a scanned disk would): from pip's exit and from its last write, p50/p95, and
+            the toasts that were not "re-applied".
 2. idle     RSS and CPU seconds of the agent watching 20 patched targets for 10 minutes,
             against a bare python process holding only the agent's imports.
 3. burst    the agent's CPU seconds through a 20,000-file reinstall against pip's own, with
@@ -16,7 +22,7 @@ deleting its ~orch stash there (the kernel stamps mtimes with a coarse clock, a 
 Latencies from pip's exit (the moment `pip install` returns) are printed beside them.
 
 Usage:
-    python bench/bench_agent.py [--part latency|idle|burst|all] [--rounds 20] [--size-mb 1024]
+    python bench/bench_agent.py [--part latency|real|idle|burst|all] [--rounds 20] [--size-mb 1024]
                                 [--idle-seconds 600] [--targets 20] [--burst-files 20000]
 Quick tries: --part latency --rounds 5 / --part idle --idle-seconds 60 / --part burst.
 Needs the mingw toolchain (tests/setup-system.sh) for the real PE DLLs it starts from
@@ -436,6 +442,124 @@ def part_latency(work: Path, a) -> None:
     say(f"# load average after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}", summary=True)
 
 
+# ----------------------------------------------------------------------------- 1b. the real thing
+
+REAL_CACHE = Path(os.environ.get("TK_BENCH_CACHE", "~/.cache/torchkeeper-bench")).expanduser() / "wheels"
+REAL_STOCK, REAL_BUNDLE = "9.24.0.43", "9.28.1.4"   # nvidia-cudnn-cu13: stock and the overlay
+THROTTLE = """
+import shutil, time
+def copyfileobj(fsrc, fdst, length=0):
+    while True:
+        buf = fsrc.read(1 << 20)
+        if not buf:
+            return
+        fdst.write(buf)
+        time.sleep(0.004)   # ~4 ms a MiB: a disk an antivirus scans
+shutil.copyfileobj = copyfileobj
+"""
+
+
+def real_wheel(version: str) -> Path:
+    """The real nvidia-cudnn-cu13 wheel, fetched once through pip into a cache outside the repo."""
+    REAL_CACHE.mkdir(parents=True, exist_ok=True)
+    hit = sorted(REAL_CACHE.glob(f"nvidia_cudnn_cu13-{version}-*.whl"))
+    if not hit:
+        subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--only-binary=:all:",
+                        "--platform", "manylinux_2_27_x86_64", "--python-version", "3.11",
+                        "-d", str(REAL_CACHE), f"nvidia-cudnn-cu13=={version}"], check=True)
+        hit = sorted(REAL_CACHE.glob(f"nvidia_cudnn_cu13-{version}-*.whl"))
+    return hit[0]
+
+
+class CpuHog:
+    """One busy process per core while it lasts (other work on the machine)."""
+
+    def __init__(self, on: bool):
+        self.procs = [subprocess.Popen([sys.executable, "-c", "while True: pass"])
+                      for _ in range(os.cpu_count() or 2)] if on else []
+
+    def stop(self) -> None:
+        for p in self.procs:
+            p.kill()
+            p.wait()
+
+
+def part_real(work: Path, a) -> None:
+    header(f"1b. the real thing: nvidia-cudnn-cu13 {REAL_STOCK} reinstalled by pip over a "
+           f"{REAL_BUNDLE} overlay ({a.rounds} reinstalls per condition)")
+    d = work / "real"
+    stock, bundle = real_wheel(REAL_STOCK), real_wheel(REAL_BUNDLE)
+    torch_whl = builders.torch_wheel(d / "w", version="2.10.0+cu130", cuda="13.0", layout="linux-nvidia",
+                                     cudnn=REAL_STOCK, cache_dir=CACHE)
+    venv = builders.make_venv(d / "venv")
+    builders.pip_install(venv, torch_whl, stock)
+    home = d / "home"
+    tk(home, "target", "add", venv, "--name", "real")
+    tk(home, "bundle", "create", bundle, "--name", "cudnn-9.28")
+    tk(home, "use", "cudnn-9.28")
+    tk(home, "apply")
+    lib = builders.site_packages(venv) / "nvidia" / "cudnn" / "lib"
+    size = sum(p.stat().st_size for p in lib.glob("*.so*"))
+    say(f"# stock wheel {stock.stat().st_size / 1e6:.0f} MB, bundle wheel {bundle.stat().st_size / 1e6:.0f} MB; "
+        f"the overlay in place: {human(size)} of cuDNN; {machine_line()[2:]}", summary=True)
+    slow = d / "slow"
+    slow.mkdir()
+    (slow / "sitecustomize.py").write_text(THROTTLE)
+    for cond in ("quiet", "cpu-hog", "throttled"):
+        real_condition(d, home, venv, stock, cond, slow, a.rounds, a.settle)
+
+
+def real_condition(d: Path, home: Path, venv: Path, wheel: Path, cond: str, slow: Path, rounds: int,
+                   settle: float) -> None:
+    tail = EventTail(home)
+    tail.skip_to_end()
+    agent = AgentProc(home, d, f"real-{cond}")
+    rows, false_toasts = [], 0
+    try:
+        agent.wait_started(tail)
+        agent.wait_quiet()
+        t0 = time.monotonic()
+        while not standby_ready(home) and time.monotonic() - t0 < 300:
+            time.sleep(0.5)
+        agent.wait_quiet()
+        for i in range(rounds):
+            tail.read()
+            hog = CpuHog(cond == "cpu-hog")
+            try:
+                env = builders._pip_env()
+                if cond == "throttled":
+                    env["PYTHONPATH"] = str(slow)
+                t_start = time.time()
+                subprocess.run([sys.executable, "-m", "pip", "--python", str(builders.venv_python(venv)),
+                                "install", "--no-index", "--no-deps", "-q", "--force-reinstall", str(wheel)],
+                               check=True, env=env)
+                t_exit = time.time()
+                ev, seen = wait_repair(tail, timeout=300)
+            finally:
+                hog.stop()
+            time.sleep(settle)
+            agent.wait_quiet()
+            seen += tail.read()
+            toasts = [e for e in seen if e["event"] == "toast"]
+            false_toasts += sum(1 for e in toasts if not str(e.get("key", "")).startswith("reapplied:"))
+            r = {"exit": ev["verified"] - t_exit, "last": ev["verified"] - (ev.get("last_write") or t_exit),
+                 "pip": t_exit - t_start, "via": ev.get("via") or {},
+                 "repairs": sum(e["event"] == "repaired" for e in seen)}
+            rows.append(r)
+            print(f"  real-{cond} round {i + 1:2d}: pip {r['pip']:.1f} s; exit -> verified {r['exit'] * 1000:6.0f} ms, "
+                  f"last write -> verified {r['last'] * 1000:6.0f} ms; {r['repairs']} repair(s), "
+                  f"{len(toasts)} toast(s), via {r['via']}", flush=True)
+    finally:
+        agent.stop()
+    ex, la = [r["exit"] for r in rows], [r["last"] for r in rows]
+    say(f"{'real-' + cond:>16}  pip exit -> verified p50 {statistics.median(ex) * 1000:6.0f} ms  p95 "
+        f"{pct(ex, 95) * 1000:6.0f} ms | last write -> verified p50 {statistics.median(la) * 1000:6.0f} ms  "
+        f"p95 {pct(la, 95) * 1000:6.0f} ms | pip {statistics.median([r['pip'] for r in rows]):.1f} s | "
+        f"repairs {sum(r['repairs'] for r in rows)}/{len(rows)} | toasts not 're-applied': {false_toasts} "
+        f"| via standby {sum(1 for r in rows if r['via'].get('standby'))}/{len(rows)} (n={len(rows)})",
+        summary=True)
+
+
 # ----------------------------------------------------------------------------- 2. idle
 
 def part_idle(work: Path, a) -> None:
@@ -594,7 +718,7 @@ def part_burst(work: Path, a) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--part", choices=("latency", "idle", "burst", "all"), default="all")
+    ap.add_argument("--part", choices=("latency", "real", "idle", "burst", "all"), default="all")
     ap.add_argument("--rounds", type=int, default=20, help="reinstalls per bundle size (latency)")
     ap.add_argument("--size-mb", type=int, default=1024, help="the big bundle's size in MiB (latency)")
     ap.add_argument("--settle", type=float, default=1.5, help="seconds to wait after a repair before the next round")
@@ -615,6 +739,8 @@ def main() -> None:
     print(f"# bench_agent.py --part {a.part}; work dir {work}")
     print(machine_line(), flush=True)
     try:
+        if a.part in ("real", "all"):
+            part_real(work, a)
         if a.part in ("latency", "all"):
             part_latency(work, a)
         if a.part in ("burst", "all"):

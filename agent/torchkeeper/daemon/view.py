@@ -76,8 +76,9 @@ class Toast:
 
 
 class Controller(Protocol):
-    """What the tray (and a toast button) may call. Every method returns at once and is
-    safe from any thread: work goes to the agent's queue, never runs on the caller."""
+    """What the tray (and a toast button) may call, safe from any thread. ``request`` and
+    ``set_paused`` return at once (work goes to the agent's queue); ``set_autostart`` writes
+    the OS's start-at-login entry on the caller's thread (a file or a registry value: quick)."""
 
     config_file: Path
     log_file: Path

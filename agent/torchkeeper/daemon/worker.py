@@ -1,16 +1,18 @@
-"""The agent: a thin loop around the engine.
+"""The agent: a loop around the engine.
 
-Watchers, timers, the NVML poll, tray clicks and toast buttons only *queue* work; one
-worker thread runs every check and every mutation, in order. A request that arrives
-while the same job is running is queued again (a dirty flag, never a dropped check);
-requests already waiting are merged.
+Watchers, timers, tray clicks and toast buttons queue work (daemon/jobs.py); one worker
+thread runs every check and every mutation of a target, in order. A request that arrives
+while the same job is running is queued again (never a dropped check); requests already
+waiting are merged. Outside that queue, on their own threads: the driver poll (APScheduler's
+thread: it reads what the OS shows of the driver, asks NVML when that changed, and queues the
+checks a change needs), the standby's preparation and the hashing of what an installer wrote
+(both at low priority, never writing a library file), discover on a first run, and the tray's
+"Start at login" (it writes the OS's entry on the tray's thread).
 
-Decisions (see README "The agent"):
-- drift + a bundle the gate accepts + auto re-apply on -> re-apply, then a toast;
-- auto off, paused, or the gate only warns -> a toast that asks; the tray shows attention;
-- the gate refuses (torch changed under the bundle) -> nothing applied; the toast says
-  why and names a bundle that would fit;
-- files in use -> nothing written; retry with backoff, tell the user once.
+What to do about a target is decided by daemon/decide.py (pure, tested as a table); this
+module reads the target once (daemon/snapshot.py), asks it, and carries the decision out:
+re-apply and toast, ask, refuse and say why, wait (an install under way, a hold), retry
+(files in use, with backoff).
 """
 
 from __future__ import annotations

@@ -5,7 +5,8 @@ A plan says, for one target and one bundle, what happens to each file: ``replace
 bytes), ``add`` (a sibling a newer cuDNN release needs, beside its family), ``foreign``
 (a file that is neither stock nor an overlay of ours: replaced only with --force) or
 ``no counterpart`` (torch does not load such a file here: refused). The verdict is
-``ok``, ``warn`` or ``refused``; each reason names its rule.
+``ok``, ``needs-force`` (warnings only: a person's --force or Reapply passes them) or
+``refused`` (never overridden); each reason names its rule.
 """
 
 from __future__ import annotations
