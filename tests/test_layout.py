@@ -129,3 +129,39 @@ def test_the_rule_catches_a_wrong_arrow():
     found = imports_of(PKG / "engine" / "probe.py", src)
     assert [m for _, m in found] == ["daemon.worker", "desktop.tray"]
     assert not any(allowed("engine.probe", m) for _, m in found)
+
+
+def test_no_import_cycle_lazy_imports_included():
+    """Every import in the package, at the top of a module or inside a function, forms no
+    cycle (fetch <-> suggest and autostart <-> its back ends once did)."""
+    import ast
+
+    root = Path(__file__).resolve().parents[1] / "agent" / "torchkeeper"
+    mods = {}
+    for p in root.rglob("*.py"):
+        name = ".".join(p.relative_to(root.parent).with_suffix("").parts)
+        mods[name.removesuffix(".__init__")] = p
+    graph: dict[str, set[str]] = {m: set() for m in mods}
+    for m, p in mods.items():
+        pkg = m if p.name == "__init__.py" else m.rsplit(".", 1)[0]
+        for n in ast.walk(ast.parse(p.read_text(encoding="utf-8"))):
+            if isinstance(n, ast.ImportFrom):
+                base = pkg.split(".")[: len(pkg.split(".")) - (n.level - 1)] if n.level else []
+                target = ".".join(base + ([n.module] if n.module else []))
+                for c in [target] + [f"{target}.{a.name}" for a in n.names]:
+                    if c in mods and c != m:
+                        graph[m].add(c)
+            elif isinstance(n, ast.Import):
+                graph[m].update(a.name for a in n.names if a.name in mods and a.name != m)
+
+    def reaches(start: str) -> set[str]:
+        seen, todo = set(), [start]
+        while todo:
+            for w in graph[todo.pop()]:
+                if w not in seen:
+                    seen.add(w)
+                    todo.append(w)
+        return seen
+
+    cycles = sorted(m for m in graph if m in reaches(m) and m != "torchkeeper")
+    assert not cycles, f"modules on an import cycle: {cycles}"

@@ -213,7 +213,8 @@ def cmd_bundle_fetch(args, eng):
 
 
 def cmd_suggest(args, eng):
-    from .engine.suggest import render, suggest_for
+    from .engine.fetch import suggest_for
+    from .engine.suggest import render
 
     names = [args.target] if args.target else _names(args, eng)
     out, texts = [], []

@@ -567,7 +567,7 @@ class Agent:
         from dataclasses import replace
 
         from ..engine.fetch import PipOptions
-        from ..engine.suggest import suggest_for_install
+        from ..engine.fetch import suggest_for_install
 
         with self._cv:
             f = next((x for x in self._found if x.path == job.target), None)
@@ -911,7 +911,7 @@ class Agent:
 
     def _suggest(self, job: Job) -> None:
         from ..engine.fetch import PipOptions
-        from ..engine.suggest import suggest_for
+        from ..engine.fetch import suggest_for
 
         name = job.target
         if name not in self.engine.targets():

@@ -237,7 +237,7 @@ class Fetcher:
             raise UsageError(f"could not list the versions of {name} ({self.opts.platform}) on the "
                              f"package index: {_pip_says(text)}", _where_hint())
         found = [v.strip() for v in m.group(1).split(",") if v.strip() and v.strip() != "none"]
-        return sorted(found, key=_version_key)
+        return sorted(found, key=versions.version_key)
 
     def cached(self, name: str, version: str) -> Path | None:
         d = self.root / f"{name}-{version}"
@@ -316,35 +316,6 @@ def _check_download(whl: Path) -> None:
                          "fetch again; if it fails again, the index serves a damaged file") from None
 
 
-def _version_key(v: str):
-    """PEP 440 order (9.6.0.0rc1 before 9.6.0.0, after 9.5.1.17); a version pip would not
-    accept either sorts first."""
-    from packaging.version import InvalidVersion, Version
-
-    try:
-        return (1, Version(v))
-    except InvalidVersion:
-        return (0, Version("0"))
-
-
-def is_final(v: str) -> bool:
-    """A release: not a pre-release (rc, a, b), not a dev build, not a local version (+x)."""
-    from packaging.version import InvalidVersion, Version
-
-    try:
-        pv = Version(v)
-    except InvalidVersion:
-        return False
-    return not (pv.is_prerelease or pv.is_devrelease or pv.local)
-
-
-def matches(version: str, spec: str | None) -> bool:
-    """'9.5' matches 9.5.x.y; '9.5.1.17' only itself; None or '' everything."""
-    if not spec:
-        return True
-    return version == spec or version.startswith(spec + ".")
-
-
 def host_platform() -> str:
     return libs.WINDOWS if sys.platform.startswith("win") else libs.LINUX
 
@@ -413,6 +384,34 @@ def resolve_request(engine, target: str | None, asked: dict[str, str | None], cu
     return platform, major, wanted, info
 
 
+def _choose(engine, target, asked, cuda, platform, opts, info):
+    """The one path from a request to a choice, for `suggest` and `fetch` alike: resolve the
+    request, list the index's versions, choose (suggest.choose, pure). The caller's PipOptions
+    are left as they were (a copy gets the resolved platform)."""
+    from dataclasses import replace
+
+    from . import suggest
+
+    platform, major, wanted, info = resolve_request(engine, target, asked, cuda, platform, info=info)
+    opts = replace(opts, platform=platform) if opts is not None else PipOptions(platform)
+    fx = Fetcher(engine.home, opts)
+    found = {f: fx.versions(wheels.package(f, major)) for f in wanted}
+    driver = engine.driver() if info is not None else None
+    return suggest.choose(platform, major, wanted, found, info, driver, target, pre=opts.pre), fx, major, wanted
+
+
+def suggest_for(engine, name: str, opts: PipOptions):
+    """The suggestion for one target: its families, the index's versions, the gate's rules."""
+    return _choose(engine, name, {}, None, None, opts, None)[0]
+
+
+def suggest_for_install(engine, path: str, label: str, opts: PipOptions):
+    """The same for a torch install that is not a target yet (one discover found)."""
+    from . import target as targetmod
+
+    return _choose(engine, label, {}, None, None, opts, targetmod.inspect(path, engine.home.cache_dir))[0]
+
+
 def fetch_bundle(engine, *, target: str | None = None, asked: dict | None = None,
                  cuda: str | None = None, platform: str | None = None, name: str | None = None,
                  opts: PipOptions | None = None, progress=None, say=None) -> Fetched:
@@ -424,13 +423,8 @@ def fetch_bundle(engine, *, target: str | None = None, asked: dict | None = None
 
     asked = asked or {}
     say = say or (lambda line: None)
-    platform, major, wanted, info = resolve_request(engine, target, asked, cuda, platform)
-    opts = opts or PipOptions(platform)
-    opts.platform = platform
-    fx = Fetcher(engine.home, opts)
-    found = {f: fx.versions(wheels.package(f, major)) for f in wanted}
-    s = suggest.choose(platform, major, wanted, found, info, engine.driver() if info is not None else None,
-                       target, pre=opts.pre)
+    s, fx, major, wanted = _choose(engine, target, asked, cuda, platform, opts, None)
+    platform = s.platform
     if not s.chosen or any(f not in s.chosen for f in asked):
         missing = [f for f in (asked or wanted) if f not in s.chosen]
         fam = missing[0] if missing else next(iter(wanted))

@@ -8,7 +8,8 @@ and why, by the gate's rules (engine/gate.py) plus what only a choice needs:
   from one CUDA minor release, as a bundle needs;
 - the newest that passes is taken.
 
-Nothing is downloaded here: only the index's version lists are read (fetch.Fetcher.versions).
+Pure: it chooses among the versions it is given (fetch.py lists them, fetch.suggest_for
+puts the two together); it imports neither pip nor the fetcher.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from dataclasses import asdict, dataclass, field
 
 from . import cudadrivers, libs, versions, wheels
 from .driver import lowest_compute_capability
-from .fetch import _version_key, is_final, matches
+from .versions import is_final, matches, version_key as _version_key
 
 CC_MIN_FROM = ((9, 11), (7, 5))
 PRE_WHY = "a pre-release, dev or local build: chosen only with --pre"  # cuDNN >= 9.11 needs compute capability >= 7.5
@@ -235,25 +236,3 @@ def render(s: Suggestion, verbose: bool = False) -> str:
                      + (f"; {sum(n for _, n in top[3:])} for other reasons" if len(top) > 3 else ""))
         lines.append("  (--verbose lists each version and the rules; --json too)")
     return "\n".join(lines)
-
-
-def suggest_for(engine, name: str, opts) -> Suggestion:
-    """The suggestion for one target: its families, the index's versions, the gate's rules."""
-    return _suggest(engine, name, opts, None)
-
-
-def suggest_for_install(engine, path: str, label: str, opts) -> Suggestion:
-    """The same for a torch install that is not a target yet (one discover found)."""
-    from . import target as targetmod
-
-    return _suggest(engine, label, opts, targetmod.inspect(path, engine.home.cache_dir))
-
-
-def _suggest(engine, name: str, opts, info) -> Suggestion:
-    from .fetch import Fetcher, resolve_request
-
-    platform, major, wanted, info = resolve_request(engine, name, {}, None, None, info=info)
-    opts.platform = platform
-    fx = Fetcher(engine.home, opts)
-    found = {f: fx.versions(wheels.package(f, major)) for f in wanted}
-    return choose(platform, major, wanted, found, info, engine.driver(), name, pre=opts.pre)

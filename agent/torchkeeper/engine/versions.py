@@ -317,3 +317,33 @@ def short(version: str | None, n: int = 3) -> str | None:
     if not version:
         return None
     return ".".join(version.split(".")[:n])
+
+
+# -- wheel versions (PEP 440) ------------------------------------------------------------------
+def version_key(v: str):
+    """PEP 440 order (9.6.0.0rc1 before 9.6.0.0, after 9.5.1.17); a version pip would not
+    accept either sorts first."""
+    from packaging.version import InvalidVersion, Version
+
+    try:
+        return (1, Version(v))
+    except InvalidVersion:
+        return (0, Version("0"))
+
+
+def is_final(v: str) -> bool:
+    """A release: not a pre-release (rc, a, b), not a dev build, not a local version (+x)."""
+    from packaging.version import InvalidVersion, Version
+
+    try:
+        pv = Version(v)
+    except InvalidVersion:
+        return False
+    return not (pv.is_prerelease or pv.is_devrelease or pv.local)
+
+
+def matches(version: str, spec: str | None) -> bool:
+    """'9.5' matches 9.5.x.y; '9.5.1.17' only itself; None or '' everything."""
+    if not spec:
+        return True
+    return version == spec or version.startswith(spec + ".")

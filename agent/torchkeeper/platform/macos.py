@@ -7,7 +7,7 @@ import os
 import plistlib
 from pathlib import Path
 
-from .autostart import DISABLED, ENABLED, TURNED_OFF, AutostartStatus, FileEntry
+from .autostart_interface import DISABLED, ENABLED, TURNED_OFF, AutostartStatus, FileEntry
 
 LABEL = "io.github.torchkeeper.agent"
 

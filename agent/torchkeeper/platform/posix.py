@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from .autostart import APP_ID, DISABLED, ENABLED, TURNED_OFF, AutostartStatus, FileEntry
+from .autostart_interface import APP_ID, DISABLED, ENABLED, TURNED_OFF, AutostartStatus, FileEntry
 
 
 def _exec_quote(arg: str) -> str:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import subprocess
 from typing import Callable, Protocol
 
-from .autostart import APP_ID, DISABLED, ENABLED, TURNED_OFF, AutostartStatus
+from .autostart_interface import APP_ID, DISABLED, ENABLED, TURNED_OFF, AutostartStatus
 
 RUN_KEY = r"Software\Microsoft\Windows\CurrentVersion\Run"
 APPROVED_KEY = r"Software\Microsoft\Windows\CurrentVersion\Explorer\StartupApproved\Run"
