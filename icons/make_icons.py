@@ -148,7 +148,7 @@ def draw_icon(state: str, size: int) -> Image.Image:
 def indexed(im: Image.Image) -> Image.Image:
     """The same pixels as an indexed image with an RGBA palette, exactly (no quantizing)."""
     colours: dict[tuple, int] = {}
-    idx = [colours.setdefault(px, len(colours)) for px in im.get_flattened_data()]
+    idx = [colours.setdefault(px, len(colours)) for px in _pixels(im)]
     if len(colours) > 256:
         raise ValueError(f"{len(colours)} colours: too many for a lossless indexed PNG")
     out = Image.new("P", im.size)
@@ -179,3 +179,10 @@ def main(out: Path = HERE) -> int:
 
 if __name__ == "__main__":
     sys.exit(main(Path(sys.argv[1]) if len(sys.argv) > 1 else HERE))
+
+
+def _pixels(im) -> list[tuple[int, ...]]:
+    """Pixels as tuples on any Pillow from 10 on (getdata() is deprecated, get_flattened_data() new)."""
+    bands = len(im.getbands())
+    data = im.tobytes()
+    return [tuple(data[i:i + bands]) for i in range(0, len(data), bands)]

@@ -9,6 +9,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+from pixels import pixels
 from PIL import Image
 
 from torchkeeper.desktop import icons
@@ -87,7 +88,7 @@ def test_states_are_distinct_and_coloured_as_designed(size):
     dominant = {}
     for state in view.ICON_STATES:
         im = icons.load(state, size)
-        opaque = [px[:3] for px in im.get_flattened_data() if px[3] == 255]
+        opaque = [px[:3] for px in pixels(im) if px[3] == 255]
         dominant[state] = Counter(opaque).most_common(1)[0][0]
         assert dominant[state] == fill_of(state), f"{state}-{size}: badge colour {dominant[state]}"
     for a, b in itertools.combinations(view.ICON_STATES, 2):
@@ -125,8 +126,8 @@ def test_legible_on_light_and_dark_taskbars(state, size, bg):
     im = icons.load(state, size)
     # the badge's edge stands out all round: the dark outline on white, the light stroke on black
     assert _edge_contrast(im, bg) >= 120, f"{state}-{size}: edge faint on {bg}"
-    comp = on(bg, im).get_flattened_data()
-    alpha = [px[3] for px in im.get_flattened_data()]
+    comp = pixels(on(bg, im))
+    alpha = [px[3] for px in pixels(im)]
     # most of the badge differs clearly from the background
     badge = [lum(px) for px, a in zip(comp, alpha) if a >= 128]
     visible = sum(abs(v - lum(bg)) > 60 for v in badge)

@@ -19,6 +19,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from pixels import pixels
 
 from torchkeeper.platform import opener as platform_opener
 from torchkeeper.desktop import icons, tray
@@ -488,7 +489,7 @@ def _near(px, colour, tol=30) -> bool:
 def _find(shot, colour):
     """(bounding box, count) of the pixels near colour in a screenshot; (None, 0) if none."""
     w, h = shot.size
-    data = shot.get_flattened_data()
+    data = pixels(shot)
     pts = [(i % w, i // w) for i, px in enumerate(data) if _near(px, colour)]
     if not pts:
         return None, 0
@@ -566,7 +567,7 @@ def test_tray_icon_shows_and_follows_the_view_in_a_real_x_tray(tmp_path):
         after.save(after_path)
 
         def dominant(shot):
-            opaque = [px for px in shot.crop(box).get_flattened_data() if sum(px) > 60]
+            opaque = [px for px in pixels(shot.crop(box)) if sum(px) > 60]
             return Counter(opaque).most_common(1)[0]
         print(f"\ntray screenshots: {before_path} and {after_path}")
         print(f"icon bounding box (green pixels, x0 y0 x1 y1): {box}; panel colour {panel}")
