@@ -97,18 +97,23 @@ def host_present(backend: str | None = None) -> tuple[bool, str]:
     macOS always have one. Cheap enough to ask every few seconds."""
     backend = backend or _backend_name(_import_pystray()[1])
     if backend in ("xorg", "gtk"):
-        try:
-            import Xlib.X
-            import Xlib.display
-
-            d = Xlib.display.Display()
+        for attempt in range(3):
             try:
-                atom = d.intern_atom(f"_NET_SYSTEM_TRAY_S{d.get_default_screen()}")
-                owned = d.get_selection_owner(atom) != Xlib.X.NONE
-            finally:
-                d.close()
-        except Exception as e:  # no X server after all (Wayland only), a refused connection
-            return False, f"no X display to dock into ({_one_line(e)})"
+                import Xlib.X
+                import Xlib.display
+
+                d = Xlib.display.Display()
+                try:
+                    atom = d.intern_atom(f"_NET_SYSTEM_TRAY_S{d.get_default_screen()}")
+                    owned = d.get_selection_owner(atom) != Xlib.X.NONE
+                finally:
+                    d.close()
+                break
+            except Exception as e:  # no X server (Wayland only), a refused connection, or one
+                # reset while the server regenerates after its last client left: try again
+                if attempt == 2:
+                    return False, f"no X display to dock into ({_one_line(e)})"
+                time.sleep(0.2)
         return owned, "" if owned else "no system tray on this desktop (nothing owns _NET_SYSTEM_TRAY_S0)"
     if backend == "appindicator" and sys.platform.startswith("linux"):
         try:
