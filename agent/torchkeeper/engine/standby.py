@@ -260,8 +260,14 @@ def usable(home: Home, target: str, site_packages: Path, bundle: str, cfg: dict 
     with _Folder.open(site_packages, create=False) as f:
         if f is None:
             return {}, "no standby folder of torchkeeper's"
-        for sha, fr in rec["files"].items():
-            now = _check(f, sha, fr)
+        # the files whose ctime moved are hashed again: two at a time (hashlib drops the GIL),
+        # largest first, as hash_many does; this is on a repair's path
+        from concurrent.futures import ThreadPoolExecutor
+
+        items = sorted(rec["files"].items(), key=lambda kv: -kv[1].get("size", 0))
+        with ThreadPoolExecutor(max_workers=2) as pool:
+            checked = list(pool.map(lambda kv: _check(f, kv[0], kv[1]), items))
+        for (sha, fr), now in zip(items, checked):
             if now is None:
                 bad.append(sha)
                 continue
