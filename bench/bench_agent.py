@@ -51,6 +51,7 @@ sys.path[:0] = [str(REPO / "agent"), str(REPO / "tests"), str(REPO / "bench")]
 import psutil  # noqa: E402
 
 import builders  # noqa: E402
+from agentkit import slow_pip  # noqa: E402
 from bench_engine import SHARES, pad_dll  # noqa: E402
 
 CACHE = REPO / ".tk-test-cache" / "builders"
@@ -446,17 +447,6 @@ def part_latency(work: Path, a) -> None:
 
 REAL_CACHE = Path(os.environ.get("TK_BENCH_CACHE", "~/.cache/torchkeeper-bench")).expanduser() / "wheels"
 REAL_STOCK, REAL_BUNDLE = "9.24.0.43", "9.28.1.4"   # nvidia-cudnn-cu13: stock and the overlay
-THROTTLE = """
-import shutil, time
-def copyfileobj(fsrc, fdst, length=0):
-    while True:
-        buf = fsrc.read(1 << 20)
-        if not buf:
-            return
-        fdst.write(buf)
-        time.sleep(0.004)   # ~4 ms a MiB: a disk an antivirus scans
-shutil.copyfileobj = copyfileobj
-"""
 
 
 def real_wheel(version: str) -> Path:
@@ -502,9 +492,7 @@ def part_real(work: Path, a) -> None:
     size = sum(p.stat().st_size for p in lib.glob("*.so*"))
     say(f"# stock wheel {stock.stat().st_size / 1e6:.0f} MB, bundle wheel {bundle.stat().st_size / 1e6:.0f} MB; "
         f"the overlay in place: {human(size)} of cuDNN; {machine_line()[2:]}", summary=True)
-    slow = d / "slow"
-    slow.mkdir()
-    (slow / "sitecustomize.py").write_text(THROTTLE)
+    slow = slow_pip(d / "slow", 0.004)   # ~4 ms a MiB: a disk an antivirus scans
     for cond in ("quiet", "cpu-hog", "throttled"):
         real_condition(d, home, venv, stock, cond, slow, a.rounds, a.settle)
 

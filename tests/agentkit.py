@@ -172,3 +172,21 @@ def padded_wheel(whl: Path, out_dir: Path, member: str, size: int) -> Path:
     (big,) = [n for n in files if n.rsplit("/", 1)[-1] == member]
     files[big] = files[big] + bytes(size - len(files[big]))
     return builders.write_wheel(out_dir, name, version, files, extra, root_is_purelib=pure)
+
+
+def slow_pip(folder: Path, seconds_per_mib: float) -> Path:
+    """A folder with a sitecustomize.py that slows shutil.copyfileobj (what pip writes a wheel's
+    files with) by seconds_per_mib, as a busy disk or an antivirus scanning every file would:
+    put it on PYTHONPATH for pip."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "sitecustomize.py").write_text(
+        "import shutil, time\n"
+        "def copyfileobj(fsrc, fdst, length=0):\n"
+        "    while True:\n"
+        "        buf = fsrc.read(1 << 20)\n"
+        "        if not buf:\n"
+        "            return\n"
+        "        fdst.write(buf)\n"
+        f"        time.sleep({seconds_per_mib!r})\n"
+        "shutil.copyfileobj = copyfileobj\n")
+    return folder

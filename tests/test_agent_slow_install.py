@@ -13,24 +13,12 @@ import time
 import pytest
 
 import builders
-from agentkit import end_process, events, padded_wheel, spawn_agent, wait_for, write_config
+from agentkit import end_process, events, padded_wheel, slow_pip, spawn_agent, wait_for, write_config
 from wayback import NAME, add_bundle, assert_patched, make_target, ok, record_libs
 
 pytestmark = pytest.mark.timeout(300)
 
 BIG = 150 * 1024 * 1024
-THROTTLE = """
-import shutil, time
-_copy = shutil.copyfileobj
-def copyfileobj(fsrc, fdst, length=0):
-    while True:
-        buf = fsrc.read(1 << 20)
-        if not buf:
-            return
-        fdst.write(buf)
-        time.sleep({delay})
-shutil.copyfileobj = copyfileobj
-"""
 
 
 def _agent_events(home, kind=None):
@@ -48,9 +36,7 @@ def test_an_install_slower_than_max_wait_gets_one_repair_and_no_false_alarm(tmp_
     ok(run_tk("use", "a", "--target", NAME))
     ok(run_tk("apply", NAME))
     write_config(tk_home, "[agent]\nmax_wait_seconds = 1\n[notifications]\nbackend = \"log\"\n")
-    slow = tmp_path / "slow"
-    slow.mkdir()
-    (slow / "sitecustomize.py").write_text(THROTTLE.format(delay=0.04))   # ~6 s for 150 MB
+    slow = slow_pip(tmp_path / "slow", 0.04)   # ~6 s for 150 MB
 
     p = spawn_agent(tk_home)
     try:

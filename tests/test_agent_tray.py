@@ -20,6 +20,15 @@ from conftest import tk_env
 from test_tray import AMBER_FILL, OK_FILL, _find, _start_xvfb, _tray_owner, _wait
 
 
+def _trayer(env: dict, log) -> subprocess.Popen:
+    """trayer: a system tray host on the top edge of the Xvfb screen, 200 x 32 pixels."""
+    return subprocess.Popen(
+        ["trayer", "--edge", "top", "--align", "right", "--widthtype", "pixel", "--width", "200",
+         "--heighttype", "pixel", "--height", "32", "--transparent", "false",
+         "--tint", "0x000000", "--SetDockType", "true"],
+        env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+
+
 def fake_opener(tmp_path: Path) -> Path:
     """A folder with an `xdg-open` that records what it was asked to open."""
     bin_dir = tmp_path / "bin"
@@ -71,12 +80,7 @@ def test_agent_tray_shows_drift_and_a_click_reapplies(tmp_path, build, run_tk, t
         env = tk_env(tk_home, {"DISPLAY": display, "WAYLAND_DISPLAY": None, "PYSTRAY_BACKEND": None,
                                "DBUS_SESSION_BUS_ADDRESS": None,
                                "PATH": f"{fake_opener(tmp_path)}{os.pathsep}{os.environ['PATH']}"})
-        procs.append(("trayer", subprocess.Popen(
-            ["trayer", "--edge", "top", "--align", "right", "--widthtype", "pixel", "--width", "200",
-             "--heighttype", "pixel", "--height", "32", "--transparent", "false",
-             "--tint", "0x000000", "--SetDockType", "true"],
-            env=env, stdout=logs["trayer"], stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            start_new_session=True)))
+        procs.append(("trayer", _trayer(env, logs["trayer"])))
         _wait(lambda: _tray_owner(display), 20, "trayer to own the system tray", procs)
         agent = subprocess.Popen([sys.executable, "-m", "torchkeeper", "run"], env=env,
                                  stdout=logs["agent"], stderr=subprocess.STDOUT,
@@ -154,12 +158,7 @@ def test_no_tray_host_is_said_once_and_the_icon_docks_when_one_starts(tmp_path, 
         builders.pip_install(venv, w, force_reinstall=True)   # headless, it still repairs
         _wait(lambda: events(tk_home, "repaired"), 60, "the repair, headless", procs)
 
-        procs.append(("trayer", subprocess.Popen(
-            ["trayer", "--edge", "top", "--align", "right", "--widthtype", "pixel", "--width", "200",
-             "--heighttype", "pixel", "--height", "32", "--transparent", "false",
-             "--tint", "0x000000", "--SetDockType", "true"],
-            env=env, stdout=logs["trayer"], stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            start_new_session=True)))
+        procs.append(("trayer", _trayer(env, logs["trayer"])))
         _wait(lambda: "a system tray appeared" in out(), 30, "the agent to see the tray", procs)
 
         def green():

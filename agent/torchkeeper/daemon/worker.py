@@ -598,6 +598,10 @@ class Agent:
         s = self.engine.target_state(name, with_versions=True)
         self._note_hold(name, s)
         self._rewatch(name, s)
+        self._act(name, s, job)
+
+    def _act(self, name: str, s: TargetStatus, job: Job) -> None:
+        """Decide about a target read once (daemon/decide.py) and carry the decision out."""
         lib_dirs = list(s.info.lib_dirs) if s.info else []
         libs_rel = [lf.rel for lf in s.info.libs.values()] if s.info else []
         signs, self._lib_stats[name] = install_signs(Path(s.site_packages), lib_dirs, libs_rel,
@@ -662,21 +666,6 @@ class Agent:
             del self._holds[name]
             self._event("hold released", target=name, by=was["why"])
             self._changed()
-
-    def _drifted(self, name: str, s: TargetStatus, job: Job) -> None:
-        detected = job.detected or time.time()
-        stock_now = s.cudnn_now or (s.info.cudnn_build if s.info else None)
-        paused = self.state.paused
-        auto = self.cfg["agent"]["auto_reapply"] and not paused
-        what = "; ".join(s.problems[:2])
-        if not auto:
-            why = "auto re-apply is paused" if paused else "auto re-apply is off"
-            self._ask(name, s, f"the overlay was undone ({what}); {why}", detected, job)
-            return
-        self._event("drift", target=name, reason=job.reason, detected=detected,
-                    decided=time.time(), decision="re-apply", what=what)
-        pause_point("agent decided")
-        self._apply(name, s, job, detected, stock_now, explicit=False)
 
     def _apply(self, name: str, s: TargetStatus, job: Job, detected: float, stock_now: str | None,
                explicit: bool) -> None:
@@ -867,7 +856,7 @@ class Agent:
                 self._want_standby(r.name, rehash=True)  # its bytes re-hashed too
             job = Job(0, 0, CHECK, r.name, reason)
             if r.state == DRIFTED and r.applied:
-                self._drifted(r.name, r, job)  # not via a quick check: it may see no change
+                self._act(r.name, r, job)  # not via a quick check: it may see no change
             elif r.state != PATCHED:
                 self._check(job)
 
