@@ -9,7 +9,7 @@ from pathlib import Path
 
 from ..engine.records import TargetStatus
 from .decide import InstallSigns, Snapshot, State
-from .watch import _lib_stats, is_stash_of, relevant_top
+from .watch import _lib_stats, is_stash_of, nested_stash, relevant_top
 
 _STATES = {s.value: s for s in State}
 
@@ -38,17 +38,10 @@ def install_signs(site_packages: Path, lib_dirs, libs: list[str], before: dict |
         elif e.endswith(".dist-info") and relevant_top(e) and not os.path.isfile(sp / e / "RECORD"):
             no_record = no_record or e
             born.append(_mtime(sp / e))
-    for rel in lib_dirs:   # pip's stash of a nested package folder: nvidia/~udnn beside nvidia/cudnn
-        parts = Path(rel).parts
-        for i in range(1, len(parts)):
-            try:
-                near = os.listdir(sp.joinpath(*parts[:i]))
-            except OSError:
-                continue
-            hit = next((x for x in near if is_stash_of(x, parts[i])), None)
-            if hit:
-                stash = stash or "/".join(parts[:i] + (hit,))
-                born.append(_mtime(sp.joinpath(*parts[:i], hit)))
+    nested = nested_stash(sp, lib_dirs)   # nvidia/~udnn beside nvidia/cudnn
+    if nested:
+        stash = stash or nested
+        born.append(_mtime(sp / nested))
     missing = None
     if no_record or stash or not any(e.startswith("torch-") and e.endswith(".dist-info") for e in entries):
         # a library torch loads, gone while its wheel is replaced (not a user's deletion)

@@ -200,19 +200,32 @@ def install_finished(root: Path, b: Burst) -> bool:
             return False
     if any((root / s).exists() for s in b.stashes):
         return False
-    for rel in b.lib_dirs:
-        parts = Path(rel).parts
-        for i in range(1, len(parts)):
-            try:
-                if any(is_stash_of(e, parts[i]) for e in os.listdir(root.joinpath(*parts[:i]))):
-                    return False
-            except OSError:  # that folder is gone (a stash higher up): the install goes on
-                return False
+    if nested_stash(root, b.lib_dirs, gone_counts=True):
+        return False
     sizes = _lib_stats(root, b.lib_dirs)
     if sizes and sizes != b.sizes:
         b.sizes = sizes  # look again at the next poll
         return False
     return True
+
+
+def nested_stash(root: Path, lib_dirs, gone_counts: bool = False) -> str | None:
+    """pip's stash of a library folder's parent, beside it (``nvidia/~udnn`` for
+    ``nvidia/cudnn``), relative to root; None when there is none. ``gone_counts``: a parent
+    folder that is gone (a stash higher up) counts as one too (its path is returned)."""
+    for rel in lib_dirs:
+        parts = Path(rel).parts
+        for i in range(1, len(parts)):
+            try:
+                near = os.listdir(root.joinpath(*parts[:i]))
+            except OSError:
+                if gone_counts:
+                    return "/".join(parts[:i])
+                continue
+            hit = next((e for e in near if is_stash_of(e, parts[i])), None)
+            if hit:
+                return "/".join(parts[:i] + (hit,))
+    return None
 
 
 def install_done(root: Path, b: Burst) -> bool:
