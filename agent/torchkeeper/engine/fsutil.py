@@ -309,6 +309,33 @@ def read_file(path: os.PathLike | str, limit: int = SMALL, follow: bool = True) 
     that says what it is: :class:`NotARegularFile` (opened without blocking, so a FIFO never
     hangs the caller), ``EFBIG`` for a larger file, ``ELOOP`` for a link loop (or, with
     ``follow=False``, any link)."""
+    fd = _open_regular(path, follow)
+    try:
+        chunks, size = [], 0
+        while True:
+            b = os.read(fd, min(CHUNK, limit + 1 - size))
+            if not b:
+                break
+            chunks.append(b)
+            size += len(b)
+            if size > limit:
+                raise OSError(errno.EFBIG, f"larger than {limit:,} bytes", str(path))
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
+
+
+def read_head(path: os.PathLike | str, n: int) -> bytes:
+    """The first n bytes of a regular file (OSErrors as read_file: a FIFO never blocks)."""
+    fd = _open_regular(path, True)
+    try:
+        return os.read(fd, n)
+    finally:
+        os.close(fd)
+
+
+def _open_regular(path: os.PathLike | str, follow: bool) -> int:
+    """A descriptor of a regular file, opened without blocking (see read_file)."""
     import stat as st
 
     flags = os.O_RDONLY | getattr(os, "O_BINARY", 0) | getattr(os, "O_CLOEXEC", 0) \
@@ -322,18 +349,10 @@ def read_file(path: os.PathLike | str, limit: int = SMALL, follow: bool = True) 
         mode = os.fstat(fd).st_mode
         if not st.S_ISREG(mode):
             raise NotARegularFile(errno.EINVAL, f"{_kind(mode)}, not a file", str(path))
-        chunks, size = [], 0
-        while True:
-            b = os.read(fd, min(CHUNK, limit + 1 - size))
-            if not b:
-                break
-            chunks.append(b)
-            size += len(b)
-            if size > limit:
-                raise OSError(errno.EFBIG, f"larger than {limit:,} bytes", str(path))
-        return b"".join(chunks)
-    finally:
+    except BaseException:
         os.close(fd)
+        raise
+    return fd
 
 
 def read_text(path: os.PathLike | str, limit: int = SMALL, follow: bool = True,

@@ -8,7 +8,7 @@ import os
 import stat
 from pathlib import Path
 
-from .fsutil import load_json, read_file, read_text
+from .fsutil import load_json, read_file, read_head, read_text
 
 
 # -- versions read from file contents, once per file: cached by the file's stat identity -------
@@ -169,20 +169,11 @@ ELF_MACHINES = {62: "x86-64", 183: "AArch64"}       # e_machine of a 64-bit Linu
 
 
 def _head(path: Path, n: int) -> bytes:
-    """The first n bytes of a regular file (a FIFO or device: b"", never a blocking read)."""
-    flags = os.O_RDONLY | getattr(os, "O_BINARY", 0) | getattr(os, "O_NONBLOCK", 0)
+    """The first n bytes of a regular file (a FIFO, a device, a missing file: b"")."""
     try:
-        fd = os.open(path, flags)
+        return read_head(path, n)
     except OSError:
         return b""
-    try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            return b""
-        return os.read(fd, n)
-    except OSError:
-        return b""
-    finally:
-        os.close(fd)
 
 
 def is_elf(path: Path) -> bool:
