@@ -26,6 +26,7 @@ from pathlib import Path
 from ..engine import config as configmod, gate
 from . import agentstate, decide as D
 from .jobs import Job, JobQueue
+from .lane import Lane
 from . import view as V
 from .decide import decide
 from .snapshot import install_signs, snapshot
@@ -113,16 +114,12 @@ class Agent:
         self.applies = 0
         # standby preparation: its own low-priority thread, so that the worker queue (the
         # repairs) never waits behind hashing another target's standby
-        self._standby_todo: dict[str, str] = {}  # target -> PREPARE, REHASH (daily) or REFRESH
-        self._standby_cv = threading.Condition()
-        self._standby_thread = threading.Thread(target=self._standby_loop, name="tk-standby",
-                                                daemon=True)
+        self._standby = Lane("tk-standby", self._standby_work,
+                             merge=lambda old, new: max(old, new, key=_STANDBY_RANK.__getitem__))
         self.standby_runs = 0
         # library files an installer wrote, hashed at low priority while it goes on: the repair's
         # plan then finds them hashed (fsutil.remember), not on its critical path
-        self._hash_todo: dict[str, None] = {}
-        self._hash_cv = threading.Condition()
-        self._hash_thread = threading.Thread(target=self._hash_loop, name="tk-hash", daemon=True)
+        self._hasher = Lane("tk-hash", self._hash_work)
         self.prehashed = 0
 
     # -- config and the agent's own small state --------------------------------------
@@ -179,8 +176,8 @@ class Agent:
             self.watcher.start()
             self._watch_config()
         self._worker.start()
-        self._standby_thread.start()
-        self._hash_thread.start()
+        self._standby.start()
+        self._hasher.start()
         self.poll_driver(initial=True)
         self.request(V.CHECK_ALL, reason="start")
         if self._schedule:
@@ -197,18 +194,11 @@ class Agent:
         if self._stopped.is_set():
             return
         self.jobs.stop()
-        with self._standby_cv:
-            self._standby_cv.notify_all()
-        with self._hash_cv:
-            self._hash_todo.clear()
-            self._hash_cv.notify_all()
+        self._hasher.stop(timeout=0)    # nothing more is taken up; the work in hand finishes
+        self._standby.stop(timeout=0)
         if self._worker.is_alive():
             self._worker.join(timeout)
-        with self._standby_cv:
-            self._standby_todo.clear()
-            self._standby_cv.notify_all()
-        if self._standby_thread.is_alive():
-            self._standby_thread.join(timeout)  # a kill here is recovered: see standby.py
+        self._standby.stop(timeout)     # a kill here is recovered: see standby.py
         if self.safety:
             self.safety.stop()
         if self.watcher:
@@ -233,65 +223,36 @@ class Agent:
     def _want_standby(self, name: str, rehash: bool = False, refresh: bool = False) -> None:
         """Prepare (or, with standby off, delete) a target's standby in the background;
         ``refresh``: only hash again what an install in progress touched (standby.refresh)."""
-        want = REFRESH if refresh else (REHASH if rehash else PREPARE)
-        with self._standby_cv:
-            had = self._standby_todo.get(name)
-            if had is None or _STANDBY_RANK[want] > _STANDBY_RANK[had]:
-                self._standby_todo[name] = want
-            self._standby_cv.notify_all()
+        self._standby.want(name, REFRESH if refresh else (REHASH if rehash else PREPARE))
 
-    def _standby_loop(self) -> None:
-        from ..engine.standby import _lower_priority
-
-        _lower_priority()  # this thread only: the worker and pip keep their share
-        while True:
-            with self._standby_cv:
-                while not self._standby_todo and not self.jobs.stopping:
-                    self._standby_cv.wait()
-                if self.jobs.stopping:
-                    return
-                name = min(self._standby_todo)
-                what = self._standby_todo.pop(name)
-            try:
-                if name not in self.engine.targets():
-                    continue
-                if what == REFRESH:
-                    log.info("standby of '%s' refreshed: %s", name, self.engine.refresh_standby(name))
-                    continue
-                res = self.engine.prepare_standby(name, rehash=what == REHASH)
-                self.standby_runs += 1
-                log.info("standby of '%s': %s", name, res)
-                if res.get("bad"):
-                    # the placed file is that inode: not the overlay's bytes, so not patched
-                    self._enqueue(FULL_ONE, name, "standby found changed bytes")
-            except Exception as e:  # TKError (a lock held too long), OSError: next time
-                log.warning("standby of '%s' not prepared: %s", name, e)
+    def _standby_work(self, name: str, what: str) -> None:
+        try:
+            if name not in self.engine.targets():
+                return
+            if what == REFRESH:
+                log.info("standby of '%s' refreshed: %s", name, self.engine.refresh_standby(name))
+                return
+            res = self.engine.prepare_standby(name, rehash=what == REHASH)
+            self.standby_runs += 1
+            log.info("standby of '%s': %s", name, res)
+            if res.get("bad"):
+                # the placed file is that inode: not the overlay's bytes, so not patched
+                self._enqueue(FULL_ONE, name, "standby found changed bytes")
+        except Exception as e:  # TKError (a lock held too long), OSError: next time
+            log.warning("standby of '%s' not prepared: %s", name, e)
 
     # -- hashing what an installer writes, while it writes -------------------------------
     def _want_hash(self, target: str, path: str) -> None:
         from ..engine import libs
 
-        if libs.parse(os.path.basename(path)) is None:
-            return   # only the libraries a plan hashes (not the 20,000 other files of torch)
-        with self._hash_cv:
-            self._hash_todo[path] = None
-            self._hash_cv.notify_all()
+        if libs.parse(os.path.basename(path)) is not None:  # not the 20,000 other files of torch
+            self._hasher.want(path)
 
-    def _hash_loop(self) -> None:
+    def _hash_work(self, path: str, _=None) -> None:
         from ..engine.fsutil import remember
-        from ..engine.standby import _lower_priority
 
-        _lower_priority()
-        while True:
-            with self._hash_cv:
-                while not self._hash_todo and not self.jobs.stopping:
-                    self._hash_cv.wait()
-                if self.jobs.stopping:
-                    return
-                path = next(iter(self._hash_todo))
-                del self._hash_todo[path]
-            if remember(path) is not None:
-                self.prehashed += 1
+        if remember(path) is not None:
+            self.prehashed += 1
 
     # -- the Controller interface (tray, toast buttons) -----------------------------
     def view(self) -> V.AgentView:
