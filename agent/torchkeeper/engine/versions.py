@@ -109,7 +109,7 @@ def _pe_version(path: Path) -> dict | None:
         pe = _PE.get()(str(path), fast_load=True)   # headers only; then the resources alone
         pe.parse_data_directories(
             directories=[pefile.DIRECTORY_ENTRY["IMAGE_DIRECTORY_ENTRY_RESOURCE"]])
-    except pefile.PEFormatError:
+    except (pefile.PEFormatError, OSError):  # gone mid-reinstall, unreadable: no version
         return None
     try:
         out = {}
