@@ -359,7 +359,8 @@ def test_log_command_shows_agent_events(tmp_path, build, run_tk, tk_home):
 
 
 def test_daily_full_check_finds_what_stat_data_cannot(tmp_path, build, run_tk, tk_home):
-    from torchkeeper.daemon import worker as daemon
+    from torchkeeper.daemon.decide import Why
+    from torchkeeper.daemon.jobs import JobKind
 
     venv, w, m = patched_target(tmp_path, build, run_tk)
     dll = builders.site_packages(venv) / "torch" / "lib" / "cudnn_ops_infer64_8.dll"
@@ -375,7 +376,7 @@ def test_daily_full_check_finds_what_stat_data_cannot(tmp_path, build, run_tk, t
             f.write(data)
         os.utime(dll, ns=(st.st_atime_ns, st.st_mtime_ns))
         assert run_tk("verify").rc == 0  # the quick check sees nothing
-        agent._enqueue(daemon.FULL, None, "daily full check")
+        agent.jobs.put(JobKind.FULL, None, Why.DAILY)
         # the very file the overlay placed (inode, size, mtime as recorded), its bytes changed in
         # place: the overlay damaged, not another tool's copy, so it is repaired without asking
         rep = wait_for(lambda: agent_events(tk_home, "repaired"), 20, "the repair")[0]
@@ -391,6 +392,7 @@ def test_scheduled_check_catches_lost_events(tmp_path, build, run_tk, tk_home):
     """With no file events at all (an inotify overflow, the agent not watching), the
     safety net's quick check repairs."""
     from torchkeeper.daemon import view as V
+    from torchkeeper.daemon.decide import Why
 
     venv, w, m = patched_target(tmp_path, build, run_tk)
     agent = start_agent(tk_home, watch=False)
@@ -399,7 +401,7 @@ def test_scheduled_check_catches_lost_events(tmp_path, build, run_tk, tk_home):
         builders.pip_install(venv, w, force_reinstall=True)
         time.sleep(0.5)
         assert not agent_events(tk_home, "repaired")
-        agent.request(V.CHECK_ALL, reason="scheduled")
+        agent.request(V.CHECK_ALL, why=Why.SCHEDULED)
         rep = wait_for(lambda: agent_events(tk_home, "repaired"), 20, "the repair")[0]
         wait_idle(agent, 0.3)
     finally:

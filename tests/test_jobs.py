@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from torchkeeper.daemon.jobs import JobQueue
+from torchkeeper.daemon.decide import Why
+from torchkeeper.daemon.jobs import JobKind, JobQueue
 
 
 class Clock:
@@ -25,10 +26,10 @@ def q():
 
 
 def test_due_jobs_come_out_in_time_order_then_by_arrival(q):
-    q.put("check", "b", delay=2)
-    q.put("check", "a")
-    q.put("reapply", "a")
-    assert [(j.action, j.target) for j in (q.take(), q.take())] == [("check", "a"), ("reapply", "a")]
+    q.put(JobKind.CHECK, "b", delay=2)
+    q.put(JobKind.CHECK, "a")
+    q.put(JobKind.REAPPLY, "a")
+    assert [(j.kind, j.target) for j in (q.take(), q.take())] == [(JobKind.CHECK, "a"), (JobKind.REAPPLY, "a")]
     q.clock_.t += 2
     assert q.take().target == "b"
 
@@ -42,7 +43,7 @@ def test_due_jobs_come_out_in_time_order_then_by_arrival(q):
 ])
 def test_a_job_asked_for_again_before_it_ran_is_merged(q, first, second, want):
     for delay, detected, explicit, last_write in (first, second):
-        q.put("check", "t", "file events", delay=delay, detected=detected, explicit=explicit,
+        q.put(JobKind.CHECK, "t", Why.FILE_EVENTS, delay=delay, detected=detected, explicit=explicit,
               last_write=last_write)
     j = q.take()
     assert (j.at, j.detected, j.explicit, j.last_write) == want
@@ -51,22 +52,22 @@ def test_a_job_asked_for_again_before_it_ran_is_merged(q, first, second, want):
 
 
 def test_a_request_while_the_same_job_runs_is_queued_again(q):
-    q.put("check", "t")
+    q.put(JobKind.CHECK, "t")
     running = q.take()
     assert not q.idle() and q.running is running
-    q.put("check", "t")      # the files changed again while it checked
+    q.put(JobKind.CHECK, "t")      # the files changed again while it checked
     q.done()
     assert not q.idle() and q.take().target == "t"
 
 
 def test_waiting_jobs_of_some_kinds_are_no_work_in_hand(q):
-    q.put("suggest", "t", delay=30)
-    assert q.idle(waiting_is_not_work=("suggest",)) and not q.idle()
+    q.put(JobKind.SUGGEST, "t", delay=30)
+    assert q.idle(waiting_is_not_work=(JobKind.SUGGEST,)) and not q.idle()
 
 
 def test_stop_drops_what_waits_and_refuses_more(q):
-    q.put("check", "t", delay=5)
+    q.put(JobKind.CHECK, "t", delay=5)
     q.stop()
     assert q.take() is None
-    q.put("check", "u")
+    q.put(JobKind.CHECK, "u")
     assert q.take() is None and q.idle()

@@ -10,7 +10,7 @@ import pytest
 import agentkit
 import pkgindex
 import wayback
-from torchkeeper.daemon import worker
+from torchkeeper.daemon import offers
 from torchkeeper.desktop import tray
 from torchkeeper.engine.driver import DriverStatus
 
@@ -38,7 +38,7 @@ def _agent_on_an_index(wheel_dir, tk_home, monkeypatch):
                 monkeypatch.delenv(k, raising=False)
             else:
                 monkeypatch.setenv(k, v)
-        monkeypatch.setattr(worker.Agent, "suggest_delay", 0)
+        monkeypatch.setattr(offers, "SUGGEST_DELAY_S", 0)
         agent = agentkit.start_agent(tk_home, watch=False, schedule=False, driver_query=_driver)
         try:
             yield idx, agent

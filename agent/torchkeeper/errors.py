@@ -50,11 +50,11 @@ class Refused(TKError):
 
     def __init__(self, message: str, hint: str | None = None, reasons: list | None = None):
         super().__init__(message, hint)
-        self.reasons = reasons or []
+        self.reasons = reasons or []   # the gate's Reason records (level, message, hint)
 
     def as_dict(self) -> dict:
         d = super().as_dict()
-        d["reasons"] = self.reasons
+        d["reasons"] = [r.to_dict() for r in self.reasons]
         return d
 
 

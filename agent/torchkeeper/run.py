@@ -163,7 +163,7 @@ HOST_POLL_S = 2.0   # how often a headless agent with a tray backend looks for a
 def first_words(agent) -> list[str]:
     """What the terminal that started the agent reads once: what it protects and what to type
     next (on a first run, what discover found follows when it is done)."""
-    from .daemon.worker import MENU_STEP, NEXT_STEP
+    from .daemon.offers import MENU_STEP, NEXT_STEP
 
     targets = agent.engine.targets()
     if agent.first_run:

@@ -72,6 +72,9 @@ class Why(str, Enum):
     USER = "asked"
     INSTALL = "install under way"
     HELD = "held"
+    TARGET_ADDED = "target added"
+    SETTINGS_FILE = "config.toml or state.json changed"
+    OFFER = "suggest"
 
     @property
     def because(self) -> str:

@@ -8,7 +8,7 @@ import contextlib
 import re
 import time
 import unicodedata
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import gate, hold, libs, standby, target as targetmod, versions
@@ -32,6 +32,7 @@ class Result:
     plan: dict | None = None
     foreign: list[str] | None = None  # revert: files put back as the foreign bytes they were
     via: dict | None = None      # apply: files linked from the standby / copied, and why copied
+    touched: list[str] = field(default_factory=list)  # the paths the transaction wrote or removed
 
     def to_dict(self) -> dict:
         d = {"target": self.target, "ok": self.ok, "action": self.action, "message": self.message}
@@ -313,10 +314,10 @@ class Engine:
             if p.refusals:
                 raise Refused(f"target '{name}': the compatibility gate refuses bundle "
                               f"'{p.bundle_name}': " + p.refusals[0].message,
-                              p.refusals[0].hint, [r.to_dict() for r in p.reasons])
+                              p.refusals[0].hint, list(p.reasons))
             if p.needs_force and not force:
                 raise Refused(f"target '{name}': " + p.needs_force[0].message,
-                              p.needs_force[0].hint, [r.to_dict() for r in p.reasons])
+                              p.needs_force[0].hint, list(p.reasons))
             if dry_run:
                 return Result(name, True, "dry run",
                               f"would change {len(p.changes)} file(s) of '{name}'", p.to_dict())
@@ -386,7 +387,8 @@ class Engine:
                    else f"{len(changes)} file(s) replaced")
             return Result(name, True, "applied",
                           f"applied {describe(m)} ({m['name']}) to '{name}': {how}, backed up and "
-                          "verified", p.to_dict(), via=via)
+                          "verified", p.to_dict(), via=via,
+                          touched=[str(info.site_packages / c.rel) for c in changes])
 
     def _offer_standby(self, name, info, overlay, m, changes) -> str | None:
         """Let the transaction link standby files in where a repair puts back the overlay
@@ -551,7 +553,8 @@ class Engine:
                 msg += (f"; {len(foreign)} of them {'was' if len(foreign) == 1 else 'were'} foreign "
                         f"(neither stock nor ours) and {'is' if len(foreign) == 1 else 'are'} back "
                         f"as before: {', '.join(foreign)}")
-            return Result(name, True, "reverted", msg, foreign=foreign)
+            return Result(name, True, "reverted", msg, foreign=foreign,
+                          touched=[str(info.site_packages / c.rel) for c in changes])
 
     def _unrecorded_restores(self, info, done: set[str]) -> list[Change]:
         """For a target an unreadable journal left mixed: every library not yet handled that
