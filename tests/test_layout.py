@@ -133,7 +133,9 @@ def test_the_rule_catches_a_wrong_arrow():
 
 def test_no_import_cycle_lazy_imports_included():
     """Every import in the package, at the top of a module or inside a function, forms no
-    cycle (fetch <-> suggest and autostart <-> its back ends once did)."""
+    cycle (fetch <-> suggest and autostart <-> its back ends once did). An import under
+    ``if TYPE_CHECKING:`` never runs (engine/writes.py names the Engine it is handed) and is
+    left out."""
     import ast
 
     root = Path(__file__).resolve().parents[1] / "agent" / "torchkeeper"
@@ -144,7 +146,12 @@ def test_no_import_cycle_lazy_imports_included():
     graph: dict[str, set[str]] = {m: set() for m in mods}
     for m, p in mods.items():
         pkg = m if p.name == "__init__.py" else m.rsplit(".", 1)[0]
-        for n in ast.walk(ast.parse(p.read_text(encoding="utf-8"))):
+        tree = ast.parse(p.read_text(encoding="utf-8"))
+        typing_only = {id(x) for n in ast.walk(tree) if isinstance(n, ast.If)
+                       and getattr(n.test, "id", None) == "TYPE_CHECKING" for x in ast.walk(n)}
+        for n in ast.walk(tree):
+            if id(n) in typing_only:
+                continue
             if isinstance(n, ast.ImportFrom):
                 base = pkg.split(".")[: len(pkg.split(".")) - (n.level - 1)] if n.level else []
                 target = ".".join(base + ([n.module] if n.module else []))
@@ -165,3 +172,18 @@ def test_no_import_cycle_lazy_imports_included():
 
     cycles = sorted(m for m in graph if m in reaches(m) and m != "torchkeeper")
     assert not cycles, f"modules on an import cycle: {cycles}"
+
+
+def test_the_decision_module_imports_nothing_that_does_io():
+    """daemon/decide.py is pure: typed records in, a Decision out. It may import only what
+    defines records (dataclasses, enum, typing), never the engine, a thread, a clock or a file."""
+    import ast
+
+    path = Path(__file__).resolve().parents[1] / "agent" / "torchkeeper" / "daemon" / "decide.py"
+    names = set()
+    for n in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(n, ast.ImportFrom):
+            names.add("." * n.level + (n.module or ""))
+        elif isinstance(n, ast.Import):
+            names.update(a.name for a in n.names)
+    assert names and names <= {"__future__", "dataclasses", "enum", "typing"}, names

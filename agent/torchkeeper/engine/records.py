@@ -111,6 +111,30 @@ class Status:
 
 
 @dataclass
+class Result:
+    """What apply or revert did (``action``: applied, already applied, dry run, reverted,
+    nothing to revert, not wanted)."""
+    target: str
+    ok: bool
+    action: str
+    message: str
+    plan: dict | None = None
+    foreign: list[str] | None = None  # revert: files put back as the foreign bytes they were
+    via: dict | None = None      # apply: files linked from the standby / copied, and why copied
+    touched: list[str] = field(default_factory=list)  # the paths the transaction wrote or removed
+
+    def to_dict(self) -> dict:
+        d = {"target": self.target, "ok": self.ok, "action": self.action, "message": self.message}
+        if self.via is not None:
+            d["via"] = self.via
+        if self.plan is not None:
+            d["plan"] = self.plan
+        if self.foreign is not None:
+            d["foreign"] = self.foreign
+        return d
+
+
+@dataclass
 class UseResult:
     """What `use` did: the targets now bound to the bundle, and those the gate refused it for."""
     bundle: dict
