@@ -192,6 +192,51 @@ def _say(line: str) -> None:
         print(line, flush=True)
 
 
+def _on_signals(handler) -> None:
+    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler)
+    if hasattr(signal, "SIGHUP"):  # logoff closes the session's terminal
+        signal.signal(signal.SIGHUP, handler)
+    if hasattr(signal, "SIGBREAK"):  # Ctrl+Break in a Windows console
+        signal.signal(signal.SIGBREAK, handler)
+
+
+def _tray_class(out):
+    """(the Tray class, or None where no tray can run here; why no tray host is there yet, or
+    None when one is). Each "no" is said once, on the terminal and in the log."""
+    from .desktop import tray as traymod
+
+    ok, why = traymod.available()
+    if not ok:
+        log.warning("no tray here (%s): running headless", why)
+        out(f"torchkeeper: no tray here ({why}); running headless")
+        return None, None
+    present, no_host = traymod.host_present()
+    if present:
+        return traymod.Tray, None
+    # said once; the icon docks when a tray host appears (looked for every 2 s)
+    log.warning("%s: running headless until one appears", no_host)
+    out(f"torchkeeper: {no_host}; running headless - the icon appears if a tray starts later")
+    return traymod.Tray, no_host
+
+
+def _headless_until_stopped(stop: threading.Event, agent, make_tray, out):
+    """Headless: wait until the agent stops. Where only a tray host was missing (``make_tray``
+    given), look for one every HOST_POLL_S and return the tray made once one appears."""
+    from .desktop import tray as traymod
+
+    looked = time.monotonic()
+    while not stop.wait(0.5) and not agent.wait_stopped(0):
+        if make_tray is None or time.monotonic() - looked < HOST_POLL_S:
+            continue
+        looked = time.monotonic()
+        if traymod.host_present()[0]:
+            log.info("a tray host appeared: showing the icon")
+            out("torchkeeper: a system tray appeared; the icon is there now")
+            return make_tray()
+    return None
+
+
 def run(home: Home, headless: bool = False, verbose: bool = False, out=_say) -> int:
     from .daemon.worker import Agent
     from .desktop.notify import Notifier
@@ -205,14 +250,7 @@ def run(home: Home, headless: bool = False, verbose: bool = False, out=_say) -> 
         if shown.get("tray") is not None:
             shown["tray"].stop()
 
-    # before anything else: a SIGTERM during start-up still stops cleanly
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
-    if hasattr(signal, "SIGHUP"):  # logoff closes the session's terminal
-        signal.signal(signal.SIGHUP, on_signal)
-    if hasattr(signal, "SIGBREAK"):  # Ctrl+Break in a Windows console
-        signal.signal(signal.SIGBREAK, on_signal)
-
+    _on_signals(on_signal)   # before anything else: a SIGTERM during start-up still stops cleanly
     setup_logging(home, verbose)
     inst = SingleInstance(home)
     if not inst.acquire():
@@ -224,24 +262,9 @@ def run(home: Home, headless: bool = False, verbose: bool = False, out=_say) -> 
                 stop_file(home).unlink()
             except OSError:
                 pass
-        tray, tray_cls, no_host = None, None, None
-        if not headless:
-            from .desktop import tray as traymod
-
-            ok, why = traymod.available()
-            if ok:
-                tray_cls = traymod.Tray
-                present, no_host = traymod.host_present()
-                if not present:
-                    # said once; the icon docks when a tray host appears (looked for every 2 s)
-                    log.warning("%s: running headless until one appears", no_host)
-                    out(f"torchkeeper: {no_host}; running headless - the icon appears if a tray "
-                        "starts later")
-                    headless = True
-            else:
-                log.warning("no tray here (%s): running headless", why)
-                out(f"torchkeeper: no tray here ({why}); running headless")
-                headless = True
+        tray = None
+        tray_cls, no_host = _tray_class(out) if not headless else (None, None)
+        headless = headless or tray_cls is None or no_host is not None
         agent = Agent(home)
         agent.say = out
 
@@ -274,15 +297,8 @@ def run(home: Home, headless: bool = False, verbose: bool = False, out=_say) -> 
             f"log: {agent.log_file}")
         for line in first_words(agent):
             out(line)
-        looked = time.monotonic()
-        while tray is None and not stop.wait(0.5) and not agent.wait_stopped(0):
-            if not no_host or time.monotonic() - looked < HOST_POLL_S:
-                continue
-            looked = time.monotonic()
-            if traymod.host_present()[0]:
-                log.info("a tray host appeared: showing the icon")
-                out("torchkeeper: a system tray appeared; the icon is there now")
-                tray = make_tray()
+        if tray is None:
+            tray = _headless_until_stopped(stop, agent, make_tray if no_host else None, out)
         if tray is not None and not stop.is_set() and not agent.wait_stopped(0):
             # Quit from the menu stops the agent; its end stops the tray's loop
             threading.Thread(target=lambda: (agent.wait_stopped(), tray.stop()),

@@ -160,28 +160,8 @@ def import_(store: Store, archive: Path) -> tuple[dict, bool]:
                     key = parts[1]
                     if key in got:
                         raise _bad(archive, f"member {name!r} appears twice")
-                    f = want[key]
-                    if ti.size != f["size"]:
-                        raise _bad(archive, f"{key} is {ti.size} bytes, the manifest says {f['size']}")
-                    h = hashlib.sha256()
-                    src = tar.extractfile(ti)
-                    with open(stage / "files" / key, "xb") as out:
-                        n = 0
-                        while chunk := src.read(1 << 20):
-                            n += len(chunk)
-                            if n > f["size"]:
-                                raise _bad(archive, f"{key} is oversize")
-                            h.update(chunk)
-                            out.write(chunk)
-                    if n != f["size"]:
-                        raise _bad(archive, f"{key} is truncated")
-                    if h.hexdigest() != f["sha256"]:
-                        raise _bad(archive, f"{key} does not match its sha256 in the manifest")
-                    # a forged manifest can hash anything: the bytes must be a real library
-                    windows = m.get("platform") == libs.WINDOWS
-                    if not (versions.is_pe if windows else versions.is_elf)(stage / "files" / key):
-                        raise _bad(archive, f"{key} is not a {'64-bit PE DLL' if windows else '64-bit ELF library'}")
-                    got[key] = h.hexdigest()
+                    got[key] = _extract_file(archive, tar, ti, want[key], stage / "files" / key,
+                                             m.get("platform") == libs.WINDOWS)
         except (tarfile.TarError, EOFError, OSError, *codec_errors()) as e:
             if isinstance(e, OSError) and not isinstance(e, (EOFError,)) and e.errno is not None:
                 raise
@@ -199,6 +179,33 @@ def import_(store: Store, archive: Path) -> tuple[dict, bool]:
         return store._commit(stage, m)
     finally:
         _rmtree(tmp)
+
+
+def _extract_file(archive: Path, tar: tarfile.TarFile, ti: tarfile.TarInfo, f: dict, dest: Path,
+                  windows: bool) -> str:
+    """One library out of the archive, checked against its manifest entry ``f`` while it is
+    written: never more bytes than it says, its sha256, and a real library. Returns the sha256."""
+    key = f["name"]
+    if ti.size != f["size"]:
+        raise _bad(archive, f"{key} is {ti.size} bytes, the manifest says {f['size']}")
+    h = hashlib.sha256()
+    src = tar.extractfile(ti)
+    with open(dest, "xb") as out:
+        n = 0
+        while chunk := src.read(1 << 20):
+            n += len(chunk)
+            if n > f["size"]:
+                raise _bad(archive, f"{key} is oversize")
+            h.update(chunk)
+            out.write(chunk)
+    if n != f["size"]:
+        raise _bad(archive, f"{key} is truncated")
+    if h.hexdigest() != f["sha256"]:
+        raise _bad(archive, f"{key} does not match its sha256 in the manifest")
+    # a forged manifest can hash anything: the bytes must be a real library
+    if not (versions.is_pe if windows else versions.is_elf)(dest):
+        raise _bad(archive, f"{key} is not a {'64-bit PE DLL' if windows else '64-bit ELF library'}")
+    return h.hexdigest()
 
 
 def codec_errors() -> tuple:

@@ -457,45 +457,7 @@ class Store:
         tmp = Path(tempfile.mkdtemp(prefix=f"create-{os.getpid()}-", dir=self.home.tmp_dir()))
         try:
             col = collect(sources, tmp / "src")
-            if cudnn:
-                if not re.fullmatch(r"\d+\.\d+(\.\d+){0,2}", cudnn):
-                    raise UsageError(f"--cudnn {cudnn!r} is not a version", "write it like 9.5.1")
-                if col.cudnn and versions.short(col.cudnn) != versions.short(cudnn):
-                    said = next((r for r in col.read if r.startswith(f"cuDNN {col.cudnn} ")),
-                                col.read[0])
-                    raise UsageError(f"--cudnn {cudnn} contradicts the files: " + said,
-                                     "drop --cudnn, or check the source")
-                if not col.cudnn:
-                    _note_cudnn(col, cudnn, "--cudnn")
-            if cuda:
-                if not re.fullmatch(r"\d+\.\d+(\.\d+)?", cuda):
-                    raise UsageError(f"--cuda {cuda!r} is not a version", "write it like 12.4")
-                if col.cuda and col.cuda != ".".join(cuda.split(".")[:2]):
-                    raise UsageError(f"--cuda {cuda} contradicts the files (CUDA {col.cuda})",
-                                     "drop --cuda, or check the source")
-                if not col.cuda:
-                    _note_cuda(col, cuda, "--cuda")
-            _infer_from_binaries(col)
-            platform, cuda_major, cudnn_major = _check_consistency(col)
-            if cudnn and cudnn_major is None:  # else it would be recorded as read, then dropped
-                raise UsageError(f"--cudnn {cudnn} was given, but the sources hold no cuDNN library",
-                                 "drop --cudnn, or add the cuDNN archive folder or wheel")
-            if cuda and cuda_major is None:
-                raise UsageError(f"--cuda {cuda} was given, but the sources hold no CUDA runtime "
-                                 "or cuBLAS library", "drop --cuda, or add the CUDA toolkit folder")
-            if cudnn_major is not None and not col.cudnn:
-                raise UsageError("cannot tell which cuDNN version these files are",
-                                 "pass --cudnn X.Y.Z, or include the cuDNN include/ folder")
-            if cuda_major is not None and not col.cuda:
-                raise UsageError("cannot tell which CUDA version these files are",
-                                 "pass --cuda X.Y, or include the toolkit's version.json")
-            if cudnn_major is not None and col.cudnn_cuda_major is None:
-                if cuda_major is not None:
-                    col.cudnn_cuda_major = cuda_major
-                else:
-                    raise UsageError("cannot tell which CUDA major this cuDNN is built for",
-                                     "use the archive folder with its original name "
-                                     "(..._cuda12-archive) or the nvidia-cudnn-cuXX wheel")
+            platform, cuda_major, cudnn_major = _versions_of(col, cuda, cudnn)
             stage = tmp / "bundle"
             (stage / "files").mkdir(parents=True)
             files = []
@@ -631,3 +593,46 @@ def _rmtree(p: Path) -> None:
 
     if p.exists():
         shutil.rmtree(p, onerror=onerror)
+
+
+def _versions_of(col, cuda: str | None, cudnn: str | None) -> tuple[str, int | None, int | None]:
+    """The collected files' platform and CUDA / cuDNN majors, with what --cuda and --cudnn said
+    checked against the files (and used where the files say nothing)."""
+    if cudnn:
+        if not re.fullmatch(r"\d+\.\d+(\.\d+){0,2}", cudnn):
+            raise UsageError(f"--cudnn {cudnn!r} is not a version", "write it like 9.5.1")
+        if col.cudnn and versions.short(col.cudnn) != versions.short(cudnn):
+            said = next((r for r in col.read if r.startswith(f"cuDNN {col.cudnn} ")), col.read[0])
+            raise UsageError(f"--cudnn {cudnn} contradicts the files: " + said,
+                             "drop --cudnn, or check the source")
+        if not col.cudnn:
+            _note_cudnn(col, cudnn, "--cudnn")
+    if cuda:
+        if not re.fullmatch(r"\d+\.\d+(\.\d+)?", cuda):
+            raise UsageError(f"--cuda {cuda!r} is not a version", "write it like 12.4")
+        if col.cuda and col.cuda != ".".join(cuda.split(".")[:2]):
+            raise UsageError(f"--cuda {cuda} contradicts the files (CUDA {col.cuda})",
+                             "drop --cuda, or check the source")
+        if not col.cuda:
+            _note_cuda(col, cuda, "--cuda")
+    _infer_from_binaries(col)
+    platform, cuda_major, cudnn_major = _check_consistency(col)
+    if cudnn and cudnn_major is None:  # else it would be recorded as read, then dropped
+        raise UsageError(f"--cudnn {cudnn} was given, but the sources hold no cuDNN library",
+                         "drop --cudnn, or add the cuDNN archive folder or wheel")
+    if cuda and cuda_major is None:
+        raise UsageError(f"--cuda {cuda} was given, but the sources hold no CUDA runtime "
+                         "or cuBLAS library", "drop --cuda, or add the CUDA toolkit folder")
+    if cudnn_major is not None and not col.cudnn:
+        raise UsageError("cannot tell which cuDNN version these files are",
+                         "pass --cudnn X.Y.Z, or include the cuDNN include/ folder")
+    if cuda_major is not None and not col.cuda:
+        raise UsageError("cannot tell which CUDA version these files are",
+                         "pass --cuda X.Y, or include the toolkit's version.json")
+    if cudnn_major is not None and col.cudnn_cuda_major is None:
+        if cuda_major is None:
+            raise UsageError("cannot tell which CUDA major this cuDNN is built for",
+                             "use the archive folder with its original name "
+                             "(..._cuda12-archive) or the nvidia-cudnn-cuXX wheel")
+        col.cudnn_cuda_major = cuda_major
+    return platform, cuda_major, cudnn_major

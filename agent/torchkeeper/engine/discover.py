@@ -391,6 +391,37 @@ def app_for(env: Path, conda: bool = False, launchers: Launchers | None = None) 
     return "conda" if conda else "venv"
 
 
+def _start_folders(roots, explicit: bool) -> list[str]:
+    """The roots as absolute folders; a default one that is not there is dropped, an explicit
+    one is an error."""
+    out = []
+    for r in roots:
+        p = os.path.abspath(os.path.expanduser(str(r)))
+        if not os.path.isdir(p):
+            if not explicit:
+                continue
+            if os.path.exists(p):
+                raise UsageError(f"{p} is a file, not a folder", "give folders to search")
+            raise NotFound(f"{p} does not exist", "give folders to search, or none for the defaults")
+        out.append(p)
+    return out
+
+
+def _worth_walking(e: os.DirEntry, in_env: bool, at_top: bool, pinokio: bool, root_keys: set) -> bool:
+    """Whether the walk goes into the sub-folder ``e`` (caches, system folders, an env's own
+    insides, Pinokio's bin, and another root's tree are left out)."""
+    low = e.name.lower()
+    if low in SKIP_NAMES or low.startswith("program files") or (in_env and low in ENV_INSIDES):
+        return False
+    if at_top and low in SKIP_AT_TOP:
+        return False
+    if pinokio and low in _PINOKIO_SKIP:
+        return False
+    if low in _SUFFIX_LAST and _norm(e.path).lower().endswith(SKIP_SUFFIXES):
+        return False
+    return not (len(root_keys) > 1 and _norm(e.path) in root_keys)   # walked from that root
+
+
 def discover(roots: list[Path] | None = None, *, max_depth: int = 6,
              deadline_s: float = 10.0, launchers: Launchers | None = None) -> list[Found]:
     """Torch installs under ``roots`` (default: :func:`default_roots` and the folders the
@@ -407,14 +438,7 @@ def discover(roots: list[Path] | None = None, *, max_depth: int = 6,
     launchers = launcher_folders() if launchers is None else launchers
     queue: deque[tuple[str, int]] = deque()
     root_keys = set()
-    for r in (roots if explicit else [*default_roots(), *launchers.roots()]):
-        p = os.path.abspath(os.path.expanduser(str(r)))
-        if not os.path.isdir(p):
-            if not explicit:
-                continue
-            if os.path.exists(p):
-                raise UsageError(f"{p} is a file, not a folder", "give folders to search")
-            raise NotFound(f"{p} does not exist", "give folders to search, or none for the defaults")
+    for p in _start_folders(roots if explicit else [*default_roots(), *launchers.roots()], explicit):
         key = _norm(p)
         if key not in root_keys:
             root_keys.add(key)
@@ -454,19 +478,8 @@ def discover(roots: list[Path] | None = None, *, max_depth: int = 6,
                 out.append(Found(p, sp, app_for(p, conda="conda-meta" in markers, launchers=launchers), v))
 
         at_top = os.path.dirname(path) == path
-        for e in subdirs:
-            low = e.name.lower()
-            if low in SKIP_NAMES or low.startswith("program files") or (env and low in ENV_INSIDES):
-                continue
-            if at_top and low in SKIP_AT_TOP:
-                continue
-            if pinokio == len(_PINOKIO_MARKERS) and low in _PINOKIO_SKIP:
-                continue
-            if low in _SUFFIX_LAST and _norm(e.path).lower().endswith(SKIP_SUFFIXES):
-                continue
-            if len(root_keys) > 1 and _norm(e.path) in root_keys:   # walked from that root
-                continue
-            queue.append((e.path, depth + 1))
+        queue.extend((e.path, depth + 1) for e in subdirs
+                     if _worth_walking(e, env, at_top, pinokio == len(_PINOKIO_MARKERS), root_keys))
 
     out.sort(key=lambda f: f.path)
     out.notes = list(dict.fromkeys(launchers.notes))

@@ -12,7 +12,6 @@ bytes), ``add`` (a sibling a newer cuDNN release needs, beside its family), ``fo
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from . import libs, versions
 from .fsutil import hash_many
@@ -166,94 +165,100 @@ def plan(name: str, info: TargetInfo, m: dict, overlay: dict | None = None,
     p.reasons = check(info, m, driver)
     if info.torch_cuda is None or m["platform"] != info.platform:
         return p  # nothing file by file to say
-    applied = {}  # rel -> file record of an earlier overlay on this target
-    if overlay:
-        applied = overlay.get("files", {})
+    applied = (overlay or {}).get("files", {})  # rel -> file record of an earlier overlay
     sp = info.site_packages
     paths = []
     for f in m["files"]:
         lf = info.libs.get(f["name"])
-        if lf is not None:
-            paths.append(sp / lf.rel)
-        else:
-            d = info.dir_for_family(f["family"], f["major"])
-            if d is not None:
-                paths.append(sp / d / f["name"])
+        d = None if lf is not None else info.dir_for_family(f["family"], f["major"])
+        if lf is not None or d is not None:
+            paths.append(sp / (lf.rel if lf is not None else f"{d}/{f['name']}"))
     hashed = hash_many(paths) if hash_current else {}
-
-    def current(path: Path) -> str | None:
-        h = hashed.get(path)
-        return h[0] if h else None
-
     bundle_families: dict[tuple[str, int], set[str]] = {}
     unknown: list[str] = []  # no stock hash anywhere: taken as stock from what is there
     for f in m["files"]:
         bundle_families.setdefault((f["family"], f["major"]), set()).add(f["name"])
         lf = info.libs.get(f["name"])
         if lf is None:
-            d = info.dir_for_family(f["family"], f["major"])
-            if d is None:
-                p.steps.append(FileStep(f["name"], "", NO_COUNTERPART, f["sha256"], f["size"]))
-                continue
-            rel = f"{d}/{f['name']}"
-            step = FileStep(f["name"], rel, ADD, f["sha256"], f["size"], prior="absent")
-            path = sp / rel
-            if path.exists():  # left by an earlier overlay or another tool
-                step.current_sha256 = current(path)
-                step.current_stat = (hashed.get(path) or (None, None))[1]
-                rec = applied.get(rel)
-                if step.current_sha256 == f["sha256"]:
-                    step.action = IN_PLACE
-                elif rec is not None and step.current_sha256 == rec.get("sha256"):
-                    step.prior = "overlay"
-                else:
-                    step.action, step.prior = FOREIGN, "foreign"
-            p.steps.append(step)
+            p.steps.append(_added_step(f, info, applied, hashed))
             continue
-        path = sp / lf.rel
-        rec = applied.get(lf.rel)
-        step = FileStep(f["name"], lf.rel, REPLACE, f["sha256"], f["size"],
-                        stock_sha256=lf.stock_sha256, stock_size=lf.stock_size,
-                        stock_source=lf.stock_source)
-        if step.stock_sha256 is None and rec is not None:
-            # no RECORD hash: the stock bytes are the ones the first overlay replaced
-            step.stock_sha256 = rec.get("stock_sha256") or (
-                rec.get("stock_backup") if rec.get("prior") == "stock" else None)
-            step.stock_size, step.stock_source = rec.get("stock_size"), rec.get("stock_source") or SEEN_BEFORE
-        cur = current(path)
-        step.current_sha256 = cur
-        step.current_stat = (hashed.get(path) or (None, None))[1]
-        stock = step.stock_sha256
-        if stock is None and cur is not None and rec is None:
-            # nothing records the stock hash (no RECORD hash, no conda-meta sha256): what is
-            # there before the first overlay is stock, and is backed up as such
-            stock = step.stock_sha256 = cur
-            step.stock_size = (step.current_stat or {}).get("size")
-            step.stock_source = SEEN_BEFORE
+        step, guessed = _replaced_step(f, lf, applied.get(lf.rel), hashed.get(sp / lf.rel))
+        if guessed:
             unknown.append(lf.rel)
-        if cur == f["sha256"]:
+        p.steps.append(step)
+    p.reasons += _file_reasons(p, info, bundle_families, unknown)
+    return p
+
+
+def _added_step(f: dict, info: TargetInfo, applied: dict, hashed: dict) -> FileStep:
+    """A bundle file torch has no file of that name for: added beside its family, if it has one."""
+    d = info.dir_for_family(f["family"], f["major"])
+    if d is None:
+        return FileStep(f["name"], "", NO_COUNTERPART, f["sha256"], f["size"])
+    rel = f"{d}/{f['name']}"
+    step = FileStep(f["name"], rel, ADD, f["sha256"], f["size"], prior="absent")
+    path = info.site_packages / rel
+    if path.exists():  # left by an earlier overlay or another tool
+        step.current_sha256, step.current_stat = hashed.get(path) or (None, None)
+        rec = applied.get(rel)
+        if step.current_sha256 == f["sha256"]:
             step.action = IN_PLACE
-            step.prior = "overlay" if rec else ("stock" if cur == stock else "foreign")
-        elif stock and cur == stock:
-            step.prior = "stock"
-        elif rec is not None and cur == rec.get("sha256"):
-            step.prior = "overlay"
-        elif rec is not None and _same_placed_file(step.current_stat, rec):
-            # the very file the overlay placed (inode, size and mtime as recorded), its bytes
-            # changed in place: the overlay damaged, not another tool's copy
+        elif rec is not None and step.current_sha256 == rec.get("sha256"):
             step.prior = "overlay"
         else:
             step.action, step.prior = FOREIGN, "foreign"
-        p.steps.append(step)
+    return step
 
+
+def _replaced_step(f: dict, lf, rec: dict | None, hashed: tuple | None) -> tuple[FileStep, bool]:
+    """A bundle file that replaces torch's file of the same name; ``rec``: the earlier overlay's
+    record of it, ``hashed``: (sha256, stat) of what is there now. The bool: no stock hash was
+    known, so what is there now is taken as stock."""
+    step = FileStep(f["name"], lf.rel, REPLACE, f["sha256"], f["size"],
+                    stock_sha256=lf.stock_sha256, stock_size=lf.stock_size,
+                    stock_source=lf.stock_source)
+    if step.stock_sha256 is None and rec is not None:
+        # no RECORD hash: the stock bytes are the ones the first overlay replaced
+        step.stock_sha256 = rec.get("stock_sha256") or (
+            rec.get("stock_backup") if rec.get("prior") == "stock" else None)
+        step.stock_size, step.stock_source = rec.get("stock_size"), rec.get("stock_source") or SEEN_BEFORE
+    cur, step.current_stat = hashed or (None, None)
+    step.current_sha256 = cur
+    stock = step.stock_sha256
+    guessed = stock is None and cur is not None and rec is None
+    if guessed:
+        # nothing records the stock hash (no RECORD hash, no conda-meta sha256): what is
+        # there before the first overlay is stock, and is backed up as such
+        stock = step.stock_sha256 = cur
+        step.stock_size = (step.current_stat or {}).get("size")
+        step.stock_source = SEEN_BEFORE
+    if cur == f["sha256"]:
+        step.action = IN_PLACE
+        step.prior = "overlay" if rec else ("stock" if cur == stock else "foreign")
+    elif stock and cur == stock:
+        step.prior = "stock"
+    elif rec is not None and cur == rec.get("sha256"):
+        step.prior = "overlay"
+    elif rec is not None and _same_placed_file(step.current_stat, rec):
+        # the very file the overlay placed (inode, size and mtime as recorded), its bytes
+        # changed in place: the overlay damaged, not another tool's copy
+        step.prior = "overlay"
+    else:
+        step.action, step.prior = FOREIGN, "foreign"
+    return step, guessed
+
+
+def _file_reasons(p: Plan, info: TargetInfo, bundle_families: dict, unknown: list[str]) -> list[Reason]:
+    """What the file-by-file plan adds to the verdict: notes, refusals, what needs --force."""
+    out = []
     if unknown:
-        p.reasons.append(Reason(
+        out.append(Reason(
             "stock-unknown", "note",
             f"no RECORD or conda-meta hash for {', '.join(unknown)}: "
             f"{'its' if len(unknown) == 1 else 'their'} current bytes are backed up as stock"))
     strays = [s.key for s in p.steps if s.action == NO_COUNTERPART]
     if strays:
-        p.reasons.append(Reason(
+        out.append(Reason(
             "counterpart", "refuse",
             f"torch here loads no file like {', '.join(strays)}: copying "
             f"{'it' if len(strays) == 1 else 'them'} in would add a library torch never used"
@@ -264,14 +269,15 @@ def plan(name: str, info: TargetInfo, m: dict, overlay: dict | None = None,
         missing = sorted(have - names)
         if missing and names & have:
             title = libs.FAMILY_TITLES[family]
-            p.reasons.append(Reason(
+            out.append(Reason(
                 "mixed-family", "refuse",
                 f"bundle '{p.bundle_name}' replaces {len(names & have)} of the {len(have)} {title} "
                 f"files; {', '.join(missing)} would stay at the old version and mix two {title} releases",
                 f"build the bundle from the complete {title} release (all {len(have)} files)"))
     written = sorted({s.rel.rpartition("/")[0] for s in p.changes})
+    sp = info.site_packages
     for d in (d for d in written if d in info.outside):
-        p.reasons.append(Reason(
+        out.append(Reason(
             "outside-target", "force",
             f"{d} is a link to {info.outside[d]}, outside this environment ({env_root(sp)}): "
             f"applying writes the bundle's files into {info.outside[d]}, for everything that uses it",
@@ -279,12 +285,12 @@ def plan(name: str, info: TargetInfo, m: dict, overlay: dict | None = None,
             "of the folder"))
     foreign = [s.rel for s in p.steps if s.action == FOREIGN]
     if foreign:
-        p.reasons.append(Reason(
+        out.append(Reason(
             "foreign", "force",
             f"{', '.join(foreign)} match{'es' if len(foreign) == 1 else ''} neither the stock "
             "file nor an overlay of ours (another tool's copy?)",
             "pass --force to replace; the current bytes are backed up first"))
-    return p
+    return out
 
 
 def _same_placed_file(st: dict | None, rec: dict) -> bool:

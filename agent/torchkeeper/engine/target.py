@@ -286,11 +286,40 @@ def _stamp(sp: Path, lib_dirs: list[str]) -> list:
 
 
 def _inspect(sp: Path) -> TargetInfo:
-    torch_dirs = _find_dist_info(sp, r"^torch-\d")
-    notes = []
+    notes: list[str] = []
+    torch_meta, nvidia_meta, record, owners = _records(sp, notes)
+    torch_version, torch_cuda = versions.torch_version_py(sp / "torch" / "version.py")
+    torch_version = torch_version or torch_meta.get("version")
+    found, lib_dirs, outside, platforms = _libraries(sp, record, owners, notes)
+    prefix = conda_prefix(sp)
+    if prefix is not None and any(f.stock_sha256 is None for f in found.values()):
+        _conda_hashes(prefix, sp, found)
+    if len(platforms) > 1:
+        notes.append("both Windows and Linux libraries found; treating as " +
+                     (libs.WINDOWS if (sp.parent.name == "Lib") else libs.LINUX))
+    if not platforms:  # a CPU build: torch's own libraries still show the layout
+        tl = sp / "torch" / "lib"
+        names = [p.name.lower() for p in tl.iterdir()] if tl.is_dir() else []
+        if any(n.endswith(".dll") for n in names):
+            platforms = {libs.WINDOWS}
+        elif any(".so" in n for n in names):
+            platforms = {libs.LINUX}
+    if platforms == {libs.WINDOWS} or (len(platforms) != 1 and sp.parent.name == "Lib"):
+        platform = libs.WINDOWS
+    else:
+        platform = libs.LINUX
+    cudnn_build, source = _cudnn_build(sp, platform, found, torch_meta, nvidia_meta)
+    return TargetInfo(sp, platform, torch_version, torch_cuda, cudnn_build, source, found,
+                      lib_dirs, notes, str(prefix) if prefix is not None else None, outside)
+
+
+def _records(sp: Path, notes: list[str]) -> tuple[dict, dict, dict, dict]:
+    """torch's METADATA, each nvidia-* wheel's METADATA (by name), and the library lines of
+    their RECORDs: {rel: (sha256, size)} and {rel: the distribution that owns it}."""
     torch_meta: dict = {"requires": []}
     record: dict = {}
     owners: dict = {}
+    torch_dirs = _find_dist_info(sp, r"^torch-\d")
     if not torch_dirs:
         notes.append("torch has no dist-info (installed without pip?): stock hashes unknown")
     else:
@@ -309,9 +338,13 @@ def _inspect(sp: Path) -> TargetInfo:
         for rel, v in read_record(di, _LIB_LINE).items():
             record[rel] = v
             owners[rel] = name
-    torch_version, torch_cuda = versions.torch_version_py(sp / "torch" / "version.py")
-    torch_version = torch_version or torch_meta.get("version")
+    return torch_meta, nvidia_meta, record, owners
 
+
+def _libraries(sp: Path, record: dict, owners: dict, notes: list[str]
+               ) -> tuple[dict[str, LibFile], list[str], dict[str, str], set[str]]:
+    """The CUDA / cuDNN libraries torch loads, each with its RECORD hash: (by key, the folders
+    that hold them, those of the folders that are links out of the environment, platforms)."""
     found: dict[str, LibFile] = {}
     lib_dirs = []
     outside = {}
@@ -346,27 +379,7 @@ def _inspect(sp: Path) -> TargetInfo:
             real = _outside(sp, d)
             if real is not None:
                 outside[rel_dir] = real
-    prefix = conda_prefix(sp)
-    if prefix is not None and any(f.stock_sha256 is None for f in found.values()):
-        _conda_hashes(prefix, sp, found)
-    if len(platforms) > 1:
-        notes.append("both Windows and Linux libraries found; treating as " +
-                     (libs.WINDOWS if (sp.parent.name == "Lib") else libs.LINUX))
-    if not platforms:  # a CPU build: torch's own libraries still show the layout
-        tl = sp / "torch" / "lib"
-        names = [p.name.lower() for p in tl.iterdir()] if tl.is_dir() else []
-        if any(n.endswith(".dll") for n in names):
-            platforms = {libs.WINDOWS}
-        elif any(".so" in n for n in names):
-            platforms = {libs.LINUX}
-    if platforms == {libs.WINDOWS} or (len(platforms) != 1 and sp.parent.name == "Lib"):
-        platform = libs.WINDOWS
-    else:
-        platform = libs.LINUX
-
-    cudnn_build, source = _cudnn_build(sp, platform, found, torch_meta, nvidia_meta)
-    return TargetInfo(sp, platform, torch_version, torch_cuda, cudnn_build, source, found,
-                      lib_dirs, notes, str(prefix) if prefix is not None else None, outside)
+    return found, lib_dirs, outside, platforms
 
 
 def conda_prefix(sp: Path) -> Path | None:
