@@ -147,6 +147,16 @@ def wineserver_running() -> bool:
     return False
 
 
+def log_session(line: str) -> None:
+    """One line in CACHE/session.log: when and why a session was started (for a failure's
+    post-mortem: a session brought up twice in one run means something ended it)."""
+    try:
+        with open(CACHE / "session.log", "a") as f:
+            f.write(f"{time.strftime('%H:%M:%S')} {line}\n")
+    except OSError:
+        pass
+
+
 def _quiet(args, env, timeout=60) -> int:
     return subprocess.run(args, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                           stderr=subprocess.DEVNULL, timeout=timeout).returncode
@@ -171,6 +181,7 @@ class WineSession:
             return None
 
     def _start_shared(self, old: dict | None) -> dict:
+        log_session(f"pid {os.getpid()}: starting the shared session (was {old})")
         env = base_env()
         # a wineserver without our display (setup.sh's, a crashed run's): its explorer.exe has no
         # X display, so tray windows would fail. Start again.
@@ -229,6 +240,20 @@ class WineSession:
                     return self.display
                 self._stop_keepalive()
         raise WineUnavailable("could not bring up a Wine session with an Xvfb display")
+
+    def ensure(self) -> None:
+        """Before each test: the session still works (Xvfb, wineserver, this process's
+        keepalive), else it is brought up again, and why goes to session.log."""
+        s = self._load()
+        why = None
+        if not self._valid(s):
+            why = f"the session {s} is gone (Xvfb or wineserver)"
+        elif self.keepalive is None or self.keepalive.poll() is not None:
+            why = "this test process's keepalive ended"
+        if why is not None:
+            log_session(f"pid {os.getpid()}: {why}; bringing it up again")
+            self._stop_keepalive()
+            self.up()
 
     def _stop_keepalive(self) -> None:
         if self.keepalive and self.keepalive.poll() is None:
