@@ -14,6 +14,7 @@ import time
 
 from . import __version__
 from .errors import DRIFT, FAILED, OK, TKError, UsageError
+from .engine.records import JsonObject
 
 
 class _Parser(argparse.ArgumentParser):
@@ -548,7 +549,7 @@ def cmd_autostart(args, eng):
     return OK
 
 
-def _stop(eng, timeout: float) -> dict:
+def _stop(eng, timeout: float) -> JsonObject:
     from .run import stop_agent
 
     r = stop_agent(eng.home, timeout)

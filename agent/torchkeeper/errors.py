@@ -5,6 +5,7 @@ no traceback for any of these.
 """
 
 from __future__ import annotations
+from typing import Any
 
 # Exit codes, everywhere.
 OK = 0
@@ -22,7 +23,7 @@ class TKError(Exception):
         self.message = message
         self.hint = hint
 
-    def as_dict(self) -> dict:
+    def as_dict(self) -> dict[str, Any]:
         return {"error": self.message, "hint": self.hint, "exit_code": self.exit_code,
                 "kind": type(self).__name__}
 
@@ -52,7 +53,7 @@ class Refused(TKError):
         super().__init__(message, hint)
         self.reasons = reasons or []   # the gate's Reason records (level, message, hint)
 
-    def as_dict(self) -> dict:
+    def as_dict(self) -> dict[str, Any]:
         d = super().as_dict()
         d["reasons"] = [r.to_dict() for r in self.reasons]
         return d

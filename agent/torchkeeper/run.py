@@ -19,6 +19,7 @@ from pathlib import Path
 
 from .engine.fsutil import atomic_write_bytes, read_text
 from .home import Home
+from .engine.records import JsonObject
 
 log = logging.getLogger("torchkeeper.agent")
 
@@ -76,7 +77,7 @@ class SingleInstance:
         self._lock.release()
 
 
-def agent_status(home: Home) -> dict:
+def agent_status(home: Home) -> JsonObject:
     """Whether the agent runs (from its pid file; a stale one, left by a crash, says no)."""
     from .daemon.agentstate import read as read_agent_state
 
@@ -135,7 +136,7 @@ def _watch_stop_request(home: Home, stop: threading.Event, on_request, every: fl
             return
 
 
-def stop_agent(home: Home, timeout: float = 30.0) -> dict:
+def stop_agent(home: Home, timeout: float = 30.0) -> JsonObject:
     """Ask the running agent to stop after its job in hand and wait for it (never mid-transaction).
 
     Returns {"was_running", "stopped", "pid"}; "stopped" False: it still runs after ``timeout``."""

@@ -17,6 +17,7 @@ from typing import Any
 
 from ..engine.fsutil import atomic_write_json, load_json
 from ..home import Home
+from ..engine.records import JsonObject
 
 log = logging.getLogger("torchkeeper.agent")
 
@@ -46,7 +47,7 @@ CHECKS = {
 }
 
 
-def read(home: Home) -> dict:
+def read(home: Home) -> JsonObject:
     """agent.json, each value checked (a regular file of at most 4 MiB: a FIFO never blocks)."""
     path = path_of(home)
     try:

@@ -14,6 +14,7 @@ from typing import Callable
 from ..engine.records import TargetStatus
 from ..engine.records import DRIFTED, INCOMPATIBLE, MISSING, PATCHED, STOCK
 from . import view as V
+from ..engine.records import JsonObject
 
 log = logging.getLogger("torchkeeper.agent")
 
@@ -38,7 +39,7 @@ class Board:
         self._views: dict[str, V.TargetView] = {}
         self._found: list[V.FoundView] = []
         self.asks: dict[str, str] = {}        # target -> why it needs the user
-        self.holds: dict[str, dict] = {}      # target -> another process's hold on it (status's `held`)
+        self.holds: dict[str, JsonObject] = {}      # target -> another process's hold on it (status's `held`)
         self.shown = Shown()
         self._listeners: list[Callable[[V.AgentView], object]] = []
 

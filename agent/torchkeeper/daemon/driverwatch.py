@@ -14,6 +14,7 @@ from .decide import Why
 from .jobs import JobKind
 from .tell import Teller
 from . import view as V
+from ..engine.records import JsonObject
 
 
 class DriverWatch:
@@ -47,7 +48,7 @@ class DriverWatch:
                        driver_line=d.summary() if d.ok else (d.message or d.state))
 
 
-def change_text(before: dict, now: dict, d) -> tuple[str, str]:
+def change_text(before: JsonObject, now: JsonObject, d) -> tuple[str, str]:
     """A driver change's toast: (title, body)."""
     if now["state"] == "ok" and before.get("state") == "ok":
         parts = []

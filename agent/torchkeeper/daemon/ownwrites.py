@@ -12,6 +12,7 @@ from pathlib import Path
 from ..engine.fsutil import stat_key
 from ..engine.txn import RESTORE, STAGED
 from ..errors import TKError
+from ..engine.records import StatKey
 
 
 class OwnWrites:
@@ -20,7 +21,7 @@ class OwnWrites:
         self._lock = threading.Lock()
         self._busy: dict[str, set[str]] = {}       # target -> file names a running write may touch
         self._before: dict[str, set[str]] = {}     # target -> the overlay's files before it
-        self._own: dict[str, dict | None] = {}     # path -> stat_key after our write (None: deleted)
+        self._own: dict[str, StatKey | None] = {}     # path -> stat_key after our write (None: deleted)
         self.working: str | None = None            # the target being written to
 
     def _overlay(self, name: str) -> tuple[Path, set[str]]:

@@ -20,6 +20,7 @@ from .board import Board
 from .jobs import Job, JobKind
 from .ownwrites import OwnWrites
 from .snapshot import install_signs, snapshot
+from .watch import LibStats
 from .tell import Teller
 
 log = logging.getLogger("torchkeeper.agent")
@@ -33,7 +34,7 @@ class Repair:
         self.engine, self.board, self.tell, self.put, self.own = engine, board, tell, put, own
         self.settings, self.want_standby, self.rewatch = settings, want_standby, rewatch
         self.suggestion = suggestion
-        self._lib_stats: dict[str, dict] = {}  # target -> its library files' stat data at the last check
+        self._lib_stats: dict[str, LibStats] = {}  # target -> its library files' stat data at the last check
         self._retry: dict[str, float] = {}     # target -> current backoff (files in use)
         self.checks = 0       # counters, for tests and the benchmark
         self.applies = 0

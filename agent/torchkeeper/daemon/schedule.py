@@ -13,6 +13,7 @@ import threading
 import time
 from datetime import datetime, timedelta
 from typing import Callable
+from ..engine.records import Config, JsonObject
 
 log = logging.getLogger("torchkeeper.agent")
 
@@ -44,7 +45,7 @@ class ResumeDetector:
         return None
 
 
-def triggers(cfg: dict) -> dict:
+def triggers(cfg: Config) -> JsonObject:
     """The APScheduler triggers for the agent's jobs, from the [agent] config table."""
     from apscheduler.triggers.cron import CronTrigger
     from apscheduler.triggers.interval import IntervalTrigger
@@ -62,7 +63,7 @@ class SafetyNet:
     """Owns the APScheduler scheduler. Jobs only call back into the agent, which queues
     work for its single worker; nothing here touches a target."""
 
-    def __init__(self, cfg: dict, on_driver_poll: Callable[[], None],
+    def __init__(self, cfg: Config, on_driver_poll: Callable[[], None],
                  on_quick: Callable[[str], None], on_full: Callable[[], None],
                  resume: ResumeDetector | None = None):
         from apscheduler.schedulers.background import BackgroundScheduler
@@ -76,7 +77,7 @@ class SafetyNet:
         self._lock = threading.Lock()
         self._add_jobs(cfg)
 
-    def _add_jobs(self, cfg: dict) -> None:
+    def _add_jobs(self, cfg: Config) -> None:
         t = triggers(cfg)
         self._sched.add_job(self._guard(self._on_driver_poll), t["driver"], id="driver",
                             replace_existing=True)
@@ -106,7 +107,7 @@ class SafetyNet:
         self.resume.tick()
         self._sched.start()
 
-    def reconfigure(self, cfg: dict) -> None:
+    def reconfigure(self, cfg: Config) -> None:
         with self._lock:
             t = triggers(cfg)
             for job_id in ("driver", "quick", "full"):

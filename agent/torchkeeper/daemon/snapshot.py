@@ -9,7 +9,7 @@ from pathlib import Path
 
 from ..engine.records import TargetStatus
 from .decide import InstallSigns, Snapshot, State
-from .watch import _lib_stats, is_stash_of, nested_stash, relevant_top
+from .watch import LibStats, _lib_stats, is_stash_of, nested_stash, relevant_top
 
 _STATES = {s.value: s for s in State}
 
@@ -20,7 +20,8 @@ def snapshot(s: TargetStatus, held_by: str | None, signs: InstallSigns) -> Snaps
                     install=signs, held_by=held_by)
 
 
-def install_signs(site_packages: Path, lib_dirs, libs: list[str], before: dict | None) -> tuple[InstallSigns, dict]:
+def install_signs(site_packages: Path, lib_dirs, libs: list[str],
+                  before: LibStats | None) -> tuple[InstallSigns, LibStats]:
     """(the signs of an install in progress, the library folders' stat data now). ``libs``:
     the library files torch loads (relative); ``before``: stat data from an earlier look (the
     debouncer's last, or the previous check's), to tell files still being written."""

@@ -42,6 +42,8 @@ NEW = "new"  # Debouncer.event: the event started a burst
 # stash removal, with no file event in between)
 SETTLE = 0.1
 
+LibStats = dict[str, tuple[int, int] | None]   # a library file -> (size, mtime_ns); None: missing
+
 
 def relevant_top(name: str) -> bool:
     n = name.lower()
@@ -58,7 +60,7 @@ class Burst:
     dist_infos: set[str] = field(default_factory=set)  # dist-info folders created in the burst
     stashes: set[str] = field(default_factory=set)     # ~xxx folders pip stashed into
     lib_dirs: tuple[str, ...] = ()                     # the target's library folders (relative)
-    sizes: dict | None = None                          # their files' stat data at the last look
+    sizes: LibStats | None = None                      # their files' stat data at the last look
 
 
 class Debouncer:
@@ -251,7 +253,7 @@ def install_done(root: Path, b: Burst) -> bool:
     return seen
 
 
-def _lib_stats(root: Path, lib_dirs) -> dict:
+def _lib_stats(root: Path, lib_dirs) -> LibStats:
     out = {}
     for rel in lib_dirs:
         try:

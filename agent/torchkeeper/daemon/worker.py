@@ -33,6 +33,7 @@ from .offers import MENU_STEP, NEXT_STEP, Offers
 from .ownwrites import OwnWrites
 from .repair import Repair
 from .tell import Teller
+from ..engine.records import Config
 
 log = logging.getLogger("torchkeeper.agent")
 
@@ -104,7 +105,7 @@ class Agent:
         return self.jobs.idle(waiting_is_not_work=(JobKind.SUGGEST, JobKind.SUGGEST_FOUND))
 
     # -- config
-    def _load_config(self) -> tuple[dict, str | None]:
+    def _load_config(self) -> tuple[Config, str | None]:
         """The config at start-up: a broken file keeps the last good settings (remembered
         in agent.json across restarts), else the defaults."""
         try:

@@ -40,6 +40,7 @@ from typing import TYPE_CHECKING, Callable
 
 from . import icons
 from ..daemon import view
+from typing import Any
 
 if TYPE_CHECKING:
     import asyncio
@@ -396,7 +397,7 @@ class Notifier:
     (tests, embedding); the log backend is always added last.
     """
 
-    def __init__(self, config: dict, on_action: OnAction, tray=None, logger: logging.Logger | None = None,
+    def __init__(self, config: dict[str, Any], on_action: OnAction, tray=None, logger: logging.Logger | None = None,
                  clock: Callable[[], float] = time.monotonic, backends: list | None = None):
         self._lock = threading.RLock()
         self._log = logger or logging.getLogger("torchkeeper.notify")
@@ -416,7 +417,7 @@ class Notifier:
 
     # configuration
 
-    def update_config(self, config: dict | None) -> None:
+    def update_config(self, config: dict[str, Any] | None) -> None:
         """Apply a (re)loaded ``[notifications]`` table; bad values fall back to the defaults."""
         config = config or {}
         with self._lock:

@@ -22,6 +22,7 @@ from . import libs, versions
 from .bundle import FORMAT, NAME_RX, Store, _rmtree, bundle_id, public
 from ..errors import BadArchive, NotFound
 from .fsutil import parse_json
+from .records import JsonObject, Manifest, ManifestFile
 
 MAX_MANIFEST = 1 << 20
 MAX_FILES = 64
@@ -37,7 +38,7 @@ def _mode_for(path: Path) -> str:
     return ""
 
 
-def export(store: Store, m: dict, dest: Path) -> Path:
+def export(store: Store, m: Manifest, dest: Path) -> Path:
     dest = Path(dest).expanduser()
     if dest.is_dir():
         dest = dest / f"{m['name']}.tkbundle.tar"
@@ -66,7 +67,7 @@ def export(store: Store, m: dict, dest: Path) -> Path:
     return dest
 
 
-def _shareable(m: dict) -> dict:
+def _shareable(m: Manifest) -> JsonObject:
     """The manifest without this machine's folder names (sources keep their last part)."""
     out = json.loads(json.dumps(public(m)))
     for src in out.get("sources", []):
@@ -83,7 +84,7 @@ def _bad(archive: Path, what: str) -> BadArchive:
                       "machine that has the bundle)")
 
 
-def _check_manifest(archive: Path, raw: bytes) -> dict:
+def _check_manifest(archive: Path, raw: bytes) -> Manifest:
     try:
         m = parse_json(raw)     # 100,000 nested brackets are a ValueError too
     except ValueError:
@@ -116,7 +117,7 @@ def _check_manifest(archive: Path, raw: bytes) -> dict:
     return m
 
 
-def import_(store: Store, archive: Path) -> tuple[dict, bool]:
+def import_(store: Store, archive: Path) -> tuple[Manifest, bool]:
     archive = Path(archive).expanduser()
     if not archive.is_file():
         raise NotFound(f"{archive} does not exist", "give the path of a file made by `bundle export`")
@@ -181,7 +182,7 @@ def import_(store: Store, archive: Path) -> tuple[dict, bool]:
         _rmtree(tmp)
 
 
-def _extract_file(archive: Path, tar: tarfile.TarFile, ti: tarfile.TarInfo, f: dict, dest: Path,
+def _extract_file(archive: Path, tar: tarfile.TarFile, ti: tarfile.TarInfo, f: ManifestFile, dest: Path,
                   windows: bool) -> str:
     """One library out of the archive, checked against its manifest entry ``f`` while it is
     written: never more bytes than it says, its sha256, and a real library. Returns the sha256."""

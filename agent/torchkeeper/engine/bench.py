@@ -17,13 +17,14 @@ from pathlib import Path
 from ..errors import OperationFailed, TKError, UsageError
 from .hold import hold
 from .state import log_event, target_lock
+from .records import JsonObject, Manifest, TargetRecord
 
 WORKLOAD = Path(__file__).with_name("bench_workload.py")
 PROBE_TIMEOUT_S = 120
 RUN_TIMEOUT_S = 900
 
 
-def target_python(rec: dict) -> Path:
+def target_python(rec: TargetRecord) -> Path:
     """The interpreter of a target: the venv's, a portable python_embeded's, a conda env's."""
     sp = Path(rec["site_packages"])
     roots = [Path(rec["path"])] + list(sp.parents)[:4]
@@ -38,7 +39,7 @@ def target_python(rec: dict) -> Path:
                      "venv or python_embeded folder")
 
 
-def _run(python: Path, args: list[str], timeout: float) -> dict:
+def _run(python: Path, args: list[str], timeout: float) -> JsonObject:
     try:
         p = subprocess.run([str(python), str(WORKLOAD), *args], capture_output=True, text=True,
                            timeout=timeout, stdin=subprocess.DEVNULL)
@@ -53,7 +54,7 @@ def _run(python: Path, args: list[str], timeout: float) -> dict:
     return json.loads(lines[-1])
 
 
-def summary(parts: dict) -> float:
+def summary(parts: JsonObject) -> float:
     """One figure for a run: the geometric mean of the parts' median iterations per second."""
     vals = [p["it_s"] for p in parts.values()]
     prod = 1.0
@@ -62,7 +63,7 @@ def summary(parts: dict) -> float:
     return prod ** (1 / len(vals)) if vals else 0.0
 
 
-def bench(engine, name: str, bundle_ref: str | None = None, say=None, runner=_run) -> dict:
+def bench(engine, name: str, bundle_ref: str | None = None, say=None, runner=_run) -> JsonObject:
     say = say or (lambda line: None)
     rec = engine.target(name)
     python = target_python(rec)
@@ -79,7 +80,7 @@ def bench(engine, name: str, bundle_ref: str | None = None, say=None, runner=_ru
         return _measure(engine, name, m, python, probe, runner, say)
 
 
-def _measure(engine, name: str, m: dict, python: Path, probe: dict, runner, say) -> dict:
+def _measure(engine, name: str, m: Manifest, python: Path, probe: JsonObject, runner, say) -> JsonObject:
     with target_lock(engine.home, name):  # a re-apply the agent began before the hold ends first
         st = engine.state.read()
     prior_overlay = (st["overlays"].get(name) or {}).get("bundle")
@@ -132,7 +133,7 @@ def restore(engine, name: str, prior_overlay: str | None, prior_choice: str | No
                               f"see `torchkeeper status {name}` and `torchkeeper apply` / `revert`")
 
 
-def render(r: dict) -> str:
+def render(r: JsonObject) -> str:
     lines = [f"target '{r['target']}' on {r['gpu']} (driver {r['driver']}), torch {r['torch']}"]
     for label, key in (("stock", "stock"), (f"with '{r['bundle_name']}'", "with_bundle")):
         lines.append(f"  {label}: cuDNN {r['cudnn'][key]}")

@@ -27,6 +27,7 @@ from .. import testing
 from ..errors import NotFound, OperationFailed, UsageError
 from .fsutil import SMALL, copy_hashing, load_json, sha256_file
 from ..home import Home
+from .records import JsonObject, Manifest
 
 FORMAT = 1
 MAX_WALK_DEPTH = 5
@@ -51,7 +52,7 @@ class Collected:
     cuda_full: str | None = None
     cudnn: str | None = None
     cudnn_cuda_major: int | None = None
-    sources: list[dict] = field(default_factory=list)
+    sources: list[JsonObject] = field(default_factory=list)
 
 
 def _classify_file(path: Path, origin: str, col: Collected, display: str) -> None:
@@ -187,7 +188,7 @@ def _read_folder(src: Path, col: Collected) -> None:
     col.sources.append({"path": str(src), "kind": kind})
 
 
-def _read_wheel_metadata(meta: dict, col: Collected, where: str) -> None:
+def _read_wheel_metadata(meta: JsonObject, col: Collected, where: str) -> None:
     name = (meta.get("name") or "").lower().replace("_", "-")
     version = meta.get("version")
     if not version:
@@ -360,13 +361,13 @@ def _check_consistency(col: Collected) -> tuple[str, int | None, int | None]:
     return platform, cuda_major, cudnn_major
 
 
-def bundle_id(m: dict) -> str:
+def bundle_id(m: Manifest) -> str:
     ident = {k: m.get(k) for k in ("platform", "cuda", "cudnn", "cudnn_cuda_major")}
     ident["files"] = sorted((f["name"], f["sha256"]) for f in m["files"])
     return sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()
 
 
-def _default_name(m: dict) -> str:
+def _default_name(m: Manifest) -> str:
     parts = []
     if m.get("cuda") and any(f["family"] != libs.CUDNN for f in m["files"]):
         parts.append(f"cuda{m['cuda']}")
@@ -390,7 +391,7 @@ class Store:
         self._cached: tuple | None = None  # (stat of root, manifests)
 
     # -- reading ---------------------------------------------------------------------
-    def all(self) -> list[dict]:
+    def all(self) -> list[Manifest]:
         """Every readable manifest. Read once while the cache folder is unchanged (a
         bundle enters or leaves it by a rename): status asks once per target."""
         try:
@@ -415,7 +416,7 @@ class Store:
                 if len(d.name) == 64 and d.is_dir() and self._read(d) is None]
 
     @staticmethod
-    def _read(d: Path) -> dict | None:
+    def _read(d: Path) -> Manifest | None:
         """The manifest of bundle folder d; None when it is missing or damaged."""
         try:
             m = load_json(d / "manifest.json", follow=False)
@@ -426,7 +427,7 @@ class Store:
         m["_dir"] = str(d)
         return m
 
-    def get(self, ref: str) -> dict:
+    def get(self, ref: str) -> Manifest:
         ms = self.all()
         exact = [m for m in ms if m.get("name") == ref or m["id"] == ref]
         if exact:
@@ -441,15 +442,15 @@ class Store:
         raise NotFound(f"no bundle {ref!r} (bundles: {names})",
                        "see `torchkeeper bundle list`, or create one with `torchkeeper bundle create`")
 
-    def dir(self, m: dict) -> Path:
+    def dir(self, m: Manifest) -> Path:
         return self.root / m["id"]
 
-    def file_path(self, m: dict, key: str) -> Path:
+    def file_path(self, m: Manifest, key: str) -> Path:
         return self.root / m["id"] / "files" / key
 
     # -- writing ---------------------------------------------------------------------
     def create(self, sources: list[str], name: str | None = None, cuda: str | None = None,
-               cudnn: str | None = None, progress=None) -> tuple[dict, bool]:
+               cudnn: str | None = None, progress=None) -> tuple[Manifest, bool]:
         if name is not None and not NAME_RX.match(name):
             raise UsageError(f"bundle name {name!r} is not allowed",
                              "use letters, digits, '.', '_', '+' or '-' (at most 64)")
@@ -506,7 +507,7 @@ class Store:
         finally:
             _rmtree(tmp)
 
-    def _commit(self, stage: Path, m: dict) -> tuple[dict, bool]:
+    def _commit(self, stage: Path, m: Manifest) -> tuple[Manifest, bool]:
         """Move a staged, verified bundle into the store. Returns (manifest, created)."""
         existing = self._by_id(m["id"])
         if existing is not None:
@@ -536,17 +537,17 @@ class Store:
             name, i = f"{base[:64 - len(str(i)) - 1]}-{i}", i + 1  # NAME_RX: at most 64
         return name
 
-    def _by_id(self, bid: str) -> dict | None:
+    def _by_id(self, bid: str) -> Manifest | None:
         return self._read(self.root / bid)
 
-    def remove(self, m: dict) -> None:
+    def remove(self, m: Manifest) -> None:
         d = self.dir(m)
         # rename first so a crash never leaves a half-deleted bundle that looks valid
         trash = self.home.tmp_dir() / f"remove-{m['id']}-{os.getpid()}"
         os.replace(d, trash)
         _rmtree(trash)
 
-    def verify(self, m: dict) -> list[str]:
+    def verify(self, m: Manifest) -> list[str]:
         """Problems found re-hashing a bundle; empty when intact."""
         problems = []
         d = self.dir(m) / "files"
@@ -569,11 +570,11 @@ class Store:
         return problems
 
 
-def public(m: dict) -> dict:
+def public(m: Manifest) -> JsonObject:
     return {k: v for k, v in m.items() if not k.startswith("_")}
 
 
-def describe(m: dict) -> str:
+def describe(m: Manifest) -> str:
     bits = []
     if m.get("cuda") and any(f["family"] != libs.CUDNN for f in m["files"]):
         bits.append(f"CUDA {m.get('cuda_full') or m['cuda']}")

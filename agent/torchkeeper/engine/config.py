@@ -15,6 +15,7 @@ from pathlib import Path
 
 from ..errors import UsageError
 from .fsutil import atomic_write_bytes
+from .records import Config
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -64,7 +65,7 @@ def write_default(path: Path) -> bool:
     return True
 
 
-def defaults() -> dict:
+def defaults() -> Config:
     return tomllib.loads(default_text())
 
 
@@ -86,7 +87,7 @@ def _clip(text: str, n: int = 40) -> str:
     return text if len(text) <= n else text[:n - 3] + "..."
 
 
-def parse(text: str, origin: str, uses=None, warnings: list | None = None) -> dict:
+def parse(text: str, origin: str, uses=None, warnings: list | None = None) -> Config:
     """Validate a user config's text and merge it over the defaults. With ``uses`` (the
     sections the caller reads) and a ``warnings`` list, a bad value or unknown key in any
     other section is a warning there and keeps its default: a bad agent-only setting does
@@ -129,7 +130,7 @@ def parse(text: str, origin: str, uses=None, warnings: list | None = None) -> di
     return merged
 
 
-def load(path: Path, uses=None, warnings: list | None = None) -> dict:
+def load(path: Path, uses=None, warnings: list | None = None) -> Config:
     """The effective config; the defaults when the user has no file (``uses``,
     ``warnings``: see :func:`parse`)."""
     return parse(*read_text(path), uses=uses, warnings=warnings)

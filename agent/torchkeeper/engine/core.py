@@ -23,6 +23,7 @@ from ..errors import NotFound, UsageError
 from ..home import Home, get_home
 from .records import Result, Status, TargetStatus, UseResult
 from .state import StateStore, log_event, target_lock
+from .records import Config, JsonObject, Manifest, Overlay, StateData, TargetRecord
 
 __all__ = ["Engine", "Result"]
 
@@ -36,9 +37,9 @@ class Engine:
         self.bundles = Store(self.home)
         self._driver_query = driver_query
         self._driver = None
-        self.config: dict | None = None  # the CLI and the agent set the effective config
+        self.config: Config | None = None  # the CLI and the agent set the effective config
 
-    def agent_config(self) -> dict:
+    def agent_config(self) -> Config:
         """[agent]: the standby's settings live there (the agent prepares it)."""
         if self.config is None:
             from . import config as configmod
@@ -57,17 +58,18 @@ class Engine:
         return self._driver
 
     # -- the small questions
-    def targets(self) -> dict:
+    def targets(self) -> dict[str, TargetRecord]:
         return self.state.read()["targets"]
 
-    def target(self, name: str) -> dict:
+    def target(self, name: str) -> TargetRecord:
         ts = self.targets()
         if name not in ts:
             raise NotFound(f"no target named '{name}' (targets: {', '.join(sorted(ts)) or 'none yet'})",
                            "see `torchkeeper target list`, or add one with `torchkeeper target add PATH`")
         return ts[name]
 
-    def inspect(self, name: str, rec: dict | None = None, overlay: dict | None = None) -> targetmod.TargetInfo:
+    def inspect(self, name: str, rec: TargetRecord | None = None,
+                overlay: Overlay | None = None) -> targetmod.TargetInfo:
         rec = rec or self.target(name)
         info = targetmod.inspect(rec["site_packages"], self.home.cache_dir)
         if overlay and overlay.get("cudnn_stock") and overlay.get("torch_version") == info.torch_version:
@@ -77,7 +79,7 @@ class Engine:
                 info.cudnn_build_source = "recorded when the overlay was applied"
         return info
 
-    def desired_bundle(self, name: str, st: dict | None = None) -> dict | None:
+    def desired_bundle(self, name: str, st: StateData | None = None) -> Manifest | None:
         st = st or self.state.read()
         bid = st["targets"][name].get("bundle")
         if not bid:
@@ -88,7 +90,7 @@ class Engine:
             raise NotFound(f"target '{name}' wants bundle {bid[:12]}, which is no longer in the cache",
                            "import or create it again, or choose another with `torchkeeper use`") from None
 
-    def plan(self, name: str, ref: str | None = None) -> tuple[gate.Plan, targetmod.TargetInfo, dict]:
+    def plan(self, name: str, ref: str | None = None) -> tuple[gate.Plan, targetmod.TargetInfo, Manifest]:
         st = self.state.read()
         if name not in st["targets"]:
             self.target(name)
@@ -102,7 +104,7 @@ class Engine:
         return p, info, m
 
     # -- the operations (one module each, see the docstring)
-    def add_target(self, path: str, name: str | None = None) -> tuple[str, dict, targetmod.TargetInfo]:
+    def add_target(self, path: str, name: str | None = None) -> tuple[str, TargetRecord, targetmod.TargetInfo]:
         return targetsmod.add_target(self, path, name)
 
     def remove_target(self, name: str, force: bool = False) -> None:
@@ -120,7 +122,7 @@ class Engine:
     def reapply_if_still_wanted(self, name: str, seen: TargetStatus, progress=None) -> Result:
         return writes.reapply_if_still_wanted(self, name, seen, progress)
 
-    def target_state(self, name: str, full: bool = False, st: dict | None = None,
+    def target_state(self, name: str, full: bool = False, st: StateData | None = None,
                      with_versions: bool = False) -> TargetStatus:
         return statusmod.target_state(self, name, full, st, with_versions)
 
@@ -134,7 +136,7 @@ class Engine:
         return recovery.recover_all(self)
 
     # -- the standby
-    def prepare_standby(self, name: str, low_priority: bool = False, rehash: bool = False) -> dict:
+    def prepare_standby(self, name: str, low_priority: bool = False, rehash: bool = False) -> JsonObject:
         """Link the overlay's files into the target's standby folder and hash them there
         (engine/standby.py): what lets the next repair link instead of copy."""
         sp = Path(self.target(name)["site_packages"])
@@ -143,7 +145,7 @@ class Engine:
         log_event(self.home, "standby", target=name, **{k: v for k, v in res.items() if v})
         return res
 
-    def refresh_standby(self, name: str) -> dict:
+    def refresh_standby(self, name: str) -> JsonObject:
         """Hash again the standby files an install in progress has touched (standby.refresh):
         the repair after it then links them without hashing on its critical path."""
         sp = Path(self.target(name)["site_packages"])

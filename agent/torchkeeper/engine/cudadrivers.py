@@ -14,6 +14,7 @@ shipped with each release (its "toolkit driver") is what NVML reports as a CUDA 
 from __future__ import annotations
 
 from . import libs
+from .records import JsonObject
 
 # CUDA major -> (Linux, Windows) minimum driver for minor-version compatibility (Table 2)
 MINOR_COMPAT = {
@@ -46,7 +47,7 @@ def _pick(pair: tuple[str, str], platform: str) -> str:
     return pair[1] if platform == libs.WINDOWS else pair[0]
 
 
-def minimum(cuda: str, platform: str) -> dict:
+def minimum(cuda: str, platform: str) -> JsonObject:
     """What a CUDA major.minor needs: {"compat": driver for minor-version compatibility,
     "toolkit": the release's own driver or None when the table lacks it}."""
     mm = ".".join(cuda.split(".")[:2])

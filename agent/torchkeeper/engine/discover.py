@@ -28,6 +28,7 @@ from pathlib import Path
 
 from . import target, versions
 from ..errors import NotFound, TKError, UsageError
+from .records import JsonObject
 
 # Folder names (lower case) never walked into, wherever they are.
 SKIP_NAMES = frozenset({
@@ -77,7 +78,7 @@ class Found:
     app: str              # one of APPS, or "<app> (Stability Matrix)" / "<app> (Pinokio)"
     torch_version: str | None
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> JsonObject:
         return {"path": str(self.path), "site_packages": str(self.site_packages),
                 "app": self.app, "torch_version": self.torch_version}
 
@@ -104,7 +105,7 @@ class Launchers:
     comfy_desktop: list[Path] = field(default_factory=list)    # ComfyUI Desktop base paths
     pinokio_homes: list[Path] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
-    _sm_settings: dict = field(default_factory=dict, repr=False)
+    _sm_settings: JsonObject = field(default_factory=dict, repr=False)
 
     def roots(self) -> list[Path]:
         return [*self.sm_libraries, *self.comfy_desktop, *self.pinokio_homes]

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from . import versions
 from ..errors import TKError
+from .records import JsonObject
 
 PROBE_TIMEOUT_S = 60
 PROBE = r"""
@@ -54,7 +55,7 @@ def target_python(site_packages: Path) -> Path | None:
     return None
 
 
-def probe_target(site_packages: Path, timeout: float = PROBE_TIMEOUT_S) -> dict:
+def probe_target(site_packages: Path, timeout: float = PROBE_TIMEOUT_S) -> JsonObject:
     py = target_python(site_packages)
     if py is None:
         return {"ok": False, "error": f"no Python interpreter found for {site_packages}"}
@@ -81,7 +82,7 @@ def probe_target(site_packages: Path, timeout: float = PROBE_TIMEOUT_S) -> dict:
     return {"ok": False, "python": str(py), "error": f"{py} exited {cp.returncode}: " + " | ".join(tail)}
 
 
-def doctor(eng, probe: bool = False) -> dict:
+def doctor(eng, probe: bool = False) -> JsonObject:
     from .toolkits import find_toolkits
 
     d = eng.driver(refresh=True)
@@ -112,7 +113,7 @@ def doctor(eng, probe: bool = False) -> dict:
     return report
 
 
-def render(r: dict) -> str:
+def render(r: JsonObject) -> str:
     d = r.get("driver") or {}
     lines = ["NVIDIA driver (what nvidia-smi shows):"]
     if d.get("state") == "ok":

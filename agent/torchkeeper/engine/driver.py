@@ -31,6 +31,7 @@ import re
 import warnings
 from collections import Counter
 from dataclasses import asdict, dataclass, field
+from .records import JsonObject
 
 OK = "ok"
 NO_DRIVER = "no_driver"
@@ -54,7 +55,7 @@ class DriverStatus:
     state: str
     version: str | None = None
     cuda: str | None = None
-    gpus: list[dict] = field(default_factory=list)
+    gpus: list[JsonObject] = field(default_factory=list)
     message: str | None = None
     hint: str | None = None
     problems: list[str] = field(default_factory=list)
@@ -63,7 +64,7 @@ class DriverStatus:
     def ok(self) -> bool:
         return self.state == OK
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> JsonObject:
         """A JSON-ready dict of all fields (gpus copied)."""
         return asdict(self)
 
@@ -228,7 +229,7 @@ def _read(nv, status: DriverStatus) -> None:
         return
 
     for i in range(count):
-        gpu: dict = {"index": i, "name": None, "uuid": None}
+        gpu: JsonObject = {"index": i, "name": None, "uuid": None}
         errors = []
         try:
             handle = nv.nvmlDeviceGetHandleByIndex(i)

@@ -35,6 +35,7 @@ from . import libs, versions, wheels
 from ..errors import OperationFailed, UsageError
 from .fsutil import sha256_file
 from ..home import Home
+from .records import JsonObject, Manifest
 
 POLL_S = 0.2
 
@@ -327,8 +328,8 @@ FLAG = {libs.CUDNN: "--cudnn", libs.CUBLAS: "--cublas", libs.CUDART: "--cudart"}
 @dataclass
 class Fetched:
     suggestion: object                # suggest.Suggestion
-    wheels: list[dict]                # {"package", "version", "file", "downloaded"}
-    bundle: dict | None = None        # the manifest
+    wheels: list[JsonObject]                # {"package", "version", "file", "downloaded"}
+    bundle: Manifest | None = None        # the manifest
     created: bool = False
 
 
@@ -412,7 +413,7 @@ def suggest_for_install(engine, path: str, label: str, opts: PipOptions):
     return _choose(engine, label, {}, None, None, opts, targetmod.inspect(path, engine.home.cache_dir))[0]
 
 
-def fetch_bundle(engine, *, target: str | None = None, asked: dict | None = None,
+def fetch_bundle(engine, *, target: str | None = None, asked: dict[str, str | None] = None,
                  cuda: str | None = None, platform: str | None = None, name: str | None = None,
                  opts: PipOptions | None = None, progress=None, say=None) -> Fetched:
     """Choose, download (or take from the cache) and build the bundle. progress(label, done,

@@ -12,6 +12,7 @@ import tempfile
 import threading
 from pathlib import Path
 from typing import Callable
+from .records import JsonObject, StatKey
 
 CHUNK = 1 << 20
 
@@ -37,7 +38,7 @@ def copy_hashing(src: os.PathLike | str, dst: os.PathLike | str,
     side by side on two threads, both without the GIL: a 1 GB bundle costs about one
     hash pass of wall time instead of a copy plus a hash.
     """
-    result: dict = {}
+    result: JsonObject = {}
 
     def hash_src():
         try:
@@ -209,7 +210,7 @@ def remember(path: os.PathLike | str) -> str | None:
     return digest
 
 
-def hash_many(paths) -> dict[Path, tuple[str, dict]]:
+def hash_many(paths) -> dict[Path, tuple[str, StatKey]]:
     """{path: (sha256, stat_key before hashing)} for existing files, two at a time
     (hashlib drops the GIL), largest first so the pair finishes together. A file whose
     identity was hashed before (remember) is not read again."""
@@ -279,7 +280,7 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def stat_key(path: Path) -> dict:
+def stat_key(path: Path) -> StatKey:
     """The stat data quick verification compares: size, mtime, inode."""
     st = path.stat()
     return {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "ino": st.st_ino}

@@ -12,10 +12,12 @@ bytes), ``add`` (a sibling a newer cuDNN release needs, beside its family), ``fo
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from . import libs, versions
 from .fsutil import hash_many
 from .target import SEEN_BEFORE, TargetInfo, env_root
+from .records import JsonObject, Manifest, ManifestFile, Overlay, OverlayFile, StatKey
 
 REPLACE = "replace"
 IN_PLACE = "in place"
@@ -31,7 +33,7 @@ class Reason:
     message: str
     hint: str | None = None
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> JsonObject:
         return dict(self.__dict__)
 
 
@@ -46,10 +48,10 @@ class FileStep:
     stock_sha256: str | None = None
     stock_size: int | None = None
     prior: str | None = None  # "stock" | "overlay" | "foreign" | "absent"
-    current_stat: dict | None = None  # stat data when current_sha256 was taken
+    current_stat: StatKey | None = None  # stat data when current_sha256 was taken
     stock_source: str | None = None   # where stock_sha256 came from: RECORD, conda-meta, seen ...
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> JsonObject:
         return dict(self.__dict__)
 
 
@@ -83,13 +85,13 @@ class Plan:
     def changes(self) -> list[FileStep]:
         return [s for s in self.steps if s.action in (REPLACE, ADD, FOREIGN)]
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> JsonObject:
         return {"target": self.target, "bundle": self.bundle_id, "bundle_name": self.bundle_name,
                 "verdict": self.verdict, "files": [s.to_dict() for s in self.steps],
                 "reasons": [r.to_dict() for r in self.reasons]}
 
 
-def check(info: TargetInfo, m: dict, driver=None) -> list[Reason]:
+def check(info: TargetInfo, m: Manifest, driver=None) -> list[Reason]:
     """The version rules of the gate (no file I/O)."""
     reasons: list[Reason] = []
     bname = m.get("name", m["id"][:12])
@@ -158,7 +160,7 @@ def check(info: TargetInfo, m: dict, driver=None) -> list[Reason]:
     return reasons
 
 
-def plan(name: str, info: TargetInfo, m: dict, overlay: dict | None = None,
+def plan(name: str, info: TargetInfo, m: Manifest, overlay: Overlay | None = None,
          driver=None, hash_current: bool = True) -> Plan:
     """The file-by-file plan and the verdict for applying bundle ``m`` to a target."""
     p = Plan(name, m["id"], m.get("name", m["id"][:12]))
@@ -190,7 +192,8 @@ def plan(name: str, info: TargetInfo, m: dict, overlay: dict | None = None,
     return p
 
 
-def _added_step(f: dict, info: TargetInfo, applied: dict, hashed: dict) -> FileStep:
+def _added_step(f: ManifestFile, info: TargetInfo, applied: dict[str, OverlayFile],
+                hashed: dict[Path, tuple[str, StatKey]]) -> FileStep:
     """A bundle file torch has no file of that name for: added beside its family, if it has one."""
     d = info.dir_for_family(f["family"], f["major"])
     if d is None:
@@ -210,7 +213,7 @@ def _added_step(f: dict, info: TargetInfo, applied: dict, hashed: dict) -> FileS
     return step
 
 
-def _replaced_step(f: dict, lf, rec: dict | None, hashed: tuple | None) -> tuple[FileStep, bool]:
+def _replaced_step(f: ManifestFile, lf, rec: OverlayFile | None, hashed: tuple | None) -> tuple[FileStep, bool]:
     """A bundle file that replaces torch's file of the same name; ``rec``: the earlier overlay's
     record of it, ``hashed``: (sha256, stat) of what is there now. The bool: no stock hash was
     known, so what is there now is taken as stock."""
@@ -248,7 +251,8 @@ def _replaced_step(f: dict, lf, rec: dict | None, hashed: tuple | None) -> tuple
     return step, guessed
 
 
-def _file_reasons(p: Plan, info: TargetInfo, bundle_families: dict, unknown: list[str]) -> list[Reason]:
+def _file_reasons(p: Plan, info: TargetInfo, bundle_families: dict[tuple[str, int], set[str]],
+                  unknown: list[str]) -> list[Reason]:
     """What the file-by-file plan adds to the verdict: notes, refusals, what needs --force."""
     out = []
     if unknown:
@@ -293,6 +297,6 @@ def _file_reasons(p: Plan, info: TargetInfo, bundle_families: dict, unknown: lis
     return out
 
 
-def _same_placed_file(st: dict | None, rec: dict) -> bool:
+def _same_placed_file(st: StatKey | None, rec: OverlayFile) -> bool:
     return bool(st) and all(st.get(k) is not None and st.get(k) == rec.get(k)
                             for k in ("ino", "size", "mtime_ns"))

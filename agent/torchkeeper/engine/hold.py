@@ -26,6 +26,7 @@ from pathlib import Path
 
 from .fsutil import NotARegularFile, atomic_write_bytes, kind_of, load_json, set_aside
 from ..home import Home
+from .records import JsonObject
 
 log = logging.getLogger("torchkeeper.engine")
 _seq = itertools.count(1)
@@ -46,7 +47,7 @@ class Hold:
         return (f"held by {self.why} (pid {self.pid}) since "
                 f"{time.strftime('%H:%M:%S', time.localtime(self.since))}")
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> JsonObject:
         return {"pid": self.pid, "target": self.target, "why": self.why, "since": self.since,
                 "started": self.started}
 

@@ -18,6 +18,7 @@ from ..errors import UsageError
 from ..home import Home, app_icon
 from ..platform import autostart as osauto
 from .fsutil import atomic_write_json, load_json
+from .records import JsonObject
 
 ON, OFF = "on", "off"
 
@@ -34,7 +35,7 @@ class Login:
             self._argv = osauto.agent_command(os.environ.get("TORCHKEEPER_HOME"))
         return self._argv
 
-    def choice(self) -> dict | None:
+    def choice(self) -> JsonObject | None:
         """The last choice a person made ({"choice": "on"|"off", "by": ..., "at": ...}), or None."""
         try:
             d = load_json(self.choice_file, 64 << 10)
@@ -47,12 +48,12 @@ class Login:
         atomic_write_json(self.choice_file, {"choice": choice, "by": by,
                                              "at": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
 
-    def status(self) -> dict:
+    def status(self) -> JsonObject:
         s = self.backend.status().to_dict()
         s["choice"] = self.choice()
         return s
 
-    def enable(self, by: str = "user", if_not_declined: bool = False) -> tuple[dict, str]:
+    def enable(self, by: str = "user", if_not_declined: bool = False) -> tuple[JsonObject, str]:
         """Turn it on; returns (status, what happened). ``if_not_declined``: an installer's
         default, which an earlier "off" (ours or the OS's) overrides."""
         now = self.backend.status()
@@ -69,12 +70,12 @@ class Login:
         self._remember(ON, by)
         return self.status(), f"torchkeeper will start at login ({now.where})"
 
-    def disable(self, by: str = "user") -> tuple[dict, str]:
+    def disable(self, by: str = "user") -> tuple[JsonObject, str]:
         now = self.backend.disable()
         self._remember(OFF, by)
         return self.status(), f"torchkeeper will not start at login ({now.where})"
 
-    def forget(self) -> tuple[dict, str]:
+    def forget(self) -> tuple[JsonObject, str]:
         """An uninstaller's removal: the entry goes, the user's choice stays for a reinstall."""
         now = self.backend.disable()
         return self.status(), f"removed the start-at-login entry ({now.where})"

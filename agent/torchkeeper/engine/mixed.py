@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 
 from ..errors import TKError
 from .fsutil import hash_many, sha256_file
+from .records import StateData
 
 if TYPE_CHECKING:
     from .core import Engine
@@ -19,7 +20,7 @@ def mixed_message(name: str) -> str:
             "run `torchkeeper revert` (stock copies are kept)")
 
 
-def whole(eng: Engine, name: str, st: dict | None = None) -> bool:
+def whole(eng: Engine, name: str, st: StateData | None = None) -> bool:
     """Whether every library of a target is what the state says, judged from the files
     alone: each one the overlay's bytes where one is recorded, else RECORD's, and no
     file nobody lists holding a bundle's bytes (a sibling an interrupted apply added)."""

@@ -1,19 +1,99 @@
 """Typed records the engine hands to the CLI and the agent: what a target is now (status,
 verify) and what was applied to it (the overlay). Each has ``to_dict()`` for JSON; the
-field names are the JSON keys."""
+field names are the JSON keys.
+
+Also the shapes of what the engine keeps on disk as JSON -- state.json (:class:`StateData`:
+targets, overlays) and a bundle's manifest.json (:class:`Manifest`) -- as TypedDicts: they stay
+plain dicts (read, checked once by StateStore.read / Store._read, written back as they are),
+and these name their keys."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, TypedDict
 
 if TYPE_CHECKING:
     from .target import TargetInfo
 
+JsonObject = dict[str, Any]   # a JSON object: what to_dict() gives `--json` and the event log
+Config = dict[str, Any]       # config.toml (or one of its tables) as engine/config.py checked it
+StatKey = dict[str, int]      # fsutil.stat_key: size, mtime_ns, ino
+
+
+class TargetRecord(TypedDict, total=False):
+    """state.json: targets[name]."""
+    path: str
+    site_packages: str
+    bundle: str | None            # the chosen bundle's id
+    added: str
+    last_bench: JsonObject
+
+
+class OverlayFile(TypedDict, total=False):
+    """state.json: overlays[name].files[rel] -- one library the overlay placed (with its stat
+    data after the write: size, mtime_ns, ino)."""
+    key: str
+    action: str                   # replace / add / foreign
+    prior: str                    # stock / foreign / overlay / absent
+    sha256: str
+    stock_sha256: str | None
+    stock_size: int | None
+    stock_source: str | None
+    stock_backup: str | None      # the backup's sha256 (backups are stored by hash)
+    foreign_backup: str | None
+    same_as_stock: bool
+    size: int
+    mtime_ns: int
+    ino: int
+
+
+class Overlay(TypedDict, total=False):
+    """state.json: overlays[name] -- what an apply put in place."""
+    bundle: str
+    bundle_name: str | None
+    site_packages: str
+    applied: str
+    torch_version: str | None
+    torch_cuda: str | None
+    cudnn_stock: str | None
+    files: dict[str, OverlayFile]
+
+
+class StateData(TypedDict):
+    """state.json as a whole."""
+    schema: int
+    targets: dict[str, TargetRecord]
+    overlays: dict[str, Overlay]
+    default_bundle: str | None
+
+
+ManifestFile = TypedDict("ManifestFile", {   # "from" is a keyword: the functional form
+    "name": str, "family": str, "member": str, "major": int, "size": int, "sha256": str,
+    "from": str, "version": str}, total=False)
+
+
+class Manifest(TypedDict, total=False):
+    """A bundle's manifest.json (engine/bundle.py)."""
+    format: int
+    id: str
+    name: str
+    platform: str
+    cuda: str | None
+    cuda_full: str | None
+    cuda_major: int | None
+    cudnn: str | None
+    cudnn_cuda_major: int | None
+    files: list[ManifestFile]
+    sources: list[JsonObject]
+    read: list[str]
+    left_out: list[str]
+    left_out_other: int
+    created: str
+
 PATCHED, DRIFTED, STOCK, INCOMPATIBLE, MISSING = "patched", "drifted", "stock", "incompatible", "missing"
 
 
-def last_gain(target_record: dict) -> dict | None:
+def last_gain(target_record: TargetRecord) -> JsonObject | None:
     """The newest bench result kept with a target's record (None when none, or damaged)."""
     lb = target_record.get("last_bench")
     if isinstance(lb, dict) and isinstance(lb.get("ratio"), (int, float)) and not isinstance(lb["ratio"], bool):
@@ -29,7 +109,7 @@ class BundleRef:
     cuda: str | None = None
     cudnn: str | None = None
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> JsonObject:
         return {"id": self.id, "name": self.name, "cuda": self.cuda, "cudnn": self.cudnn}
 
 
@@ -41,7 +121,7 @@ class AppliedRef:
     at: str | None
     files: int
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> JsonObject:
         return {"bundle": self.bundle, "bundle_name": self.bundle_name, "at": self.at,
                 "files": self.files}
 
@@ -65,15 +145,15 @@ class TargetStatus:
     applied: AppliedRef | None = None
     info: TargetInfo | None = None    # the full inspection, when asked for
     in_desired_state: bool | None = None  # set by verify
-    last_bench: dict | None = None    # the newest `bench` result kept with the target
-    standby: dict | None = None       # the standby copy: state, files, bytes (engine/standby.py)
-    held: dict | None = None          # another torchkeeper process's hold (bench): why, pid, since
+    last_bench: JsonObject | None = None    # the newest `bench` result kept with the target
+    standby: JsonObject | None = None       # the standby copy: state, files, bytes (engine/standby.py)
+    held: JsonObject | None = None          # another torchkeeper process's hold (bench): why, pid, since
 
     @property
     def inspected(self) -> bool:
         return self.state != MISSING
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> JsonObject:
         d = {"name": self.name, "path": self.path, "site_packages": self.site_packages,
              "bundle": self.bundle.to_dict() if self.bundle else None, "state": self.state,
              "problems": list(self.problems)}
@@ -102,10 +182,10 @@ class Status:
     """Every target, the driver as NVML reports it (its ``state``: ok, no_driver, not_loaded,
     reboot_needed, ...), and the targets with an unfinished transaction."""
     targets: list[TargetStatus]
-    driver: dict | None
+    driver: JsonObject | None
     journal: list[str | None]
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> JsonObject:
         return {"targets": [t.to_dict() for t in self.targets], "driver": self.driver,
                 "journal": self.journal}
 
@@ -118,12 +198,12 @@ class Result:
     ok: bool
     action: str
     message: str
-    plan: dict | None = None
+    plan: JsonObject | None = None
     foreign: list[str] | None = None  # revert: files put back as the foreign bytes they were
-    via: dict | None = None      # apply: files linked from the standby / copied, and why copied
+    via: JsonObject | None = None      # apply: files linked from the standby / copied, and why copied
     touched: list[str] = field(default_factory=list)  # the paths the transaction wrote or removed
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> JsonObject:
         d = {"target": self.target, "ok": self.ok, "action": self.action, "message": self.message}
         if self.via is not None:
             d["via"] = self.via
@@ -137,10 +217,10 @@ class Result:
 @dataclass
 class UseResult:
     """What `use` did: the targets now bound to the bundle, and those the gate refused it for."""
-    bundle: dict
+    bundle: Manifest
     bound: list[str] = field(default_factory=list)
     skipped: dict[str, str] = field(default_factory=dict)  # target -> the gate's reason
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> JsonObject:
         return {"bundle": self.bundle["id"], "bundle_name": self.bundle["name"],
                 "targets": self.bound, "skipped": self.skipped}

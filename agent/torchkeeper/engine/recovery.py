@@ -13,6 +13,7 @@ from . import mixed, standby, writes
 from ..errors import TKError
 from .state import TARGET_NAME_RX, log_event, target_lock
 from .txn import STAGED, Change, damaged, pending, recover
+from .records import JsonObject
 
 if TYPE_CHECKING:
     from .core import Engine
@@ -72,5 +73,5 @@ def _discard_staged(eng: Engine, name: str) -> None:
                 p.unlink()
 
 
-def _commit_from_journal(eng: Engine, j: dict, changes: list[Change]) -> None:
+def _commit_from_journal(eng: Engine, j: JsonObject, changes: list[Change]) -> None:
     writes.commit(eng, j["target"], j["op"], Path(j["root"]), j["meta"], changes)

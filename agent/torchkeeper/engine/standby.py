@@ -41,6 +41,7 @@ from .. import testing
 from ..home import Home
 from .fsutil import (CHUNK, NotARegularFile, atomic_write_json, fsync_dir, kind_of, load_json,
                      set_aside)
+from .records import Config, JsonObject, StatKey
 
 DIRNAME = ".torchkeeper-standby"
 PREP = ".tk-prep"
@@ -63,16 +64,16 @@ IDENTITY = ("dev", "ino", "size", "mtime_ns", "ctime_ns")   # what proves the by
 _SHA_RX = re.compile(r"^[0-9a-f]{64}$")
 
 
-def _ident(st: os.stat_result) -> dict:
+def _ident(st: os.stat_result) -> StatKey:
     return {"dev": st.st_dev, "ino": st.st_ino, "size": st.st_size, "mtime_ns": st.st_mtime_ns,
             "ctime_ns": st.st_ctime_ns, "nlink": st.st_nlink}
 
 
-def identity(p: Path | str) -> dict:
+def identity(p: Path | str) -> StatKey:
     return _ident(os.lstat(p))
 
 
-def same(p: Path | str, rec: dict) -> bool:
+def same(p: Path | str, rec: JsonObject) -> bool:
     """Whether p still is the file rec recorded, with the bytes that were hashed: nothing
     about it has changed since, not even its ctime (a write that put the mtime back moves it)."""
     try:
@@ -82,7 +83,7 @@ def same(p: Path | str, rec: dict) -> bool:
     return all(now[k] == rec.get(k) for k in IDENTITY)
 
 
-def _only_ctime_moved(now: dict, rec: dict) -> bool:
+def _only_ctime_moved(now: StatKey, rec: JsonObject) -> bool:
     """Same inode, size and mtime, another ctime: pip's unlink of the overlay's name, or a
     write that put the mtime back; only a hash can tell which."""
     return all(now[k] == rec.get(k) for k in ("dev", "ino", "size", "mtime_ns")) \
@@ -102,7 +103,7 @@ def _valid_record(rec) -> bool:
     return rec.get("bundle") is None or isinstance(rec["bundle"], str)
 
 
-def read(home: Home, target: str) -> dict | None:
+def read(home: Home, target: str) -> JsonObject | None:
     """The standby record, or None (none, damaged, or a preparation was interrupted). A
     record path that is not a file (a folder, a link) is moved aside: it never stops a command."""
     if kind_of(_marker(home, target)) is not None:
@@ -124,11 +125,11 @@ def free_bytes(path: Path) -> int:
     return shutil.disk_usage(path).free
 
 
-def floor_bytes(cfg: dict | None) -> int:
+def floor_bytes(cfg: Config | None) -> int:
     return int((cfg or {}).get("standby_min_free_mb", DEFAULT_FLOOR_MB)) * (1 << 20)
 
 
-def enabled(cfg: dict | None) -> bool:
+def enabled(cfg: Config | None) -> bool:
     return bool((cfg or {}).get("standby", True))
 
 
@@ -174,7 +175,7 @@ class _Folder:
     def _at(self, name: str):
         return (name, self.fd) if self.fd is not None else (str(self.path / name), None)
 
-    def stat(self, name: str) -> dict:
+    def stat(self, name: str) -> StatKey:
         p, fd = self._at(name)
         return _ident(os.stat(p, dir_fd=fd, follow_symlinks=False))
 
@@ -224,7 +225,7 @@ _DIR_FD = os.name != "nt" and all(
     and hasattr(os, "O_NOFOLLOW") and hasattr(os, "O_DIRECTORY")
 
 
-def _check(f: _Folder, sha: str, rec: dict) -> dict | None:
+def _check(f: _Folder, sha: str, rec: JsonObject) -> JsonObject | None:
     """The file's identity now when it proves rec's bytes; a file whose ctime alone moved is
     hashed again (and trusted only when its bytes still are ``sha``). None: not usable."""
     try:
@@ -239,8 +240,8 @@ def _check(f: _Folder, sha: str, rec: dict) -> dict | None:
 
 
 # -- using it ------------------------------------------------------------------------------
-def usable(home: Home, target: str, site_packages: Path, bundle: str, cfg: dict | None
-           ) -> tuple[dict[str, dict], str | None]:
+def usable(home: Home, target: str, site_packages: Path, bundle: str, cfg: Config | None
+           ) -> tuple[dict[str, JsonObject], str | None]:
     """{sha256: {"path", "identity"}} of the standby files a repair may link in, and why
     none can be used (None when some can). A file whose ctime moved since it was hashed is
     hashed again here, unless :func:`refresh` already did."""
@@ -281,7 +282,7 @@ def usable(home: Home, target: str, site_packages: Path, bundle: str, cfg: dict 
     return out, ("standby damaged" if bad else None)
 
 
-def refresh(home: Home, target: str, site_packages: Path, cfg: dict | None) -> dict:
+def refresh(home: Home, target: str, site_packages: Path, cfg: Config | None) -> JsonObject:
     """Hash again, now, the standby files whose ctime moved (pip unlinking the overlay's names
     during an install), so that the repair after the install finds them proven and links them
     without hashing on its critical path. A file whose bytes are no longer the overlay's is
@@ -313,14 +314,14 @@ def refresh(home: Home, target: str, site_packages: Path, cfg: dict | None) -> d
     return {"checked": checked, "dropped": dropped}
 
 
-def _save(home: Home, target: str, rec: dict) -> None:
+def _save(home: Home, target: str, rec: JsonObject) -> None:
     path = record_path(home, target)
     if kind_of(path) not in (None, "a file"):
         set_aside(path, kind_of(path))
     atomic_write_json(path, rec)
 
 
-def after_commit(home: Home, target: str, used: dict[str, dict]) -> None:
+def after_commit(home: Home, target: str, used: dict[str, bool]) -> None:
     """A repair linked these standby files in: each is now the overlay's own inode again,
     so the standby is ready once its identity (one more link, a new ctime) is recorded."""
     rec = read(home, target)
@@ -345,8 +346,8 @@ def after_commit(home: Home, target: str, used: dict[str, dict]) -> None:
 
 
 # -- preparing it --------------------------------------------------------------------------
-def prepare(home: Home, target: str, site_packages: Path, get_overlay, cfg: dict | None,
-            lock, low_priority: bool = False, rehash: bool = False) -> dict:
+def prepare(home: Home, target: str, site_packages: Path, get_overlay, cfg: Config | None,
+            lock, low_priority: bool = False, rehash: bool = False) -> JsonObject:
     """Make the standby match the overlay in place: link each overlay file into the standby
     folder, hash it, record it. ``lock`` is the target's lock (a context manager), taken for
     the short part that reads the overlay and links its files; the hashing runs outside it.
@@ -388,8 +389,8 @@ def prepare(home: Home, target: str, site_packages: Path, get_overlay, cfg: dict
         plock.release()
 
 
-def _prepare_in(home, target, f: _Folder, mk: Path, get_overlay, lock, old, rehash, crash) -> dict:
-    want: dict[str, dict] = {}
+def _prepare_in(home, target, f: _Folder, mk: Path, get_overlay, lock, old, rehash, crash) -> JsonObject:
+    want: dict[str, JsonObject] = {}
     why = None
     with lock:
         overlay = get_overlay()
@@ -533,7 +534,7 @@ def recover(home: Home, site_packages_of) -> list[str]:
     return out
 
 
-def describe(home: Home, target: str, site_packages: Path | str, cfg: dict | None) -> dict:
+def describe(home: Home, target: str, site_packages: Path | str, cfg: Config | None) -> JsonObject:
     """What status and doctor show: state, files, bytes only the standby holds, free space."""
     if not enabled(cfg):
         return {"state": "off"}
@@ -559,7 +560,7 @@ def describe(home: Home, target: str, site_packages: Path | str, cfg: dict | Non
     return out
 
 
-def _refreshable(p: Path, rec: dict) -> bool:
+def _refreshable(p: Path, rec: JsonObject) -> bool:
     """Status: ctime moved by pip's unlink of the overlay's name (one link fewer); the next
     repair hashes it again before trusting it, so it counts as ready here."""
     try:

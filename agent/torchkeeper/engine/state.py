@@ -20,6 +20,7 @@ from ..errors import OperationFailed, UsageError
 from .fsutil import atomic_write_json, load_json, read_file
 from ..home import Home
 from .. import testing
+from .records import JsonObject, StateData
 
 SCHEMA = 1
 STATE_MAX = 256 << 20       # state.json: far beyond thousands of targets
@@ -35,7 +36,7 @@ TARGET_NAME_RX = re.compile(
 LOCK_TIMEOUT_S = 30
 
 
-def empty() -> dict:
+def empty() -> StateData:
     return {"schema": SCHEMA, "targets": {}, "overlays": {}, "default_bundle": None}
 
 
@@ -44,7 +45,7 @@ class StateStore:
         self.home = home
         self.path = home.state_file
 
-    def read(self) -> dict:
+    def read(self) -> StateData:
         try:
             data = load_json(self.path, STATE_MAX)   # a regular file only: a FIFO never blocks
         except FileNotFoundError:
@@ -66,7 +67,7 @@ class StateStore:
                              "start over (backups in the data folder are kept)")
         return data
 
-    def write(self, data: dict) -> None:
+    def write(self, data: StateData) -> None:
         # Keep the previous state as state.json.bak: a hard link to the current file, which
         # the atomic write then replaces by a new one. state.json itself never goes missing.
         bak = self.path.with_suffix(".json.bak")
@@ -115,7 +116,7 @@ def _type_ok(v, kind: str) -> bool:
     return isinstance(v, bool)
 
 
-def _fields_problem(rec: dict, fields: dict, where: str, required=()) -> str | None:
+def _fields_problem(rec: JsonObject, fields: JsonObject, where: str, required=()) -> str | None:
     for k, kind in fields.items():
         if k not in rec:
             if k in required:
@@ -133,7 +134,7 @@ def _rel_ok(rel: str) -> bool:
         and all(p not in ("", ".", "..") for p in parts) and "\0" not in rel
 
 
-def _shape_problem(data: dict) -> str | None:
+def _shape_problem(data: JsonObject) -> str | None:
     """What is wrong in a state file, or None: every field the code reads, with its type
     (a hostile or hand-edited file gives one error line, never a traceback)."""
     if not isinstance(data["targets"], dict) or not isinstance(data["overlays"], dict):
@@ -213,7 +214,7 @@ def _timed_lock(path: Path, what: str):
         lock.release()
 
 
-def log_event(home: Home, kind: str, **fields) -> dict:
+def log_event(home: Home, kind: str, **fields) -> JsonObject:
     """Append one event to the event log (JSON lines): the CLI's and the agent's history.
 
     Never fails the caller: most events are written after what they tell of is committed,
@@ -247,11 +248,11 @@ def warn(message: str) -> None:
         print(f"warning: {message}", file=sys.stderr, flush=True)
 
 
-def read_events(home: Home, n: int | None = None) -> list[dict]:
+def read_events(home: Home, n: int | None = None) -> list[JsonObject]:
     return read_events_counted(home, n)[0]
 
 
-def read_events_counted(home: Home, n: int | None = None) -> tuple[list[dict], int]:
+def read_events_counted(home: Home, n: int | None = None) -> tuple[list[JsonObject], int]:
     """The last n events (all when n is None), and how many of the lines read could not
     be: not UTF-8, not JSON, not an event (a crash mid-line, a damaged disk, an editor)."""
     try:

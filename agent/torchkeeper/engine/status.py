@@ -14,12 +14,13 @@ from .records import (DRIFTED, INCOMPATIBLE, MISSING, PATCHED, STOCK, AppliedRef
                       TargetStatus, last_gain)
 from .state import log_event
 from .txn import damaged, pending
+from .records import JsonObject, OverlayFile, StatKey, StateData
 
 if TYPE_CHECKING:
     from .core import Engine
 
 
-def target_state(eng: Engine, name: str, full: bool = False, st: dict | None = None,
+def target_state(eng: Engine, name: str, full: bool = False, st: StateData | None = None,
                  with_versions: bool = False) -> TargetStatus:
     st = st or eng.state.read()
     rec = st["targets"][name]
@@ -141,7 +142,7 @@ def status(eng: Engine) -> Status:
                   _driver_info(eng), [j.get("target") for j in pending(eng.home)])
 
 
-def _driver_info(eng: Engine) -> dict | None:
+def _driver_info(eng: Engine) -> JsonObject | None:
     """The driver as NVML reports it, its state included (no driver, not loaded, reboot
     needed, ok); None only when no query was possible at all."""
     d = eng.driver()
@@ -162,7 +163,7 @@ def _cudnn_unknown(info, now_unknown: bool) -> str:
     return "torch names no cuDNN build (no nvidia-cudnn pin, no version resource)"
 
 
-def still_holds(p: Path, f: dict) -> tuple[bool, dict]:
+def still_holds(p: Path, f: OverlayFile) -> tuple[bool, StatKey]:
     """Whether p still holds the bytes an overlay record f describes, and p's stat data.
     The recorded stat data says yes, another size says no; anything else is hashed: a
     rolled-back transaction puts back copies (new inodes) of our own bytes."""

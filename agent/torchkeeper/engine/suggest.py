@@ -20,6 +20,7 @@ from dataclasses import asdict, dataclass, field
 from . import cudadrivers, libs, versions, wheels
 from .driver import lowest_compute_capability
 from .versions import is_final, matches, version_key as _version_key
+from .records import JsonObject
 
 CC_MIN_FROM = ((9, 11), (7, 5))
 PRE_WHY = "a pre-release, dev or local build: chosen only with --pre"  # cuDNN >= 9.11 needs compute capability >= 7.5
@@ -44,7 +45,7 @@ class Suggestion:
     driver: str | None = None                   # the driver line
     rules: list[str] = field(default_factory=list)
     candidates: list[Candidate] = field(default_factory=list)
-    chosen: dict = field(default_factory=dict)  # family -> {"package", "version"}
+    chosen: JsonObject = field(default_factory=dict)  # family -> {"package", "version"}
     problems: list[str] = field(default_factory=list)  # what stopped a family being chosen
 
     def headline(self) -> str | None:
@@ -61,7 +62,7 @@ class Suggestion:
                          else f"cuBLAS {versions.short(cuda[0])}")
         return " + ".join(parts) + (" fits" if len(parts) == 1 else " fit")
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> JsonObject:
         d = asdict(self)
         d["headline"] = self.headline()
         return d

@@ -15,6 +15,7 @@ from pathlib import Path
 from . import libs, versions
 from ..errors import NotFound, UsageError
 from .fsutil import atomic_write_json, load_json, parse_json, read_text, record_hash_to_hex, sha256_file
+from .records import JsonObject
 
 # Where a file's stock hash came from (LibFile.stock_source, the plan, the overlay record).
 FROM_RECORD = "RECORD"
@@ -38,7 +39,7 @@ class LibFile:
     owner: str | None    # dist-info that owns it ('torch', 'nvidia-cudnn-cu12')
     stock_source: str | None = None  # FROM_RECORD, FROM_CONDA (None: no stock hash)
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> JsonObject:
         return dict(self.__dict__)
 
 
@@ -69,13 +70,13 @@ class TargetInfo:
         return None
 
     @classmethod
-    def from_dict(cls, d: dict) -> "TargetInfo":
+    def from_dict(cls, d: JsonObject) -> "TargetInfo":
         return cls(Path(d["site_packages"]), d["platform"], d["torch_version"], d["torch_cuda"],
                    d["cudnn_build"], d["cudnn_build_source"],
                    {k: LibFile(**v) for k, v in d["libs"].items()}, list(d["lib_dirs"]),
                    list(d["notes"]), d.get("conda_prefix"), dict(d.get("outside") or {}))
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> JsonObject:
         return {
             "site_packages": str(self.site_packages),
             "platform": self.platform,
@@ -313,12 +314,12 @@ def _inspect(sp: Path) -> TargetInfo:
                       lib_dirs, notes, str(prefix) if prefix is not None else None, outside)
 
 
-def _records(sp: Path, notes: list[str]) -> tuple[dict, dict, dict, dict]:
+def _records(sp: Path, notes: list[str]) -> tuple[JsonObject, dict[str, JsonObject], dict[str, tuple], dict[str, str]]:
     """torch's METADATA, each nvidia-* wheel's METADATA (by name), and the library lines of
     their RECORDs: {rel: (sha256, size)} and {rel: the distribution that owns it}."""
-    torch_meta: dict = {"requires": []}
-    record: dict = {}
-    owners: dict = {}
+    torch_meta: JsonObject = {"requires": []}
+    record: dict[str, tuple] = {}
+    owners: dict[str, str] = {}
     torch_dirs = _find_dist_info(sp, r"^torch-\d")
     if not torch_dirs:
         notes.append("torch has no dist-info (installed without pip?): stock hashes unknown")
@@ -341,7 +342,7 @@ def _records(sp: Path, notes: list[str]) -> tuple[dict, dict, dict, dict]:
     return torch_meta, nvidia_meta, record, owners
 
 
-def _libraries(sp: Path, record: dict, owners: dict, notes: list[str]
+def _libraries(sp: Path, record: dict[str, tuple], owners: dict[str, str], notes: list[str]
                ) -> tuple[dict[str, LibFile], list[str], dict[str, str], set[str]]:
     """The CUDA / cuDNN libraries torch loads, each with its RECORD hash: (by key, the folders
     that hold them, those of the folders that are links out of the environment, platforms)."""
@@ -423,8 +424,8 @@ def _conda_hashes(prefix: Path, sp: Path, found: dict[str, LibFile]) -> None:
                 f.owner = meta.stem
 
 
-def _cudnn_build(sp: Path, platform: str, found: dict[str, LibFile], torch_meta: dict,
-                 nvidia_meta: dict) -> tuple[str | None, str | None]:
+def _cudnn_build(sp: Path, platform: str, found: dict[str, LibFile], torch_meta: JsonObject,
+                 nvidia_meta: dict[str, JsonObject]) -> tuple[str | None, str | None]:
     pin = versions.pinned(torch_meta.get("requires", []), r"nvidia-cudnn(-cu\d+)?")
     if pin:
         return pin[1], f"torch METADATA pins {pin[0]}=={pin[1]}"

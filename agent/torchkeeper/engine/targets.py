@@ -15,12 +15,13 @@ from ..errors import NotFound, Refused, TKError, UsageError
 from .records import UseResult
 from .state import TARGET_NAME_RX, log_event, target_lock
 from .txn import damaged
+from .records import Manifest, StateData, TargetRecord
 
 if TYPE_CHECKING:
     from .core import Engine
 
 
-def add_target(eng: Engine, path: str, name: str | None = None) -> tuple[str, dict, targetmod.TargetInfo]:
+def add_target(eng: Engine, path: str, name: str | None = None) -> tuple[str, TargetRecord, targetmod.TargetInfo]:
     info = targetmod.inspect(path)
     sp = str(info.site_packages)
     if name is None:
@@ -92,7 +93,7 @@ def use(eng: Engine, ref: str, target: str | None = None) -> UseResult:
     return res
 
 
-def _default_for(eng: Engine, name: str, info, st: dict) -> str | None:
+def _default_for(eng: Engine, name: str, info, st: StateData) -> str | None:
     """The bundle `use` chose for every target, if it fits this new one."""
     bid = st.get("default_bundle")
     try:
@@ -104,7 +105,7 @@ def _default_for(eng: Engine, name: str, info, st: dict) -> str | None:
     return bid
 
 
-def _refusal(eng: Engine, name: str, m: dict, st: dict) -> str | None:
+def _refusal(eng: Engine, name: str, m: Manifest, st: StateData) -> str | None:
     """Why the gate refuses bundle m for this target (None: it fits), without hashing."""
     try:
         info = eng.inspect(name, st["targets"][name], st["overlays"].get(name))

@@ -24,6 +24,7 @@ import subprocess
 from pathlib import Path
 
 from .fsutil import load_json, read_text
+from .records import JsonObject
 
 NVCC_TIMEOUT = 5.0
 
@@ -32,7 +33,7 @@ _CUDART_DEFINE = re.compile(r"^\s*#\s*define\s+CUDART_VERSION\s+(\d+)", re.MULTI
 _CUDA_PATH_V = re.compile(r"^CUDA_PATH_V(\d+)_(\d+)$", re.IGNORECASE)
 
 
-def _environ(env) -> dict:
+def _environ(env) -> dict[str, str]:
     return dict(os.environ if env is None else env)
 
 
@@ -74,7 +75,7 @@ def read_toolkit_version(root) -> tuple[str, str | None] | None:
     return None
 
 
-def _run_nvcc(nvcc: str, env: dict, timeout: float) -> tuple[int | None, str, str | None]:
+def _run_nvcc(nvcc: str, env: dict[str, str], timeout: float) -> tuple[int | None, str, str | None]:
     """(returncode, output, problem). Kills the whole process group on timeout (a wrapper script's
     children would otherwise keep the pipes open and the wait going)."""
     posix = os.name != "nt"
@@ -105,7 +106,7 @@ def _run_nvcc(nvcc: str, env: dict, timeout: float) -> tuple[int | None, str, st
         return None, "", f"`{nvcc} -V` did not finish in {timeout:g} s"
 
 
-def nvcc_version(env=None, timeout: float = NVCC_TIMEOUT) -> dict | None:
+def nvcc_version(env=None, timeout: float = NVCC_TIMEOUT) -> JsonObject | None:
     """What ``nvcc -V`` says, for the ``nvcc`` on ``env``'s PATH (default: os.environ).
 
     Returns None when no nvcc is on PATH (a normal state: most users have no toolkit). Otherwise
@@ -160,7 +161,7 @@ def _key(path: Path) -> str:
     return os.path.normcase(str(path))
 
 
-def find_toolkits(env=None, roots=None) -> list[dict]:
+def find_toolkits(env=None, roots=None) -> list[JsonObject]:
     """Every CUDA toolkit a user could find, one entry per folder.
 
     Order: nvcc's, CUDA_PATH's, the CUDA_PATH_V*_* ones (newest first), then the usual locations.
@@ -176,7 +177,7 @@ def find_toolkits(env=None, roots=None) -> list[dict]:
     ``/usr/local/bin/nvcc`` running ``exec /usr/local/cuda-13.0/bin/nvcc``) gets its own entry.
     """
     env = _environ(env)
-    found: dict[str, dict] = {}
+    found: dict[str, JsonObject] = {}
     order: list[str] = []
 
     def add(path: Path, source: str, version=None, full=None, problem=None):

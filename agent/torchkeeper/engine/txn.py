@@ -39,6 +39,7 @@ from .fsutil import (atomic_write_json, clone_or_copy, copy_hashing, fsync_dir, 
 from . import standby
 from ..home import Home
 from .state import TARGET_NAME_RX
+from .records import JsonObject, StatKey
 
 STAGED = ".tk-new"
 RESTORE = ".tk-restore"
@@ -52,10 +53,10 @@ class Change:
     new_sha256: str | None      # expected hash of src (None when removing)
     new_size: int | None = None
     old_sha256: str | None = None  # what is there now (None: absent); checked before backup
-    old_stat: dict | None = None   # stat data of the file when old_sha256 was taken
+    old_stat: StatKey | None = None   # stat data of the file when old_sha256 was taken
     backup: str | None = None   # sha256 of the backed-up old bytes (set in prepare)
-    staged: dict | None = None  # stat data of the staged file (set in prepare): what the swap put there
-    link: dict | None = None    # a standby file with src's bytes ({"path", identity}): staged as a
+    staged: StatKey | None = None  # stat data of the staged file (set in prepare): what the swap put there
+    link: JsonObject | None = None    # a standby file with src's bytes ({"path", identity}): staged as a
                                 # hard link to it, no copy; None after falling back to the copy
 
 
@@ -72,7 +73,7 @@ class BackupStore:
         p = self.path(digest)
         return p.is_file()
 
-    def put(self, src: Path, expect: str | None, txn: str = "", expect_stat: dict | None = None) -> str:
+    def put(self, src: Path, expect: str | None, txn: str = "", expect_stat: StatKey | None = None) -> str:
         """Back up src; returns its sha256. The store holds only regular files whose bytes
         nobody else can reach: a hard link only when src is a regular file with no other
         link (the transaction then replaces the target by rename, so the linked inode keeps
@@ -157,7 +158,7 @@ class BackupStore:
 
 class Transaction:
     def __init__(self, home: Home, target: str, root: Path, op: str, changes: list[Change],
-                 meta: dict | None = None, ops: FileOps | None = None,
+                 meta: JsonObject | None = None, ops: FileOps | None = None,
                  progress: Callable[[int], None] | None = None):
         self.home = home
         self.target = target
@@ -401,7 +402,7 @@ def journal_problem(j, stem: str) -> str | None:
     return None
 
 
-def pending(home: Home) -> list[dict]:
+def pending(home: Home) -> list[JsonObject]:
     d = home.journal_dir
     if not d.is_dir():
         return []
@@ -449,7 +450,7 @@ def resolve_damaged(path: Path) -> None:
     os.replace(path, path.with_suffix(".resolved"))
 
 
-def recover(home: Home, j: dict, on_commit: Callable[[dict, list[Change]], None]) -> str:
+def recover(home: Home, j: JsonObject, on_commit: Callable[[JsonObject, list[Change]], None]) -> str:
     """Finish an interrupted transaction. Returns 'rolled back', 'rolled forward' or
     'set aside' (an unreadable journal: see :func:`set_aside`)."""
     path = journal_path(home, j["target"])

@@ -9,6 +9,7 @@ import stat
 from pathlib import Path
 
 from .fsutil import load_json, read_file, read_head, read_text
+from .records import JsonObject
 
 
 # -- versions read from file contents, once per file: cached by the file's stat identity -------
@@ -16,7 +17,7 @@ from .fsutil import load_json, read_file, read_head, read_text
 # in a small file in the cache folder for the CLI (status at 200 targets read 200 cuDNN DLLs'
 # version resources on every call). A damaged or stale cache file is only a cache: ignored.
 _CACHE_MAX = 20_000
-_cache: dict[str, tuple[list, dict | None]] = {}
+_cache: dict[str, tuple[list, JsonObject | None]] = {}
 _cache_file: Path | None = None
 _dirty = False
 
@@ -63,7 +64,7 @@ def _identity(path: Path) -> list | None:
     return [st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns]
 
 
-def pe_version(path: Path) -> dict | None:
+def pe_version(path: Path) -> JsonObject | None:
     """FileVersion / ProductName from a DLL's version resource; None when it has none.
     Read once per file (its stat identity), not once per call."""
     global _dirty
@@ -100,7 +101,7 @@ class _PE:
         return cls.cls
 
 
-def _pe_version(path: Path) -> dict | None:
+def _pe_version(path: Path) -> JsonObject | None:
     import pefile
 
     try:
@@ -222,7 +223,7 @@ def cuda_version_from_header(path: Path) -> str | None:
     return f"{v // 1000}.{(v % 1000) // 10}"
 
 
-def cuda_version_from_json(path: Path) -> dict:
+def cuda_version_from_json(path: Path) -> JsonObject:
     """version.json of a CUDA toolkit -> {'cuda': '12.4.1', 'cudart': '12.4.127', 'cublas': ...}."""
     try:
         data = load_json(path)
@@ -238,7 +239,7 @@ def cuda_version_from_json(path: Path) -> dict:
     return out
 
 
-def read_metadata(path: Path) -> dict:
+def read_metadata(path: Path) -> JsonObject:
     """Name, Version and Requires-Dist lines of a METADATA file."""
     try:
         return read_metadata_bytes(read_file(path))
@@ -246,8 +247,8 @@ def read_metadata(path: Path) -> dict:
         return {"requires": []}
 
 
-def read_metadata_bytes(data: bytes) -> dict:
-    out: dict = {"requires": []}
+def read_metadata_bytes(data: bytes) -> JsonObject:
+    out: JsonObject = {"requires": []}
     text = data.decode("utf-8", errors="replace")
     for line in text.splitlines():
         if not line.strip():

@@ -17,6 +17,7 @@ from .records import Result, TargetStatus
 from .state import log_event, target_lock, warn
 from .status import still_holds
 from .txn import BackupStore, Change, Transaction, damaged, pending, resolve_damaged
+from .records import JsonObject, Manifest, Overlay, OverlayFile, StateData
 
 if TYPE_CHECKING:
     from .core import Engine
@@ -56,7 +57,8 @@ def apply(eng: Engine, name: str, force: bool = False, dry_run: bool = False, pr
                       touched=[str(info.site_packages / c.rel) for c in changes])
 
 
-def _apply_changes(eng: Engine, p: gate.Plan, info, m: dict, overlay: dict | None) -> tuple[list[Change], dict]:
+def _apply_changes(eng: Engine, p: gate.Plan, info, m: Manifest,
+                   overlay: Overlay | None) -> tuple[list[Change], JsonObject]:
     """The plan as the transaction's changes, and the overlay record's meta (each file's
     stock and foreign backups carried over from the overlay before)."""
     prev_files = (overlay or {}).get("files", {})
@@ -95,8 +97,8 @@ def _apply_changes(eng: Engine, p: gate.Plan, info, m: dict, overlay: dict | Non
     return changes, meta
 
 
-def _run_apply(eng: Engine, name: str, info, m: dict, overlay: dict | None, changes: list[Change],
-               meta: dict, progress) -> dict:
+def _run_apply(eng: Engine, name: str, info, m: Manifest, overlay: Overlay | None, changes: list[Change],
+               meta: JsonObject, progress) -> JsonObject:
     """Run the apply transaction (linking from the standby where it can); returns how the
     files got there: {"standby": linked, "copy": copied, "why_copy": ...}."""
     why_copy = _offer_standby(eng, name, info, overlay, m, changes)
@@ -143,7 +145,7 @@ def _offer_standby(eng: Engine, name, info, overlay, m, changes) -> str | None:
     return (why or "no standby file for " + missing[0].rel) if missing else None
 
 
-def _restore_change(eng: Engine, info, rel: str, prev: dict) -> Change:
+def _restore_change(eng: Engine, info, rel: str, prev: OverlayFile) -> Change:
     """What puts rel back as it was before the first overlay: the stock bytes, or the
     foreign bytes `apply --force` replaced (unless a reinstall has put stock back since)."""
     path = info.site_packages / rel
@@ -171,7 +173,7 @@ def _restore_change(eng: Engine, info, rel: str, prev: dict) -> Change:
                           f"{prev.get('prior', 'unknown')} before the overlay)", hint)
 
 
-def commit(eng: Engine, name: str, op: str, root: Path, meta: dict, changes: list[Change]) -> None:
+def commit(eng: Engine, name: str, op: str, root: Path, meta: JsonObject, changes: list[Change]) -> None:
     """Record a finished transaction in the state (also used to roll forward)."""
     by_rel = {c.rel: c for c in changes}
     with eng.state.edit() as st:
@@ -183,7 +185,7 @@ def commit(eng: Engine, name: str, op: str, root: Path, meta: dict, changes: lis
                 st["targets"][name]["bundle"] = meta["bundle"]
 
 
-def _overlay_record(root: Path, meta: dict, by_rel: dict) -> dict:
+def _overlay_record(root: Path, meta: JsonObject, by_rel: dict[str, Change]) -> Overlay:
     files = {}
     for rel, fm in meta["files"].items():
         c = by_rel.get(rel)
@@ -333,7 +335,7 @@ def reapply_if_still_wanted(eng: Engine, name: str, seen: TargetStatus, progress
         return apply(eng, name, progress=progress)
 
 
-def _changed_since(st: dict, name: str, seen: TargetStatus) -> str | None:
+def _changed_since(st: StateData, name: str, seen: TargetStatus) -> str | None:
     """Why a re-apply decided on ``seen`` is no longer wanted, or None."""
     rec = st["targets"].get(name)
     overlay = st["overlays"].get(name)

@@ -7,6 +7,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
+from typing import Any
 
 APP_ID = "torchkeeper"
 
@@ -26,7 +27,7 @@ class AutostartStatus:
     def enabled(self) -> bool:
         return self.state == ENABLED
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         return {"state": self.state, "enabled": self.enabled, "where": self.where,
                 "command": self.command, "how_to_turn_on": self.how_to_turn_on}
 
