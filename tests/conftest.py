@@ -7,6 +7,8 @@
 * ``build`` (session): a ``builders.Builders`` with the cache bound: ``build.torch_wheel(tmp_path)``.
 * ``tk_home`` (function): a fresh temporary TORCHKEEPER_HOME, set in the environment.
 * ``run_tk`` (function): runs ``python -m torchkeeper ARGS`` as a real subprocess.
+* ``running_agent`` (function): ``running_agent(home, **kw)`` starts an Agent in this process
+  (agentkit.start_agent); every one it started is stopped when the test ends, however it ends.
 """
 
 from __future__ import annotations
@@ -107,6 +109,22 @@ def tk_env(home: Path, extra_env: dict | None = None) -> dict:
         else:
             env[k] = str(v)
     return env
+
+
+@pytest.fixture
+def running_agent():
+    from agentkit import start_agent
+
+    started = []
+
+    def start(home: Path, **kw):
+        agent = start_agent(home, **kw)
+        started.append(agent)
+        return agent
+
+    yield start
+    for agent in started:
+        agent.stop(timeout=30)   # at once where the test stopped it already
 
 
 @pytest.fixture

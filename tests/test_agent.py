@@ -13,9 +13,9 @@ from pathlib import Path
 
 import builders
 import pytest
-from agentkit import (WIN, burst_wheel, events, patched_target, spawn_agent, start_agent, wait_for,
+from agentkit import (WIN, burst_wheel, events, patched_target, spawn_agent, wait_for,
                       wait_idle, write_config)
-from test_flow import lib_hashes, record_libs
+from kit.flow import lib_hashes, record_libs
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -24,20 +24,18 @@ def agent_events(home, kind=None, target=None):
     return [e for e in events(home, kind, target) if e.get("source") == "agent"]
 
 
-def test_pip_reinstall_is_repaired_and_logged(tmp_path, build, run_tk, tk_home):
+def test_pip_reinstall_is_repaired_and_logged(tmp_path, build, run_tk, tk_home, running_agent):
     venv, w, m = patched_target(tmp_path, build, run_tk)
     sp = builders.site_packages(venv)
     stock = record_libs(sp)
-    agent = start_agent(tk_home)
-    try:
-        wait_idle(agent, 0.5)
-        assert agent.view().overall == "ok"
-        checks0 = agent.checks
-        builders.pip_install(venv, w, force_reinstall=True)
-        rep = wait_for(lambda: agent_events(tk_home, "repaired"), 20, "the repair")[0]
-        wait_idle(agent, 1.0)
-    finally:
-        agent.stop()
+    agent = running_agent(tk_home)
+    wait_idle(agent, 0.5)
+    assert agent.view().overall == "ok"
+    checks0 = agent.checks
+    builders.pip_install(venv, w, force_reinstall=True)
+    rep = wait_for(lambda: agent_events(tk_home, "repaired"), 20, "the repair")[0]
+    wait_idle(agent, 1.0)
+    agent.stop()
     # the overlay is back, byte for byte, and verified
     want = {f["name"]: f["sha256"] for f in m["files"]}
     now = lib_hashes(sp, stock)
@@ -61,23 +59,21 @@ def test_pip_reinstall_is_repaired_and_logged(tmp_path, build, run_tk, tk_home):
     assert agent.view().targets[0].state == "patched"
 
 
-def test_torch_upgrade_to_another_cudnn_major_is_not_applied(tmp_path, build, run_tk, tk_home):
+def test_torch_upgrade_to_another_cudnn_major_is_not_applied(tmp_path, build, run_tk, tk_home, running_agent):
     venv, w, m = patched_target(tmp_path, build, run_tk)
     sp = builders.site_packages(venv)
     # a bundle that would fit the new torch is in the cache (not chosen)
     arch9 = build.cudnn_archive(tmp_path / "src9", version="9.5.1.17", cuda_major=12, platform="windows")
     fits = run_tk("bundle", "create", arch9, "--json").json()["name"]
-    agent = start_agent(tk_home)
-    try:
-        wait_idle(agent, 0.5)
-        w2 = build.torch_wheel(tmp_path / "w2", version="2.4.1+cu124", cuda="12.4", layout="windows",
-                               cudnn="9.1.0.70")
-        builders.pip_install(venv, w2, upgrade=True)
-        ev = wait_for(lambda: agent_events(tk_home, "incompatible"), 20, "the refusal")[0]
-        wait_idle(agent, 1.0)
-        view = agent.view()
-    finally:
-        agent.stop()
+    agent = running_agent(tk_home)
+    wait_idle(agent, 0.5)
+    w2 = build.torch_wheel(tmp_path / "w2", version="2.4.1+cu124", cuda="12.4", layout="windows",
+                           cudnn="9.1.0.70")
+    builders.pip_install(venv, w2, upgrade=True)
+    ev = wait_for(lambda: agent_events(tk_home, "incompatible"), 20, "the refusal")[0]
+    wait_idle(agent, 1.0)
+    view = agent.view()
+    agent.stop()
     assert agent.applies == 0
     stock = record_libs(sp)
     assert lib_hashes(sp, stock) == stock  # nothing was written
@@ -88,33 +84,31 @@ def test_torch_upgrade_to_another_cudnn_major_is_not_applied(tmp_path, build, ru
     assert view.overall == "attention" and view.targets[0].state == "incompatible"
 
 
-def test_stash_rename_rearms_the_watch_on_the_new_folder(tmp_path, build, run_tk, tk_home):
+def test_stash_rename_rearms_the_watch_on_the_new_folder(tmp_path, build, run_tk, tk_home, running_agent):
     venv, w, m = patched_target(tmp_path, build, run_tk)
     sp = builders.site_packages(venv)
     lib = sp / "torch" / "lib"
-    agent = start_agent(tk_home)
-    try:
-        wait_idle(agent, 0.5)
-        old_ino = lib.stat().st_ino
-        builders.pip_install(venv, w, force_reinstall=True)
-        wait_for(lambda: agent_events(tk_home, "repaired"), 20, "the first repair")
-        wait_idle(agent, 1.0)
-        assert lib.stat().st_ino != old_ino  # pip made a new torch/ (the old one went to ~orch)
-        assert str(lib) in agent.watcher.watched("a1111")
-        # a hand copy of a stock DLL into the NEW folder is noticed: the watch was re-armed
-        stock_dll = tmp_path / "stock.dll"
-        import zipfile
-        with zipfile.ZipFile(w) as z:
-            stock_dll.write_bytes(z.read("torch/lib/cudnn64_8.dll"))
-        shutil.copyfile(stock_dll, lib / "cudnn64_8.dll")
-        wait_for(lambda: len(agent_events(tk_home, "repaired")) == 2, 20, "the second repair")
-        wait_idle(agent, 0.5)
-    finally:
-        agent.stop()
+    agent = running_agent(tk_home)
+    wait_idle(agent, 0.5)
+    old_ino = lib.stat().st_ino
+    builders.pip_install(venv, w, force_reinstall=True)
+    wait_for(lambda: agent_events(tk_home, "repaired"), 20, "the first repair")
+    wait_idle(agent, 1.0)
+    assert lib.stat().st_ino != old_ino  # pip made a new torch/ (the old one went to ~orch)
+    assert str(lib) in agent.watcher.watched("a1111")
+    # a hand copy of a stock DLL into the NEW folder is noticed: the watch was re-armed
+    stock_dll = tmp_path / "stock.dll"
+    import zipfile
+    with zipfile.ZipFile(w) as z:
+        stock_dll.write_bytes(z.read("torch/lib/cudnn64_8.dll"))
+    shutil.copyfile(stock_dll, lib / "cudnn64_8.dll")
+    wait_for(lambda: len(agent_events(tk_home, "repaired")) == 2, 20, "the second repair")
+    wait_idle(agent, 0.5)
+    agent.stop()
     assert run_tk("verify", "--full").rc == 0
 
 
-def test_a_manual_stash_and_swap_gives_one_check(tmp_path, build, run_tk, tk_home):
+def test_a_manual_stash_and_swap_gives_one_check(tmp_path, build, run_tk, tk_home, running_agent):
     """pip's sequence by hand, slowly: torch -> ~orch, a new torch/ written over 1.5 s
     (longer than the quiet period), RECORD last, then the stash removed."""
     venv, w, m = patched_target(tmp_path, build, run_tk)
@@ -122,61 +116,57 @@ def test_a_manual_stash_and_swap_gives_one_check(tmp_path, build, run_tk, tk_hom
     fresh = tmp_path / "fresh"
     builders.pip_install_target(fresh, w)  # the same wheel, unpacked elsewhere by real pip
     dist = next(sp.glob("torch-*.dist-info"))
-    agent = start_agent(tk_home)
-    try:
-        wait_idle(agent, 0.5)
-        checks0 = agent.checks
-        os.rename(sp / "torch", sp / "~orch")
-        os.rename(dist, sp / ("~" + dist.name[1:]))
-        for src in sorted((fresh / "torch").rglob("*")):
-            dst = sp / "torch" / src.relative_to(fresh / "torch")
-            if src.is_dir():
-                dst.mkdir(parents=True, exist_ok=True)
-            else:
-                dst.parent.mkdir(parents=True, exist_ok=True)
-                shutil.copyfile(src, dst)
-                time.sleep(0.1)
-        time.sleep(0.8)  # quiet, but no RECORD yet: not finished
-        assert agent.checks == checks0
-        (sp / dist.name).mkdir()
-        for f in sorted((fresh / dist.name).iterdir(), key=lambda p: p.name == "RECORD"):
-            shutil.copyfile(f, sp / dist.name / f.name)
-        time.sleep(0.8)  # RECORD there, the stash still is: not finished
-        assert agent.checks == checks0
-        shutil.rmtree(sp / "~orch")
-        shutil.rmtree(sp / ("~" + dist.name[1:]))
-        wait_for(lambda: agent_events(tk_home, "repaired"), 20, "the repair")
-        wait_idle(agent, 1.0)
-    finally:
-        agent.stop()
+    agent = running_agent(tk_home)
+    wait_idle(agent, 0.5)
+    checks0 = agent.checks
+    os.rename(sp / "torch", sp / "~orch")
+    os.rename(dist, sp / ("~" + dist.name[1:]))
+    for src in sorted((fresh / "torch").rglob("*")):
+        dst = sp / "torch" / src.relative_to(fresh / "torch")
+        if src.is_dir():
+            dst.mkdir(parents=True, exist_ok=True)
+        else:
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(src, dst)
+            time.sleep(0.1)
+    time.sleep(0.8)  # quiet, but no RECORD yet: not finished
+    assert agent.checks == checks0
+    (sp / dist.name).mkdir()
+    for f in sorted((fresh / dist.name).iterdir(), key=lambda p: p.name == "RECORD"):
+        shutil.copyfile(f, sp / dist.name / f.name)
+    time.sleep(0.8)  # RECORD there, the stash still is: not finished
+    assert agent.checks == checks0
+    shutil.rmtree(sp / "~orch")
+    shutil.rmtree(sp / ("~" + dist.name[1:]))
+    wait_for(lambda: agent_events(tk_home, "repaired"), 20, "the repair")
+    wait_idle(agent, 1.0)
+    agent.stop()
     assert agent.checks - checks0 == 1 and agent.applies == 1
     assert run_tk("verify", "--full").rc == 0
 
 
-def test_own_writes_trigger_no_check(tmp_path, build, run_tk, tk_home):
+def test_own_writes_trigger_no_check(tmp_path, build, run_tk, tk_home, running_agent):
     from torchkeeper.daemon import view as V
 
     patched_target(tmp_path, build, run_tk)
-    agent = start_agent(tk_home)
-    try:
-        wait_idle(agent, 0.5)
-        checks0 = agent.checks
-        agent.request(V.REVERT, "a1111")
-        wait_for(lambda: agent_events(tk_home, "toast") and agent.view().targets[0].state == "stock",
-                 20, "the revert")
-        wait_idle(agent, 1.0)
-        agent.request(V.REAPPLY, "a1111")
-        wait_for(lambda: agent.view().targets[0].state == "patched", 20, "the re-apply")
-        wait_idle(agent, 1.0)
-    finally:
-        agent.stop()
+    agent = running_agent(tk_home)
+    wait_idle(agent, 0.5)
+    checks0 = agent.checks
+    agent.request(V.REVERT, "a1111")
+    wait_for(lambda: agent_events(tk_home, "toast") and agent.view().targets[0].state == "stock",
+             20, "the revert")
+    wait_idle(agent, 1.0)
+    agent.request(V.REAPPLY, "a1111")
+    wait_for(lambda: agent.view().targets[0].state == "patched", 20, "the re-apply")
+    wait_idle(agent, 1.0)
+    agent.stop()
     assert not agent_events(tk_home, "files changed")
     assert agent.checks == checks0
     assert agent.watcher.dropped_own > 0  # the events came, and were recognised as ours
     assert run_tk("verify", "--full").rc == 0
 
 
-def test_fifty_targets_watched_at_once(tmp_path, build, run_tk, tk_home):
+def test_fifty_targets_watched_at_once(tmp_path, build, run_tk, tk_home, running_agent):
     from torchkeeper.engine.core import Engine
     from torchkeeper.home import get_home
 
@@ -192,26 +182,24 @@ def test_fifty_targets_watched_at_once(tmp_path, build, run_tk, tk_home):
     eng.use(m["name"])
     for name in eng.targets():
         eng.apply(name)
-    agent = start_agent(tk_home)
-    try:
-        wait_idle(agent, 0.5, timeout=60)
-        assert len(agent.watcher.targets()) == 50
-        assert all(len(agent.watcher.watched(n)) == 2 for n in agent.watcher.targets())
-        checks0 = agent.checks
-        builders.pip_install(venvs[7], w, force_reinstall=True)
-        builders.pip_install(venvs[42], w, force_reinstall=True)
-        wait_for(lambda: len(agent_events(tk_home, "repaired")) == 2, 30, "two repairs")
-        wait_idle(agent, 1.0)
-        view = agent.view()
-    finally:
-        agent.stop()
+    agent = running_agent(tk_home)
+    wait_idle(agent, 0.5, timeout=60)
+    assert len(agent.watcher.targets()) == 50
+    assert all(len(agent.watcher.watched(n)) == 2 for n in agent.watcher.targets())
+    checks0 = agent.checks
+    builders.pip_install(venvs[7], w, force_reinstall=True)
+    builders.pip_install(venvs[42], w, force_reinstall=True)
+    wait_for(lambda: len(agent_events(tk_home, "repaired")) == 2, 30, "two repairs")
+    wait_idle(agent, 1.0)
+    view = agent.view()
+    agent.stop()
     assert sorted(e["target"] for e in agent_events(tk_home, "repaired")) == ["t07", "t42"]
     assert agent.checks - checks0 == 2
     assert view.overall == "ok" and len(view.targets) == 50
     assert run_tk("verify").rc == 0
 
 
-def test_twenty_thousand_file_burst_gives_one_reapply(tmp_path, build, run_tk, tk_home):
+def test_twenty_thousand_file_burst_gives_one_reapply(tmp_path, build, run_tk, tk_home, running_agent):
     w = build.torch_wheel(tmp_path / "w", **WIN)
     big = burst_wheel(w, tmp_path / "big", 20_000)
     venv = builders.make_venv(tmp_path / "venv")
@@ -221,15 +209,13 @@ def test_twenty_thousand_file_burst_gives_one_reapply(tmp_path, build, run_tk, t
     # suite's load: a larger bound keeps the check after the install, which is what the
     # test is about (the bound itself is tested in test_debounce)
     write_config(tk_home, "[agent]\nmax_wait_seconds = 60\n")
-    agent = start_agent(tk_home)
-    try:
-        wait_idle(agent, 0.5)
-        checks0 = agent.checks
-        builders.pip_install(venv, big, force_reinstall=True)
-        wait_for(lambda: agent_events(tk_home, "repaired"), 60, "the repair")
-        wait_idle(agent, 2.0, timeout=60)
-    finally:
-        agent.stop()
+    agent = running_agent(tk_home)
+    wait_idle(agent, 0.5)
+    checks0 = agent.checks
+    builders.pip_install(venv, big, force_reinstall=True)
+    wait_for(lambda: agent_events(tk_home, "repaired"), 60, "the repair")
+    wait_idle(agent, 2.0, timeout=60)
+    agent.stop()
     changed = agent_events(tk_home, "files changed")
     assert len(changed) == 1, changed
     # the agent saw the burst as one: how many of its 20,000 writes reach the agent varies
@@ -240,56 +226,53 @@ def test_twenty_thousand_file_burst_gives_one_reapply(tmp_path, build, run_tk, t
     assert run_tk("verify").rc == 0
 
 
-def test_config_edit_is_picked_up_and_a_broken_one_is_not(tmp_path, build, run_tk, tk_home):
+def test_config_edit_is_picked_up_and_a_broken_one_is_not(tmp_path, build, run_tk, tk_home, running_agent):
     from torchkeeper.daemon import view as V
 
     venv, w, m = patched_target(tmp_path, build, run_tk)
-    agent = start_agent(tk_home)
-    try:
-        wait_idle(agent, 0.5)
-        write_config(tk_home, "[agent]\nauto_reapply = false\n")
-        wait_for(lambda: agent_events(tk_home, "config reloaded"), 10, "the reload")
-        assert agent.cfg["agent"]["auto_reapply"] is False
-        builders.pip_install(venv, w, force_reinstall=True)
-        ev = wait_for(lambda: agent_events(tk_home, "drift"), 20, "the drift")[0]
-        wait_idle(agent, 0.5)
-        assert ev["decision"] == "asked the user" and agent.applies == 0
-        ask = [t for t in agent.notifier.toasts if t.key == "drift:a1111"][0]
-        assert V.REAPPLY in ask.actions and "auto re-apply is off" in ask.body
-        assert agent.view().overall == "attention"
-        # the toast's button (or the tray's Reapply) answers
-        agent.request(V.REAPPLY, "a1111")
-        wait_for(lambda: agent_events(tk_home, "repaired"), 20, "the repair")
-        wait_idle(agent, 0.5)
-        assert agent.view().overall == "ok"
-        # a broken edit: the last good config stays, and the message names the line
-        write_config(tk_home, "[agent]\nauto_reapply = false\nquiet_seconds = \"soon\"\n")
-        rej = wait_for(lambda: agent_events(tk_home, "config rejected"), 10, "the rejection")[0]
-        assert "line 3" in rej["error"] and "quiet_seconds" in rej["error"]
-        assert agent.cfg["agent"]["auto_reapply"] is False
-        assert agent.cfg["agent"]["quiet_seconds"] == 0.5
-    finally:
-        agent.stop()
+    agent = running_agent(tk_home)
+    wait_idle(agent, 0.5)
+    write_config(tk_home, "[agent]\nauto_reapply = false\n")
+    wait_for(lambda: agent_events(tk_home, "config reloaded"), 10, "the reload")
+    assert agent.cfg["agent"]["auto_reapply"] is False
+    builders.pip_install(venv, w, force_reinstall=True)
+    ev = wait_for(lambda: agent_events(tk_home, "drift"), 20, "the drift")[0]
+    wait_idle(agent, 0.5)
+    assert ev["decision"] == "asked the user" and agent.applies == 0
+    ask = [t for t in agent.notifier.toasts if t.key == "drift:a1111"][0]
+    assert V.REAPPLY in ask.actions and "auto re-apply is off" in ask.body
+    assert agent.view().overall == "attention"
+    # the toast's button (or the tray's Reapply) answers
+    agent.request(V.REAPPLY, "a1111")
+    wait_for(lambda: agent_events(tk_home, "repaired"), 20, "the repair")
+    wait_idle(agent, 0.5)
+    assert agent.view().overall == "ok"
+    # a broken edit: the last good config stays, and the message names the line
+    write_config(tk_home, "[agent]\nauto_reapply = false\nquiet_seconds = \"soon\"\n")
+    rej = wait_for(lambda: agent_events(tk_home, "config rejected"), 10, "the rejection")[0]
+    assert "line 3" in rej["error"] and "quiet_seconds" in rej["error"]
+    assert agent.cfg["agent"]["auto_reapply"] is False
+    assert agent.cfg["agent"]["quiet_seconds"] == 0.5
+    agent.stop()
 
 
-def test_files_in_use_wait_and_reapply_once_free(tmp_path, build, run_tk, tk_home, monkeypatch):
+def test_files_in_use_wait_and_reapply_once_free(tmp_path, build, run_tk, tk_home, monkeypatch,
+                                                 running_agent):
     venv, w, m = patched_target(tmp_path, build, run_tk)
     sp = builders.site_packages(venv)
     # a running webui holds the DLL (Windows' sharing violation, behind FileOps)
     monkeypatch.setenv("TORCHKEEPER_TEST_LOCKED", "cudnn64_8.dll")
-    agent = start_agent(tk_home)
-    try:
-        wait_idle(agent, 0.5)
-        builders.pip_install(venv, w, force_reinstall=True)
-        wait_for(lambda: len(agent_events(tk_home, "files in use")) >= 2, 30, "two tries")
-        assert agent.view().targets[0].state == "waiting"
-        stock = record_libs(sp)
-        assert lib_hashes(sp, stock) == stock  # no partial write
-        monkeypatch.delenv("TORCHKEEPER_TEST_LOCKED")
-        wait_for(lambda: agent_events(tk_home, "repaired"), 30, "the repair once free")
-        wait_idle(agent, 0.5)
-    finally:
-        agent.stop()
+    agent = running_agent(tk_home)
+    wait_idle(agent, 0.5)
+    builders.pip_install(venv, w, force_reinstall=True)
+    wait_for(lambda: len(agent_events(tk_home, "files in use")) >= 2, 30, "two tries")
+    assert agent.view().targets[0].state == "waiting"
+    stock = record_libs(sp)
+    assert lib_hashes(sp, stock) == stock  # no partial write
+    monkeypatch.delenv("TORCHKEEPER_TEST_LOCKED")
+    wait_for(lambda: agent_events(tk_home, "repaired"), 30, "the repair once free")
+    wait_idle(agent, 0.5)
+    agent.stop()
     tries = agent_events(tk_home, "files in use")
     assert [t["retry_in"] for t in tries[:2]] == [2.0, 4.0]  # backoff
     inuse = [t for t in agent.notifier.toasts if t.key == "inuse:a1111"]
@@ -345,104 +328,94 @@ def test_signal_in_the_middle_of_an_apply(tmp_path, build, run_tk, tk_home, sig)
     assert stray == []
 
 
-def test_log_command_shows_agent_events(tmp_path, build, run_tk, tk_home):
+def test_log_command_shows_agent_events(tmp_path, build, run_tk, tk_home, running_agent):
     patched_target(tmp_path, build, run_tk)
-    agent = start_agent(tk_home)
-    try:
-        wait_idle(agent, 0.5)
-    finally:
-        agent.stop()
+    agent = running_agent(tk_home)
+    wait_idle(agent, 0.5)
+    agent.stop()
     r = run_tk("log", "--agent", "--json")
     assert r.rc == 0 and r.json() and all(e["source"] == "agent" for e in r.json())
     r = run_tk("log")
     assert "applied" in r.out  # the CLI's own events stay in the same log
 
 
-def test_daily_full_check_finds_what_stat_data_cannot(tmp_path, build, run_tk, tk_home):
+def test_daily_full_check_finds_what_stat_data_cannot(tmp_path, build, run_tk, tk_home, running_agent):
     from torchkeeper.daemon.decide import Why
     from torchkeeper.daemon.jobs import JobKind
 
     venv, w, m = patched_target(tmp_path, build, run_tk)
     dll = builders.site_packages(venv) / "torch" / "lib" / "cudnn_ops_infer64_8.dll"
-    agent = start_agent(tk_home, watch=False)
-    try:
-        wait_idle(agent, 0.3)
-        # same size, same inode, same times: only a hash can tell
-        st = dll.stat()
-        data = bytearray(dll.read_bytes())
-        data[-1] ^= 0xFF
-        os.chmod(dll, 0o644)
-        with open(dll, "r+b") as f:
-            f.write(data)
-        os.utime(dll, ns=(st.st_atime_ns, st.st_mtime_ns))
-        assert run_tk("verify").rc == 0  # the quick check sees nothing
-        agent.jobs.put(JobKind.FULL, None, Why.DAILY)
-        # the very file the overlay placed (inode, size, mtime as recorded), its bytes changed in
-        # place: the overlay damaged, not another tool's copy, so it is repaired without asking
-        rep = wait_for(lambda: agent_events(tk_home, "repaired"), 20, "the repair")[0]
-        assert rep["reason"] == "daily full check"
-        assert not [e for e in agent_events(tk_home, "drift") if e["decision"] == "asked the user"]
-        wait_idle(agent, 0.3)
-    finally:
-        agent.stop()
+    agent = running_agent(tk_home, watch=False)
+    wait_idle(agent, 0.3)
+    # same size, same inode, same times: only a hash can tell
+    st = dll.stat()
+    data = bytearray(dll.read_bytes())
+    data[-1] ^= 0xFF
+    os.chmod(dll, 0o644)
+    with open(dll, "r+b") as f:
+        f.write(data)
+    os.utime(dll, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert run_tk("verify").rc == 0  # the quick check sees nothing
+    agent.jobs.put(JobKind.FULL, None, Why.DAILY)
+    # the very file the overlay placed (inode, size, mtime as recorded), its bytes changed in
+    # place: the overlay damaged, not another tool's copy, so it is repaired without asking
+    rep = wait_for(lambda: agent_events(tk_home, "repaired"), 20, "the repair")[0]
+    assert rep["reason"] == "daily full check"
+    assert not [e for e in agent_events(tk_home, "drift") if e["decision"] == "asked the user"]
+    wait_idle(agent, 0.3)
+    agent.stop()
     assert run_tk("verify", "--full").rc == 0
 
 
-def test_scheduled_check_catches_lost_events(tmp_path, build, run_tk, tk_home):
+def test_scheduled_check_catches_lost_events(tmp_path, build, run_tk, tk_home, running_agent):
     """With no file events at all (an inotify overflow, the agent not watching), the
     safety net's quick check repairs."""
     from torchkeeper.daemon import view as V
     from torchkeeper.daemon.decide import Why
 
     venv, w, m = patched_target(tmp_path, build, run_tk)
-    agent = start_agent(tk_home, watch=False)
-    try:
-        wait_idle(agent, 0.3)
-        builders.pip_install(venv, w, force_reinstall=True)
-        time.sleep(0.5)
-        assert not agent_events(tk_home, "repaired")
-        agent.request(V.CHECK_ALL, why=Why.SCHEDULED)
-        rep = wait_for(lambda: agent_events(tk_home, "repaired"), 20, "the repair")[0]
-        wait_idle(agent, 0.3)
-    finally:
-        agent.stop()
+    agent = running_agent(tk_home, watch=False)
+    wait_idle(agent, 0.3)
+    builders.pip_install(venv, w, force_reinstall=True)
+    time.sleep(0.5)
+    assert not agent_events(tk_home, "repaired")
+    agent.request(V.CHECK_ALL, why=Why.SCHEDULED)
+    rep = wait_for(lambda: agent_events(tk_home, "repaired"), 20, "the repair")[0]
+    wait_idle(agent, 0.3)
+    agent.stop()
     assert rep["reason"] == "scheduled"
     assert run_tk("verify", "--full").rc == 0
 
 
-def test_a_target_added_while_running_is_watched(tmp_path, build, run_tk, tk_home):
-    agent = start_agent(tk_home)
-    try:
-        wait_idle(agent, 0.3)
-        assert agent.watcher.targets() == []
-        venv, w, m = patched_target(tmp_path, build, run_tk, name="forge")
-        wait_for(lambda: agent.watcher.targets() == ["forge"], 20, "the new target's watch")
-        wait_idle(agent, 0.5)
-        builders.pip_install(venv, w, force_reinstall=True)
-        wait_for(lambda: agent_events(tk_home, "repaired", "forge"), 20, "the repair")
-        assert run_tk("target", "remove", "forge", "--force").rc == 0
-        wait_for(lambda: agent.watcher.targets() == [], 20, "the watch to go")
-    finally:
-        agent.stop()
+def test_a_target_added_while_running_is_watched(tmp_path, build, run_tk, tk_home, running_agent):
+    agent = running_agent(tk_home)
+    wait_idle(agent, 0.3)
+    assert agent.watcher.targets() == []
+    venv, w, m = patched_target(tmp_path, build, run_tk, name="forge")
+    wait_for(lambda: agent.watcher.targets() == ["forge"], 20, "the new target's watch")
+    wait_idle(agent, 0.5)
+    builders.pip_install(venv, w, force_reinstall=True)
+    wait_for(lambda: agent_events(tk_home, "repaired", "forge"), 20, "the repair")
+    assert run_tk("target", "remove", "forge", "--force").rc == 0
+    wait_for(lambda: agent.watcher.targets() == [], 20, "the watch to go")
+    agent.stop()
 
 
-def test_pause_asks_instead_and_resume_reapplies(tmp_path, build, run_tk, tk_home):
+def test_pause_asks_instead_and_resume_reapplies(tmp_path, build, run_tk, tk_home, running_agent):
     venv, w, m = patched_target(tmp_path, build, run_tk)
-    agent = start_agent(tk_home)
-    try:
-        wait_idle(agent, 0.5)
-        agent.set_paused(True)
-        assert agent.view().paused and agent.view().overall == "paused"
-        builders.pip_install(venv, w, force_reinstall=True)
-        ev = wait_for(lambda: agent_events(tk_home, "drift"), 20, "the drift")[0]
-        wait_idle(agent, 0.5)
-        assert ev["decision"] == "asked the user" and "paused" in ev["why"]
-        assert agent.view().overall == "attention" and not agent_events(tk_home, "repaired")
-        agent.set_paused(False)
-        rep = wait_for(lambda: agent_events(tk_home, "repaired"), 20, "the repair on resume")[0]
-        wait_idle(agent, 0.5)
-    finally:
-        agent.stop()
+    agent = running_agent(tk_home)
+    wait_idle(agent, 0.5)
+    agent.set_paused(True)
+    assert agent.view().paused and agent.view().overall == "paused"
+    builders.pip_install(venv, w, force_reinstall=True)
+    ev = wait_for(lambda: agent_events(tk_home, "drift"), 20, "the drift")[0]
+    wait_idle(agent, 0.5)
+    assert ev["decision"] == "asked the user" and "paused" in ev["why"]
+    assert agent.view().overall == "attention" and not agent_events(tk_home, "repaired")
+    agent.set_paused(False)
+    rep = wait_for(lambda: agent_events(tk_home, "repaired"), 20, "the repair on resume")[0]
+    wait_idle(agent, 0.5)
+    agent.stop()
     assert rep["reason"] == "auto re-apply resumed"
     assert [t for t in agent.notifier.toasts if t.key == "reapplied:a1111"][0].body.endswith(
         "auto re-apply was resumed")
@@ -469,86 +442,82 @@ def test_status_says_whether_the_agent_runs(tmp_path, run_tk, tk_home):
     assert run_tk("status", "--json").json()["agent"]["running"] is False
 
 
-def test_a_failed_reapply_is_told_and_leaves_stock_files(tmp_path, build, run_tk, tk_home, monkeypatch):
+def test_a_failed_reapply_is_told_and_leaves_stock_files(tmp_path, build, run_tk, tk_home, monkeypatch,
+                                                         running_agent):
     from torchkeeper.daemon import view as V
 
     venv, w, m = patched_target(tmp_path, build, run_tk)
     sp = builders.site_packages(venv)
     monkeypatch.setenv("TORCHKEEPER_TEST_NO_SPACE", str(sp / "torch" / "lib"))  # a full disk
-    agent = start_agent(tk_home)
-    try:
-        wait_idle(agent, 0.5)
-        builders.pip_install(venv, w, force_reinstall=True)
-        ev = wait_for(lambda: agent_events(tk_home, "reapply failed"), 20, "the failure")[0]
-        wait_idle(agent, 0.5)
-        assert "disk full" in ev["error"] and "nothing was changed" in ev["error"]
-        stock = record_libs(sp)
-        assert lib_hashes(sp, stock) == stock  # rolled back: the stock files, whole
-        toast = [t for t in agent.notifier.toasts if t.key == "failed:a1111"][0]
-        assert V.REAPPLY in toast.actions and toast.level == "error"
-        assert agent.view().targets[0].state == "drifted"
-        monkeypatch.delenv("TORCHKEEPER_TEST_NO_SPACE")
-        agent.request(V.REAPPLY, "a1111")
-        wait_for(lambda: agent_events(tk_home, "repaired"), 20, "the repair")
-        wait_idle(agent, 0.3)
-    finally:
-        agent.stop()
+    agent = running_agent(tk_home)
+    wait_idle(agent, 0.5)
+    builders.pip_install(venv, w, force_reinstall=True)
+    ev = wait_for(lambda: agent_events(tk_home, "reapply failed"), 20, "the failure")[0]
+    wait_idle(agent, 0.5)
+    assert "disk full" in ev["error"] and "nothing was changed" in ev["error"]
+    stock = record_libs(sp)
+    assert lib_hashes(sp, stock) == stock  # rolled back: the stock files, whole
+    toast = [t for t in agent.notifier.toasts if t.key == "failed:a1111"][0]
+    assert V.REAPPLY in toast.actions and toast.level == "error"
+    assert agent.view().targets[0].state == "drifted"
+    monkeypatch.delenv("TORCHKEEPER_TEST_NO_SPACE")
+    agent.request(V.REAPPLY, "a1111")
+    wait_for(lambda: agent_events(tk_home, "repaired"), 20, "the repair")
+    wait_idle(agent, 0.3)
+    agent.stop()
     assert run_tk("verify", "--full").rc == 0
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="inotify: Linux")
-def test_an_inotify_overflow_checks_every_target_at_once(tmp_path, build, run_tk, tk_home):
+def test_an_inotify_overflow_checks_every_target_at_once(tmp_path, build, run_tk, tk_home, running_agent):
     """Events lost in the kernel's queue: the reader tells the agent, which checks everything."""
     from inotify_simple import Event, flags
 
     venv, w, m = patched_target(tmp_path, build, run_tk)
-    agent = start_agent(tk_home)
-    try:
-        wait_idle(agent, 0.5)
-        agent.watcher.remove_target("a1111")  # as if this reinstall's events were lost
-        builders.pip_install(venv, w, force_reinstall=True)
-        time.sleep(0.5)
-        assert not agent_events(tk_home, "repaired")
-        # what the kernel reads out after IN_Q_OVERFLOW, through the reader's own dispatch
-        agent.watcher._observer._dispatch([Event(-1, flags.Q_OVERFLOW, 0, "")])
-        rep = wait_for(lambda: agent_events(tk_home, "repaired"), 20, "the repair")[0]
-        wait_idle(agent, 0.3)
-    finally:
-        agent.stop()
+    agent = running_agent(tk_home)
+    wait_idle(agent, 0.5)
+    agent.watcher.remove_target("a1111")  # as if this reinstall's events were lost
+    builders.pip_install(venv, w, force_reinstall=True)
+    time.sleep(0.5)
+    assert not agent_events(tk_home, "repaired")
+    # what the kernel reads out after IN_Q_OVERFLOW, through the reader's own dispatch
+    agent.watcher._observer._dispatch([Event(-1, flags.Q_OVERFLOW, 0, "")])
+    rep = wait_for(lambda: agent_events(tk_home, "repaired"), 20, "the repair")[0]
+    wait_idle(agent, 0.3)
+    agent.stop()
     assert rep["reason"] == "file events lost"
     assert run_tk("verify", "--full").rc == 0
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="inotify: Linux")
-def test_dead_watches_are_said_and_every_target_is_polled(tmp_path, build, run_tk, tk_home, monkeypatch):
+def test_dead_watches_are_said_and_every_target_is_polled(tmp_path, build, run_tk, tk_home, monkeypatch,
+                                                          running_agent):
     """The reader thread fails and no new inotify instance can be made: the agent says
     "watching: degraded" (view, agent.json, event log) and repairs by polling every target."""
     from torchkeeper.daemon import agentstate, inotify, worker
 
     monkeypatch.setattr(worker, "DEGRADED_POLL_S", 0.5)
     venv, w, m = patched_target(tmp_path, build, run_tk)
-    agent = start_agent(tk_home)
-    try:
-        wait_idle(agent, 0.5)
+    agent = running_agent(tk_home)
+    wait_idle(agent, 0.5)
 
-        def no_instance():
-            raise OSError(24, "Too many open files")
+    def no_instance():
+        raise OSError(24, "Too many open files")
 
-        reader = agent.watcher._observer
-        monkeypatch.setattr(reader, "_dispatch", lambda events: (_ for _ in ()).throw(RuntimeError("boom")))
-        monkeypatch.setattr(inotify, "INotify", no_instance)
-        builders.pip_install(venv, w, force_reinstall=True)
-        wait_for(lambda: agent_events(tk_home, "watching degraded"), 10, "degraded said")
-        v = agent.view()
-        assert v.watching and "boom" in v.watching and "watching: degraded" in v.tooltip
-        saved = agentstate.read(agent.home)["watching"]
-        assert saved["ok"] is False and "boom" in saved["why"]
-        rep = wait_for(lambda: agent_events(tk_home, "repaired"), 30, "the repair by polling")[0]
-        assert rep["reason"] == "watching degraded"
-        monkeypatch.undo()  # inotify works again: the reader re-arms and says so
-        wait_for(lambda: agent_events(tk_home, "watching again"), 20, "well again")
-        assert agent.view().watching is None
-        wait_idle(agent, 0.3)
-    finally:
-        agent.stop()
+    reader = agent.watcher._observer
+    monkeypatch.setattr(reader, "_dispatch", lambda events: (_ for _ in ()).throw(RuntimeError("boom")))
+    monkeypatch.setattr(inotify, "INotify", no_instance)
+    builders.pip_install(venv, w, force_reinstall=True)
+    wait_for(lambda: agent_events(tk_home, "watching degraded"), 10, "degraded said")
+    v = agent.view()
+    assert v.watching and "boom" in v.watching and "watching: degraded" in v.tooltip
+    saved = agentstate.read(agent.home)["watching"]
+    assert saved["ok"] is False and "boom" in saved["why"]
+    rep = wait_for(lambda: agent_events(tk_home, "repaired"), 30, "the repair by polling")[0]
+    assert rep["reason"] == "watching degraded"
+    monkeypatch.undo()  # inotify works again: the reader re-arms and says so
+    wait_for(lambda: agent_events(tk_home, "watching again"), 20, "well again")
+    assert agent.view().watching is None
+    wait_idle(agent, 0.3)
+    agent.stop()
     assert run_tk("verify", "--full").rc == 0

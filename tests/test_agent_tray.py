@@ -17,7 +17,7 @@ import builders
 import pytest
 from agentkit import end_process, events, patched_target, write_config
 from conftest import tk_env
-from test_tray import AMBER_FILL, OK_FILL, _find, _start_xvfb, _tray_owner, _wait
+from kit.xtray import AMBER_FILL, OK_FILL, find_colour, start_xvfb, tray_owner, wait
 
 
 def _trayer(env: dict, log) -> subprocess.Popen:
@@ -75,13 +75,13 @@ def test_agent_tray_shows_drift_and_a_click_reapplies(tmp_path, build, run_tk, t
     logs = {n: open(tmp_path / f"{n}.log", "wb") for n in ("xvfb", "trayer", "agent")}
     procs = []
     try:
-        display, xvfb = _start_xvfb(logs["xvfb"])
+        display, xvfb = start_xvfb(logs["xvfb"])
         procs.append(("Xvfb", xvfb))
         env = tk_env(tk_home, {"DISPLAY": display, "WAYLAND_DISPLAY": None, "PYSTRAY_BACKEND": None,
                                "DBUS_SESSION_BUS_ADDRESS": None,
                                "PATH": f"{fake_opener(tmp_path)}{os.pathsep}{os.environ['PATH']}"})
         procs.append(("trayer", _trayer(env, logs["trayer"])))
-        _wait(lambda: _tray_owner(display), 20, "trayer to own the system tray", procs)
+        wait(lambda: tray_owner(display), 20, "trayer to own the system tray", procs)
         agent = subprocess.Popen([sys.executable, "-m", "torchkeeper", "run"], env=env,
                                  stdout=logs["agent"], stderr=subprocess.STDOUT,
                                  stdin=subprocess.DEVNULL)
@@ -93,15 +93,15 @@ def test_agent_tray_shows_drift_and_a_click_reapplies(tmp_path, build, run_tk, t
         def icon(colour):
             def find():
                 s = shot()
-                box, n = _find(s, colour)
+                box, n = find_colour(s, colour)
                 return (s, box) if n >= 20 and box[1] < 32 else None
             return find
 
-        before, box = _wait(icon(OK_FILL), 60, "the green (ok) icon", procs)
+        before, box = wait(icon(OK_FILL), 60, "the green (ok) icon", procs)
         before.save(tmp_path / "agent-tray-ok.png")
 
         builders.pip_install(venv, w, force_reinstall=True)
-        after, abox = _wait(icon(AMBER_FILL), 60, "the amber (attention) icon after the reinstall",
+        after, abox = wait(icon(AMBER_FILL), 60, "the amber (attention) icon after the reinstall",
                             procs)
         after.save(tmp_path / "agent-tray-attention.png")
         assert [e["decision"] for e in events(tk_home, "drift")] == ["asked the user"]
@@ -109,12 +109,12 @@ def test_agent_tray_shows_drift_and_a_click_reapplies(tmp_path, build, run_tk, t
 
         # left click: X11's icon has no menu, so its default item opens the overview
         _click(display, (abox[0] + abox[2]) // 2, (abox[1] + abox[3]) // 2)
-        opened = _wait(lambda: _opened(tmp_path), 30, "the overview opened by the click", procs)
+        opened = wait(lambda: _opened(tmp_path), 30, "the overview opened by the click", procs)
         overview = Path(opened[0]).read_text(encoding="utf-8")
         assert "a1111: drifted" in overview and "torchkeeper apply a1111" in overview, overview
         assert not events(tk_home, "repaired")  # a click on X11 opens; it changes nothing
         assert run_tk("apply", "a1111").rc == 0   # what the overview says to type
-        again, _ = _wait(icon(OK_FILL), 60, "the green icon again", procs)
+        again, _ = wait(icon(OK_FILL), 60, "the green icon again", procs)
         again.save(tmp_path / "agent-tray-ok-again.png")
         print(f"\nagent tray screenshots in {tmp_path}: icon at {box} (ok), {abox} (attention)")
         assert run_tk("verify", "--full").rc == 0
@@ -144,7 +144,7 @@ def test_no_tray_host_is_said_once_and_the_icon_docks_when_one_starts(tmp_path, 
     logs = {n: open(tmp_path / f"{n}.log", "wb") for n in ("xvfb", "trayer", "agent")}
     procs = []
     try:
-        display, xvfb = _start_xvfb(logs["xvfb"])
+        display, xvfb = start_xvfb(logs["xvfb"])
         procs.append(("Xvfb", xvfb))
         env = tk_env(tk_home, {"DISPLAY": display, "WAYLAND_DISPLAY": None, "PYSTRAY_BACKEND": None,
                                "DBUS_SESSION_BUS_ADDRESS": None})
@@ -153,19 +153,19 @@ def test_no_tray_host_is_said_once_and_the_icon_docks_when_one_starts(tmp_path, 
                                  stdin=subprocess.DEVNULL)
         procs.append(("torchkeeper run", agent))
         out = lambda: (tmp_path / "agent.log").read_text(errors="replace")  # noqa: E731
-        _wait(lambda: "agent running (headless)" in out(), 60, "the headless start", procs)
+        wait(lambda: "agent running (headless)" in out(), 60, "the headless start", procs)
         assert "no system tray on this desktop" in out()
         builders.pip_install(venv, w, force_reinstall=True)   # headless, it still repairs
-        _wait(lambda: events(tk_home, "repaired"), 60, "the repair, headless", procs)
+        wait(lambda: events(tk_home, "repaired"), 60, "the repair, headless", procs)
 
         procs.append(("trayer", _trayer(env, logs["trayer"])))
-        _wait(lambda: "a system tray appeared" in out(), 30, "the agent to see the tray", procs)
+        wait(lambda: "a system tray appeared" in out(), 30, "the agent to see the tray", procs)
 
         def green():
             shot = ImageGrab.grab(xdisplay=display).convert("RGB")
-            box, n = _find(shot, OK_FILL)
+            box, n = find_colour(shot, OK_FILL)
             return (shot, box) if n >= 20 and box[1] < 32 else None
-        shot, box = _wait(green, 60, "the green icon docked in the late tray", procs)
+        shot, box = wait(green, 60, "the green icon docked in the late tray", procs)
         shot.save(tmp_path / "late-tray.png")
         time.sleep(1)
         agent.terminate()

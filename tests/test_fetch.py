@@ -13,6 +13,7 @@ import pkgindex
 import wayback
 from nvmlstub import write_answers
 from torchkeeper.engine import libs, suggest
+from kit.wheelcache import cache_wheels
 
 
 @pytest.fixture(scope="module")
@@ -30,11 +31,6 @@ def driver_env(nvml_stub, tmp_path, *, driver="551.86", cuda=12040, cc="8.9", na
     answers = write_answers(tmp_path / f"nvml-{driver}-{cc}.txt", driver=driver, cuda=cuda,
                             gpus=[(name, "GPU-1", {"cc": cc})])
     return {"LD_LIBRARY_PATH": str(nvml_stub), "TK_NVML_STUB_FILE": str(answers)}
-
-
-def cache_wheels(home: Path) -> list[str]:
-    d = home / "cache" / "wheels"
-    return sorted(p.name for p in d.rglob("*.whl")) if d.is_dir() else []
 
 
 def no_leftovers(home: Path) -> None:

@@ -7,37 +7,21 @@ nothing before the user has chosen a bundle."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import pytest
 
 import agentkit
 import builders
-from test_notify import PrivateBus, _need
+from kit.bus import PrivateBus, need
 from torchkeeper.daemon import view as V
 from torchkeeper.desktop import tray
 from torchkeeper.engine import config as configmod
 from torchkeeper.engine.driver import DriverStatus
+from kit.installs import installs
 
 
 def _no_driver():
     return DriverStatus("no_driver", message="no NVIDIA driver found")
-
-
-def _installs(build, home) -> dict:
-    """An A1111 venv and a ComfyUI portable python_embeded under home, both with torch-shaped
-    wheels installed by the real pip; returns {app folder: site-packages}."""
-    wh = home.parent / "wheels"
-    a1111 = build.torch_wheel(wh / "a", version="2.1.2+cu121", cuda="12.1", layout="windows", cudnn="8.8.1.3")
-    comfy = build.torch_wheel(wh / "c", version="2.4.1+cu124", cuda="12.4", layout="windows", cudnn="9.1.0.70")
-    venv = builders.make_venv(home / "stable-diffusion-webui" / "venv")
-    builders.pip_install(venv, a1111)
-    pe = builders.portable_python(home / "ComfyUI_windows_portable")
-    sp = pe / "Lib" / "site-packages"
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-index", "--no-deps",
-                    "--disable-pip-version-check", "--target", str(sp), str(comfy)], check=True)
-    return {"a1111": builders.site_packages(venv), "comfy": sp}
 
 
 def _snapshot(*sps) -> dict:
@@ -45,9 +29,9 @@ def _snapshot(*sps) -> dict:
 
 
 def test_first_run_writes_the_config_finds_installs_and_says_so_once(build, tmp_path, tk_home, run_tk):
-    _need("dbus-daemon", "dbus-daemon")
+    need("dbus-daemon", "dbus-daemon")
     home = tmp_path / "user"
-    sps = _installs(build, home)
+    sps = installs(build, home)
     before = _snapshot(*sps.values())
     bus = PrivateBus(tmp_path)
     config = tk_home / "config" / "config.toml"
@@ -113,7 +97,7 @@ def test_a_start_in_a_terminal_says_what_it_protects_and_what_to_type_next(build
 
 def test_a_second_start_is_not_a_first_run(build, tmp_path, tk_home):
     home = tmp_path / "user"
-    _installs(build, home)
+    installs(build, home)
     configmod.write_default(tk_home / "config" / "config.toml")
     agent = agentkit.start_agent(tk_home, watch=False, schedule=False, driver_query=_no_driver)
     try:
@@ -128,7 +112,7 @@ def test_a_second_start_is_not_a_first_run(build, tmp_path, tk_home):
 @pytest.fixture
 def first_run_tray(build, tmp_path, tk_home, monkeypatch):
     home = tmp_path / "user"
-    sps = _installs(build, home)
+    sps = installs(build, home)
     monkeypatch.setenv("HOME", str(home))
     agent = agentkit.start_agent(tk_home, watch=False, schedule=False, driver_query=_no_driver)
     try:

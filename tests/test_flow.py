@@ -9,22 +9,7 @@ from pathlib import Path
 
 import builders
 import pytest
-
-
-def lib_hashes(sp: Path, rels) -> dict:
-    return {r: builders.sha256_file(sp / r) for r in rels}
-
-
-def record_libs(sp: Path, dists=("torch",)) -> dict:
-    """{rel: sha256} of every managed library that RECORD lists."""
-    from torchkeeper.engine import libs
-
-    out = {}
-    for d in dists:
-        for rel, (h, _size) in builders.record_hashes(sp, d).items():
-            if libs.parse(rel.rsplit("/", 1)[-1]) is not None:
-                out[rel] = h
-    return out
+from kit.flow import lib_hashes, record_libs
 
 
 def venv_with_torch(tmp_path, build, **wheel):

@@ -13,7 +13,7 @@ import pytest
 
 import pkgindex
 import wayback
-from test_fetch import cache_wheels
+from kit.wheelcache import cache_wheels
 
 pytestmark = pytest.mark.timeout(300)
 

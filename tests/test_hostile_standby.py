@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 import agentkit
-from test_standby import _last_via, _patched_with_standby, _reinstall, _standby_dir
+from kit.standby import last_via, patched_with_standby, reinstall, standby_dir
 from wayback import NAME, assert_patched, assert_stock, ok, status_of, windows_target
 
 
@@ -35,24 +35,24 @@ def _untouched(v: Path, files: dict) -> None:
 def test_a_symlinked_standby_folder_is_never_followed(build, tmp_path, run_tk, tk_home):
     t = windows_target(build, tmp_path, run_tk, tk_home)
     v, files = _victim(tmp_path)
-    os.symlink(v, _standby_dir(t))           # before the first preparation
+    os.symlink(v, standby_dir(t))           # before the first preparation
     ok(run_tk("use", "a"))
     r = ok(run_tk("apply"))    # the first apply drops any standby: the link is moved aside
     assert "moved aside" in r.err and "warning:" in r.err and ".torchkeeper-standby" in r.err, r.err
     r = ok(run_tk("standby", "--json"))
     assert r.json()[NAME]["state"] == "ready", str(r)
     _untouched(v, files)
-    assert _standby_dir(t).is_dir() and not _standby_dir(t).is_symlink()
+    assert standby_dir(t).is_dir() and not standby_dir(t).is_symlink()
     aside = [p for p in t.sp.iterdir() if p.name.startswith(".torchkeeper-standby.set-aside-")]
     assert len(aside) == 1 and aside[0].is_symlink() and aside[0].resolve() == v
 
     # swapped for a link after it was prepared: a repair copies, revert deletes nothing there
-    _reinstall(t)
-    real = _standby_dir(t)
+    reinstall(t)
+    real = standby_dir(t)
     os.rename(real, tmp_path / "moved-standby")
     os.symlink(v, real)
     r = ok(run_tk("apply", "--json"))
-    assert _last_via(r)["standby"] == 0, str(r)
+    assert last_via(r)["standby"] == 0, str(r)
     assert_patched(t, run_tk, "a")
     _untouched(v, files)
     os.unlink(real) if real.is_symlink() else None
@@ -82,12 +82,12 @@ def _scribble(f_path: Path):
 
 def test_a_write_after_pips_unlink_that_keeps_size_and_mtime_is_never_linked_back(
         build, tmp_path, run_tk, tk_home):
-    t = _patched_with_standby(build, tmp_path, run_tk, tk_home)
-    _reinstall(t)                            # pip unlinked the overlay's names: ctime moved
-    victim = sorted(_standby_dir(t).iterdir())[0]
+    t = patched_with_standby(build, tmp_path, run_tk, tk_home)
+    reinstall(t)                            # pip unlinked the overlay's names: ctime moved
+    victim = sorted(standby_dir(t).iterdir())[0]
     _keep_times(victim, _scribble(victim))
     r = ok(run_tk("apply", "--json"))
-    via = _last_via(r)
+    via = last_via(r)
     assert via["copy"] == 1 and via["why_copy"] == "standby damaged", str(r)
     assert_patched(t, run_tk, "a")
     ok(run_tk("verify", "--full"))           # the bytes in place are the bundle's
@@ -96,15 +96,15 @@ def test_a_write_after_pips_unlink_that_keeps_size_and_mtime_is_never_linked_bac
 
 
 def test_a_write_through_a_second_hard_link_is_never_linked_back(build, tmp_path, run_tk, tk_home):
-    t = _patched_with_standby(build, tmp_path, run_tk, tk_home)
-    victim = sorted(_standby_dir(t).iterdir())[0]
+    t = patched_with_standby(build, tmp_path, run_tk, tk_home)
+    victim = sorted(standby_dir(t).iterdir())[0]
     second = tmp_path / "second-link"
     os.link(victim, second)                  # the link count goes up, then down again
     _keep_times(second, _scribble(second))
     second.unlink()
-    _reinstall(t)
+    reinstall(t)
     r = ok(run_tk("apply", "--force", "--json"))
-    via = _last_via(r)
+    via = last_via(r)
     assert via["copy"] >= 1 and via["why_copy"] == "standby damaged", str(r)
     assert_patched(t, run_tk, "a")
     ok(run_tk("verify", "--full"))
@@ -115,10 +115,10 @@ def test_a_write_through_a_second_hard_link_is_never_linked_back(build, tmp_path
 def test_a_clean_reinstall_still_links_everything_back(build, tmp_path, run_tk, tk_home):
     """The normal case after the stricter rule: every ctime moved (pip's unlinks), every
     file is hashed again and linked, nothing copied."""
-    t = _patched_with_standby(build, tmp_path, run_tk, tk_home)
-    _reinstall(t)
+    t = patched_with_standby(build, tmp_path, run_tk, tk_home)
+    reinstall(t)
     r = ok(run_tk("apply", "--json"))
-    assert _last_via(r) == {"standby": len(t.bundles["a"]["files"]), "copy": 0, "why_copy": None}, str(r)
+    assert last_via(r) == {"standby": len(t.bundles["a"]["files"]), "copy": 0, "why_copy": None}, str(r)
     ok(run_tk("verify", "--full"))
 
 
@@ -157,20 +157,20 @@ def test_changed_bytes_found_while_preparing_make_the_target_drifted_and_repaire
 ])
 def test_a_damaged_standby_record_is_no_standby_and_stops_nothing(build, tmp_path, run_tk, tk_home,
                                                                    record):
-    t = _patched_with_standby(build, tmp_path, run_tk, tk_home)
+    t = patched_with_standby(build, tmp_path, run_tk, tk_home)
     path = tk_home / "data" / "standby" / f"{NAME}.json"
     path.unlink()
     if record == "a folder":
         path.mkdir()
         (path / "inside").write_text("keep me")
     else:
-        path.write_text(record.replace("X", str(_standby_dir(t))))
+        path.write_text(record.replace("X", str(standby_dir(t))))
     r = ok(run_tk("status", "--json"))
     assert "Traceback" not in r.err
     assert r.json()["targets"][0]["standby"]["state"] == "none", str(r)
-    _reinstall(t)
+    reinstall(t)
     r = ok(run_tk("apply", "--json"))          # copies: there is no standby it can trust
-    assert _last_via(r)["standby"] == 0, str(r)
+    assert last_via(r)["standby"] == 0, str(r)
     assert_patched(t, run_tk, "a")
     ok(run_tk("standby"))                      # prepared again, whole
     assert status_of(run_tk)[0]["standby"]["state"] == "ready"

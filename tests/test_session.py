@@ -10,7 +10,7 @@ import threading
 import builders
 import pytest
 from agentkit import events, patched_target, start_agent, wait_for, wait_idle
-from test_flow import lib_hashes, record_libs
+from kit.flow import lib_hashes, record_libs
 from tray_demo import FakeController
 
 from torchkeeper.desktop import tray as traymod

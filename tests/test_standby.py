@@ -17,22 +17,16 @@ import os
 
 import pytest
 
-import builders
 from agentkit import events, write_config
 from wayback import (KILLED, NAME, assert_patched, assert_stock, classify, inodes, journals, ok,
                      status_of, windows_target)
-
-STANDBY = ".torchkeeper-standby"
-
-
-def _standby_dir(t):
-    return t.sp / STANDBY
+from kit.standby import last_via, patched_with_standby, reinstall, standby_dir, standby_inodes
 
 
 def _assert_linked_from_standby(t, files: dict) -> dict:
     """Every file of the bundle in place is the standby's inode (linked, not copied);
     returns {rel: inode} of the target's libraries."""
-    now, sb = inodes(t), _standby_inodes(t)
+    now, sb = inodes(t), standby_inodes(t)
     for rel in t.stock:
         sha = files.get(rel.rsplit("/", 1)[1])
         if sha:
@@ -40,44 +34,16 @@ def _assert_linked_from_standby(t, files: dict) -> dict:
     return now
 
 
-def _standby_inodes(t) -> dict[str, int]:
-    d = _standby_dir(t)
-    return {p.name: p.stat().st_ino for p in d.iterdir()} if d.is_dir() else {}
-
-
-def _patched_with_standby(build, tmp_path, run_tk, tk_home):
-    t = windows_target(build, tmp_path, run_tk, tk_home)
-    ok(run_tk("use", "a"))
-    ok(run_tk("apply"))
-    r = ok(run_tk("standby", "--json"))
-    assert r.json()[NAME]["state"] == "ready", str(r)
-    files = t.bundles["a"]["files"]
-    assert set(_standby_inodes(t)) == set(files.values()), "one standby file per bundle file"
-    return t
-
-
-def _reinstall(t, agent_bundle: str | None = None):
-    """pip puts the stock files back; with an agent running (agent_bundle) it may have
-    repaired them already when pip exits (0.1 s after pip's last step): never mixed."""
-    builders.pip_install(t.venv, *t.wheels, force_reinstall=True)
-    classify(t, {"stock": None} if agent_bundle is None else {"stock": None, "patched": agent_bundle})
-
-
 def _applied_event(tk_home) -> dict:
     return [e for e in events(tk_home, "applied")][-1]
 
 
-def _last_via(r) -> dict:
-    (res,) = r.json()
-    return res["via"]
-
-
 def test_repair_links_the_standby_in_without_copying(build, tmp_path, run_tk, tk_home):
-    t = _patched_with_standby(build, tmp_path, run_tk, tk_home)
+    t = patched_with_standby(build, tmp_path, run_tk, tk_home)
     placed = inodes(t)
     files = t.bundles["a"]["files"]
     # the standby's files are the overlay's own inodes: no disk of their own
-    sb = _standby_inodes(t)
+    sb = standby_inodes(t)
     for rel, ino in placed.items():
         sha = files.get(rel.rsplit("/", 1)[1])
         if sha:
@@ -85,13 +51,13 @@ def test_repair_links_the_standby_in_without_copying(build, tmp_path, run_tk, tk
     tgt, _ = status_of(run_tk)
     assert tgt["standby"]["state"] == "ready" and tgt["standby"]["disk_bytes"] == 0, tgt
 
-    _reinstall(t)
+    reinstall(t)
     tgt, _ = status_of(run_tk)
     assert tgt["state"] == "drifted"
     assert tgt["standby"]["state"] == "ready" and tgt["standby"]["disk_bytes"] > 0, tgt
 
     r = ok(run_tk("apply", "--json"))
-    via = _last_via(r)
+    via = last_via(r)
     assert via == {"standby": len(files), "copy": 0, "why_copy": None}, str(r)
     assert _applied_event(tk_home)["via"] == via
     assert_patched(t, run_tk, "a")
@@ -104,16 +70,16 @@ def test_repair_links_the_standby_in_without_copying(build, tmp_path, run_tk, tk
     assert tgt["standby"]["state"] == "ready", tgt  # ready for the next reinstall, at once
 
     # and again: a second reinstall is repaired from the same standby
-    _reinstall(t)
+    reinstall(t)
     r = ok(run_tk("apply", "--json"))
-    assert _last_via(r)["standby"] == len(files), str(r)
+    assert last_via(r)["standby"] == len(files), str(r)
     assert_patched(t, run_tk, "a")
     ok(run_tk("revert"))
     assert_stock(t, run_tk)
 
 
 def _tamper(t, how: str) -> None:
-    d = _standby_dir(t)
+    d = standby_dir(t)
     victim = sorted(d.iterdir())[0]
     if how == "written in place":
         with open(victim, "r+b") as f:
@@ -131,11 +97,11 @@ def _tamper(t, how: str) -> None:
 
 @pytest.mark.parametrize("how", ["written in place", "truncated", "deleted", "replaced"])
 def test_a_damaged_standby_falls_back_to_the_copy(build, tmp_path, run_tk, tk_home, how):
-    t = _patched_with_standby(build, tmp_path, run_tk, tk_home)
-    _reinstall(t)  # after it, the standby holds the only link: damage cannot reach the target
+    t = patched_with_standby(build, tmp_path, run_tk, tk_home)
+    reinstall(t)  # after it, the standby holds the only link: damage cannot reach the target
     _tamper(t, how)
     r = ok(run_tk("apply", "--json"))
-    via = _last_via(r)
+    via = last_via(r)
     assert via["copy"] >= 1 and via["why_copy"] == "standby damaged", str(r)
     assert _applied_event(tk_home)["via"]["why_copy"] == "standby damaged"
     assert_patched(t, run_tk, "a")
@@ -150,40 +116,40 @@ def test_a_damaged_standby_falls_back_to_the_copy(build, tmp_path, run_tk, tk_ho
 def test_an_overlay_file_written_in_place_is_never_linked_back(build, tmp_path, run_tk, tk_home):
     """The standby is the overlay's own inode: a tool writing into the overlay file writes into
     the standby too. The repair sees it changed and copies from the bundle."""
-    t = _patched_with_standby(build, tmp_path, run_tk, tk_home)
+    t = patched_with_standby(build, tmp_path, run_tk, tk_home)
     rel = next(r for r in t.stock if r.rsplit("/", 1)[1] in t.bundles["a"]["files"])
     with open(t.sp / rel, "r+b") as f:
         f.seek(64)
         f.write(b"\0in place\0")
     r = ok(run_tk("apply", "--force", "--json"))  # neither stock nor ours: foreign
-    assert _last_via(r) == {"standby": 0, "copy": 1, "why_copy": "standby damaged"}, str(r)
+    assert last_via(r) == {"standby": 0, "copy": 1, "why_copy": "standby damaged"}, str(r)
     assert_patched(t, run_tk, "a")
     ok(run_tk("verify", "--full"))
 
 
 def test_below_the_free_space_floor_the_repair_copies(build, tmp_path, run_tk, tk_home):
-    t = _patched_with_standby(build, tmp_path, run_tk, tk_home)
-    _reinstall(t)
+    t = patched_with_standby(build, tmp_path, run_tk, tk_home)
+    reinstall(t)
     write_config(tk_home, "[agent]\nstandby_min_free_mb = 1000000000\n")  # more than any disk
     r = ok(run_tk("apply", "--json"))
-    via = _last_via(r)
+    via = last_via(r)
     assert via["standby"] == 0 and via["why_copy"] == "disk space below the standby floor", str(r)
     assert_patched(t, run_tk, "a")
-    assert not _standby_dir(t).exists(), "the standby kept disk space below the floor"
+    assert not standby_dir(t).exists(), "the standby kept disk space below the floor"
     r = ok(run_tk("standby", "--json"))
     assert r.json()[NAME]["state"] == "skipped", str(r)
-    assert not _standby_dir(t).exists()
+    assert not standby_dir(t).exists()
 
 
 def test_standby_off(build, tmp_path, run_tk, tk_home):
-    t = _patched_with_standby(build, tmp_path, run_tk, tk_home)
+    t = patched_with_standby(build, tmp_path, run_tk, tk_home)
     write_config(tk_home, "[agent]\nstandby = false\n")
-    _reinstall(t)
+    reinstall(t)
     r = ok(run_tk("apply", "--json"))
-    assert _last_via(r)["why_copy"] == "standby off", str(r)
+    assert last_via(r)["why_copy"] == "standby off", str(r)
     assert_patched(t, run_tk, "a")
     ok(run_tk("standby"))
-    assert not _standby_dir(t).exists()
+    assert not standby_dir(t).exists()
 
 
 def _crash(run_tk, cmd, n, tmp_path):
@@ -202,10 +168,10 @@ def _no_leftovers(t):
 
 
 def test_kill_during_a_standby_repair(build, tmp_path, run_tk, tk_home):
-    t = _patched_with_standby(build, tmp_path, run_tk, tk_home)
+    t = patched_with_standby(build, tmp_path, run_tk, tk_home)
     labels = []
     for n in [*range(1, 40, 3), *range(40, 200)]:
-        _reinstall(t)
+        reinstall(t)
         ok(run_tk("standby"))  # ready again for this round (a crash may have spent it)
         label = _crash(run_tk, ["apply"], n, tmp_path)
         if label is None:
@@ -222,7 +188,7 @@ def test_kill_during_a_standby_repair(build, tmp_path, run_tk, tk_home):
     assert any(x.startswith("swapped ") for x in labels), labels
     ok(run_tk("revert"))
     assert_stock(t, run_tk)
-    assert not _standby_dir(t).exists()
+    assert not standby_dir(t).exists()
 
 
 def test_kill_during_standby_preparation(build, tmp_path, run_tk, tk_home):
@@ -239,12 +205,12 @@ def test_kill_during_standby_preparation(build, tmp_path, run_tk, tk_home):
         assert "standby preparation was thrown away" in r.err, str(r)
         assert tgt["state"] == "patched" and tgt["standby"]["state"] == "none", str(r)
         classify(t, {"a": "a"})
-        assert not _standby_dir(t).exists(), "an interrupted standby was left behind"
+        assert not standby_dir(t).exists(), "an interrupted standby was left behind"
         _no_leftovers(t)
         # a reinstall now is repaired by the copy, correctly
-        _reinstall(t)
+        reinstall(t)
         r = ok(run_tk("apply", "--json"))
-        assert _last_via(r)["standby"] == 0, str(r)
+        assert last_via(r)["standby"] == 0, str(r)
         assert_patched(t, run_tk, "a")
     assert any(x.startswith("standby: linked") for x in labels), labels
     assert any(x.startswith("standby: hashed") for x in labels), labels
@@ -253,18 +219,18 @@ def test_kill_during_standby_preparation(build, tmp_path, run_tk, tk_home):
 
 
 def test_revert_and_target_remove_leave_no_standby(build, tmp_path, run_tk, tk_home):
-    t = _patched_with_standby(build, tmp_path, run_tk, tk_home)
+    t = patched_with_standby(build, tmp_path, run_tk, tk_home)
     ok(run_tk("revert"))
     assert_stock(t, run_tk)
-    assert not _standby_dir(t).exists()
+    assert not standby_dir(t).exists()
     assert not (tk_home / "data" / "standby" / f"{NAME}.json").exists()
 
     ok(run_tk("apply"))
     ok(run_tk("standby"))
-    _reinstall(t)  # the standby now holds the only link to the old overlay's files
-    assert _standby_dir(t).is_dir()
+    reinstall(t)  # the standby now holds the only link to the old overlay's files
+    assert standby_dir(t).is_dir()
     ok(run_tk("target", "remove", NAME, "--force"))
-    assert not _standby_dir(t).exists()
+    assert not standby_dir(t).exists()
     assert not (tk_home / "data" / "standby" / f"{NAME}.json").exists()
     classify(t, {"stock": None})
 
@@ -277,12 +243,12 @@ def test_the_agent_repairs_through_the_standby_and_prepares_the_next(build, tmp_
     t = windows_target(build, tmp_path, run_tk, tk_home)
     ok(run_tk("use", "a"))
     ok(run_tk("apply"))  # the CLI prepares no standby: the agent does, at its first check
-    assert not _standby_dir(t).exists()
+    assert not standby_dir(t).exists()
     files = t.bundles["a"]["files"]
     p = spawn_agent(tk_home)
     try:
         wait_for(lambda: status_of(run_tk)[0]["standby"]["state"] == "ready", 60, "the standby")
-        _reinstall(t, agent_bundle="a")
+        reinstall(t, agent_bundle="a")
         wait_for(lambda: [e for e in events(tk_home, "repaired") if e.get("source") == "agent"], 60,
                  "the repair")
         (rep,) = [e for e in events(tk_home, "repaired") if e.get("source") == "agent"]
@@ -292,7 +258,7 @@ def test_the_agent_repairs_through_the_standby_and_prepares_the_next(build, tmp_
         ok(run_tk("verify", "--full"))
         assert status_of(run_tk)[0]["standby"]["state"] == "ready"
         # a second reinstall: the standby is ready again without another preparation
-        _reinstall(t, agent_bundle="a")
+        reinstall(t, agent_bundle="a")
         wait_for(lambda: len([e for e in events(tk_home, "repaired") if e.get("source") == "agent"]) == 2,
                  60, "the second repair")
         rep2 = [e for e in events(tk_home, "repaired") if e.get("source") == "agent"][-1]
@@ -302,4 +268,4 @@ def test_the_agent_repairs_through_the_standby_and_prepares_the_next(build, tmp_
     assert_patched(t, run_tk, "a")
     ok(run_tk("revert"))
     assert_stock(t, run_tk)
-    assert not _standby_dir(t).exists()
+    assert not standby_dir(t).exists()

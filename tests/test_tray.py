@@ -26,6 +26,7 @@ from torchkeeper.desktop import icons, tray
 from torchkeeper.daemon import view
 from agentkit import end_process
 from tray_demo import FakeController, sample_view
+from kit.xtray import AMBER_FILL, OK_FILL, find_colour, near, start_xvfb, tray_owner, wait
 
 TESTS = Path(__file__).resolve().parent
 REPO = TESTS.parent
@@ -421,81 +422,6 @@ def test_open_path_really_starts_the_opener(tmp_path, monkeypatch):
 
 # -- (b) the real tray under Xvfb + trayer ----------------------------------------------------
 
-OK_FILL = (40, 160, 70)           # icons/make_icons.py STATES: the badges' face colours
-AMBER_FILL = (245, 170, 20)
-
-
-def _wait(cond, timeout: float, what: str, procs=()):
-    """Polls cond() until it returns something truthy; fails naming what it waited for."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = cond()
-        if value:
-            return value
-        for name, p in procs:
-            if p.poll() is not None:
-                pytest.fail(f"{name} exited with {p.returncode} while waiting for {what}")
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout:.0f}s waiting for {what}")
-        time.sleep(0.1)
-
-
-def _start_xvfb(log) -> tuple[str, subprocess.Popen]:
-    """Xvfb on a free display number, chosen from our pid (xdist workers differ)."""
-    base = 100 + os.getpid() % 800
-    for n in range(base, base + 40):
-        if Path(f"/tmp/.X11-unix/X{n}").exists() or Path(f"/tmp/.X{n}-lock").exists():
-            continue
-        p = subprocess.Popen(["Xvfb", f":{n}", "-screen", "0", "640x200x24", "-nolisten", "tcp"],
-                             stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                             start_new_session=True)
-        deadline = time.monotonic() + 15
-        while time.monotonic() < deadline and p.poll() is None:
-            if _x_connects(f":{n}"):
-                return f":{n}", p
-            time.sleep(0.1)
-        if p.poll() is None:
-            end_process(p)
-            pytest.fail(f"Xvfb :{n} did not accept connections within 15 s")
-        # it exited: another server took that number meanwhile; try the next one
-    pytest.fail(f"no free X display number in :{base}..:{base + 39}")
-
-
-def _x_connects(display: str) -> bool:
-    import Xlib.display
-    import Xlib.error
-    try:
-        Xlib.display.Display(display).close()
-        return True
-    except (Xlib.error.DisplayError, OSError):
-        return False
-
-
-def _tray_owner(display: str) -> bool:
-    """Whether a system tray (the _NET_SYSTEM_TRAY_S0 selection owner) runs on display."""
-    import Xlib.X
-    import Xlib.display
-    d = Xlib.display.Display(display)
-    try:
-        return d.get_selection_owner(d.intern_atom("_NET_SYSTEM_TRAY_S0")) != Xlib.X.NONE
-    finally:
-        d.close()
-
-
-def _near(px, colour, tol=30) -> bool:
-    return all(abs(a - b) <= tol for a, b in zip(px, colour))
-
-
-def _find(shot, colour):
-    """(bounding box, count) of the pixels near colour in a screenshot; (None, 0) if none."""
-    w, h = shot.size
-    data = pixels(shot)
-    pts = [(i % w, i // w) for i, px in enumerate(data) if _near(px, colour)]
-    if not pts:
-        return None, 0
-    xs, ys = [p[0] for p in pts], [p[1] for p in pts]
-    return (min(xs), min(ys), max(xs) + 1, max(ys) + 1), len(pts)
-
 
 @pytest.mark.timeout(120)
 def test_tray_icon_shows_and_follows_the_view_in_a_real_x_tray(tmp_path):
@@ -512,7 +438,7 @@ def test_tray_icon_shows_and_follows_the_view_in_a_real_x_tray(tmp_path):
     logs = {name: open(tmp_path / f"{name}.log", "wb") for name in ("xvfb", "trayer", "demo")}
     procs: list[tuple[str, subprocess.Popen]] = []
     try:
-        display, xvfb = _start_xvfb(logs["xvfb"])
+        display, xvfb = start_xvfb(logs["xvfb"])
         procs.append(("Xvfb", xvfb))
         env = {k: v for k, v in os.environ.items()
                if k not in ("WAYLAND_DISPLAY", "PYSTRAY_BACKEND")}
@@ -523,7 +449,7 @@ def test_tray_icon_shows_and_follows_the_view_in_a_real_x_tray(tmp_path):
              "--transparent", "false", "--tint", "0x000000", "--SetDockType", "true"],
             env=env, stdout=logs["trayer"], stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             start_new_session=True)))
-        _wait(lambda: _tray_owner(display), 20, "trayer to own the system tray", procs)
+        wait(lambda: tray_owner(display), 20, "trayer to own the system tray", procs)
 
         env["PYTHONPATH"] = str(REPO / "agent")
         procs.append(("tray_demo.py", subprocess.Popen(
@@ -536,10 +462,10 @@ def test_tray_icon_shows_and_follows_the_view_in_a_real_x_tray(tmp_path):
 
         def green_icon():
             shot = grab()
-            box, n = _find(shot, OK_FILL)
+            box, n = find_colour(shot, OK_FILL)
             return (shot, box, n) if n >= 20 else None   # a docked, drawn icon; not a stray pixel
 
-        before, box, n_green = _wait(green_icon, 30, "the green (ok) icon in the tray", procs)
+        before, box, n_green = wait(green_icon, 30, "the green (ok) icon in the tray", procs)
         before_path = tmp_path / "tray-before.png"
         before.save(before_path)
         # the icon is in trayer's strip: top edge, right-aligned, 200x32
@@ -548,7 +474,7 @@ def test_tray_icon_shows_and_follows_the_view_in_a_real_x_tray(tmp_path):
         assert abs((box[2] - box[0]) - (box[3] - box[1])) <= 2, f"badge face {box} not round"
         panel = before.getpixel((640 - 200 + 4, 16))
         corner = before.getpixel((box[0] - 2, box[1] - 2))
-        assert _near(corner, panel, 12), f"icon corner {corner}, panel {panel}"
+        assert near(corner, panel, 12), f"icon corner {corner}, panel {panel}"
 
         (work / "switch").touch()
         pad = (box[0] - 4, box[1] - 4, box[2] + 4, box[3] + 4)   # the icon's slot
@@ -558,11 +484,11 @@ def test_tray_icon_shows_and_follows_the_view_in_a_real_x_tray(tmp_path):
                 return None
             shot = grab()
             slot = shot.crop(pad)
-            _, n_amber = _find(slot, AMBER_FILL)
-            _, n_left = _find(slot, OK_FILL)
+            _, n_amber = find_colour(slot, AMBER_FILL)
+            _, n_left = find_colour(slot, OK_FILL)
             return (shot, n_amber) if n_amber >= n_green // 2 and n_left == 0 else None
 
-        after, n_amber = _wait(amber_icon, 30, "the icon to turn amber (attention)", procs)
+        after, n_amber = wait(amber_icon, 30, "the icon to turn amber (attention)", procs)
         after_path = tmp_path / "tray-after.png"
         after.save(after_path)
 

@@ -105,10 +105,10 @@ FOUND_HEAD = "cuDNN 8.9.7 + CUDA 12.4 fit — manage it, get them and apply"
 @pytest.fixture
 def found_setup(build, tmp_path, tk_home, wheel_dir, monkeypatch):
     """The first run (no config): discover finds an A1111 venv and a ComfyUI portable in HOME."""
-    from test_first_run import _installs
+    from kit.installs import installs
 
     home = tmp_path / "user"
-    sps = _installs(build, home)
+    sps = installs(build, home)
     monkeypatch.setenv("HOME", str(home))
     with _agent_on_an_index(wheel_dir, tk_home, monkeypatch) as (idx, agent):
         agentkit.wait_for(lambda: agentkit.events(tk_home, "discovered"), 60, "the first discover")

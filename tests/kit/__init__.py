@@ -1,0 +1,1 @@
+"""Helpers shared by several test modules (none imports another test module)."""
