@@ -49,22 +49,17 @@ def pytest_configure(config):
 
 
 def pytest_collection_modifyitems(config, items):
-    """The tier is marked ``windows`` and runs on one xdist worker (``--dist loadgroup``, as
-    ./run-tests passes it), first: two workers sharing one Wine session could bring it up again
-    under each other's running programs, and first, the other worker runs the rest meanwhile."""
-    tier = [item for item in items if HERE in Path(str(item.fspath)).resolve().parents]
-    for item in tier:
-        item.add_marker(pytest.mark.windows)
-        item.add_marker(pytest.mark.xdist_group("wine"))
-    ids = {id(item) for item in tier}
-    items[:] = tier + [item for item in items if id(item) not in ids]
+    for item in items:
+        if HERE in Path(str(item.fspath)).resolve().parents:
+            item.add_marker(pytest.mark.windows)
 
 
 @pytest.fixture(scope="session")
 def wine_session():
     winkit.ensure_setup()
     s = winkit.WineSession()
-    s.up()
+    with winkit.tier_lock():
+        s.up()
     yield s
     s.down()
 
@@ -76,5 +71,9 @@ def win_display(wine_session) -> str:
 
 @pytest.fixture
 def win(wine_session, tmp_path) -> winkit.Win:
-    wine_session.ensure()   # a session that died under an earlier test is brought up again (and logged)
-    return winkit.Win(wine_session, tmp_path)
+    # one Windows test at a time, whichever xdist worker runs it: two workers sharing one Wine
+    # session must never bring it up again under each other's running programs. (--dist
+    # loadgroup would keep the tier on one worker, but pytest 9.2 broke it: pytest-xdist#1386.)
+    with winkit.tier_lock():
+        wine_session.ensure()   # a session that died under an earlier test comes up again (logged)
+        yield winkit.Win(wine_session, tmp_path)

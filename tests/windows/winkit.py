@@ -114,6 +114,12 @@ def _locked(path: Path):
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
+def tier_lock():
+    """Held while a Windows test runs (and while a test process joins the session): the tier's
+    tests never overlap, whichever xdist workers run them."""
+    return _locked(CACHE / ".tier.lock")
+
+
 def _alive(pid: int, name: str) -> bool:
     try:
         with open(f"/proc/{pid}/cmdline", "rb") as f:
