@@ -35,6 +35,9 @@ CACHE = winkit.CACHE / "installer"
 UNINST_KEY = r"HKCU\Software\Microsoft\Windows\CurrentVersion\Uninstall\torchkeeper"
 AUMID_KEY = r"HKCU\Software\Classes\AppUserModelId\torchkeeper"
 RUN_KEY = r"HKCU\Software\Microsoft\Windows\CurrentVersion\Run"
+# a clean checkout builds the app and the installer in the first test (its own steps are bounded:
+# the locked pip install 900 s, PyInstaller 600 s, NSIS 300 s), past the suite's 600 s per test
+pytestmark = pytest.mark.timeout(2100)
 
 
 @contextmanager
