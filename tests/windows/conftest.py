@@ -52,6 +52,11 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if HERE in Path(str(item.fspath)).resolve().parents:
             item.add_marker(pytest.mark.windows)
+            # the limit is the test's own (its module's, else the suite's): waiting for the tier's
+            # lock (fixture setup) while another worker runs a Windows test does not count
+            limit = item.get_closest_marker("timeout")
+            seconds = limit.args[0] if limit and limit.args else config.getini("timeout")
+            item.add_marker(pytest.mark.timeout(float(seconds), func_only=True))
 
 
 @pytest.fixture(scope="session")
