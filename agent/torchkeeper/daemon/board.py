@@ -21,7 +21,7 @@ log = logging.getLogger("torchkeeper.agent")
 DEGRADED_POLL_S = 10.0    # every target checked this often while the file watches fail
 
 
-@dataclass
+@dataclass(frozen=True)
 class Shown:
     """What the board says beside the targets (each written by one part of the agent)."""
     driver_line: str = "driver: not checked yet"
@@ -60,8 +60,10 @@ class Board:
                 log.exception("a view listener failed")
 
     def set(self, **shown) -> None:
-        """Change what is shown beside the targets (Shown's fields) and tell the listeners."""
-        self.shown = replace(self.shown, **shown)
+        """Change what is shown beside the targets (Shown's fields) and tell the listeners. Under
+        the lock: the driver's thread and the worker may each change a field at once."""
+        with self._lock:
+            self.shown = replace(self.shown, **shown)
         self.changed()
 
     # -- targets
@@ -124,7 +126,8 @@ class Board:
         with self._lock:
             targets = [self._views[n] for n in sorted(self._views)]
             found = list(self._found)
-        sh, paused = self.shown, self._paused()
+            sh = self.shown
+        paused = self._paused()
         states = {t.state for t in targets}
         if states & {MISSING} or sh.driver_error:
             overall = V.ERROR

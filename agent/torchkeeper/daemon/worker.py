@@ -67,7 +67,7 @@ class Agent:
                              self._want_standby, self._rewatch, self.offers.line_for)
         self.driver = DriverWatch(self.engine, self.state, self.board, self.tell, self.jobs.put)
         self.login = login or Login(home)
-        self.board.shown.autostart = self._read_autostart()
+        self.board.set(autostart=self._read_autostart())
         self.watcher = None
         self.safety = None
         self._watch, self._schedule = watch, schedule
