@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from agentkit import wait_for
-from torchkeeper.engine.login import Login
+from torchkeeper.engine.autostart import Autostart
 from torchkeeper.home import Home, app_icon
 from torchkeeper.platform import autostart as osauto
 from torchkeeper.platform.macos import LaunchAgent
@@ -129,16 +129,16 @@ def test_the_agent_never_enables_it_and_the_tray_choice_does(tmp_path, monkeypat
     from torchkeeper.daemon.worker import Agent
 
     home = _home(tmp_path)
-    login = Login(home, XdgAutostart(tmp_path / "xdg"), argv=["/opt/tk/torchkeeper", "run"])
-    agent = Agent(home, watch=False, schedule=False, login=login, driver_query=lambda: None)
+    autostart = Autostart(home, XdgAutostart(tmp_path / "xdg"), argv=["/opt/tk/torchkeeper", "run"])
+    agent = Agent(home, watch=False, schedule=False, autostart=autostart, driver_query=lambda: None)
     assert agent.view().autostart is False          # known, and off: the menu item is active, unticked
     assert not _entry(tmp_path).exists()
     agent.set_autostart(True)                      # the tray's "Start at login" click
     assert agent.view().autostart is True and _entry(tmp_path).is_file()
-    assert login.choice()["choice"] == "on"
+    assert autostart.choice()["choice"] == "on"
     agent.set_autostart(False)
     assert agent.view().autostart is False and not _entry(tmp_path).exists()
-    assert login.choice()["choice"] == "off"
+    assert autostart.choice()["choice"] == "off"
 
 
 def test_a_backend_that_cannot_read_greys_the_menu_item(tmp_path):
@@ -150,7 +150,7 @@ def test_a_backend_that_cannot_read_greys_the_menu_item(tmp_path):
 
     home = _home(tmp_path)
     agent = Agent(home, watch=False, schedule=False, driver_query=lambda: None,
-                  login=Login(home, Broken(tmp_path / "xdg"), argv=["x"]))
+                  autostart=Autostart(home, Broken(tmp_path / "xdg"), argv=["x"]))
     assert agent.view().autostart is None
 
 
@@ -228,17 +228,17 @@ def test_run_key_quotes_paths_and_reads_task_managers_switch():
     assert reg.get(APPROVED_KEY, "torchkeeper") is not None   # Task Manager's own value: not ours
 
 
-def test_login_refuses_to_override_task_manager(tmp_path):
+def test_autostart_refuses_to_override_task_manager(tmp_path):
     reg = DictRegistry()
-    login = Login(_home(tmp_path), RunKeyAutostart(reg), argv=[r"C:\tk\torchkeeper.exe", "run"])
-    login.enable()
+    autostart = Autostart(_home(tmp_path), RunKeyAutostart(reg), argv=[r"C:\tk\torchkeeper.exe", "run"])
+    autostart.enable()
     reg.set(APPROVED_KEY, "torchkeeper", bytes([3]) + bytes(11), REG_BINARY)
     from torchkeeper.errors import UsageError
 
     with pytest.raises(UsageError) as e:
-        login.enable()
+        autostart.enable()
     assert "Task Manager" in e.value.hint
-    st, said = login.enable(by="installer", if_not_declined=True)
+    st, said = autostart.enable(by="installer", if_not_declined=True)
     assert st["state"] == "turned off" and said.startswith("left off")
     assert reg.get(APPROVED_KEY, "torchkeeper")[0][0] == 3
 

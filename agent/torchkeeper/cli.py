@@ -529,17 +529,17 @@ def cmd_run(args, eng=None):
 
 
 def cmd_autostart(args, eng):
-    from .engine.login import Login
+    from .engine.autostart import Autostart
 
-    login = Login(eng.home)
+    autostart = Autostart(eng.home)
     if args.action == "enable":
-        st, said = login.enable(by=args.by, if_not_declined=args.if_not_declined)
+        st, said = autostart.enable(by=args.by, if_not_declined=args.if_not_declined)
     elif args.action == "disable":
-        st, said = login.disable(by=args.by)
+        st, said = autostart.disable(by=args.by)
     elif args.action == "remove":  # an uninstaller's: the entry goes, the user's choice stays
-        st, said = login.forget()
+        st, said = autostart.forget()
     else:
-        st = login.status()
+        st = autostart.status()
         said = {"enabled": "torchkeeper starts at login", "disabled": "torchkeeper does not start at login",
                 "turned off": "start at login is turned off in the system's settings: "
                               + (st.get("how_to_turn_on") or "")}[st["state"]]
@@ -570,10 +570,10 @@ def cmd_uninstall(args, eng):
     """What an uninstaller runs before it removes the program itself."""
     import shutil
 
-    from .engine.login import Login
+    from .engine.autostart import Autostart
 
     stopped = _stop(eng, args.timeout)
-    st, said = Login(eng.home).forget()
+    st, said = Autostart(eng.home).forget()
     removed = [str(eng.home.log_dir)]
     shutil.rmtree(eng.home.log_dir, ignore_errors=True)
     try:  # ~/.local/state/torchkeeper once its log/ is gone

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from ..engine import config as configmod
 from ..engine.core import Engine
-from ..engine.login import Login
+from ..engine.autostart import Autostart
 from ..engine.records import TargetStatus
 from ..errors import TKError
 from ..home import Home
@@ -49,7 +49,7 @@ class Agent:
 
     def __init__(self, home: Home, engine: Engine | None = None, notifier=None,
                  clock=time.monotonic, watch: bool = True, schedule: bool = True,
-                 driver_query=None, login: Login | None = None):
+                 driver_query=None, autostart: Autostart | None = None):
         self.home = home
         self.engine = engine or Engine(home, driver_query=driver_query)
         self.config_file = home.config_file
@@ -66,7 +66,7 @@ class Agent:
         self.repair = Repair(self.engine, self.board, self.tell, self.jobs.put, self.own, self._settings,
                              self._want_standby, self._rewatch, self.offers.line_for)
         self.driver = DriverWatch(self.engine, self.state, self.board, self.tell, self.jobs.put)
-        self.login = login or Login(home)
+        self.autostart = autostart or Autostart(home)
         self.board.set(autostart=self._read_autostart())
         self.watcher = None
         self.safety = None
@@ -298,7 +298,7 @@ class Agent:
     def set_autostart(self, enabled: bool) -> None:
         """A person's choice from the tray (never called by the agent's own decisions)."""
         try:
-            _, said = self.login.enable() if enabled else self.login.disable()
+            _, said = self.autostart.enable() if enabled else self.autostart.disable()
             self.tell.event("autostart", enabled=enabled, message=said)
         except (TKError, OSError) as e:
             msg, hint = (e.message, e.hint) if isinstance(e, TKError) else (str(e), None)
@@ -309,7 +309,7 @@ class Agent:
     def _read_autostart(self) -> bool | None:
         """Whether the agent starts at login; None (greyed in the menu) when it cannot tell."""
         try:
-            return bool(self.login.status()["enabled"])
+            return bool(self.autostart.status()["enabled"])
         except Exception as e:  # a registry or file the OS will not let us read
             log.warning("cannot tell whether torchkeeper starts at login: %s", e)
             return None

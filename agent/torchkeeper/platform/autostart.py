@@ -8,7 +8,7 @@
 - macOS (``macos.LaunchAgent``): ``~/Library/LaunchAgents/<label>.plist`` with RunAtLoad.
 
 A back end only reads and writes the OS's entry. Whether to write it at all (the user's
-consent, a choice recorded earlier) is decided above, in ``torchkeeper.engine.login``.
+consent, a choice recorded earlier) is decided above, in ``torchkeeper.engine.autostart``.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from pathlib import Path
 from .autostart_interface import (APP_ID, DISABLED, ENABLED, TURNED_OFF, Autostart, AutostartStatus,
                                   FileEntry)
 
-# the interface, for callers that know only this module (engine/login.py)
+# the interface, for callers that know only this module (engine/autostart.py)
 __all__ = ["APP_ID", "DISABLED", "ENABLED", "TURNED_OFF", "Autostart", "AutostartStatus", "FileEntry",
            "backend", "agent_command"]
 

@@ -23,7 +23,7 @@ from .records import JsonObject
 ON, OFF = "on", "off"
 
 
-class Login:
+class Autostart:
     def __init__(self, home: Home, backend: osauto.Autostart | None = None, argv: list[str] | None = None):
         self.home = home
         self.backend = backend or osauto.backend(icon=str(app_icon()))
