@@ -50,8 +50,8 @@ sys.path[:0] = [str(REPO / "agent"), str(REPO / "tests"), str(REPO / "bench")]
 
 import psutil  # noqa: E402
 
-import builders  # noqa: E402
-from agentkit import slow_pip  # noqa: E402
+from kit import builders  # noqa: E402
+from kit.agentkit import slow_pip  # noqa: E402
 from bench_engine import SHARES, pad_dll  # noqa: E402
 
 CACHE = REPO / ".tk-test-cache" / "builders"
@@ -637,7 +637,7 @@ def bare_imports_rss(d: Path, a, samples: int = 3) -> list[int]:
 # ----------------------------------------------------------------------------- 3. burst
 
 def part_burst(work: Path, a) -> None:
-    from agentkit import burst_wheel, write_config
+    from kit.agentkit import burst_wheel, write_config
 
     header(f"3. CPU during a {a.burst_files:,}-file reinstall burst")
     SUMMARY.append(f"[burst] {machine_line()[2:]}")

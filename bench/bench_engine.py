@@ -26,7 +26,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO / "agent"), str(REPO / "tests")]
 
-import builders  # noqa: E402
+from kit import builders  # noqa: E402
 
 # share of the bundle's bytes per cuDNN 8 file, roughly as in the real 8.9 release
 SHARES = {"cudnn_cnn_infer64_8.dll": 0.55, "cudnn_adv_infer64_8.dll": 0.12,

@@ -31,8 +31,8 @@ for _p in (str(AGENT), str(TESTS)):
     if _p not in sys.path:
         sys.path.insert(0, _p)
 
-import builders  # noqa: E402
-from nvmlstub import nvml_stub  # noqa: E402,F401  (a fixture: the stub libnvidia-ml.so.1's folder)
+from kit import builders  # noqa: E402
+from kit.nvmlstub import nvml_stub  # noqa: E402,F401  (a fixture: the stub libnvidia-ml.so.1's folder)
 
 CACHE_MAX_AGE_S = 14 * 24 * 3600
 
@@ -113,7 +113,7 @@ def tk_env(home: Path, extra_env: dict | None = None) -> dict:
 
 @pytest.fixture
 def running_agent():
-    from agentkit import start_agent
+    from kit.agentkit import start_agent
 
     started = []
 

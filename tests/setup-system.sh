@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs the system tools torchkeeper's tests need, when they are missing (idempotent).
-#   gcc (+ libc6-dev)            real ELF .so files          (tests/builders.py build_so)
+#   gcc (+ libc6-dev)            real ELF .so files          (tests/kit/builders.py build_so)
 #   x86_64-w64-mingw32-gcc/-windres  real PE DLLs with version resources (build_dll)
 #   python3-venv                 only when python3 cannot make a venv with pip (ensurepip)
 #   xvfb, trayer                 an X server and a system-tray host for the tray's screen test

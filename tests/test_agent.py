@@ -11,9 +11,9 @@ import sys
 import time
 from pathlib import Path
 
-import builders
+from kit import builders
 import pytest
-from agentkit import (WIN, burst_wheel, events, patched_target, spawn_agent, wait_for,
+from kit.agentkit import (WIN, burst_wheel, events, patched_target, spawn_agent, wait_for,
                       wait_idle, write_config)
 from kit.flow import lib_hashes, record_libs
 

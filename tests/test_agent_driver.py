@@ -17,9 +17,9 @@ from pathlib import Path
 
 import pytest
 
-from agentkit import events, spawn_agent, wait_for, write_config
+from kit.agentkit import events, spawn_agent, wait_for, write_config
 from conftest import tk_env
-from nvmlstub import write_answers
+from kit.nvmlstub import write_answers
 
 RTX4070 = ("NVIDIA GeForce RTX 4070", "GPU-8d3f3c2a-6f1e-4b0e-9a59-1c2d3e4f5a6b")
 CONFIG = """\

@@ -12,9 +12,9 @@ import time
 
 import pytest
 
-import builders
-from agentkit import end_process, events, padded_wheel, slow_pip, spawn_agent, wait_for, write_config
-from wayback import NAME, add_bundle, assert_patched, make_target, ok, record_libs
+from kit import builders
+from kit.agentkit import end_process, events, padded_wheel, slow_pip, spawn_agent, wait_for, write_config
+from kit.wayback import NAME, add_bundle, assert_patched, make_target, ok, record_libs
 
 pytestmark = pytest.mark.timeout(300)
 

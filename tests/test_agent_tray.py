@@ -13,9 +13,9 @@ import sys
 import time
 from pathlib import Path
 
-import builders
+from kit import builders
 import pytest
-from agentkit import end_process, events, patched_target, write_config
+from kit.agentkit import end_process, events, patched_target, write_config
 from conftest import tk_env
 from kit.xtray import AMBER_FILL, OK_FILL, find_colour, start_xvfb, tray_owner, wait
 

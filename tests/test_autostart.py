@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from agentkit import wait_for
+from kit.agentkit import wait_for
 from torchkeeper.engine.autostart import Autostart
 from torchkeeper.home import Home, app_icon
 from torchkeeper.platform import autostart as osauto

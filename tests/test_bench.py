@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-import builders
-import wayback
+from kit import builders
+from kit import wayback
 from torchkeeper.engine import bench
 from torchkeeper.engine.core import Engine
 
@@ -137,7 +137,7 @@ def _bench_with_agent(t, tk_home, tmp_path, monkeypatch, seen) -> float:
     """One bench in this process while `torchkeeper run` runs; each of its four transactions
     (revert, apply b, revert, apply a) stops 2 s in the middle of its swap, where the agent's
     watch sees a half-swapped target. Returns when the bench began (wall clock)."""
-    import agentkit
+    from kit import agentkit
 
     k = len(t.bundles["a"]["files"])
     monkeypatch.setenv("TORCHKEEPER_TEST_PAUSE_AT", str(2 + 2 * k + k // 2))
@@ -154,7 +154,7 @@ def _bench_with_agent(t, tk_home, tmp_path, monkeypatch, seen) -> float:
 
 
 def _decisions(tk_home, since: float) -> list[dict]:
-    import agentkit
+    from kit import agentkit
 
     return [e for e in agentkit.events(tk_home) if e["event"] in ("drift", "repaired", "reapplied")
             and e["ts"] >= since]
@@ -164,7 +164,7 @@ def test_a_bench_holds_the_running_agent_and_leaves_a_users_pause_alone(
         build, tmp_path, run_tk, tk_home, monkeypatch):
     import signal
 
-    import agentkit
+    from kit import agentkit
     from torchkeeper.engine import hold
 
     t = wayback.windows_target(build, tmp_path, run_tk, tk_home)

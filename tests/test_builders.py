@@ -1,4 +1,4 @@
-"""Self-tests of tests/builders.py: the artefacts are real PE/ELF files, real wheels, real venvs."""
+"""Self-tests of tests/kit/builders.py: the artefacts are real PE/ELF files, real wheels, real venvs."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pefile
 import pytest
 from elftools.elf.elffile import ELFFile
 
-import builders as b
+from kit import builders as b
 from torchkeeper.engine import libs
 
 

@@ -16,7 +16,7 @@ sys.path.insert(0, str(Path(__file__).parents[1] / "agent"))
 
 import pytest  # noqa: E402
 
-import builders  # noqa: E402
+from kit import builders  # noqa: E402
 from torchkeeper.engine import libs  # noqa: E402
 
 WIN, LINUX = libs.WINDOWS, libs.LINUX

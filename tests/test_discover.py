@@ -395,9 +395,9 @@ def test_big_home_finds_the_envs(tmp_path):
 import shutil  # noqa: E402
 import subprocess  # noqa: E402
 
-import builders  # noqa: E402
+from kit import builders  # noqa: E402
 from torchkeeper.engine.discover import Launchers, launcher_folders  # noqa: E402
-from wayback import present_libs, record_libs  # noqa: E402
+from kit.wayback import present_libs, record_libs  # noqa: E402
 
 VL, VW = "2.5.1+cu124", "2.4.1+cu121"   # the Linux-layout and Windows-layout torch wheels
 

@@ -3,8 +3,8 @@ running the target's own Python; and discover through the CLI."""
 
 from __future__ import annotations
 
-import builders
-from nvmlstub import write_answers
+from kit import builders
+from kit.nvmlstub import write_answers
 
 # torch.backends.cudnn.version() for the stand-in torch: asks the cuDNN library torch loads,
 # as the real one does (the test libraries export cudnnGetVersion).

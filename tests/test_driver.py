@@ -22,7 +22,7 @@ AGENT_DIR = str(TESTS.parent / "agent")
 sys.path.insert(0, AGENT_DIR)
 sys.path.insert(0, str(TESTS))
 
-from nvmlstub import write_answers  # noqa: E402
+from kit.nvmlstub import write_answers  # noqa: E402
 from torchkeeper.engine import driver  # noqa: E402
 
 ONE_SHOT = ("import json,sys; sys.path.insert(0, sys.argv[1]); from torchkeeper.engine import driver; "

@@ -1,4 +1,4 @@
-"""`bundle fetch` and `suggest` against a real local package index (tests/pkgindex.py: a PEP 503
+"""`bundle fetch` and `suggest` against a real local package index (tests/kit/pkgindex.py: a PEP 503
 index over HTTP on 127.0.0.1, or a --find-links folder) filled with nvidia-*-shaped wheels, the
 real pip doing every download, and the NVML stub answering as the driver."""
 
@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-import pkgindex
-import wayback
-from nvmlstub import write_answers
+from kit import pkgindex
+from kit import wayback
+from kit.nvmlstub import write_answers
 from torchkeeper.engine import libs, suggest
 from kit.wheelcache import cache_wheels
 

@@ -10,8 +10,8 @@ import json
 
 import pytest
 
-import agentkit
-import builders
+from kit import agentkit
+from kit import builders
 from kit.bus import PrivateBus, need
 from torchkeeper.daemon import view as V
 from torchkeeper.desktop import tray

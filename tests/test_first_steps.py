@@ -4,7 +4,7 @@ in `status --json`."""
 
 from __future__ import annotations
 
-import builders
+from kit import builders
 import pytest
 
 
@@ -107,7 +107,7 @@ def test_doctor_lists_every_folder(run_tk, tk_home):
 def test_status_and_doctor_say_why_a_cudnn_version_is_unknown(tmp_path, build, run_tk):
     """Mid-reinstall (pip has removed the cuDNN DLLs and not yet written the new ones): no
     `?` or `None`, but what is unknown and why."""
-    from agentkit import patched_target
+    from kit.agentkit import patched_target
 
     venv, _, _ = patched_target(tmp_path, build, run_tk)
     lib = builders.site_packages(venv) / "torch" / "lib"

@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import builders
+from kit import builders
 import pytest
 from kit.flow import lib_hashes, record_libs
 

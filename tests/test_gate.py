@@ -9,9 +9,9 @@ import os
 import shutil
 from pathlib import Path
 
-import builders
+from kit import builders
 import pytest
-from nvmlstub import write_answers
+from kit.nvmlstub import write_answers
 
 
 def snapshot(*roots: Path) -> dict:

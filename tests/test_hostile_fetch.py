@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-import pkgindex
-import wayback
+from kit import pkgindex
+from kit import wayback
 from kit.wheelcache import cache_wheels
 
 pytestmark = pytest.mark.timeout(300)

@@ -10,8 +10,8 @@ import json
 import time
 
 import pytest
-from agentkit import end_process, events, spawn_agent, wait_for, write_config
-from wayback import NAME, assert_patched, assert_stock, ok, windows_target
+from kit.agentkit import end_process, events, spawn_agent, wait_for, write_config
+from kit.wayback import NAME, assert_patched, assert_stock, ok, windows_target
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -135,7 +135,7 @@ def test_a_bad_agent_only_setting_warns_the_cli_and_goes_on(tmp_path, build, run
 
 
 def test_the_agent_starts_with_the_last_good_settings(tmp_path, tk_home):
-    from agentkit import start_agent
+    from kit.agentkit import start_agent
 
     write_config(tk_home, GOOD_CONFIG)
     agent = start_agent(tk_home, watch=False, schedule=False)

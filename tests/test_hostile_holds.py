@@ -12,8 +12,8 @@ import sys
 
 import pytest
 
-import agentkit
-import builders
+from kit import agentkit
+from kit import builders
 from torchkeeper.engine import hold
 from torchkeeper.home import Home
 
@@ -82,7 +82,7 @@ def test_a_hold_that_is_not_a_small_file_is_never_read(home, kind):
 
 
 def test_a_live_hold_is_honoured_and_said_by_status(home, tk_home, run_tk, tmp_path, build):
-    from agentkit import patched_target
+    from kit.agentkit import patched_target
 
     patched_target(tmp_path, build, run_tk)
     with hold.hold(home, "a1111", "bench"):

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from agentkit import end_process, events, patched_target, spawn_agent, wait_for
-from wayback import NAME, assert_stock, ok, windows_target
+from kit.agentkit import end_process, events, patched_target, spawn_agent, wait_for
+from kit.wayback import NAME, assert_stock, ok, windows_target
 
 pytestmark = pytest.mark.timeout(300)
 

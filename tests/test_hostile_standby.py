@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-import agentkit
+from kit import agentkit
 from kit.standby import last_via, patched_with_standby, reinstall, standby_dir
-from wayback import NAME, assert_patched, assert_stock, ok, status_of, windows_target
+from kit.wayback import NAME, assert_patched, assert_stock, ok, status_of, windows_target
 
 
 def _victim(tmp_path: Path) -> tuple[Path, dict]:

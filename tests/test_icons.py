@@ -9,7 +9,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from pixels import pixels
+from kit.pixels import pixels
 from PIL import Image
 
 from torchkeeper.desktop import icons

@@ -13,7 +13,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from agentkit import wait_for
+from kit.agentkit import wait_for
 
 REPO = Path(__file__).resolve().parents[1]
 INSTALL = REPO / "installer" / "install.sh"

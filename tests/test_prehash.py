@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import os
 
-import builders
-from agentkit import events, patched_target, start_agent, wait_for, wait_idle
+from kit import builders
+from kit.agentkit import events, patched_target, start_agent, wait_for, wait_idle
 from torchkeeper.engine import fsutil
 
 

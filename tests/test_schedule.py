@@ -9,7 +9,7 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from agentkit import wait_for
+from kit.agentkit import wait_for
 from torchkeeper.engine import config as configmod
 from torchkeeper.daemon.schedule import (RESUME_SLACK_SECONDS, RESUME_TICK_SECONDS, ResumeDetector, SafetyNet, next_fire, triggers)
 

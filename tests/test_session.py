@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import threading
 
-import builders
+from kit import builders
 import pytest
-from agentkit import events, patched_target, start_agent, wait_for, wait_idle
+from kit.agentkit import events, patched_target, start_agent, wait_for, wait_idle
 from kit.flow import lib_hashes, record_libs
 from tray_demo import FakeController
 

@@ -17,8 +17,8 @@ import os
 
 import pytest
 
-from agentkit import events, write_config
-from wayback import (KILLED, NAME, assert_patched, assert_stock, classify, inodes, journals, ok,
+from kit.agentkit import events, write_config
+from kit.wayback import (KILLED, NAME, assert_patched, assert_stock, classify, inodes, journals, ok,
                      status_of, windows_target)
 from kit.standby import last_via, patched_with_standby, reinstall, standby_dir, standby_inodes
 
@@ -238,7 +238,7 @@ def test_revert_and_target_remove_leave_no_standby(build, tmp_path, run_tk, tk_h
 def test_the_agent_repairs_through_the_standby_and_prepares_the_next(build, tmp_path, run_tk, tk_home):
     """The agent prepares the standby by itself after an apply, repairs a real pip reinstall
     from it (the placed files are the standby's inodes), and is ready for the next one."""
-    from agentkit import end_process, spawn_agent, wait_for
+    from kit.agentkit import end_process, spawn_agent, wait_for
 
     t = windows_target(build, tmp_path, run_tk, tk_home)
     ok(run_tk("use", "a"))

@@ -24,9 +24,9 @@ from pathlib import Path
 import psutil
 import pytest
 
-import builders
+from kit import builders
 from conftest import TkResult, tk_env
-from wayback import (KILLED, NAME, Target, add_bundle, assert_clean, assert_patched, assert_stock, backup_files,
+from kit.wayback import (KILLED, NAME, Target, add_bundle, assert_clean, assert_patched, assert_stock, backup_files,
                      classify, journals, linux_target, ok, state, status_of, win_sources, windows_target)
 
 # ----------------------------------------------------------------------------- 1. crashes

@@ -19,12 +19,12 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from pixels import pixels
+from kit.pixels import pixels
 
 from torchkeeper.platform import opener as platform_opener
 from torchkeeper.desktop import icons, tray
 from torchkeeper.daemon import view
-from agentkit import end_process
+from kit.agentkit import end_process
 from tray_demo import FakeController, sample_view
 from kit.xtray import AMBER_FILL, OK_FILL, find_colour, near, start_xvfb, tray_owner, wait
 

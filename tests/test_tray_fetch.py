@@ -7,9 +7,9 @@ import contextlib
 
 import pytest
 
-import agentkit
-import pkgindex
-import wayback
+from kit import agentkit
+from kit import pkgindex
+from kit import wayback
 from torchkeeper.daemon import offers
 from torchkeeper.desktop import tray
 from torchkeeper.engine.driver import DriverStatus

@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
-from agentkit import wait_for
+from kit.agentkit import wait_for
 
 from torchkeeper.daemon.watch import Debouncer, Watcher
 

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from agentkit import wait_for
-import builders
+from kit.agentkit import wait_for
+from kit import builders
 from torchkeeper.daemon.watch import Burst, Debouncer, Watcher, install_done
 
 

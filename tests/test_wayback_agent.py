@@ -8,10 +8,10 @@ import subprocess
 import sys
 import time
 
-import builders
+from kit import builders
 import pytest
-from agentkit import end_process, events, padded_wheel, spawn_agent, wait_for, write_config
-from wayback import (NAME, add_bundle, assert_patched, assert_stock, make_target, ok,
+from kit.agentkit import end_process, events, padded_wheel, spawn_agent, wait_for, write_config
+from kit.wayback import (NAME, add_bundle, assert_patched, assert_stock, make_target, ok,
                      windows_target)
 
 pytestmark = pytest.mark.timeout(300)
@@ -32,7 +32,7 @@ def _linux_target_with_big_cudnn(build, tmp_path, run_tk, tk_home):
     cudnn = next(w for w in t.wheels if w.name.startswith("nvidia_cudnn"))
     big = padded_wheel(cudnn, tmp_path / "big", "libcudnn_engines_precompiled.so.9", BIG)
     builders.pip_install(t.venv, big, force_reinstall=True)
-    from wayback import record_libs
+    from kit.wayback import record_libs
 
     t.stock = record_libs(t.sp)
     t.wheels = [big if w == cudnn else w for w in t.wheels]
@@ -178,7 +178,7 @@ def test_a_revert_or_use_while_the_agent_decides_is_not_undone(tmp_path, build, 
     if cli == "revert":
         assert_stock(t, run_tk)
     else:  # pip's stock files stay until the user applies the bundle they chose
-        from wayback import classify
+        from kit.wayback import classify
 
         classify(t, {"stock": None})
         ok(run_tk("apply", NAME))
@@ -188,6 +188,6 @@ def test_a_revert_or_use_while_the_agent_decides_is_not_undone(tmp_path, build, 
 
 
 def win_sources_b(build, tmp_path):
-    from wayback import win_sources
+    from kit.wayback import win_sources
 
     return win_sources(build, tmp_path, "8.9.6.50")

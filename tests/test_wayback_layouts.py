@@ -22,10 +22,10 @@ from pathlib import Path
 
 import pytest
 
-import builders
+from kit import builders
 from torchkeeper.engine import libs
 from torchkeeper.engine import target as targetmod
-from wayback import (NAME, add_bundle, assert_patched, assert_stock, classify, key_of, make_target, ok,
+from kit.wayback import (NAME, add_bundle, assert_patched, assert_stock, classify, key_of, make_target, ok,
                      record_libs, win_sources)
 
 # ----------------------------------------------------------------------------- 1. case

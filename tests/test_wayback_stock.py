@@ -13,9 +13,9 @@ import csv
 import shutil
 import unicodedata
 
-import builders
+from kit import builders
 import pytest
-from wayback import (NAME, WIN_TORCH, Target, add_bundle, assert_error, assert_patched, assert_stock,
+from kit.wayback import (NAME, WIN_TORCH, Target, add_bundle, assert_error, assert_patched, assert_stock,
                      classify, ok, present_libs, state, status_of, win_sources, windows_target)
 
 SEEN = "seen before the first overlay"

@@ -20,8 +20,8 @@ import shutil
 
 import pytest
 
-import builders
-from wayback import (NAME, add_bundle, assert_patched, assert_stock, backup_files, classify, crash_at,
+from kit import builders
+from kit.wayback import (NAME, add_bundle, assert_patched, assert_stock, backup_files, classify, crash_at,
                      hashes, inodes, journal_file, journals, leftovers, ok, set_aside_journals, state,
                      status_of, win_sources, windows_target)
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from agentkit import end_process, wait_for
+from kit.agentkit import end_process, wait_for
 
 
 SERVER = Path(__file__).parents[1] / "dbus_notify_server.py"

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import builders
+from kit import builders
 
 
 def lib_hashes(sp: Path, rels) -> dict:

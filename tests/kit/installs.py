@@ -7,7 +7,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
-import builders
+from kit import builders
 
 
 def installs(build, home) -> dict:

@@ -4,8 +4,8 @@ Shared by several test modules (it was in test_standby.py)."""
 
 from __future__ import annotations
 
-import builders
-from wayback import (NAME, classify, ok, windows_target)
+from kit import builders
+from kit.wayback import (NAME, classify, ok, windows_target)
 
 
 STANDBY = ".torchkeeper-standby"

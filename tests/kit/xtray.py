@@ -10,8 +10,8 @@ import time
 from pathlib import Path
 
 import pytest
-from pixels import pixels
-from agentkit import end_process
+from kit.pixels import pixels
+from kit.agentkit import end_process
 
 
 OK_FILL = (40, 160, 70)           # icons/make_icons.py STATES: the badges' face colours

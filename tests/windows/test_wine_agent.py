@@ -15,7 +15,7 @@ import time
 import zipfile
 
 import pytest
-from agentkit import events, wait_for, write_config
+from kit.agentkit import events, wait_for, write_config
 from winkit import WIN_PYTHONW, Desktop, kill_windows_processes, patched_target
 
 pytestmark = pytest.mark.timeout(240)

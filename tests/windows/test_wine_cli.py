@@ -2,7 +2,7 @@
 or a ComfyUI-portable python_embeded whose torch-shaped wheel the Windows pip installed, bundles
 made from Windows DLL sources, and torchkeeper running as a Windows program:
 target add, bundle create, plan, apply, verify, a pip --force-reinstall, verify (drift), apply,
-revert -- checked with tests/wayback.py: every library is stock or the bundle's, never mixed,
+revert -- checked with tests/kit/wayback.py: every library is stock or the bundle's, never mixed,
 and revert gives RECORD's bytes back.
 
 Also, with Windows semantics for real: a DLL another Windows process has loaded (ctypes.WinDLL)
@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import re
 
-from wayback import (NAME, Target, add_bundle, assert_clean, assert_patched, assert_stock, backup_files,
+from kit.wayback import (NAME, Target, add_bundle, assert_clean, assert_patched, assert_stock, backup_files,
                      classify, journals, ok, record_libs, status_of, win_sources)
 
 CUDNN8 = dict(version="2.3.1+cu121", cuda="12.1", layout="windows", cudnn="8.8.1.3")

@@ -1,13 +1,13 @@
 """`bundle fetch --for` under Wine: torchkeeper and pip are the Windows ones (python.org's
 CPython 3.11), the target a Windows venv whose torch the Windows pip installed; the nvidia-*
 wheels come from a --find-links folder (a Z:\\ path) or from the PEP 503 index on 127.0.0.1
-(tests/pkgindex.py). Then the fetched bundle is used, applied, verified and reverted, checked
-with tests/wayback.py. Only win.run's clean environment reaches the Windows pip: no Linux PIP_*."""
+(tests/kit/pkgindex.py). Then the fetched bundle is used, applied, verified and reverted, checked
+with tests/kit/wayback.py. Only win.run's clean environment reaches the Windows pip: no Linux PIP_*."""
 
 from __future__ import annotations
 
-import pkgindex
-from wayback import NAME, Target, assert_patched, assert_stock, backup_files, ok, record_libs
+from kit import pkgindex
+from kit.wayback import NAME, Target, assert_patched, assert_stock, backup_files, ok, record_libs
 
 CUDNN8 = dict(version="2.3.1+cu121", cuda="12.1", layout="windows", cudnn="8.8.1.3")
 # (lib, version): cuDNN 9 is another major than torch's 8, so --for leaves it; no NVML under

@@ -25,7 +25,7 @@ from pathlib import Path
 import pytest
 
 import winkit
-from agentkit import wait_for
+from kit.agentkit import wait_for
 
 REPO = winkit.REPO
 SPEC = REPO / "installer" / "windows" / "torchkeeper.spec"

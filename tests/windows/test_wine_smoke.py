@@ -5,7 +5,7 @@ from __future__ import annotations
 import subprocess
 import time
 
-import builders
+from kit import builders
 
 
 def test_python_is_windows(win):

@@ -11,7 +11,7 @@ import time
 import zipfile
 
 import pytest
-from agentkit import events, wait_for, write_config
+from kit.agentkit import events, wait_for, write_config
 from PIL import ImageGrab
 from winkit import Desktop, kill_windows_processes, mapped_windows, patched_target
 

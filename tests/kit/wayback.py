@@ -2,7 +2,7 @@
 library file of a target is the stock bytes (RECORD's hash) or the bundle's bytes, the same
 for a whole family, and revert gives back the stock bytes.
 
-Targets are real venvs filled by the real pip with torch-shaped wheels (tests/builders.py),
+Targets are real venvs filled by the real pip with torch-shaped wheels (tests/kit/builders.py),
 driven through the real CLI (conftest's ``run_tk``). Shared by the transaction, hardening and
 agent tests: build on these rather than writing another classifier.
 """
@@ -13,7 +13,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import builders
+from kit import builders
 from torchkeeper.engine import libs
 
 NAME = "t"

@@ -10,7 +10,7 @@ import sys
 import time
 from pathlib import Path
 
-import builders
+from kit import builders
 
 WIN = dict(version="2.3.1+cu121", cuda="12.1", layout="windows", cudnn="8.8.1.3")
 

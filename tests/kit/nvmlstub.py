@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-SOURCE = Path(__file__).parent / "nvml_stub" / "nvml_stub.c"
+SOURCE = Path(__file__).parents[1] / "nvml_stub" / "nvml_stub.c"
 LIB_NAME = "libnvidia-ml.so.1"
 
 

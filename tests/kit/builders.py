@@ -41,7 +41,7 @@ import zipfile
 from pathlib import Path
 from typing import Callable, Iterable, Mapping, Sequence, Union
 
-_AGENT = Path(__file__).resolve().parent.parent / "agent"
+_AGENT = Path(__file__).resolve().parents[2] / "agent"
 if _AGENT.is_dir() and str(_AGENT) not in sys.path:
     sys.path.insert(0, str(_AGENT))
 
