@@ -217,12 +217,17 @@ def test_library_folders_come_from_record(build, tmp_path, run_tk, tk_home):
 
 
 def _tree_hashes(root: Path) -> dict[str, str]:
+    """{path: sha256} of the files in uv's cache that packages are installed from. uv's own
+    interpreter records (interpreter-v*/) are left out: uv rewrites them itself, on any run."""
     out = {}
     for dirpath, _dirs, files in os.walk(root):
         for f in files:
             p = Path(dirpath) / f
+            rel = p.relative_to(root)
+            if rel.parts[0].startswith("interpreter-v"):
+                continue
             if p.is_file() and not p.is_symlink():
-                out[str(p.relative_to(root))] = hashlib.sha256(p.read_bytes()).hexdigest()
+                out[str(rel)] = hashlib.sha256(p.read_bytes()).hexdigest()
     return out
 
 

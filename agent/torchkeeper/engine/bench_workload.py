@@ -20,7 +20,7 @@ import json
 import statistics
 import sys
 import time
-from .records import JsonObject
+from typing import Any
 
 WARMUP = 5
 REPS = 7
@@ -28,7 +28,7 @@ ITERS = 10
 
 
 def measure(step, sync, clock=time.perf_counter, warmup: int = WARMUP, reps: int = REPS,
-            iters: int = ITERS) -> JsonObject:
+            iters: int = ITERS) -> dict[str, Any]:
     """Runs step() warmup times, then reps timed repetitions of iters steps, with sync() (CUDA
     synchronise) around each; {"it_s": median iterations per second, "min", "max", "spread"}."""
     for _ in range(warmup):
@@ -48,7 +48,7 @@ def measure(step, sync, clock=time.perf_counter, warmup: int = WARMUP, reps: int
             "reps": reps, "iters": iters}
 
 
-def probe(torch) -> JsonObject:
+def probe(torch) -> dict[str, Any]:
     info = {"torch": torch.__version__, "cuda_build": torch.version.cuda,
             "cudnn": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None}
     if torch.version.cuda is None:
@@ -60,7 +60,7 @@ def probe(torch) -> JsonObject:
     return info
 
 
-def parts(torch) -> JsonObject:
+def parts(torch) -> dict[str, Any]:
     dev = "cuda"
     torch.backends.cudnn.benchmark = True
     out = {}
