@@ -10,8 +10,9 @@ figures, never passes or fails.
             into ~/.cache/torchkeeper-bench, or $TK_BENCH_CACHE) reinstalled by pip over a real
             9.28.1.4 overlay (~0.9 GB of cuDNN each), in three conditions: quiet, a CPU hog on
             every core, and pip's writes throttled (a sitecustomize slowing shutil.copyfileobj,
-            as a scanned disk would): from pip's exit and from its last write, p50/p95, and
-            the toasts that were not "re-applied".
+            as a scanned disk would), for each standby mode (--standby copy,link: copies of
+            their own, the default, then hard links, side by side in one run): from pip's
+            exit and from its last write, p50/p95, and the toasts that were not "re-applied".
 2. idle     RSS and CPU seconds of the agent watching 20 patched targets for 10 minutes,
             against a bare python process holding only the agent's imports.
 3. burst    the agent's CPU seconds through a 20,000-file reinstall against pip's own, with
@@ -493,15 +494,22 @@ def part_real(work: Path, a) -> None:
     say(f"# stock wheel {stock.stat().st_size / 1e6:.0f} MB, bundle wheel {bundle.stat().st_size / 1e6:.0f} MB; "
         f"the overlay in place: {human(size)} of cuDNN; {machine_line()[2:]}", summary=True)
     slow = slow_pip(d / "slow", 0.004)   # ~4 ms a MiB: a disk an antivirus scans
-    for cond in ("quiet", "cpu-hog", "throttled"):
-        real_condition(d, home, venv, stock, cond, slow, a.rounds, a.settle)
+    for mode in a.standby.split(","):
+        # the standby as copies (the default) or as hard links to the placed files
+        (home / "config").mkdir(parents=True, exist_ok=True)
+        (home / "config" / "config.toml").write_text(
+            f"[agent]\nstandby_copy = {'true' if mode == 'copy' else 'false'}\n", encoding="utf-8")
+        tk(home, "standby")
+        for cond in a.conditions.split(","):
+            real_condition(d, home, venv, stock, cond, slow, a.rounds, a.settle, mode)
 
 
 def real_condition(d: Path, home: Path, venv: Path, wheel: Path, cond: str, slow: Path, rounds: int,
-                   settle: float) -> None:
+                   settle: float, mode: str = "copy") -> None:
     tail = EventTail(home)
     tail.skip_to_end()
-    agent = AgentProc(home, d, f"real-{cond}")
+    agent = AgentProc(home, d, f"real-{mode}-{cond}")
+    cond_label = f"{mode}/{cond}"
     rows, false_toasts = [], 0
     try:
         agent.wait_started(tail)
@@ -534,13 +542,13 @@ def real_condition(d: Path, home: Path, venv: Path, wheel: Path, cond: str, slow
                  "pip": t_exit - t_start, "via": ev.get("via") or {},
                  "repairs": sum(e["event"] == "repaired" for e in seen)}
             rows.append(r)
-            print(f"  real-{cond} round {i + 1:2d}: pip {r['pip']:.1f} s; exit -> verified {r['exit'] * 1000:6.0f} ms, "
+            print(f"  {cond_label} round {i + 1:2d}: pip {r['pip']:.1f} s; exit -> verified {r['exit'] * 1000:6.0f} ms, "
                   f"last write -> verified {r['last'] * 1000:6.0f} ms; {r['repairs']} repair(s), "
                   f"{len(toasts)} toast(s), via {r['via']}", flush=True)
     finally:
         agent.stop()
     ex, la = [r["exit"] for r in rows], [r["last"] for r in rows]
-    say(f"{'real-' + cond:>16}  pip exit -> verified p50 {statistics.median(ex) * 1000:6.0f} ms  p95 "
+    say(f"{cond_label:>16}  pip exit -> verified p50 {statistics.median(ex) * 1000:6.0f} ms  p95 "
         f"{pct(ex, 95) * 1000:6.0f} ms | last write -> verified p50 {statistics.median(la) * 1000:6.0f} ms  "
         f"p95 {pct(la, 95) * 1000:6.0f} ms | pip {statistics.median([r['pip'] for r in rows]):.1f} s | "
         f"repairs {sum(r['repairs'] for r in rows)}/{len(rows)} | toasts not 're-applied': {false_toasts} "
@@ -709,6 +717,9 @@ def main() -> None:
     ap.add_argument("--part", choices=("latency", "real", "idle", "burst", "all"), default="all")
     ap.add_argument("--rounds", type=int, default=20, help="reinstalls per bundle size (latency)")
     ap.add_argument("--size-mb", type=int, default=1024, help="the big bundle's size in MiB (latency)")
+    ap.add_argument("--standby", default="copy,link",
+                    help="standby modes to run side by side (real): copy, link or both")
+    ap.add_argument("--conditions", default="quiet,cpu-hog,throttled", help="real: which conditions")
     ap.add_argument("--settle", type=float, default=1.5, help="seconds to wait after a repair before the next round")
     ap.add_argument("--idle-seconds", type=float, default=600)
     ap.add_argument("--sample-seconds", type=float, default=10)

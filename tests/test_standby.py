@@ -38,7 +38,73 @@ def _applied_event(tk_home) -> dict:
     return [e for e in events(tk_home, "applied")][-1]
 
 
+def _identities(t) -> dict[str, tuple]:
+    return {p.name: (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+            for p in standby_dir(t).iterdir() for st in [p.stat()]}
+
+
+def test_a_standby_of_copies_is_untouched_by_a_reinstall_and_linked_in(build, tmp_path, run_tk, tk_home):
+    """The default (standby_copy): inodes of their own, which pip's unlinks never reach, so the
+    repair trusts them by identity alone (no hash), links them in, and copies anew after."""
+    t = patched_with_standby(build, tmp_path, run_tk, tk_home, copy=True)
+    files = t.bundles["a"]["files"]
+    placed, sb = inodes(t), standby_inodes(t)
+    assert not set(sb.values()) & set(placed.values()), "a standby copy is a placed file's inode"
+    tgt, _ = status_of(run_tk)
+    s = tgt["standby"]
+    assert s["state"] == "ready" and s["mode"] == "copy" and s["disk_bytes"] == s["bytes"] > 0, tgt
+    before = _identities(t)
+
+    reinstall(t)
+    assert _identities(t) == before, "pip's reinstall moved a standby copy's identity"
+    r = ok(run_tk("apply", "--json"))
+    assert last_via(r) == {"standby": len(files), "copy": 0, "why_copy": None}, str(r)
+    assert_patched(t, run_tk, "a")
+    _assert_linked_from_standby(t, files)     # the copies themselves, linked in
+    ok(run_tk("verify", "--full"))
+
+    r = ok(run_tk("standby", "--json"))       # what the agent does after a repair
+    assert r.json()[NAME]["mode"] == "copy", str(r)
+    placed, sb = inodes(t), standby_inodes(t)
+    assert not set(sb.values()) & set(placed.values()), "the new standby shares the placed inodes"
+    reinstall(t)
+    r = ok(run_tk("apply", "--json"))
+    assert last_via(r)["standby"] == len(files), str(r)
+    assert_patched(t, run_tk, "a")
+    ok(run_tk("revert"))
+    assert_stock(t, run_tk)
+    assert not standby_dir(t).exists()
+
+
+def test_copies_only_while_the_floor_stays_free_links_for_the_rest(build, tmp_path, run_tk, tk_home,
+                                                                  monkeypatch):
+    """Room above standby_min_free_mb for one file alone: it is copied, the others are
+    linked (mode "mixed"); a repair uses both."""
+    from torchkeeper.engine import standby
+    from torchkeeper.engine.core import Engine
+
+    t = patched_with_standby(build, tmp_path, run_tk, tk_home, copy=True)
+    files = t.bundles["a"]["files"]
+    sizes = sorted((p.stat().st_size for p in standby_dir(t).iterdir()), reverse=True)
+    assert len(sizes) >= 2 and sizes[-1] * 2 > sizes[0], sizes   # room for one, never two
+    standby.drop(Engine().home, NAME, t.sp)
+    floor = standby.floor_bytes(None)
+    monkeypatch.setattr(standby, "free_bytes", lambda p: floor + sizes[0] + sizes[-1] // 2)
+    res = Engine().prepare_standby(NAME)
+    assert res["state"] == "ready" and res["mode"] == "mixed", res
+    nlinks = sorted(p.stat().st_nlink for p in standby_dir(t).iterdir())
+    assert nlinks == [1] + [2] * (len(sizes) - 1), nlinks
+    monkeypatch.undo()
+    reinstall(t)
+    r = ok(run_tk("apply", "--json"))
+    assert last_via(r) == {"standby": len(files), "copy": 0, "why_copy": None}, str(r)
+    assert_patched(t, run_tk, "a")
+    ok(run_tk("revert"))
+    assert_stock(t, run_tk)
+
+
 def test_repair_links_the_standby_in_without_copying(build, tmp_path, run_tk, tk_home):
+    """standby_copy = false: the standby is the overlay's own inodes."""
     t = patched_with_standby(build, tmp_path, run_tk, tk_home)
     placed = inodes(t)
     files = t.bundles["a"]["files"]
@@ -191,8 +257,11 @@ def test_kill_during_a_standby_repair(build, tmp_path, run_tk, tk_home):
     assert not standby_dir(t).exists()
 
 
-def test_kill_during_standby_preparation(build, tmp_path, run_tk, tk_home):
+@pytest.mark.parametrize("copy", [True, False], ids=["copies", "links"])
+def test_kill_during_standby_preparation(build, tmp_path, run_tk, tk_home, copy):
     t = windows_target(build, tmp_path, run_tk, tk_home)
+    if not copy:
+        write_config(tk_home, "[agent]\nstandby_copy = false\n")
     ok(run_tk("use", "a"))
     ok(run_tk("apply"))
     labels = []
@@ -212,7 +281,7 @@ def test_kill_during_standby_preparation(build, tmp_path, run_tk, tk_home):
         r = ok(run_tk("apply", "--json"))
         assert last_via(r)["standby"] == 0, str(r)
         assert_patched(t, run_tk, "a")
-    assert any(x.startswith("standby: linked") for x in labels), labels
+    assert any(x.startswith("standby: copied" if copy else "standby: linked") for x in labels), labels
     assert any(x.startswith("standby: hashed") for x in labels), labels
     tgt, _ = status_of(run_tk)
     assert tgt["standby"]["state"] == "ready"
@@ -236,8 +305,9 @@ def test_revert_and_target_remove_leave_no_standby(build, tmp_path, run_tk, tk_h
 
 
 def test_the_agent_repairs_through_the_standby_and_prepares_the_next(build, tmp_path, run_tk, tk_home):
-    """The agent prepares the standby by itself after an apply, repairs a real pip reinstall
-    from it (the placed files are the standby's inodes), and is ready for the next one."""
+    """The agent prepares the standby (copies, the default) by itself after an apply, repairs a
+    real pip reinstall from it (the placed files are the copies' inodes), then copies anew, so
+    the next reinstall is repaired the same way."""
     from kit.agentkit import end_process, spawn_agent, wait_for
 
     t = windows_target(build, tmp_path, run_tk, tk_home)
@@ -245,19 +315,30 @@ def test_the_agent_repairs_through_the_standby_and_prepares_the_next(build, tmp_
     ok(run_tk("apply"))  # the CLI prepares no standby: the agent does, at its first check
     assert not standby_dir(t).exists()
     files = t.bundles["a"]["files"]
+
+    def copies_ready() -> bool:
+        sb = status_of(run_tk)[0]["standby"]
+        return sb["state"] == "ready" and sb["mode"] == "copy" \
+            and not set(standby_inodes(t).values()) & set(inodes(t).values())
+
     p = spawn_agent(tk_home)
     try:
-        wait_for(lambda: status_of(run_tk)[0]["standby"]["state"] == "ready", 60, "the standby")
+        wait_for(copies_ready, 60, "the standby")
+        copies = standby_inodes(t)
         reinstall(t, agent_bundle="a")
         wait_for(lambda: [e for e in events(tk_home, "repaired") if e.get("source") == "agent"], 60,
                  "the repair")
         (rep,) = [e for e in events(tk_home, "repaired") if e.get("source") == "agent"]
         assert rep["via"] == {"standby": len(files), "copy": 0, "why_copy": None}, rep
         assert_patched(t, run_tk, "a")
-        _assert_linked_from_standby(t, files)
+        now = inodes(t)
+        for rel in t.stock:
+            sha = files.get(rel.rsplit("/", 1)[1])
+            if sha:
+                assert now[rel] == copies[sha], f"{rel} was copied, not linked from the standby"
         ok(run_tk("verify", "--full"))
-        assert status_of(run_tk)[0]["standby"]["state"] == "ready"
-        # a second reinstall: the standby is ready again without another preparation
+        wait_for(copies_ready, 60, "the next standby's copies")
+        # a second reinstall: repaired from the new copies
         reinstall(t, agent_bundle="a")
         wait_for(lambda: len([e for e in events(tk_home, "repaired") if e.get("source") == "agent"]) == 2,
                  60, "the second repair")

@@ -5,6 +5,7 @@ Shared by several test modules (it was in test_standby.py)."""
 from __future__ import annotations
 
 from kit import builders
+from kit.agentkit import write_config
 from kit.wayback import (NAME, classify, ok, windows_target)
 
 
@@ -20,8 +21,12 @@ def standby_inodes(t) -> dict[str, int]:
     return {p.name: p.stat().st_ino for p in d.iterdir()} if d.is_dir() else {}
 
 
-def patched_with_standby(build, tmp_path, run_tk, tk_home):
+def patched_with_standby(build, tmp_path, run_tk, tk_home, copy: bool = False):
+    """``copy``: the default standby of copies; False (the tests written for it): hard links
+    to the placed files, whose ctime pip's unlink moves."""
     t = windows_target(build, tmp_path, run_tk, tk_home)
+    if not copy:
+        write_config(tk_home, "[agent]\nstandby_copy = false\n")
     ok(run_tk("use", "a"))
     ok(run_tk("apply"))
     r = ok(run_tk("standby", "--json"))

@@ -1,4 +1,4 @@
-"""A background lane: one low-priority thread draining keyed work, never the worker queue's.
+"""A background lane: one thread (nice 19 unless told otherwise) draining keyed work, never the worker queue's.
 Asking again for a key that waits merges the two asks (``merge(old, new)``); a key being worked
 on can be asked for again and is then done once more. The standby's preparation and the hashing
 of what an installer writes each run on one."""
@@ -14,8 +14,10 @@ log = logging.getLogger("torchkeeper.agent")
 
 class Lane:
     def __init__(self, name: str, work: Callable[[str, object], None],
-                 merge: Callable[[object, object], object] = lambda old, new: new):
-        self._work, self._merge = work, merge
+                 merge: Callable[[object, object], object] = lambda old, new: new,
+                 nice: int | None = 19):
+        """``nice``: this thread's nice value (Linux), None: the process's own."""
+        self._work, self._merge, self._nice = work, merge, nice
         self._todo: dict[str, object] = {}
         self._cv = threading.Condition()
         self._stopping = False
@@ -41,7 +43,8 @@ class Lane:
     def _loop(self) -> None:
         from ..engine.standby import _lower_priority
 
-        _lower_priority()  # this thread only: the worker and pip keep their share
+        if self._nice is not None:
+            _lower_priority(self._nice)  # this thread only: the worker and pip keep their share
         while True:
             with self._cv:
                 while not self._todo and not self._stopping:

@@ -120,6 +120,8 @@ class Repair:
     def apply(self, name: str, s: TargetStatus, job: Job, detected: float, force: bool) -> None:
         """Re-apply (``force``: a person's yes, past the gate's warnings) and say how it went."""
         decided = time.time()
+        if job.why is D.Why.FILE_EVENTS:
+            job.last_write = _newest_write(s, job.last_write)
         stock_now = s.cudnn_now or (s.info.cudnn_build if s.info else None)
         self.show(name, s, V.APPLYING, "re-applying ...")
         self.board.set(working=name)
@@ -167,8 +169,10 @@ class Repair:
                         bundle=m.id if m else None, action=res.action,
                         latency=round(verified - (job.last_write or detected), 3),
                         since_first_event=round(verified - detected, 3), via=res.via)
-        if ok and (after.standby or {}).get("state") != "ready":
-            self.want_standby(name)  # after the toast's work: at low priority, off the queue
+        if ok and ((after.standby or {}).get("state") != "ready" or (res.via or {}).get("standby")):
+            # after the toast's work, at low priority, off the queue: a standby of copies
+            # linked in is made anew (standby_copy); one of links is ready at once (a no-op)
+            self.want_standby(name)
         bundle_cudnn = m.cudnn if m else None
         what = f"cuDNN {bundle_cudnn}" if bundle_cudnn else f"bundle '{m.name if m else None}'"
         if job.why is D.Why.FILE_EVENTS and stock_now and stock_now != bundle_cudnn:
@@ -299,3 +303,22 @@ def ok_message(s: TargetStatus) -> str:
     if s.state == STOCK:
         return "stock" + (f", bundle '{b.name}' chosen, not applied" if b else "")
     return s.state
+
+
+def _newest_write(s: TargetStatus, seen: float | None) -> float | None:
+    """The installer's last write: the last file event seen, or a later mtime of the library
+    files, their folders or site-packages (pip's stash removal). Events can be missed: a
+    library folder pip made anew is watched only once the agent has seen it (a loaded machine,
+    a long install), and the events after a check that waited start no burst of their own."""
+    sp = Path(s.site_packages)
+    paths = [sp, *(sp / d for d in (s.info.lib_dirs if s.info else ())),
+             *(sp / lf.rel for lf in (s.info.libs.values() if s.info else ()))]
+    newest = seen
+    for p in paths:
+        try:
+            m = p.stat().st_mtime
+        except OSError:
+            continue
+        if m <= time.time() and (newest is None or m > newest):
+            newest = m
+    return newest

@@ -78,9 +78,12 @@ class Agent:
         self._standby = Lane("tk-standby", self._standby_work,
                              merge=lambda old, new: max(old, new, key=_STANDBY_RANK.__getitem__))
         self.standby_runs = 0
-        # library files an installer wrote, hashed at low priority while it goes on: the repair's
-        # plan then finds them hashed (fsutil.remember), not on its critical path
-        self._hasher = Lane("tk-hash", self._hash_work)
+        # library files an installer wrote, hashed while it goes on: the repair's plan then finds
+        # them hashed (fsutil.remember), not on its critical path. At the agent's own priority,
+        # not nice 19: it works only during an install the user started (one sha256 pass, ~0.5 CPU
+        # s per GB), and at nice 19 a busy machine starved it until the repair had to hash on its
+        # critical path (real cuDNN, CPU hog: pip exit -> verified p50 768 ms at nice 19, 78 ms)
+        self._hasher = Lane("tk-hash", self._hash_work, nice=None)
         self.prehashed = 0
 
     # -- what `run`, tests and the benchmark read and set
@@ -155,8 +158,8 @@ class Agent:
             self.watcher.debouncer.configure(a["quiet_seconds"], a["max_wait_seconds"])
         if self.safety:
             self.safety.reconfigure(a)
-        if (a.get("standby"), a.get("standby_min_free_mb")) != (old_a.get("standby"),
-                                                                 old_a.get("standby_min_free_mb")):
+        keys = ("standby", "standby_copy", "standby_min_free_mb")
+        if any(a.get(k) != old_a.get(k) for k in keys):
             for name in self.engine.targets():
                 self._want_standby(name)  # prepared, or deleted when turned off
         if self.notifier is not None and hasattr(self.notifier, "update_config"):

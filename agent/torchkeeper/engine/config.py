@@ -37,6 +37,7 @@ SCHEMA = {
         "quiet_seconds": (_NUM, lambda v: 0 <= v <= 60, "a number of seconds, 0 to 60"),
         "max_wait_seconds": (_NUM, lambda v: 0.1 <= v <= 600, "a number of seconds, 0.1 to 600"),
         "standby": (bool, None, "true or false"),
+        "standby_copy": (bool, None, "true or false"),
         "standby_min_free_mb": (int, lambda v: 0 <= v <= 10**9, "a whole number of MB, 0 to 1000000000"),
     },
     "notifications": {

@@ -1,11 +1,16 @@
 """The standby: the overlay's files kept ready on the target's own volume, so that a repair
 after a pip or uv reinstall links them back into place instead of copying the bundle again.
 
-Each standby file is a hard link, in ``<site-packages>/.torchkeeper-standby/<sha256>``, to a
-file the overlay placed. pip and uv unlink the files they replace, so after a reinstall the
-overlay's inode lives on there with our bytes; while the overlay is in place it costs no
-disk at all. Every file is recorded (``<data>/standby/<target>.json``) with its sha256, read
-back after linking, and its stat identity (device, inode, size, mtime, ctime, links).
+Each standby file, in ``<site-packages>/.torchkeeper-standby/<sha256>``, is either a copy of
+a file the overlay placed (``standby_copy``, the default: an inode of its own, which pip and
+uv never touch, so a repair links it in without hashing it again; it costs the overlay's size
+on disk) or a hard link to it (pip and uv unlink the files they replace, so after a reinstall
+the overlay's inode lives on there; no disk while the overlay is in place, but pip's unlink
+moves its ctime and the repair hashes it first). A copy is made only while the disk keeps
+``standby_min_free_mb`` free after it; otherwise links. After a repair links a copy in, the
+next preparation makes a new copy. Every file is recorded (``<data>/standby/<target>.json``)
+with its sha256, read back after copying or linking, and its stat identity (device, inode,
+size, mtime, ctime, links).
 
 A repair uses a standby file only while its identity proves "the bytes we hashed": the same
 device, inode, size, mtime and ctime. pip unlinking the overlay's name moves the inode's ctime,
@@ -100,6 +105,8 @@ def _valid_record(rec) -> bool:
             return False
         if not all(type(f.get(k)) is int for k in IDENTITY):
             return False
+    if rec.get("mode", "link") not in ("copy", "link", "mixed"):
+        return False
     return rec.get("bundle") is None or isinstance(rec["bundle"], str)
 
 
@@ -131,6 +138,11 @@ def floor_bytes(cfg: Config | None) -> int:
 
 def enabled(cfg: Config | None) -> bool:
     return bool((cfg or {}).get("standby", True))
+
+
+def copies(cfg: Config | None) -> bool:
+    """A copy of its own per standby file (True) or hard links to the placed files."""
+    return bool((cfg or {}).get("standby_copy", True))
 
 
 # -- the folder: torchkeeper's own, never followed -----------------------------------------
@@ -193,6 +205,28 @@ class _Folder:
         p, fd = self._at(name)
         os.unlink(p, dir_fd=fd)
 
+    def copy_from(self, src: Path, name: str) -> None:
+        """name becomes a copy of src's bytes, an inode of its own, flushed, in one rename."""
+        tmp = name + PREP
+        with contextlib.suppress(FileNotFoundError):
+            self.unlink(tmp)
+        p, fd = self._at(tmp)
+        nofollow = getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_BINARY", 0)
+        fin = os.open(src, os.O_RDONLY | nofollow)
+        try:
+            if not stat.S_ISREG(os.fstat(fin).st_mode):
+                raise NotARegularFile(errno.EINVAL, "not a file", str(src))
+            fout = os.open(p, os.O_WRONLY | os.O_CREAT | os.O_EXCL | nofollow, 0o644, dir_fd=fd)
+            try:
+                _copy_fd(fin, fout)
+                os.fsync(fout)
+            finally:
+                os.close(fout)
+        finally:
+            os.close(fin)
+        q, _ = self._at(name)
+        os.replace(p, q, src_dir_fd=fd, dst_dir_fd=fd)
+
     def names(self) -> list[str]:
         return os.listdir(self.fd if self.fd is not None else self.path)
 
@@ -218,6 +252,26 @@ class _Folder:
                 os.fsync(self.fd)
         else:
             fsync_dir(self.path)
+
+
+def _copy_fd(fin: int, fout: int) -> None:
+    """The kernel's copy where there is one (copy_file_range: a reflink on btrfs and XFS),
+    else reads and writes."""
+    if hasattr(os, "copy_file_range"):
+        try:
+            while os.copy_file_range(fin, fout, 1 << 30):
+                pass
+            return
+        except OSError as e:
+            if e.errno not in (errno.EXDEV, errno.ENOSYS, errno.EOPNOTSUPP, errno.EINVAL):
+                raise
+            os.lseek(fin, 0, os.SEEK_SET)
+            os.lseek(fout, 0, os.SEEK_SET)
+            os.ftruncate(fout, 0)
+    while chunk := os.read(fin, CHUNK):
+        view = memoryview(chunk)
+        while view:
+            view = view[os.write(fout, view):]
 
 
 _DIR_FD = os.name != "nt" and all(
@@ -384,13 +438,22 @@ def prepare(home: Home, target: str, site_packages: Path, get_overlay, cfg: Conf
         with _Folder.open(site_packages, create=True) as f:
             if f is None:
                 return {"state": "none", "why": f"{folder(site_packages)} is not a folder of torchkeeper's"}
-            return _prepare_in(home, target, f, mk, get_overlay, lock, old, rehash, crash)
+            spare = None
+            if copies(cfg):
+                try:
+                    spare = free_bytes(site_packages) - floor_bytes(cfg)
+                except OSError:
+                    spare = None
+            return _prepare_in(home, target, f, mk, get_overlay, lock, old, rehash, crash, spare)
     finally:
         plock.release()
 
 
-def _prepare_in(home, target, f: _Folder, mk: Path, get_overlay, lock, old, rehash, crash) -> JsonObject:
+def _prepare_in(home, target, f: _Folder, mk: Path, get_overlay, lock, old, rehash, crash,
+                spare: int | None) -> JsonObject:
+    """``spare``: the bytes copies may take (copy mode), None for links only."""
     want: dict[str, JsonObject] = {}
+    to_copy: dict[str, tuple[Path, str, tuple[int, int, int]]] = {}
     why = None
     with lock:
         overlay = get_overlay()
@@ -426,10 +489,19 @@ def _prepare_in(home, target, f: _Folder, mk: Path, get_overlay, lock, old, reha
                 continue
             try:
                 try:
-                    linked = f.stat(sha)["ino"] == st.st_ino
+                    cur = f.stat(sha)
                 except FileNotFoundError:
-                    linked = False
-                if not linked:
+                    cur = None
+                if spare is not None:
+                    prev = (old or {}).get("files", {}).get(sha)
+                    if cur and cur["ino"] != st.st_ino and prev and all(cur[k] == prev.get(k) for k in IDENTITY):
+                        want[sha] = {"ident": cur, "rel": rel, "placed": False}  # a copy, untouched since hashed
+                        continue
+                    if spare >= st.st_size:  # copied below, outside the lock
+                        spare -= st.st_size
+                        to_copy[sha] = (p, rel, (st.st_ino, st.st_size, st.st_mtime_ns))
+                        continue
+                if cur is None or cur["ino"] != st.st_ino:
                     f.link_from(p, sha)
             except OSError as e:
                 why = ("the library folder is on another volume" if e.errno == errno.EXDEV
@@ -440,6 +512,24 @@ def _prepare_in(home, target, f: _Folder, mk: Path, get_overlay, lock, old, reha
         if want:
             f.fsync()
         bundle = overlay.get("bundle")
+    for sha, (src, rel, placed_as) in to_copy.items():
+        # a copy of the placed file (not of the bundle: the same bytes, on the same volume,
+        # and its hash below proves both); a placed file replaced meanwhile is not copied
+        try:
+            f.copy_from(src, sha)
+            st = os.stat(src)
+        except OSError as e:
+            why = f"cannot copy {rel} into {f.path}: {e.strerror}"
+            continue
+        if (st.st_ino, st.st_size, st.st_mtime_ns) != placed_as:
+            why = f"{rel} changed while it was copied"
+            with contextlib.suppress(OSError):
+                f.unlink(sha)
+            continue
+        want[sha] = {"ident": f.stat(sha), "rel": rel, "placed": True}  # its bytes are the placed file's
+        crash(f"standby: copied {rel}")
+    if to_copy:
+        f.fsync()
     files, bad = {}, []
     for sha, w in want.items():
         prev = (old or {}).get("files", {}).get(sha)
@@ -461,13 +551,15 @@ def _prepare_in(home, target, f: _Folder, mk: Path, get_overlay, lock, old, reha
         if name not in files:  # an older overlay's, or a damaged one (links are unlinked, not followed)
             with contextlib.suppress(OSError):
                 f.unlink(name)
-    rec = {"bundle": bundle, "dir": str(f.path), "files": files, "prepared": time.time(), "why": why}
+    copied = sum(1 for x in files.values() if x["nlink"] == 1)
+    rec = {"bundle": bundle, "dir": str(f.path), "files": files, "prepared": time.time(), "why": why,
+           "mode": "copy" if files and copied == len(files) else ("link" if not copied else "mixed")}
     _save(home, target, rec)
     crash("standby: recorded")
     os.unlink(mk)
     return {"state": "ready" if files and not why else ("partial" if files else "none"),
             "files": len(files), "bytes": sum(x["size"] for x in files.values()), "why": why,
-            "bad": bad}
+            "bad": bad, "mode": rec["mode"]}
 
 
 def _write_marker(mk: Path) -> None:
@@ -478,12 +570,12 @@ def _write_marker(mk: Path) -> None:
     fsync_dir(mk.parent)
 
 
-def _lower_priority() -> None:
+def _lower_priority(nice: int = 19) -> None:
     """This thread only (Linux: a thread is a task with its own nice value)."""
     try:
         import threading
 
-        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), nice)
     except (AttributeError, OSError):
         pass
 
@@ -554,7 +646,8 @@ def describe(home: Home, target: str, site_packages: Path | str, cfg: Config | N
             if os.lstat(p).st_nlink == 1:
                 held += f["size"]  # the overlay's name is gone: only the standby keeps it
     out = {"state": "ready" if ready and ready == len(rec["files"]) else ("damaged" if rec["files"] else "none"),
-           "files": ready, "bytes": total, "disk_bytes": held, "folder": rec["dir"]}
+           "files": ready, "bytes": total, "disk_bytes": held, "folder": rec["dir"],
+           "mode": rec.get("mode", "link")}
     if rec.get("why"):
         out["why"] = rec["why"]
     return out
