@@ -8,6 +8,8 @@
 #   libnotify-bin                notify-send: plyer's Linux notifier when dbus-python is absent
 #   dex                          runs XDG autostart entries the way a desktop session does (autostart tests)
 #   nsis                         makensis: builds the Windows installer (tests/windows/test_wine_installer.py)
+#   prometheus                   promtool: checks the metrics' text format (tests/test_metrics.py)
+#   chromium, chromium-driver    a real browser for the dashboard (tests/test_dashboard_browser.py)
 #   python3-gi, gir1.2-glib-2.0  GLib's key file and launcher, how GNOME reads an autostart entry
 #                                (tests/test_autostart_exec.py, run with Debian's /usr/bin/python3)
 # As root: apt-get update + install. Otherwise: says what to install and exits 1.
@@ -36,7 +38,7 @@ if command -v python3 >/dev/null 2>&1 && ! python3 -c 'import ensurepip, venv' >
 fi
 
 # the agent's tests: X server + tray host, private D-Bus session, notify-send
-for tool in Xvfb:xvfb trayer:trayer dbus-daemon:dbus-daemon dbus-run-session:dbus-bin notify-send:libnotify-bin dex:dex makensis:nsis; do
+for tool in Xvfb:xvfb trayer:trayer dbus-daemon:dbus-daemon dbus-run-session:dbus-bin notify-send:libnotify-bin dex:dex makensis:nsis promtool:prometheus chromium:chromium chromedriver:chromium-driver; do
     command -v "${tool%%:*}" >/dev/null 2>&1 || missing+=("${tool#*:}")
 done
 

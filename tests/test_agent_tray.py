@@ -1,7 +1,7 @@
 """The real agent under a real tray: `torchkeeper run` (not headless) on Xvfb with trayer,
 pystray's X11 backend. A pip reinstall turns the icon amber (auto re-apply is off, so it
-asks); X11's icon has no menu, so a left click opens the overview, which names the command
-that puts the overlay back; after it the icon turns green again. With no tray host the agent
+asks); X11's icon has no menu, so a left click opens the dashboard (the agent serves it on
+127.0.0.1), whose Reapply puts the overlay back; after it the icon turns green again. With no tray host the agent
 says so once, runs headless, and docks when one starts later."""
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from pathlib import Path
 from kit import builders
 import pytest
 from kit.agentkit import end_process, events, patched_target, write_config
+from kit.dashclient import Client
 from conftest import tk_env
 from kit.xtray import AMBER_FILL, OK_FILL, find_colour, start_xvfb, tray_owner, wait
 
@@ -107,13 +108,15 @@ def test_agent_tray_shows_drift_and_a_click_reapplies(tmp_path, build, run_tk, t
         assert [e["decision"] for e in events(tk_home, "drift")] == ["asked the user"]
         assert not events(tk_home, "repaired")
 
-        # left click: X11's icon has no menu, so its default item opens the overview
+        # left click: X11's icon has no menu, so its default item opens the dashboard (the
+        # agent serves it on 127.0.0.1; the browser is the fake opener here)
         _click(display, (abox[0] + abox[2]) // 2, (abox[1] + abox[3]) // 2)
-        opened = wait(lambda: _opened(tmp_path), 30, "the overview opened by the click", procs)
-        overview = Path(opened[0]).read_text(encoding="utf-8")
-        assert "a1111: drifted" in overview and "torchkeeper apply a1111" in overview, overview
+        opened = wait(lambda: _opened(tmp_path), 30, "the dashboard opened by the click", procs)
+        url = opened[0]
+        assert url.startswith("http://127.0.0.1:") and "/login?code=" in url, url
         assert not events(tk_home, "repaired")  # a click on X11 opens; it changes nothing
-        assert run_tk("apply", "a1111").rc == 0   # what the overview says to type
+        port = int(url.split(":")[2].split("/")[0])
+        assert Client(port, "").reapply_as_the_page(url, "a1111") == 303   # the page's Reapply
         again, _ = wait(icon(OK_FILL), 60, "the green icon again", procs)
         again.save(tmp_path / "agent-tray-ok-again.png")
         print(f"\nagent tray screenshots in {tmp_path}: icon at {box} (ok), {abox} (attention)")

@@ -84,7 +84,7 @@ def test_menu_shows_the_view(t):
     assert texts == [
         "a1111 — cuDNN 8.9.7 applied",
         "comfy — pip put the stock files back",
-        SEP, "Reapply all", "Check now", "Pause auto re-apply", "Show overview",
+        SEP, "Reapply all", "Check now", "Pause auto re-apply", "Open torchkeeper", "Show overview",
         SEP, "driver 551.86 (CUDA 12.4)",
         SEP, "Open config", "Open log", "Start at login",
         SEP, "Quit",
@@ -176,16 +176,21 @@ def test_default_action_is_reapply_all(ctl, t):
     assert ctl.calls == [("request", view.REAPPLY_ALL, None)]
 
 
-def test_without_a_menu_a_click_opens_the_overview_with_the_actions(ctl, opener, monkeypatch):
+def test_without_a_menu_a_click_opens_the_dashboard(ctl, opener, monkeypatch):
     """pystray's X11 backend has no menu (HAS_MENU False): the click must lead somewhere that
-    names every action, not re-apply blindly with nothing else reachable."""
+    offers every action, not re-apply blindly with nothing else reachable: the dashboard."""
     _, dummy = tray._import_pystray("dummy")
     monkeypatch.setattr(dummy, "HAS_MENU", False)
     tr = tray.Tray(ctl, backend="dummy", opener=opener)
     assert not tr.has_menu
-    assert [i.text for i in tr.icon.menu if i.default] == ["Show overview"]
+    assert [i.text for i in tr.icon.menu if i.default] == ["Open torchkeeper"]
     tr.icon.menu(tr.icon)       # the click
-    assert ctl.calls == []      # nothing re-applied behind the user's back
+    assert ctl.calls == [("open_dashboard",)]   # nothing re-applied behind the user's back
+    assert [str(p) for p in opener.opened] == [str(Path(ctl.dashboard_url))]
+
+
+def test_show_overview_writes_every_action(ctl, opener, t):
+    click(t, item(t.icon.menu, "Show overview"))
     [path] = opener.opened
     text = path.read_text(encoding="utf-8")
     assert path == ctl.log_file.parent / "overview.txt"
@@ -514,3 +519,16 @@ def test_tray_icon_shows_and_follows_the_view_in_a_real_x_tray(tmp_path):
             end_process(p)
         for f in logs.values():
             f.close()
+
+
+def test_the_dashboard_url_opens_in_the_browser_and_its_code_is_never_logged(caplog):
+    url = "http://127.0.0.1:8123/login?code=s3cret-code"
+    ran = []
+    assert platform_opener.open_path(url, platform="linux", run=ran.append) is True
+    assert ran == [["xdg-open", url]]     # a URL is no file: no existence check
+
+    def broken(argv):
+        raise OSError("no browser")
+    assert platform_opener.open_path(url, platform="linux", run=broken) is False
+    assert "no browser" in caplog.text and "http://127.0.0.1:8123/login" in caplog.text
+    assert "s3cret-code" not in caplog.text

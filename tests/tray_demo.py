@@ -66,6 +66,12 @@ class FakeController:
     def set_autostart(self, enabled: bool) -> None:
         self.calls.append(("set_autostart", enabled))
 
+    dashboard_url = "http://127.0.0.1:1/login?code=test"
+
+    def open_dashboard(self) -> str:
+        self.calls.append(("open_dashboard",))
+        return self.dashboard_url
+
     def subscribe(self, callback) -> None:
         self.subscribers.append(callback)
 

@@ -84,9 +84,12 @@ def _engine():
 
 # -- targets -----------------------------------------------------------------------------
 def cmd_target_add(args, eng):
-    name, rec, info = eng.add_target(args.path, args.name)
-    _emit(args, {"name": name, **rec, "info": info.to_dict()},
-          f"added target '{name}': {info.site_packages}\n  torch {info.torch_version}, CUDA "
+    before = set(eng.targets())
+    # with --name, the same environment already added under that name is no error: changed false
+    name, rec, info = eng.add_target(args.path, args.name, exist_ok=args.name is not None)
+    changed = name not in before
+    _emit(args, {"name": name, **rec, "info": info.to_dict(), "changed": changed},
+          f"{'added' if changed else 'already'} target '{name}': {info.site_packages}\n  torch {info.torch_version}, CUDA "
           f"{info.torch_cuda or 'none (CPU build)'}, cuDNN {info.cudnn_build or 'unknown'}, "
           f"{len(info.libs)} CUDA/cuDNN libraries in {', '.join(info.lib_dirs) or 'no folder'}")
     return OK
@@ -136,7 +139,8 @@ def cmd_discover(args, eng):
         lines.append("the search stopped at its time limit: give a folder to search it fully")
     notes = list(getattr(found, "notes", []))
     lines += [f"note: {n}" for n in notes]
-    _emit(args, {"found": rows, "added": added, "timed_out": timed_out, "notes": notes}, "\n".join(lines))
+    _emit(args, {"found": rows, "added": added, "changed": bool(added), "timed_out": timed_out, "notes": notes},
+          "\n".join(lines))
     return OK
 
 
@@ -308,11 +312,18 @@ def cmd_bundle_export(args, eng):
 
 
 def cmd_bundle_import(args, eng):
-    from .engine.archive import import_
+    from .engine.archive import import_, peek
     from .engine.bundle import public
 
+    if args.dry_run:  # would it add a bundle? (the manifest alone; nothing written)
+        m = peek(args.file)
+        known = {b["id"] for b in eng.bundles.all()}
+        created = m["id"] not in known
+        _emit(args, {"id": m["id"], "name": m.get("name"), "changed": created, "dry_run": True},
+              ("would import " if created else "already in the cache: ") + f"'{m.get('name')}' ({m['id'][:12]})")
+        return OK
     m, created = import_(eng.bundles, args.file)
-    _emit(args, {**public(m), "created_now": created},
+    _emit(args, {**public(m), "created_now": created, "changed": created},
           ("imported " if created else "already in the cache: ") + _bundle_line(m))
     return OK
 
@@ -424,7 +435,9 @@ def cmd_verify(args, eng):
 def cmd_status(args, eng):
     from .run import agent_status
 
-    st = eng.status().to_dict()
+    from .engine.records import STATUS_SCHEMA_VERSION
+
+    st = {"schema_version": STATUS_SCHEMA_VERSION, **eng.status().to_dict()}
     st["agent"] = agent_status(eng.home)
     if args.json:
         _emit(args, st)
@@ -532,6 +545,7 @@ def cmd_autostart(args, eng):
     from .engine.autostart import Autostart
 
     autostart = Autostart(eng.home)
+    before = autostart.status()["state"] if args.action != "status" else None
     if args.action == "enable":
         st, said = autostart.enable(by=args.by, if_not_declined=args.if_not_declined)
     elif args.action == "disable":
@@ -545,6 +559,8 @@ def cmd_autostart(args, eng):
                               + (st.get("how_to_turn_on") or "")}[st["state"]]
         if st["state"] != "disabled":
             said += f"\n  {st['where']}" + (f"\n  runs: {st['command']}" if st.get("command") else "")
+    if before is not None:
+        st = {**st, "changed": st.get("state") != before}
     _emit(args, st, said)
     return OK
 
@@ -600,6 +616,94 @@ def cmd_uninstall(args, eng):
     return OK
 
 
+def cmd_config_set(args, eng):
+    """One setting in the user's config.toml, every other line kept; `changed` says whether it
+    changed (what a configuration tool's second run reads)."""
+    from .engine.config import set_value
+
+    section, _, key = args.setting.partition(".")
+    if not key:
+        raise UsageError(f"'{args.setting}' is not SECTION.KEY", "e.g. `torchkeeper config set metrics.textfile_dir /srv/prom`")
+    changed, value = set_value(eng.home.config_file, section, key, args.value, dry_run=args.dry_run)
+    verb = ("would set" if args.dry_run else "set") if changed else "already"
+    _emit(args, {"setting": args.setting, "value": value, "changed": changed, "dry_run": args.dry_run,
+                 "file": str(eng.home.config_file)},
+          f"{verb} {args.setting} = {value!r} in {eng.home.config_file}")
+    return OK
+
+
+def cmd_dashboard(args, eng):
+    """Ask the running agent to serve the dashboard; print (--json: url and token) and open it.
+    With no agent running there is no dashboard (it is the agent's): exit 2 with a hint."""
+    import secrets
+    import time
+
+    from .daemon.view import DASHBOARD_ANSWER, DASHBOARD_ASK
+    from .engine.fsutil import atomic_write_json, load_json
+    from .run import agent_status
+
+    if not agent_status(eng.home)["running"]:
+        raise UsageError("the agent is not running: the dashboard is served by it",
+                         "start it with `torchkeeper run` (or log in again, if it starts at login), "
+                         "then `torchkeeper dashboard`")
+    nonce = secrets.token_hex(8)
+    answer = eng.home.data_dir / DASHBOARD_ANSWER
+    atomic_write_json(eng.home.data_dir / DASHBOARD_ASK, {"nonce": nonce})
+    deadline = time.monotonic() + args.timeout
+    got = None
+    while time.monotonic() < deadline:
+        try:
+            got = load_json(answer, follow=False)
+            if got.get("nonce") == nonce:
+                break
+        except (OSError, ValueError, AttributeError):
+            pass
+        got = None
+        time.sleep(0.05)
+    if got is None:
+        raise TKError(f"the agent did not answer within {args.timeout:g} s",
+                      "`torchkeeper log --agent` says what it is doing; `torchkeeper stop` then "
+                      "`torchkeeper run` starts it afresh")
+    if got.get("error"):
+        raise TKError(f"the agent could not start the dashboard: {got['error']}",
+                      "`torchkeeper log --agent` has the details")
+    url = got["url"]
+    if not args.no_browser:
+        from .platform.opener import open_path
+
+        open_path(url)
+    _emit(args, {"url": url, "token": got["token"]},
+          f"dashboard: {url}\n  (the link signs in once; scripts: `torchkeeper dashboard --json` gives an API "
+          "token for `Authorization: Bearer`)")
+    return OK
+
+
+def cmd_metrics(args, eng):
+    """Prometheus' text format on stdout, or written to DIR/torchkeeper.prom in one rename."""
+    from pathlib import Path
+
+    from .engine import metrics
+
+    f = metrics.facts(eng)
+    data = metrics.render(f)
+    if args.textfile is None:
+        sys.stdout.write(data.decode("utf-8"))
+        return OK
+    folder = Path(args.textfile).expanduser()
+    if not folder.is_dir():
+        raise UsageError(f"{folder} is not a folder",
+                         "give the textfile collector's folder (node_exporter's "
+                         "--collector.textfile.directory), made beforehand")
+    try:
+        path = metrics.write_textfile(folder, data)
+    except OSError as e:
+        raise UsageError(f"cannot write {folder / metrics.FILENAME}: {e.strerror or e}",
+                         "run as a user who may write there, or choose another folder") from None
+    _emit(args, {"file": str(path), "bytes": len(data), "targets": len(f.targets)},
+          f"wrote {path} ({len(data)} bytes, {len(f.targets)} target{'s' if len(f.targets) != 1 else ''})")
+    return OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="torchkeeper", description="Keep a newer CUDA runtime / cuBLAS / cuDNN "
                 "overlaid on PyTorch, safely and reversibly.")
@@ -622,6 +726,13 @@ def build_parser() -> argparse.ArgumentParser:
     r = cmd("remove", cmd_target_remove, "forget a target (its files are not touched)", tsub)
     r.add_argument("name")
     r.add_argument("--force", action="store_true", help="forget it even with an overlay applied")
+
+    cf = sub.add_parser("config", help="change a setting in config.toml")
+    cfsub = cf.add_subparsers(dest="sub", metavar="ACTION", parser_class=_Parser, required=True)
+    cs = cmd("set", cmd_config_set, "set SECTION.KEY to VALUE (checked against the settings' rules)", cfsub)
+    cs.add_argument("setting", metavar="SECTION.KEY")
+    cs.add_argument("value")
+    cs.add_argument("--dry-run", action="store_true", help="say whether it would change, write nothing")
 
     d = cmd("discover", cmd_discover, "find torch installs of A1111, Forge, kohya_ss, ComfyUI, Stability Matrix, Pinokio, ...")
     d.add_argument("roots", nargs="*", help="folders to search (default: home and drive roots)")
@@ -659,6 +770,8 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("file")
     im = cmd("import", cmd_bundle_import, "import a bundle archive (every hash checked)", bsub)
     im.add_argument("file")
+    im.add_argument("--dry-run", action="store_true",
+                    help="say whether it would add a bundle (its manifest checked), write nothing")
 
     u = cmd("use", cmd_use, "choose the bundle for one target or all")
     u.add_argument("bundle")
@@ -676,6 +789,12 @@ def build_parser() -> argparse.ArgumentParser:
     vf.add_argument("targets", nargs="*")
     vf.add_argument("--full", action="store_true", help="re-hash every file, not just stat data")
     cmd("status", cmd_status, "targets, their state and the driver")
+    da = cmd("dashboard", cmd_dashboard, "open the local dashboard (served by the running agent on 127.0.0.1)")
+    da.add_argument("--no-browser", action="store_true", help="print the URL, open nothing")
+    da.add_argument("--timeout", type=float, default=10.0, help=argparse.SUPPRESS)
+    me = cmd("metrics", cmd_metrics, "Prometheus metrics (text format), or a textfile for "
+             "node_exporter's textfile collector")
+    me.add_argument("--textfile", metavar="DIR", help="write DIR/torchkeeper.prom (temp file + rename)")
     sg = cmd("suggest", cmd_suggest, "which nvidia-* wheels would fit each target best, and why "
              "(downloads nothing)")
     sg.add_argument("target", nargs="?")

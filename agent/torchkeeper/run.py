@@ -238,6 +238,13 @@ def _headless_until_stopped(stop: threading.Event, agent, make_tray, out):
     return None
 
 
+def make_dashboard(controller, engine, idle_minutes: float):
+    """The agent's dashboard, imported only when first asked for (bottle and the pages)."""
+    from .dashboard.server import Dashboard, Data
+
+    return Dashboard(controller, Data(engine, lambda: controller.view().paused), idle_minutes)
+
+
 def run(home: Home, headless: bool = False, verbose: bool = False, out=_say) -> int:
     from .daemon.worker import Agent
     from .desktop.notify import Notifier
@@ -267,6 +274,7 @@ def run(home: Home, headless: bool = False, verbose: bool = False, out=_say) -> 
         tray_cls, no_host = _tray_class(out) if not headless else (None, None)
         headless = headless or tray_cls is None or no_host is not None
         agent = Agent(home)
+        agent.make_dashboard = make_dashboard
         agent.say = out
 
         def make_tray():

@@ -25,6 +25,9 @@ MANAGE = "manage"               # a found install (target=its path): add it as a
 MANAGE_FETCH_APPLY = "manage, fetch and apply"  # a found install: MANAGE, then FETCH_APPLY
 QUIT = "quit"
 
+# `torchkeeper dashboard` asks the agent through two small files in the data folder
+DASHBOARD_ASK, DASHBOARD_ANSWER = "dashboard-ask.json", "dashboard.json"
+
 
 @dataclass
 class TargetView:
@@ -90,6 +93,9 @@ class Controller(Protocol):
     def set_paused(self, paused: bool) -> None: ...
 
     def set_autostart(self, enabled: bool) -> None: ...
+
+    def open_dashboard(self) -> str:
+        """Serve the local dashboard (if not already) and return a one-time login URL."""
 
     def subscribe(self, callback) -> None:
         """callback(view) after every change of the view, from the agent's threads."""

@@ -29,6 +29,7 @@ from .board import Board
 from .driverwatch import DriverWatch
 from .jobs import Job, JobKind, JobQueue
 from .lane import Lane
+from .metricsfile import MetricsFile
 from .offers import MENU_STEP, NEXT_STEP, Offers
 from .ownwrites import OwnWrites
 from .repair import Repair
@@ -85,6 +86,12 @@ class Agent:
         # critical path (real cuDNN, CPU hog: pip exit -> verified p50 768 ms at nice 19, 78 ms)
         self._hasher = Lane("tk-hash", self._hash_work, nice=None)
         self.prehashed = 0
+        self.metrics = MetricsFile(self.engine)   # [metrics] textfile_dir, when set
+        # the dashboard (dashboard/server.py), wired by run.py and started when asked:
+        # make_dashboard(controller, engine, idle_minutes) -> an object with start/stop/login_url
+        self.make_dashboard = None
+        self._dashboard = None
+        self._dash_lock = threading.Lock()
 
     # -- what `run`, tests and the benchmark read and set
     notifier = property(lambda self: self.tell.notifier,
@@ -162,6 +169,7 @@ class Agent:
         if any(a.get(k) != old_a.get(k) for k in keys):
             for name in self.engine.targets():
                 self._want_standby(name)  # prepared, or deleted when turned off
+        self.metrics.start_if_configured()
         if self.notifier is not None and hasattr(self.notifier, "update_config"):
             self.notifier.update_config(new["notifications"])
         self.tell.event("config reloaded", auto_reapply=a["auto_reapply"],
@@ -189,6 +197,7 @@ class Agent:
         self._standby.start()
         self._hasher.start()
         self.driver.poll(initial=True)
+        self.metrics.start_if_configured()
         self.request(V.CHECK_ALL, why=D.Why.START)
         if self._schedule:
             from .schedule import SafetyNet
@@ -215,6 +224,8 @@ class Agent:
         for path, kind in ((self.config_file, JobKind.CONFIG), (self.home.state_file, JobKind.TARGETS)):
             self.watcher.watch_file(
                 path, lambda kind=kind: self.jobs.put(kind, None, D.Why.SETTINGS_FILE, delay=0.2))
+        # `torchkeeper dashboard` asks through a file in the data folder (the user's own)
+        self.watcher.watch_file(self.home.data_dir / V.DASHBOARD_ASK, self._dashboard_asked)
 
     def stop(self, timeout: float | None = None) -> None:
         """Stop taking work, let the running job finish, stop the watchers."""
@@ -228,6 +239,9 @@ class Agent:
         self._standby.stop(timeout)     # a kill here is recovered: see standby.py
         if self.safety:
             self.safety.stop()
+        self.metrics.stop()
+        if self._dashboard is not None:
+            self._dashboard.stop()
         if self.watcher:
             self.watcher.stop()
         self.tell.close()
@@ -309,6 +323,40 @@ class Agent:
                                     f"{msg}. {hint or ''}".strip(), level="warning"))
         self.board.set(autostart=self._read_autostart())
 
+    def open_dashboard(self) -> str:
+        """Serve the dashboard on 127.0.0.1 (imported and started only now) and return a
+        one-time login URL for a browser."""
+        with self._dash_lock:
+            if self.make_dashboard is None:
+                raise TKError("this agent has no dashboard", "start the agent with `torchkeeper run`")
+            if self._dashboard is None or not self._dashboard.running:
+                self._dashboard = self.make_dashboard(self, self.engine, self.cfg["dashboard"]["idle_minutes"])
+                self._dashboard.start()
+                self.tell.event("dashboard", port=self._dashboard.port)
+            return self._dashboard.login_url()
+
+    def dashboard_token(self) -> str | None:
+        d = self._dashboard
+        return d.keys.token if d is not None and d.running else None
+
+    def _dashboard_asked(self) -> None:
+        """`torchkeeper dashboard` wrote its ask (a nonce): the answer, readable by this user
+        only (mkstemp's 0600, in the data folder), names the URL and the API token."""
+        from ..engine.fsutil import atomic_write_json, load_json
+
+        try:
+            ask = load_json(self.home.data_dir / V.DASHBOARD_ASK, follow=False)
+            nonce = str(ask["nonce"])[:64]
+        except (OSError, ValueError, KeyError, TypeError):
+            return
+        try:
+            url = self.open_dashboard()
+            out = {"nonce": nonce, "url": url, "token": self.dashboard_token(), "pid": os.getpid()}
+        except Exception as e:  # a port, a missing library: the CLI says it
+            log.exception("dashboard: cannot start")
+            out = {"nonce": nonce, "error": f"{type(e).__name__}: {e}"}
+        atomic_write_json(self.home.data_dir / V.DASHBOARD_ANSWER, out)
+
     def _read_autostart(self) -> bool | None:
         """Whether the agent starts at login; None (greyed in the menu) when it cannot tell."""
         try:
@@ -336,6 +384,7 @@ class Agent:
             finally:
                 self.jobs.done()
                 self.board.changed()
+                self.metrics.changed()
 
     def _run(self, job: Job) -> None:
         k, name = job.kind, job.target

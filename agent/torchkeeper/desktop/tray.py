@@ -300,7 +300,8 @@ class Tray:
             Item("Check now", self._action(self._controller.request, view.CHECK_ALL)),
             Item("Pause auto re-apply", self._action(self._toggle_paused),
                  checked=lambda _: self._view.paused),
-            Item("Show overview", self._action(self._show_overview), default=not self.has_menu),
+            Item("Open torchkeeper", self._action(self._open_dashboard), default=not self.has_menu),
+            Item("Show overview", self._action(self._show_overview)),
             Menu.SEPARATOR,
             Item(_clip(v.driver, ITEM_TEXT_MAX), None, enabled=False),
             *([Item(_clip(f"Watching: degraded ({v.watching}) - every target is checked "
@@ -367,6 +368,13 @@ class Tray:
             return
         if not self._opener(path):
             log.warning("tray: could not open %s", path)
+
+    def _open_dashboard(self) -> None:
+        """The dashboard in the browser: where the tray has no menu (pystray's X11 backend),
+        what a click opens (every action is there)."""
+        url = self._controller.open_dashboard()
+        if not self._opener(url):
+            log.warning("tray: could not open the dashboard in a browser")   # never the URL: it signs in
 
     def _show_overview(self) -> None:
         """Every target and what can be done about it, as text opened in the user's editor:

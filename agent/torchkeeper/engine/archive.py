@@ -117,6 +117,31 @@ def _check_manifest(archive: Path, raw: bytes) -> Manifest:
     return m
 
 
+def peek(archive: Path) -> Manifest:
+    """The archive's manifest alone, with the same checks as import (it must be the first
+    member, a regular file, not oversize, matching its id); nothing is written. What a dry run
+    (`bundle import --dry-run`: would it add a bundle?) needs; the files are checked on import."""
+    archive = Path(archive).expanduser()
+    if not archive.is_file():
+        raise NotFound(f"{archive} does not exist", "give the path of a file made by `bundle export`")
+    try:
+        with tarfile.open(archive, "r:*") as tar:
+            ti = tar.next()
+            if ti is None:
+                raise _bad(archive, "the archive is empty")
+            if ti.name != "manifest.json" or not ti.isfile():
+                raise _bad(archive, "the first member is not manifest.json")
+            if ti.size > MAX_MANIFEST:
+                raise _bad(archive, "manifest.json is oversize")
+            return _check_manifest(archive, tar.extractfile(ti).read())
+    except (tarfile.TarError, EOFError, *codec_errors()) as e:
+        why = " ".join(str(e).split())
+        raise _bad(archive, f"the archive is truncated or corrupt ({why})") from None
+    except OSError as e:
+        raise BadArchive(f"{archive} is not a readable bundle archive ({e.strerror or e})",
+                         "give a file made by `torchkeeper bundle export`") from None
+
+
 def import_(store: Store, archive: Path) -> tuple[Manifest, bool]:
     archive = Path(archive).expanduser()
     if not archive.is_file():

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import errno
+import json
 import re
 import sys
 from importlib import resources
@@ -39,6 +40,13 @@ SCHEMA = {
         "standby": (bool, None, "true or false"),
         "standby_copy": (bool, None, "true or false"),
         "standby_min_free_mb": (int, lambda v: 0 <= v <= 10**9, "a whole number of MB, 0 to 1000000000"),
+    },
+    "dashboard": {
+        "idle_minutes": (_NUM, lambda v: 0.05 <= v <= 1440, "a number of minutes, 0.05 to 1440"),
+    },
+    "metrics": {
+        "textfile_dir": (str, lambda v: v == "" or Path(v).is_absolute(),
+                         'an absolute folder path, or "" for none'),
     },
     "notifications": {
         "enabled": (bool, None, "true or false"),
@@ -162,3 +170,63 @@ def read_text(path: Path) -> tuple[str, str]:
         raise UsageError(f"the config file {path} is not UTF-8 text",
                          "save it as UTF-8, or delete it to use the defaults") from None
     return text, str(path)
+
+
+def _literal(section: str, key: str, raw: str):
+    """raw as the type the schema gives section.key: a UsageError when it is not one."""
+    spec = SCHEMA.get(section, {}).get(key)
+    if spec is None:
+        known = ", ".join(f"{s}.{k}" for s in SCHEMA for k in SCHEMA[s])
+        raise UsageError(f"unknown setting '{_clip(section)}.{_clip(key)}'", f"known settings: {known}")
+    typ, check, allowed = spec
+    value: object = raw
+    if typ is bool:
+        value = {"true": True, "false": False}.get(raw.strip().lower(), raw)
+    elif typ is not str:
+        try:
+            value = int(raw) if re.fullmatch(r"-?\d+", raw.strip()) else float(raw)
+        except ValueError:
+            value = raw
+    ok = isinstance(value, typ) and not (typ is not bool and isinstance(value, bool))
+    if not ok or (check is not None and not check(value)):
+        raise UsageError(f"{section}.{key} = {_clip(raw)!r} is not allowed", f"use {allowed}")
+    return value
+
+
+def _toml(value) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return json.dumps(value, ensure_ascii=False)   # a TOML basic string is a JSON string
+    return repr(value)
+
+
+def set_value(path: Path, section: str, key: str, raw: str, dry_run: bool = False) -> tuple[bool, object]:
+    """Set one setting in the user's config file, keeping every other line (comments too);
+    (whether it changed, the value). The new text is parsed before it is written: an edit
+    that would not load is never written."""
+    value = _literal(section, key, raw)
+    text, origin = read_text(path)
+    current = parse(text, origin) if text else defaults()
+    mine = tomllib.loads(text) if text else {}
+    if key in mine.get(section, {}) and current[section][key] == value:
+        return False, value
+    line = f"{key} = {_toml(value)}"
+    lines = text.splitlines()
+    start = next((i for i, ln in enumerate(lines) if re.match(rf"^\s*\[\s*{re.escape(section)}\s*\]", ln)), None)
+    if start is None:
+        lines += ([""] if lines and lines[-1].strip() else []) + [f"[{section}]", line]
+    else:
+        end = next((i for i in range(start + 1, len(lines)) if re.match(r"^\s*\[", lines[i])), len(lines))
+        at = next((i for i in range(start + 1, end) if re.match(rf"^\s*{re.escape(key)}\s*=", lines[i])), None)
+        if at is None:
+            lines.insert(start + 1, line)
+        else:
+            lines[at] = line
+    new = "\n".join(lines) + "\n"
+    parse(new, origin)
+    if not dry_run:
+        from .fsutil import atomic_write_bytes
+
+        atomic_write_bytes(Path(path), new.encode("utf-8"))
+    return True, value

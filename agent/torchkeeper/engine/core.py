@@ -104,8 +104,9 @@ class Engine:
         return p, info, m
 
     # -- the operations (one module each, see the docstring)
-    def add_target(self, path: str, name: str | None = None) -> tuple[str, TargetRecord, targetmod.TargetInfo]:
-        return targetsmod.add_target(self, path, name)
+    def add_target(self, path: str, name: str | None = None,
+                   exist_ok: bool = False) -> tuple[str, TargetRecord, targetmod.TargetInfo]:
+        return targetsmod.add_target(self, path, name, exist_ok)
 
     def remove_target(self, name: str, force: bool = False) -> None:
         targetsmod.remove_target(self, name, force)

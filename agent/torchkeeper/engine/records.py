@@ -90,6 +90,9 @@ class Manifest(TypedDict, total=False):
     left_out_other: int
     created: str
 
+# schema/status.schema.json: raised when a field is removed or changes meaning (added: not)
+STATUS_SCHEMA_VERSION = 1
+
 PATCHED, DRIFTED, STOCK, INCOMPATIBLE, MISSING = "patched", "drifted", "stock", "incompatible", "missing"
 
 
@@ -204,7 +207,8 @@ class Result:
     touched: list[str] = field(default_factory=list)  # the paths the transaction wrote or removed
 
     def to_dict(self) -> JsonObject:
-        d = {"target": self.target, "ok": self.ok, "action": self.action, "message": self.message}
+        d = {"target": self.target, "ok": self.ok, "action": self.action, "message": self.message,
+             "changed": self.action in ("applied", "reverted")}
         if self.via is not None:
             d["via"] = self.via
         if self.plan is not None:
@@ -220,7 +224,10 @@ class UseResult:
     bundle: Manifest
     bound: list[str] = field(default_factory=list)
     skipped: dict[str, str] = field(default_factory=dict)  # target -> the gate's reason
+    changed: list[str] = field(default_factory=list)      # bound now, to another bundle before
+    default_changed: bool = False                           # the default for new targets
 
     def to_dict(self) -> JsonObject:
         return {"bundle": self.bundle["id"], "bundle_name": self.bundle["name"],
-                "targets": self.bound, "skipped": self.skipped}
+                "targets": self.bound, "skipped": self.skipped,
+                "changed": bool(self.changed or self.default_changed), "changed_targets": self.changed}

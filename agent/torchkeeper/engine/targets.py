@@ -21,7 +21,10 @@ if TYPE_CHECKING:
     from .core import Engine
 
 
-def add_target(eng: Engine, path: str, name: str | None = None) -> tuple[str, TargetRecord, targetmod.TargetInfo]:
+def add_target(eng: Engine, path: str, name: str | None = None,
+               exist_ok: bool = False) -> tuple[str, TargetRecord, targetmod.TargetInfo]:
+    """``exist_ok``: the same environment already added under this very name is no error
+    (what a configuration tool's second run asks); under another name it still is."""
     info = targetmod.inspect(path)
     sp = str(info.site_packages)
     if name is None:
@@ -35,6 +38,8 @@ def add_target(eng: Engine, path: str, name: str | None = None) -> tuple[str, Ta
     with eng.state.edit() as st:
         for other, t in st["targets"].items():
             if t["site_packages"] == sp:
+                if exist_ok and other == name:
+                    return other, t, info
                 raise UsageError(f"{sp} is already target '{other}'",
                                  "each environment is added once; see `torchkeeper target list`")
         name = _numbered(name, st["targets"])
@@ -78,6 +83,8 @@ def use(eng: Engine, ref: str, target: str | None = None) -> UseResult:
             why = _refusal(eng, n, m, st)
             if why is None:
                 res.bound.append(n)
+                if st["targets"][n].get("bundle") != m["id"]:
+                    res.changed.append(n)
             else:
                 res.skipped[n] = why
         if target is not None and res.skipped:
@@ -86,6 +93,7 @@ def use(eng: Engine, ref: str, target: str | None = None) -> UseResult:
                           "choose a bundle that fits (`torchkeeper suggest` or `torchkeeper plan "
                           f"{target} --bundle B` explains), or create one for it")
         if target is None:
+            res.default_changed = st.get("default_bundle") != m["id"]
             st["default_bundle"] = m["id"]
         for n in res.bound:
             st["targets"][n]["bundle"] = m["id"]
