@@ -29,6 +29,10 @@ from bench_agent import CACHE, WIN, tk, tk_env  # noqa: E402
 from kit import builders  # noqa: E402
 
 
+def _conns(proc):
+    return (getattr(proc, "net_connections", None) or proc.connections)("tcp")
+
+
 def browser():
     from selenium import webdriver
     from selenium.webdriver.chrome.options import Options
@@ -80,7 +84,7 @@ def main() -> None:
                     css = urllib.request.urlopen(req).read()
                     open_rss = proc.memory_info().rss
                     port = int(d["url"].split(":")[2].split("/")[0])
-                    while any(c.status == "LISTEN" and c.laddr.port == port for c in proc.net_connections("tcp")):
+                    while any(c.status == "LISTEN" and c.laddr.port == port for c in _conns(proc)):
                         time.sleep(0.5)
                     time.sleep(1)
                     after = proc.memory_info().rss

@@ -75,7 +75,6 @@ def test_the_dashboard_in_chromium(tmp_path, build, run_tk, tk_home):
         base = "/".join(drv.current_url.split("/")[:3])
         row = drv.find_element(By.CSS_SELECTOR, "tr.state-patched")
         assert "a1111" in row.text and "overlay in place" in row.text, row.text
-        drv.save_screenshot(str(SHOTS / "targets-1280x800.png"))
 
         # Revert from the page: stock files back
         row.find_element(By.XPATH, ".//button[text()='Revert to stock']").click()
@@ -91,15 +90,24 @@ def test_the_dashboard_in_chromium(tmp_path, build, run_tk, tk_home):
 
         drv.get(base + "/")
         wait_for(lambda: drv.find_elements(By.CSS_SELECTOR, "svg.chart rect"), 20, "the repair-time chart")
+        drv.save_screenshot(str(SHOTS / "targets-1280x800.png"))
         drv.get(base + "/targets/a1111")
         assert "Plan: bundle" in drv.page_source and "Events" in drv.page_source
-        assert len(drv.find_elements(By.CSS_SELECTOR, "svg.chart rect")) == 2   # stock and the bundle
-        assert "speed relative to stock (bench)" in drv.page_source and "max 1.3 x" in drv.page_source
+        # the bench: two workloads, stock and the bundle each, with their spread
+        assert len(drv.find_elements(By.CSS_SELECTOR, "svg.chart rect")) == 4
+        assert len(drv.find_elements(By.CSS_SELECTOR, "svg.chart line.spread")) == 4
+        assert "Measured gain: x1.30" in drv.page_source and "conv fp16" in drv.page_source
         drv.save_screenshot(str(SHOTS / "target-1280x800.png"))
         for page in ("bundles", "settings", "found"):
             drv.get(f"{base}/{page}")
             assert "torchkeeper" in drv.title
             drv.save_screenshot(str(SHOTS / f"{page}-1280x800.png"))
+        # notifications off from the settings page: written to config.toml, read again by the agent
+        drv.get(f"{base}/settings")
+        drv.find_element(By.XPATH, "//tr[td[text()='Notifications']]//button").click()
+        cfg = tk_home / "config" / "config.toml"
+        wait_for(lambda: "enabled = false" in cfg.read_text(), 20, "notifications off in config.toml")
+        assert 'backend = "log"' in cfg.read_text()   # the user's other settings kept
         drv.set_window_size(390, 844)
         drv.get(base + "/")
         drv.save_screenshot(str(SHOTS / "targets-phone.png"))

@@ -75,6 +75,11 @@ def served(request, tmp_path, build, run_tk, tk_home):
         end_process(p)
 
 
+def _conns(proc):
+    """psutil 6 renamed Process.connections to net_connections (5.9 is the lowest allowed)."""
+    return (getattr(proc, "net_connections", None) or proc.connections)("tcp")
+
+
 def _state(run_tk) -> str:
     return run_tk("status", "--json").json()["targets"][0]["state"]
 
@@ -82,7 +87,7 @@ def _state(run_tk) -> str:
 def test_the_dashboard_is_closed_to_everyone_else(served, run_tk, tk_home):
     agent, c, d = served
     # bound to 127.0.0.1, never to every address
-    listening = [s.laddr for s in psutil.Process(agent.pid).net_connections("tcp") if s.status == "LISTEN"]
+    listening = [s.laddr for s in _conns(psutil.Process(agent.pid)) if s.status == "LISTEN"]
     assert (("127.0.0.1", c.port)) in [(a.ip, a.port) for a in listening]
     assert all(a.ip == "127.0.0.1" for a in listening), listening
 
@@ -159,7 +164,7 @@ def test_it_stops_when_idle_and_a_new_ask_starts_it_again(served, run_tk):
 
     def listening() -> bool:   # looked at from outside: a request would keep it awake
         return any(s.status == "LISTEN" and s.laddr.port == c.port
-                   for s in psutil.Process(agent.pid).net_connections("tcp"))
+                   for s in _conns(psutil.Process(agent.pid)))
 
     wait_for(lambda: not listening(), 30, "the idle stop (6 s)", interval=0.5)
     try:

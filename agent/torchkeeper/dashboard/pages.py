@@ -128,9 +128,9 @@ def target_page(t: JsonObject, plan: JsonObject | None, plan_error: str | None, 
     parts.append(f"<h2>Events</h2><ol class=\"events\">{items or '<li>none yet</li>'}</ol>")
     bench = t.get("last_bench")
     if bench and isinstance(bench.get("ratio"), (int, float)):
-        parts.append("<h2>Measured gain</h2>" + bars([1.0, float(bench["ratio"])], unit="x",
-                                                       names=["stock", str(bench.get("bundle_name") or "overlay")],
-                                                       label="speed relative to stock (bench)"))
+        parts.append(f"<h2>Measured gain: x{float(bench['ratio']):.2f}</h2>"
+                     f"<p><small>{e(bench.get('gpu'))}, {e(bench.get('time'))}</small></p>"
+                     + workloads(bench.get("parts") or {}, str(bench.get("bundle_name") or "overlay")))
     return "".join(parts)
 
 
@@ -161,7 +161,7 @@ def found_page(found: list, csrf: str) -> str:
     return f'<div class="scroll"><table><tbody>{rows}</tbody></table></div>'
 
 
-def settings_page(view, csrf: str) -> str:
+def settings_page(view, csrf: str, notifications: bool | None = None) -> str:
     paused = bool(getattr(view, "paused", False))
     auto = getattr(view, "autostart", None)
     rows = [f'<tr><td>Auto re-apply</td><td>{"paused" if paused else "on"}</td><td>'
@@ -171,8 +171,12 @@ def settings_page(view, csrf: str) -> str:
         rows.append(f'<tr><td>Start at login</td><td>{"on" if auto else "off"}</td><td>'
                     + _form("/api/autostart", "Turn off" if auto else "Turn on", csrf,
                             {"enabled": "0" if auto else "1"}) + "</td></tr>")
+    if notifications is not None:
+        rows.append(f'<tr><td>Notifications</td><td>{"on" if notifications else "off"}</td><td>'
+                    + _form("/api/notifications", "Turn off" if notifications else "Turn on", csrf,
+                            {"enabled": "0" if notifications else "1"}) + "</td></tr>")
     return ("<table><tbody>" + "".join(rows) + "</tbody></table>"
-            "<p><small>Notifications and the rest: config.toml (<code>torchkeeper doctor</code> says where); "
+            "<p><small>The rest: config.toml (<code>torchkeeper doctor</code> says where); "
             "the agent reads it again when it changes.</small></p>")
 
 
@@ -222,3 +226,34 @@ def timeline(events: list[JsonObject], days: int = 14) -> str:
     return ("<h2>Drifts and repairs, last 14 days</h2>"
             + bars([float(x) for x in drift], unit="drifts", label="drift events per day (oldest first)")
             + bars([float(x) for x in rep], unit="repairs", label="repairs per day (oldest first)"))
+
+
+def workloads(parts: JsonObject, bundle: str, width: int = 640) -> str:
+    """The bench per workload: stock and the bundle side by side, iterations per second, each
+    bar with its spread (min-max of the repeats) as a whisker."""
+    stock, mine = parts.get("stock") or {}, parts.get("with_bundle") or {}
+    names = [w for w in stock if w in mine]
+    vals = [p.get(k) for side in (stock, mine) for w in names for p in [side[w]] for k in ("it_s", "max")]
+    if not names or not all(isinstance(v, (int, float)) for v in vals):
+        return ""
+    top = max(vals) or 1.0
+    row, pad, bar = 46, 150, 16
+    height = row * len(names) + 30
+    scale = (width - pad - 20) / top
+    out = []
+    for i, w in enumerate(names):
+        y = 10 + i * row
+        out.append(f'<text x="0" y="{y + bar + 4}">{e(w)}</text>')
+        for j, (side, label, cls) in enumerate(((stock, "stock", "stock"), (mine, bundle, "mine"))):
+            p = side[w]
+            yy = y + j * (bar + 2)
+            lo, hi = p.get("min", p["it_s"]), p.get("max", p["it_s"])
+            out.append(f'<rect class="{cls}" x="{pad}" y="{yy}" width="{p["it_s"] * scale:.1f}" height="{bar}">'
+                       f'<title>{e(label)}: {p["it_s"]:.3g} it/s ({lo:.3g}-{hi:.3g})</title></rect>'
+                       f'<line class="spread" x1="{pad + lo * scale:.1f}" x2="{pad + hi * scale:.1f}" '
+                       f'y1="{yy + bar / 2}" y2="{yy + bar / 2}"/>'
+                       f'<text x="{pad + hi * scale + 4:.1f}" y="{yy + bar - 3}">{p["it_s"]:.3g}</text>')
+    return (f'<figure><svg class="chart" viewBox="0 0 {width} {height}" role="img" '
+            f'aria-label="iterations per second per workload, stock and {e(bundle)}">' + "".join(out)
+            + f'</svg><figcaption>iterations per second per workload: stock (grey) and {e(bundle)} (blue), '
+              f'the line: the spread of the repeats</figcaption></figure>')

@@ -130,6 +130,7 @@ class Dashboard:
         app.route("/api/pause", "POST", self._api_pause)
         app.route("/api/autostart", "POST", self._api_autostart)
         app.route("/api/manage", "POST", self._api_manage)
+        app.route("/api/notifications", "POST", self._api_notifications)
         for code in (400, 401, 403, 404, 405, 500):
             app.error(code)(self._error)
         return app
@@ -207,7 +208,8 @@ class Dashboard:
                                                              bottle.request.environ["tk.csrf"]))
 
     def _page_settings(self):
-        return self._page("Settings", pages.settings_page(self.controller.view(), bottle.request.environ["tk.csrf"]))
+        return self._page("Settings", pages.settings_page(self.controller.view(), bottle.request.environ["tk.csrf"],
+                                                          self.data.notifications()))
 
     # -- the API
     @staticmethod
@@ -269,6 +271,13 @@ class Dashboard:
         self.controller.set_autostart(enabled)
         return self._done({"autostart": enabled}, back="/settings")
 
+    def _api_notifications(self):
+        """[notifications] enabled in config.toml (`torchkeeper config set`'s code): the agent
+        reads the file again when it changes, as after a hand edit."""
+        enabled = self._flag("enabled")
+        self.data.set_notifications(enabled)
+        return self._done({"notifications": enabled}, back="/settings")
+
     def _api_manage(self):
         path = bottle.request.forms.get("path") or ""
         if path not in {f.path for f in self.controller.view().found}:
@@ -307,6 +316,17 @@ class Data:
         from ..engine.bundle import public
 
         return [public(m) for m in self.engine.bundles.all()]
+
+    def notifications(self) -> bool | None:
+        try:
+            return bool((self.engine.config or {})["notifications"]["enabled"])
+        except (KeyError, TypeError):
+            return None
+
+    def set_notifications(self, enabled: bool) -> None:
+        from ..engine.config import set_value
+
+        set_value(self.engine.home.config_file, "notifications", "enabled", "true" if enabled else "false")
 
     def plan(self, name: str) -> tuple[JsonObject | None, str | None]:
         from ..errors import TKError

@@ -112,7 +112,10 @@ def _measure(engine, name: str, m: Manifest, python: Path, probe: JsonObject, ru
         if name in st["targets"]:
             st["targets"][name]["last_bench"] = {
                 "ratio": result["ratio"], "bundle_name": m["name"], "gpu": result["gpu"],
-                "it_s": result["it_s"], "time": time.strftime("%Y-%m-%d %H:%M")}
+                "it_s": result["it_s"], "time": time.strftime("%Y-%m-%d %H:%M"),
+                # per workload, the median and its spread (the dashboard's chart)
+                "parts": {side: {w: {k: p.get(k) for k in ("it_s", "min", "max")} for w, p in parts.items()}
+                          for side, parts in (("stock", stock["parts"]), ("with_bundle", patched["parts"]))}}
     return result
 
 

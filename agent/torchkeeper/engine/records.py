@@ -172,7 +172,7 @@ class TargetStatus:
         if self.in_desired_state is not None:
             d["in_desired_state"] = self.in_desired_state
         if self.last_bench is not None:
-            d["last_bench"] = {k: self.last_bench.get(k) for k in ("ratio", "bundle_name", "time", "gpu", "it_s")}
+            d["last_bench"] = {k: self.last_bench.get(k) for k in ("ratio", "bundle_name", "time", "gpu", "it_s", "parts")}
         if self.standby is not None:
             d["standby"] = self.standby
         if self.held is not None:
