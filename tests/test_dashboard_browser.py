@@ -93,6 +93,8 @@ def test_the_dashboard_in_chromium(tmp_path, build, run_tk, tk_home):
         drv.save_screenshot(str(SHOTS / "targets-1280x800.png"))
         drv.get(base + "/targets/a1111")
         assert "Plan: bundle" in drv.page_source and "Events" in drv.page_source
+        # the way back: each replaced file's backup, there on disk
+        assert drv.page_source.count("<td>kept</td>") == 7 and "missing" not in drv.page_source
         # the bench: two workloads, stock and the bundle each, with their spread
         assert len(drv.find_elements(By.CSS_SELECTOR, "svg.chart rect")) == 4
         assert len(drv.find_elements(By.CSS_SELECTOR, "svg.chart line.spread")) == 4

@@ -69,14 +69,14 @@ def targets_page(status: JsonObject, events: list[JsonObject], csrf: str) -> str
         rows.append(
             f'<tr class="state-{e(t.get("state"))}"><td><a href="/targets/{e(quote(n, safe=""))}">{e(n)}</a></td>'
             f'<td class="state">{e(STATE_WORDS.get(t.get("state"), t.get("state")))}</td>'
-            f'<td>{e(t.get("torch_version"))}</td><td>{e(t.get("torch_cuda"))}</td>'
+            f'<td>{e(t.get("torch_version"))}<br><small>CUDA {e(t.get("torch_cuda"))}</small></td>'
             f'<td>{e(t.get("cudnn_stock"))} &rarr; {e(t.get("cudnn_now"))}</td>'
             f'<td>{e(chosen)}{"" if applied in (None, chosen) else " (applied: " + e(applied) + ")"}</td>'
-            f'<td>{e(_when(rep.get("ts"))) if rep else ""}'
-            f'{" (" + e(round(rep["latency"] * 1000)) + " ms)" if rep and isinstance(rep.get("latency"), (int, float)) else ""}</td>'
+            f'<td>{e(_when(rep.get("ts"))) if rep else ""}<br>'
+            f'{"<small>" + e(round(rep["latency"] * 1000)) + " ms</small>" if rep and isinstance(rep.get("latency"), (int, float)) else ""}</td>'
             f'<td>{e(gain)}</td>'
             f'<td>{e((t.get("standby") or {}).get("state"))}</td><td class="actions">{actions}</td></tr>')
-    table = ('<div class="scroll"><table><thead><tr><th>target</th><th>state</th><th>torch</th><th>CUDA</th>'
+    table = ('<div class="scroll"><table><thead><tr><th>target</th><th>state</th><th>torch</th>'
              '<th>cuDNN stock &rarr; now</th><th>bundle</th><th title="from the installer\'s last write">last repair</th>'
              '<th>gain</th><th>standby</th><th></th></tr></thead><tbody>' + "".join(rows)
              + '</tbody></table></div>') if rows else \
@@ -94,7 +94,7 @@ def targets_page(status: JsonObject, events: list[JsonObject], csrf: str) -> str
 
 
 def target_page(t: JsonObject, plan: JsonObject | None, plan_error: str | None, events: list[JsonObject],
-                csrf: str) -> str:
+                csrf: str, way_back: list[JsonObject] | None = None) -> str:
     n = t["name"]
     parts = [f'<p>{e(t["site_packages"])}</p><p class="state state-{e(t.get("state"))}">'
              f'{e(STATE_WORDS.get(t.get("state"), t.get("state")))}</p>']
@@ -115,9 +115,16 @@ def target_page(t: JsonObject, plan: JsonObject | None, plan_error: str | None, 
         parts.append(f'<p class="note">No plan: {e(plan_error)}</p>')
     applied = t.get("applied")
     if applied:
+        rows = "".join(
+            f'<tr><td>{e(w["rel"])}</td><td>{e(w["prior"])}</td>'
+            f'<td>{"same bytes as stock: nothing to keep" if w["same_as_stock"] else e(w["backup"] or "none")}</td>'
+            f'<td>{"" if w["same_as_stock"] or not w["backup"] else ("kept" if w["present"] else "<strong>missing</strong>")}</td></tr>'
+            for w in (way_back or []))
         parts.append(f'<h2>Way back</h2><p>{e(applied.get("files"))} files replaced by bundle '
-                     f'{e(applied.get("bundle_name"))} on {e(applied.get("at"))}; their stock bytes are kept '
-                     f'so that Revert gives them back.</p>')
+                     f'{e(applied.get("bundle_name"))} on {e(applied.get("at"))}; Revert puts back the bytes '
+                     f'kept here:</p>' + (f'<div class="scroll"><table><thead><tr><th>file</th><th>was</th>'
+                                          f'<th>backup</th><th></th></tr></thead><tbody>{rows}</tbody></table></div>'
+                                          if rows else ""))
     parts.append("".join(_form(f"/api/targets/{quote(n, safe='')}/{a}", label, csrf)
                          for a, label in (("reapply", "Reapply"), ("revert", "Revert to stock"),
                                           ("check", "Check now"))))
@@ -189,7 +196,7 @@ def bars(values: list[float], unit: str, label: str, names: list[str] | None = N
     top = max(values) or 1.0
     n = len(values)
     gap, pad = 4, 28
-    bw = max(2.0, (width - pad - gap * n) / n)
+    bw = min(40.0, max(2.0, (width - pad - gap * n) / n))   # one bar stays a bar, not a block
     rects = []
     for i, v in enumerate(values):
         h = (height - 2 * pad) * v / top

@@ -198,7 +198,8 @@ class Dashboard:
             bottle.abort(404, "")
         plan, err = self.data.plan(name)
         return self._page(f"Target {name}", pages.target_page(t, plan, err, self.data.events(),
-                                                              bottle.request.environ["tk.csrf"]))
+                                                              bottle.request.environ["tk.csrf"],
+                                                              self.data.way_back(name)))
 
     def _page_bundles(self):
         return self._page("Bundles", pages.bundles_page(self.data.bundles(), self.data.status()))
@@ -316,6 +317,20 @@ class Data:
         from ..engine.bundle import public
 
         return [public(m) for m in self.engine.bundles.all()]
+
+    def way_back(self, name: str) -> list[JsonObject]:
+        """Each file the overlay replaced, and the backup that gives its earlier bytes back on
+        revert (stored by hash in the data folder), and whether that backup is there."""
+        from ..engine.txn import BackupStore
+
+        store = BackupStore(self.engine.home)
+        files = ((self.engine.state.read()["overlays"].get(name) or {}).get("files") or {})
+        out = []
+        for rel, f in sorted(files.items()):
+            digest = f.get("stock_backup") or f.get("foreign_backup")
+            out.append({"rel": rel, "prior": f.get("prior"), "backup": str(store.path(digest)) if digest else None,
+                        "present": bool(digest) and store.has(digest), "same_as_stock": bool(f.get("same_as_stock"))})
+        return out
 
     def notifications(self) -> bool | None:
         try:
