@@ -34,6 +34,16 @@ def _assert_linked_from_standby(t, files: dict) -> dict:
     return now
 
 
+def _reinstall_repair_and_revert(t, run_tk, files: dict) -> None:
+    """One more reinstall, repaired from the standby alone, then the way back to stock."""
+    reinstall(t)
+    r = ok(run_tk("apply", "--json"))
+    assert last_via(r)["standby"] == len(files), str(r)
+    assert_patched(t, run_tk, "a")
+    ok(run_tk("revert"))
+    assert_stock(t, run_tk)
+
+
 def _applied_event(tk_home) -> dict:
     return [e for e in events(tk_home, "applied")][-1]
 
@@ -67,12 +77,7 @@ def test_a_standby_of_copies_is_untouched_by_a_reinstall_and_linked_in(build, tm
     assert r.json()[NAME]["mode"] == "copy", str(r)
     placed, sb = inodes(t), standby_inodes(t)
     assert not set(sb.values()) & set(placed.values()), "the new standby shares the placed inodes"
-    reinstall(t)
-    r = ok(run_tk("apply", "--json"))
-    assert last_via(r)["standby"] == len(files), str(r)
-    assert_patched(t, run_tk, "a")
-    ok(run_tk("revert"))
-    assert_stock(t, run_tk)
+    _reinstall_repair_and_revert(t, run_tk, files)
     assert not standby_dir(t).exists()
 
 
@@ -136,12 +141,7 @@ def test_repair_links_the_standby_in_without_copying(build, tmp_path, run_tk, tk
     assert tgt["standby"]["state"] == "ready", tgt  # ready for the next reinstall, at once
 
     # and again: a second reinstall is repaired from the same standby
-    reinstall(t)
-    r = ok(run_tk("apply", "--json"))
-    assert last_via(r)["standby"] == len(files), str(r)
-    assert_patched(t, run_tk, "a")
-    ok(run_tk("revert"))
-    assert_stock(t, run_tk)
+    _reinstall_repair_and_revert(t, run_tk, files)
 
 
 def _tamper(t, how: str) -> None:
