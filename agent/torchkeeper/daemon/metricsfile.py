@@ -67,5 +67,5 @@ class MetricsFile:
                 self._last_error = why
 
     def _known_driver(self):
-        d = getattr(self.engine, "_driver", None)   # what the driver watch last read
+        d = self.engine.known_driver()   # what the driver watch last read
         return d.to_dict() if d is not None and hasattr(d, "to_dict") else None

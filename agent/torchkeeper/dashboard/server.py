@@ -42,6 +42,15 @@ HEADERS = {
     "Cross-Origin-Resource-Policy": "same-origin",
 }
 ACTIONS = {"reapply": V.REAPPLY, "revert": V.REVERT}
+ROUTES = (   # method, path, Dashboard's handler
+    ("GET", "/login", "_login"), ("GET", "/static/<name>", "_static_file"),
+    ("GET", "/", "_page_targets"), ("GET", "/targets/<name>", "_page_target"), ("GET", "/bundles", "_page_bundles"),
+    ("GET", "/found", "_page_found"), ("GET", "/settings", "_page_settings"),
+    ("GET", "/api/status", "_api_status"), ("GET", "/api/events", "_api_events"),
+    ("POST", "/api/targets/<name>/<action>", "_api_target"), ("POST", "/api/check", "_api_check_all"),
+    ("POST", "/api/pause", "_api_pause"), ("POST", "/api/autostart", "_api_autostart"),
+    ("POST", "/api/manage", "_api_manage"), ("POST", "/api/notifications", "_api_notifications"),
+)
 
 
 class _Server(socketserver.ThreadingMixIn, WSGIServer):
@@ -116,21 +125,8 @@ class Dashboard:
         app = bottle.Bottle(catchall=True)
         app.add_hook("before_request", self._guard)
         app.add_hook("after_request", self._headers)
-        app.route("/login", "GET", self._login)
-        app.route("/static/<name>", "GET", self._static_file)
-        app.route("/", "GET", self._page_targets)
-        app.route("/targets/<name>", "GET", self._page_target)
-        app.route("/bundles", "GET", self._page_bundles)
-        app.route("/found", "GET", self._page_found)
-        app.route("/settings", "GET", self._page_settings)
-        app.route("/api/status", "GET", lambda: self._json(self.data.status()))
-        app.route("/api/events", "GET", self._api_events)
-        app.route("/api/targets/<name>/<action>", "POST", self._api_target)
-        app.route("/api/check", "POST", self._api_check_all)
-        app.route("/api/pause", "POST", self._api_pause)
-        app.route("/api/autostart", "POST", self._api_autostart)
-        app.route("/api/manage", "POST", self._api_manage)
-        app.route("/api/notifications", "POST", self._api_notifications)
+        for method, path, handler in ROUTES:
+            app.route(path, method, getattr(self, handler))
         for code in (400, 401, 403, 404, 405, 500):
             app.error(code)(self._error)
         return app
@@ -225,6 +221,9 @@ class Dashboard:
                 not bottle.request.get_header("Authorization"):
             bottle.redirect(back, 303)
         return self._json(obj, 202)
+
+    def _api_status(self):
+        return self._json(self.data.status())
 
     def _api_events(self):
         try:

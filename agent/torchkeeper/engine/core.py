@@ -47,6 +47,10 @@ class Engine:
             self.config = configmod.defaults()
         return self.config.get("agent", {})
 
+    def known_driver(self):
+        """The driver as last read (None when never): no NVML call, so no sleeping GPU woken."""
+        return self._driver
+
     def driver(self, refresh: bool = False):
         if self._driver is None or refresh:
             if self._driver_query is not None:
