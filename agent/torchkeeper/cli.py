@@ -660,6 +660,7 @@ def cmd_dashboard(args, eng):
             pass
         got = None
         time.sleep(0.05)
+    answer.unlink(missing_ok=True)   # read once: the CLI leaves no copy of the token behind (user-only folder anyway)
     if got is None:
         raise TKError(f"the agent did not answer within {args.timeout:g} s",
                       "`torchkeeper log --agent` says what it is doing; `torchkeeper stop` then "
