@@ -495,7 +495,7 @@ def _prepare_in(home, target, f: _Folder, mk: Path, get_overlay, lock, old, reha
                 if spare is not None:
                     prev = (old or {}).get("files", {}).get(sha)
                     if cur and cur["ino"] != st.st_ino and prev and all(cur[k] == prev.get(k) for k in IDENTITY):
-                        want[sha] = {"ident": cur, "rel": rel, "placed": False}  # a copy, untouched since hashed
+                        want[sha] = {"ident": cur, "rel": rel, "placed": False, "copy": True}  # untouched since hashed
                         continue
                     if spare >= st.st_size:  # copied below, outside the lock
                         spare -= st.st_size
@@ -526,7 +526,7 @@ def _prepare_in(home, target, f: _Folder, mk: Path, get_overlay, lock, old, reha
             with contextlib.suppress(OSError):
                 f.unlink(sha)
             continue
-        want[sha] = {"ident": f.stat(sha), "rel": rel, "placed": True}  # its bytes are the placed file's
+        want[sha] = {"ident": f.stat(sha), "rel": rel, "placed": True, "copy": True}  # the placed file's bytes
         crash(f"standby: copied {rel}")
     if to_copy:
         f.fsync()
@@ -551,7 +551,7 @@ def _prepare_in(home, target, f: _Folder, mk: Path, get_overlay, lock, old, reha
         if name not in files:  # an older overlay's, or a damaged one (links are unlinked, not followed)
             with contextlib.suppress(OSError):
                 f.unlink(name)
-    copied = sum(1 for x in files.values() if x["nlink"] == 1)
+    copied = sum(1 for sha in files if want[sha].get("copy"))
     rec = {"bundle": bundle, "dir": str(f.path), "files": files, "prepared": time.time(), "why": why,
            "mode": "copy" if files and copied == len(files) else ("link" if not copied else "mixed")}
     _save(home, target, rec)
