@@ -182,3 +182,39 @@ def test_it_stops_when_idle_and_a_new_ask_starts_it_again(served, run_tk):
 def test_without_an_agent_it_says_so(run_tk):
     r = run_tk("dashboard", "--no-browser")
     assert r.rc == 2 and r.err.startswith("error: the agent is not running") and "\nhint: " in r.err, r
+
+
+def test_an_ask_written_while_the_agent_starts_is_answered_and_a_stale_one_is_dropped(tk_home):
+    """`status` says "running" from the agent's lock, before its watch on the ask exists (CI
+    saw the CLI time out so): an ask already there at start is answered; one a killed CLI left
+    long ago is removed unanswered (it would open the dashboard at every login)."""
+    import os
+
+    from kit.agentkit import start_agent
+    from torchkeeper.daemon.view import ASK_FRESH_S, DASHBOARD_ANSWER, DASHBOARD_ASK
+    from torchkeeper.home import get_home
+
+    os.environ["TORCHKEEPER_HOME"] = str(tk_home)
+    data = get_home().data_dir
+    data.mkdir(parents=True, exist_ok=True)
+    ask, answer = data / DASHBOARD_ASK, data / DASHBOARD_ANSWER
+    ask.write_text(json.dumps({"nonce": "old"}))
+    old = time.time() - ASK_FRESH_S - 5
+    os.utime(ask, (old, old))
+    agent = start_agent(tk_home)          # this in-process agent serves no dashboard: it answers why
+    try:
+        assert not ask.exists() and not answer.exists()
+    finally:
+        agent.stop(10)
+    ask.write_text(json.dumps({"nonce": "fresh"}))
+    agent = start_agent(tk_home)
+    try:
+        got = json.loads(answer.read_text())
+        assert got["nonce"] == "fresh" and "no dashboard" in got["error"] and not ask.exists()
+        ask.write_text(json.dumps({"nonce": "fresh"}))   # the CLI asks again before it sees the answer
+        answer.unlink()
+        wait_for(lambda: not ask.exists(), 10, "the ask taken")
+        time.sleep(0.3)
+        assert not answer.exists()        # a nonce is answered once
+    finally:
+        agent.stop(10)

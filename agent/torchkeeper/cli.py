@@ -647,11 +647,16 @@ def cmd_dashboard(args, eng):
                          "start it with `torchkeeper run` (or log in again, if it starts at login), "
                          "then `torchkeeper dashboard`")
     nonce = secrets.token_hex(8)
-    answer = eng.home.data_dir / DASHBOARD_ANSWER
-    atomic_write_json(eng.home.data_dir / DASHBOARD_ASK, {"nonce": nonce})
+    answer, ask = eng.home.data_dir / DASHBOARD_ANSWER, eng.home.data_dir / DASHBOARD_ASK
     deadline = time.monotonic() + args.timeout
+    asked_at = -1.0
     got = None
     while time.monotonic() < deadline:
+        if time.monotonic() - asked_at >= 1.0:
+            # asked again each second: an agent still starting, or one whose watch lost the
+            # event, takes it then (it answers a nonce once)
+            atomic_write_json(ask, {"nonce": nonce})
+            asked_at = time.monotonic()
         try:
             got = load_json(answer, follow=False)
             if got.get("nonce") == nonce:
@@ -660,6 +665,7 @@ def cmd_dashboard(args, eng):
             pass
         got = None
         time.sleep(0.05)
+    ask.unlink(missing_ok=True)
     answer.unlink(missing_ok=True)   # read once: the CLI leaves no copy of the token behind (user-only folder anyway)
     if got is None:
         raise TKError(f"the agent did not answer within {args.timeout:g} s",

@@ -27,6 +27,7 @@ QUIT = "quit"
 
 # `torchkeeper dashboard` asks the agent through two small files in the data folder
 DASHBOARD_ASK, DASHBOARD_ANSWER = "dashboard-ask.json", "dashboard.json"
+ASK_FRESH_S = 60.0   # an ask found at the agent's start older than this was left by a killed CLI
 
 
 @dataclass

@@ -92,6 +92,8 @@ class Agent:
         self.make_dashboard = None
         self._dashboard = None
         self._dash_lock = threading.Lock()
+        self._ask_lock = threading.Lock()   # the watcher's thread and start() both answer asks
+        self._answered: str | None = None    # the last ask's nonce answered
 
     # -- what `run`, tests and the benchmark read and set
     notifier = property(lambda self: self.tell.notifier,
@@ -224,8 +226,11 @@ class Agent:
         for path, kind in ((self.config_file, JobKind.CONFIG), (self.home.state_file, JobKind.TARGETS)):
             self.watcher.watch_file(
                 path, lambda kind=kind: self.jobs.put(kind, None, D.Why.SETTINGS_FILE, delay=0.2))
-        # `torchkeeper dashboard` asks through a file in the data folder (the user's own)
+        # `torchkeeper dashboard` asks through a file in the data folder (the user's own);
+        # `status` says "running" from the lock, before this watch exists: an ask written
+        # meanwhile is answered now
         self.watcher.watch_file(self.home.data_dir / V.DASHBOARD_ASK, self._dashboard_asked)
+        self._dashboard_asked(at_start=True)
 
     def stop(self, timeout: float | None = None) -> None:
         """Stop taking work, let the running job finish, stop the watchers."""
@@ -339,16 +344,26 @@ class Agent:
         d = self._dashboard
         return d.keys.token if d is not None and d.running else None
 
-    def _dashboard_asked(self) -> None:
+    def _dashboard_asked(self, at_start: bool = False) -> None:
         """`torchkeeper dashboard` wrote its ask (a nonce): the answer, readable by this user
-        only (mkstemp's 0600, in the data folder), names the URL and the API token."""
+        only (mkstemp's 0600, in the data folder), names the URL and the API token.
+        The ask is taken (removed), so one left by a killed CLI never opens the dashboard at
+        the next start (an ask older than ASK_FRESH_S found at start is dropped); the CLI
+        writes it again while it waits, and a nonce already answered is not answered twice."""
         from ..engine.fsutil import atomic_write_json, load_json
 
-        try:
-            ask = load_json(self.home.data_dir / V.DASHBOARD_ASK, follow=False)
-            nonce = str(ask["nonce"])[:64]
-        except (OSError, ValueError, KeyError, TypeError):
-            return
+        ask_file = self.home.data_dir / V.DASHBOARD_ASK
+        with self._ask_lock:
+            try:
+                stale = at_start and time.time() - ask_file.stat().st_mtime > V.ASK_FRESH_S
+                ask = None if stale else load_json(ask_file, follow=False)
+                ask_file.unlink(missing_ok=True)
+                nonce = str(ask["nonce"])[:64]
+            except (OSError, ValueError, KeyError, TypeError):
+                return
+            if nonce == self._answered:
+                return
+            self._answered = nonce
         try:
             url = self.open_dashboard()
             out = {"nonce": nonce, "url": url, "token": self.dashboard_token(), "pid": os.getpid()}
