@@ -16,15 +16,16 @@ PKG = Path(__file__).resolve().parents[1] / "agent" / "torchkeeper"
 # layer -> the layers it may import (itself always allowed)
 ALLOWED = {
     "errors": set(),
+    "i18n": set(),
     "home": set(),
-    "platform": {"errors"},
-    "testing": {"errors", "platform"},
-    "engine": {"errors", "home", "platform", "testing", "__init__"},   # __init__: __version__ alone
-    "daemon": {"errors", "home", "platform", "testing", "engine"},
-    "desktop": {"errors", "home", "platform", "daemon.view"},
-    "dashboard": {"errors", "home", "platform", "engine", "daemon.view"},
-    "run": {"errors", "home", "platform", "testing", "engine", "daemon", "desktop", "dashboard"},
-    "cli": {"errors", "home", "platform", "testing", "engine", "daemon", "desktop", "dashboard", "run",
+    "platform": {"errors", "i18n"},
+    "testing": {"errors", "i18n", "platform"},
+    "engine": {"errors", "i18n", "home", "platform", "testing", "__init__"},   # __init__: __version__ alone
+    "daemon": {"errors", "i18n", "home", "platform", "testing", "engine"},
+    "desktop": {"errors", "i18n", "home", "platform", "daemon.view"},
+    "dashboard": {"errors", "i18n", "home", "platform", "engine", "daemon.view"},
+    "run": {"errors", "i18n", "home", "platform", "testing", "engine", "daemon", "desktop", "dashboard"},
+    "cli": {"errors", "i18n", "home", "platform", "testing", "engine", "daemon", "desktop", "dashboard", "run",
             "__init__"},
     "__main__": {"cli"},
     "__init__": set(),

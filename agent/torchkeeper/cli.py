@@ -12,7 +12,8 @@ import os
 import sys
 import time
 
-from . import __version__
+from . import __version__, i18n
+from .i18n import _, ngettext
 from .errors import DRIFT, FAILED, OK, TKError, UsageError
 from .engine.records import JsonObject
 
@@ -880,12 +881,20 @@ def _print_error(e: TKError) -> None:
         print(f"hint: {e.hint}", file=sys.stderr)
 
 
+def _language(args, config_value: str | None = None) -> None:
+    """The user's language for what this command prints (English for --json)."""
+    from .platform.language import os_languages
+
+    i18n.setup(config_value, os_languages(), machine=bool(getattr(args, "json", False)))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "fn", None):
         parser.print_help()
         return 2
+    _language(args)   # the environment's and the OS's, until the config is read
     try:
         if args.fn is cmd_run:  # the agent reports a broken config itself and keeps going
             return cmd_run(args)
@@ -894,8 +903,9 @@ def main(argv: list[str] | None = None) -> int:
         from .engine.config import load
 
         warnings: list = []
-        # the CLI reads [apply]; a bad agent-only setting is the agent's to report
-        eng.config = load(eng.home.config_file, uses={"apply"}, warnings=warnings)
+        # the CLI reads [apply] and [ui]; a bad agent-only setting is the agent's to report
+        eng.config = load(eng.home.config_file, uses={"apply", "ui"}, warnings=warnings)
+        _language(args, eng.config["ui"]["language"])
         if warnings:
             more = f" (and {len(warnings) - 1} more)" if len(warnings) > 1 else ""
             print(f"warning: {warnings[0].message}{more}; the agent keeps its last good "

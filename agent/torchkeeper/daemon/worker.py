@@ -17,6 +17,7 @@ import threading
 import time
 from pathlib import Path
 
+from .. import i18n
 from ..engine import config as configmod
 from ..engine.core import Engine
 from ..engine.autostart import Autostart
@@ -40,6 +41,13 @@ log = logging.getLogger("torchkeeper.agent")
 
 PREPARE, REHASH, REFRESH = "prepare", "rehash", "refresh"   # standby work, weakest first
 _STANDBY_RANK = {REFRESH: 0, PREPARE: 1, REHASH: 2}
+
+
+def _use_language(cfg: Config) -> str:
+    """[ui] language (TORCHKEEPER_LANG wins, "auto" is the OS's) for the tray and toasts."""
+    from ..platform.language import os_languages
+
+    return i18n.setup(cfg["ui"]["language"], os_languages())
 DEGRADED_POLL_S = boardmod.DEGRADED_POLL_S
 _ASKED = {V.REAPPLY, V.REVERT, V.REAPPLY_ALL}   # a person's explicit ask (gate warnings pass)
 
@@ -60,6 +68,7 @@ class Agent:
         self.tell = Teller(home, notifier)
         self.cfg, self._config_problem = self._load_config()
         self.engine.config = self.cfg
+        _use_language(self.cfg)
         self.jobs = JobQueue(clock)
         self.board = Board(lambda: self.state.paused)
         self.own = OwnWrites(self.engine)
@@ -162,6 +171,9 @@ class Agent:
         old_a = self.cfg["agent"]
         self.cfg = new
         self.engine.config = new
+        before = i18n.current()
+        if _use_language(new) != before:
+            self.board.changed()   # the menu and tooltip in the new language
         a = new["agent"]
         if self.watcher:
             self.watcher.debouncer.configure(a["quiet_seconds"], a["max_wait_seconds"])

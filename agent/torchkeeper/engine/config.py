@@ -15,6 +15,7 @@ from importlib import resources
 from pathlib import Path
 
 from ..errors import UsageError
+from ..i18n import LANGUAGES, normalize
 from .fsutil import atomic_write_bytes
 from .records import Config
 
@@ -40,6 +41,10 @@ SCHEMA = {
         "standby": (bool, None, "true or false"),
         "standby_copy": (bool, None, "true or false"),
         "standby_min_free_mb": (int, lambda v: 0 <= v <= 10**9, "a whole number of MB, 0 to 1000000000"),
+    },
+    "ui": {
+        "language": (str, lambda v: v == "auto" or normalize(v) in LANGUAGES,
+                     '"auto" (the system\'s language), "en", "zh_TW", "zh_CN" or "ja"'),
     },
     "dashboard": {
         "idle_minutes": (_NUM, lambda v: 0.05 <= v <= 1440, "a number of minutes, 0.05 to 1440"),
