@@ -52,16 +52,23 @@ def compile_all(quiet: bool = True) -> list[Path]:
 
 
 def extract(pot: Path) -> None:
-    subprocess.run([sys.executable, "-m", "babel.messages.frontend", "extract", "--quiet",
+    subprocess.run([sys.executable, "-m", "babel.messages.frontend", "--quiet", "extract",
                     "--project", "torchkeeper", "--copyright-holder", "torchkeeper's authors",
                     "--msgid-bugs-address", "https://github.com/torchkeeper/torchkeeper/issues",
-                    "--no-wrap", "--sort-by-file", "-o", str(pot), str(PKG)],
+                    "--no-wrap", "--sort-by-file", "-o", str(pot), str(PKG.relative_to(ROOT))],
                    check=True, cwd=ROOT)
+
+
+LANGUAGES = ("zh_TW", "zh_CN", "ja")   # i18n.LANGUAGES without the source
 
 
 def update() -> None:
     extract(POT)
-    subprocess.run([sys.executable, "-m", "babel.messages.frontend", "update", "--quiet",
+    for lang in LANGUAGES:   # a new language: its .po, to translate
+        if not (LOCALE / lang / "LC_MESSAGES" / f"{DOMAIN}.po").exists():
+            subprocess.run([sys.executable, "-m", "babel.messages.frontend", "--quiet", "init", "--no-wrap",
+                            "-D", DOMAIN, "-l", lang, "-i", str(POT), "-d", str(LOCALE)], check=True, cwd=ROOT)
+    subprocess.run([sys.executable, "-m", "babel.messages.frontend", "--quiet", "update",
                     "--no-wrap", "--ignore-obsolete", "--no-fuzzy-matching", "-D", DOMAIN,
                     "-i", str(POT), "-d", str(LOCALE)], check=True, cwd=ROOT)
 

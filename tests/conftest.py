@@ -32,6 +32,15 @@ for _p in (str(AGENT), str(TESTS)):
         sys.path.insert(0, _p)
 
 from kit import builders  # noqa: E402
+
+# The suite asserts English text; test_i18n sets the language it tests. And the catalogs'
+# .mo files are build outputs: compiled here from the .po sources, as the wheel's hook does.
+os.environ["TORCHKEEPER_LANG"] = "en"
+sys.path.insert(0, str(REPO / "installer"))
+import catalogs  # noqa: E402
+
+sys.path.remove(str(REPO / "installer"))
+catalogs.compile_all()
 from kit.nvmlstub import nvml_stub  # noqa: E402,F401  (a fixture: the stub libnvidia-ml.so.1's folder)
 
 CACHE_MAX_AGE_S = 14 * 24 * 3600

@@ -179,7 +179,8 @@ def test_no_import_cycle_lazy_imports_included():
 
 def test_the_decision_module_imports_nothing_that_does_io():
     """daemon/decide.py is pure: typed records in, a Decision out. It may import only what
-    defines records (dataclasses, enum, typing), never the engine, a thread, a clock or a file."""
+    defines records (dataclasses, enum, typing) and i18n (its words in the user's language: a
+    lookup in the catalog loaded at start), never the engine, a thread, a clock or a file."""
     import ast
 
     path = Path(__file__).resolve().parents[1] / "agent" / "torchkeeper" / "daemon" / "decide.py"
@@ -189,4 +190,4 @@ def test_the_decision_module_imports_nothing_that_does_io():
             names.add("." * n.level + (n.module or ""))
         elif isinstance(n, ast.Import):
             names.update(a.name for a in n.names)
-    assert names and names <= {"__future__", "dataclasses", "enum", "typing"}, names
+    assert names and names <= {"__future__", "dataclasses", "enum", "typing", "..i18n"}, names

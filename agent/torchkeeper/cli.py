@@ -90,9 +90,8 @@ def cmd_target_add(args, eng):
     name, rec, info = eng.add_target(args.path, args.name, exist_ok=args.name is not None)
     changed = name not in before
     _emit(args, {"name": name, **rec, "info": info.to_dict(), "changed": changed},
-          f"{'added' if changed else 'already'} target '{name}': {info.site_packages}\n  torch {info.torch_version}, CUDA "
-          f"{info.torch_cuda or 'none (CPU build)'}, cuDNN {info.cudnn_build or 'unknown'}, "
-          f"{len(info.libs)} CUDA/cuDNN libraries in {', '.join(info.lib_dirs) or 'no folder'}")
+          _("%(value)s target '%(name)s': %(site_packages)s\n  torch %(torch_version)s, CUDA "
+            "%(value2)s, cuDNN %(value3)s, %(n)s CUDA/cuDNN libraries in %(value4)s") % {"value": 'added' if changed else 'already', "name": name, "site_packages": info.site_packages, "torch_version": info.torch_version, "value2": info.torch_cuda or 'none (CPU build)', "value3": info.cudnn_build or 'unknown', "n": len(info.libs), "value4": ', '.join(info.lib_dirs) or 'no folder'})
     return OK
 
 
@@ -109,7 +108,7 @@ def cmd_target_list(args, eng):
 
 def cmd_target_remove(args, eng):
     eng.remove_target(args.name, force=args.force)
-    _emit(args, {"removed": args.name}, f"removed target '{args.name}' (its files were not touched)")
+    _emit(args, {"removed": args.name}, _("removed target '%(name)s' (its files were not touched)") % {"name": args.name})
     return OK
 
 
@@ -126,7 +125,7 @@ def cmd_discover(args, eng):
         known = {t["site_packages"] for t in eng.targets().values()}
         for f in found:
             if str(f.site_packages) not in known:
-                name, _, _ = eng.add_target(str(f.path))
+                name, _added, _info = eng.add_target(str(f.path))
                 added.append(name)
     rows = [f.to_dict() for f in found]
     w = max([18, *(len(f.app) for f in found)])
@@ -296,10 +295,10 @@ def cmd_bundle_remove(args, eng):
     st = eng.state.read()
     users = sorted(n for n, o in st["overlays"].items() if o["bundle"] == m["id"])
     if users and not args.force:
-        raise UsageError(f"bundle '{m['name']}' is applied to {', '.join(users)}",
-                         "revert those targets first, or pass --force (their stock backups are kept)")
+        raise UsageError(_("bundle '%(name)s' is applied to %(join)s") % {"name": m['name'], "join": ', '.join(users)},
+                         _("revert those targets first, or pass --force (their stock backups are kept)"))
     eng.bundles.remove(m)
-    _emit(args, {"removed": m["id"]}, f"removed bundle '{m['name']}'")
+    _emit(args, {"removed": m["id"]}, _("removed bundle '%(name)s'") % {"name": m['name']})
     return OK
 
 
@@ -308,7 +307,7 @@ def cmd_bundle_export(args, eng):
 
     m = eng.bundles.get(args.bundle)
     dest = export(eng.bundles, m, args.file)
-    _emit(args, {"bundle": m["id"], "file": str(dest)}, f"exported '{m['name']}' to {dest}")
+    _emit(args, {"bundle": m["id"], "file": str(dest)}, _("exported '%(name)s' to %(dest)s") % {"name": m['name'], "dest": dest})
     return OK
 
 
@@ -335,7 +334,7 @@ def _names(args, eng):
     if not names:
         names = sorted(eng.targets())
         if not names:
-            raise UsageError("no targets yet", "add one with `torchkeeper target add PATH`")
+            raise UsageError(_("no targets yet"), _("add one with `torchkeeper target add PATH`"))
     return names
 
 
@@ -376,7 +375,7 @@ def cmd_plan(args, eng):
     names = [args.target] if args.target else _names(args, eng)
     plans, texts, rc = [], [], OK
     for n in names:
-        p, info, _ = eng.plan(n, args.bundle)
+        p, info, _plan_m = eng.plan(n, args.bundle)
         plans.append(p.to_dict())
         texts.append(_plan_text(p, info))
         if p.refusals:
@@ -421,7 +420,7 @@ def cmd_revert(args, eng):
 def cmd_verify(args, eng):
     names = args.targets or None
     if not eng.targets():
-        raise UsageError("no targets yet", "add one with `torchkeeper target add PATH`")
+        raise UsageError(_("no targets yet"), _("add one with `torchkeeper target add PATH`"))
     res = eng.verify(names, full=args.full)
     lines = []
     for s in res:
@@ -434,6 +433,7 @@ def cmd_verify(args, eng):
 
 
 def cmd_status(args, eng):
+    from .daemon import view as V
     from .run import agent_status
 
     from .engine.records import STATUS_SCHEMA_VERSION
@@ -444,46 +444,55 @@ def cmd_status(args, eng):
         _emit(args, st)
         return OK
     d = st["driver"] or {}
-    lines = [("driver " + f"{d['version']}, CUDA {d['cuda']}, " + ", ".join(g["name"] or "?" for g in d["gpus"]))
-             if d.get("state") == "ok" else "driver: " + (d.get("message") or "none found")]
+    lines = [(_("driver %(version)s") % {"version": d["version"]} + f", CUDA {d['cuda']}, "
+              + ", ".join(g["name"] or "?" for g in d["gpus"]))
+             if d.get("state") == "ok" else _("driver: %(what)s") % {"what": d.get("message") or _("none found")}]
     a = st["agent"]
-    lines.append(f"agent: running (pid {a['pid']})" + (", auto re-apply paused" if a["paused"] else "")
-                 if a["running"] else "agent: not running (start it with `torchkeeper run`)")
+    lines.append(_("agent: running (pid %(pid)s)") % {"pid": a["pid"]} + (_(", auto re-apply paused") if a["paused"] else "")
+                 if a["running"] else _("agent: not running (start it with `torchkeeper run`)"))
     if a.get("watching") == "degraded":
-        lines.append(f"    watching: degraded since {a.get('watching_since')} ({a.get('watching_why')}); "
-                     "every target is checked every few seconds instead. hint: `torchkeeper stop`, "
-                     "then `torchkeeper run`; `torchkeeper log --agent` says what failed")
+        lines.append("    " + _("watching: degraded since %(since)s (%(why)s); every target is checked every few "
+                              "seconds instead. hint: `torchkeeper stop`, then `torchkeeper run`; `torchkeeper "
+                              "log --agent` says what failed") % {"since": a.get("watching_since"),
+                                                                  "why": a.get("watching_why")})
     if not st["targets"]:
-        lines.append("no targets yet: `torchkeeper target add PATH` or `torchkeeper discover --add`")
+        lines.append(_("no targets yet: `torchkeeper target add PATH` or `torchkeeper discover --add`"))
+    unknown = _("unknown")
     for t in st["targets"]:
         chosen = t["bundle"]["name"] if t.get("bundle") else None
         applied = (t.get("applied") or {}).get("bundle_name")
         if applied and chosen and applied != chosen:
-            which = f"applied {applied}, chosen {chosen} (not applied yet: `torchkeeper apply {t['name']}`)"
+            which = _("applied %(applied)s, chosen %(chosen)s (not applied yet: `torchkeeper apply %(name)s`)") % {
+                "applied": applied, "chosen": chosen, "name": t["name"]}
         elif applied:
-            which = f"applied {applied}"
+            which = _("applied %(name)s") % {"name": applied}
         else:
-            which = f"chosen {chosen}, not applied" if chosen else "no bundle chosen"
+            which = _("chosen %(name)s, not applied") % {"name": chosen} if chosen else _("no bundle chosen")
+        state = V.state_word(t["state"])
         if t["state"] == "missing":
-            lines.append(f"{t['name']:<20} missing       {which}")
+            lines.append(f"{t['name']:<20} {state:<13} {which}")
         else:
-            lines.append(f"{t['name']:<20} {t['state']:<13} torch {t.get('torch_version') or 'unknown'}"
-                         f" ({'CUDA ' + t['torch_cuda'] if t.get('torch_cuda') else 'a CPU build'}),"
-                         f" cuDNN {t.get('cudnn_now') or 'unknown'}"
-                         f" (stock {t.get('cudnn_stock') or 'unknown'}), {which}")
+            cuda = "CUDA " + t["torch_cuda"] if t.get("torch_cuda") else _("a CPU build")
+            lines.append(f"{t['name']:<20} {state:<13} " + _(
+                "torch %(torch)s (%(cuda)s), cuDNN %(now)s (stock %(stock)s), %(which)s") % {
+                "torch": t.get("torch_version") or unknown, "cuda": cuda, "now": t.get("cudnn_now") or unknown,
+                "stock": t.get("cudnn_stock") or unknown, "which": which})
             if t.get("cudnn_unknown"):
-                lines.append(f"    cuDNN unknown: {t['cudnn_unknown']}")
+                lines.append("    " + _("cuDNN unknown: %(why)s") % {"why": t["cudnn_unknown"]})
         if t.get("held"):
-            lines.append(f"    {t['held']['describe']}: the agent leaves it alone until that ends")
+            lines.append("    " + _("%(held)s: the agent leaves it alone until that ends") % {
+                "held": t["held"]["describe"]})
         sb = t.get("standby")
         if sb and sb.get("state") not in (None, "off"):
-            lines.append(f"    standby: {sb['state']}" + (
-                f", {sb['files']} file(s), {sb['disk_bytes'] / 1e6:.1f} MB of disk of its own"
+            lines.append("    " + _("standby: %(state)s") % {"state": sb["state"]} + (
+                ngettext(", %(n)d file, %(mb).1f MB of disk of its own", ", %(n)d files, %(mb).1f MB of disk of its own",
+                         sb["files"]) % {"n": sb["files"], "mb": sb["disk_bytes"] / 1e6}
                 if sb.get("files") else "") + (f" ({sb['why']})" if sb.get("why") else ""))
         shown = t["problems"][:3]
         lines += [f"    {pr}" for pr in shown]
         if len(t["problems"]) > len(shown):
-            lines.append(f"    (+{len(t['problems']) - len(shown)} more: `torchkeeper verify {t['name']} --json`)")
+            lines.append("    " + _("(+%(n)d more: `torchkeeper verify %(name)s --json`)") % {
+                "n": len(t["problems"]) - len(shown), "name": t["name"]})
         if t.get("last_bench"):
             lb = t["last_bench"]
             lines.append(f"    last bench: x{lb['ratio']:.2f} with '{lb['bundle_name']}' ({lb['time']})")
@@ -571,15 +580,16 @@ def _stop(eng, timeout: float) -> JsonObject:
 
     r = stop_agent(eng.home, timeout)
     if not r["stopped"]:
-        raise TKError(f"the agent (pid {r['pid']}) did not stop within {timeout:g} s",
-                      "it finishes the change it is writing first; try again, or end it in Task "
-                      "Manager / with `kill` (the next command finishes an interrupted change)")
+        raise TKError(_("the agent (pid %(pid)s) did not stop within %(timeout)g s") % {"pid": r['pid'], "timeout": timeout},
+                      _("it finishes the change it is writing first; try again, or end it in "
+                        "Task Manager / with `kill` (the next command finishes an "
+                        "interrupted change)"))
     return r
 
 
 def cmd_stop(args, eng):
     r = _stop(eng, args.timeout)
-    _emit(args, r, f"stopped the agent (pid {r['pid']})" if r["was_running"] else "the agent is not running")
+    _emit(args, r, _("stopped the agent (pid %(pid)s)") % {"pid": r['pid']} if r["was_running"] else _("the agent is not running"))
     return OK
 
 
@@ -622,14 +632,15 @@ def cmd_config_set(args, eng):
     changed (what a configuration tool's second run reads)."""
     from .engine.config import set_value
 
-    section, _, key = args.setting.partition(".")
+    section, _dot, key = args.setting.partition(".")
     if not key:
-        raise UsageError(f"'{args.setting}' is not SECTION.KEY", "e.g. `torchkeeper config set metrics.textfile_dir /srv/prom`")
+        raise UsageError(_("'%(setting)s' is not SECTION.KEY") % {"setting": args.setting}, _("e.g. `torchkeeper config set metrics.textfile_dir "
+                                                                   "/srv/prom`"))
     changed, value = set_value(eng.home.config_file, section, key, args.value, dry_run=args.dry_run)
     verb = ("would set" if args.dry_run else "set") if changed else "already"
     _emit(args, {"setting": args.setting, "value": value, "changed": changed, "dry_run": args.dry_run,
                  "file": str(eng.home.config_file)},
-          f"{verb} {args.setting} = {value!r} in {eng.home.config_file}")
+          _("%(verb)s %(setting)s = %(value)r in %(config_file)s") % {"verb": verb, "setting": args.setting, "value": value, "config_file": eng.home.config_file})
     return OK
 
 
@@ -644,9 +655,9 @@ def cmd_dashboard(args, eng):
     from .run import agent_status
 
     if not agent_status(eng.home)["running"]:
-        raise UsageError("the agent is not running: the dashboard is served by it",
-                         "start it with `torchkeeper run` (or log in again, if it starts at login), "
-                         "then `torchkeeper dashboard`")
+        raise UsageError(_("the agent is not running: the dashboard is served by it"),
+                         _("start it with `torchkeeper run` (or log in again, if it starts "
+                           "at login), then `torchkeeper dashboard`"))
     nonce = secrets.token_hex(8)
     answer, ask = eng.home.data_dir / DASHBOARD_ANSWER, eng.home.data_dir / DASHBOARD_ASK
     deadline = time.monotonic() + args.timeout
@@ -669,20 +680,20 @@ def cmd_dashboard(args, eng):
     ask.unlink(missing_ok=True)
     answer.unlink(missing_ok=True)   # read once: the CLI leaves no copy of the token behind (user-only folder anyway)
     if got is None:
-        raise TKError(f"the agent did not answer within {args.timeout:g} s",
-                      "`torchkeeper log --agent` says what it is doing; `torchkeeper stop` then "
-                      "`torchkeeper run` starts it afresh")
+        raise TKError(_("the agent did not answer within %(timeout)g s") % {"timeout": args.timeout},
+                      _("`torchkeeper log --agent` says what it is doing; `torchkeeper stop` "
+                        "then `torchkeeper run` starts it afresh"))
     if got.get("error"):
-        raise TKError(f"the agent could not start the dashboard: {got['error']}",
-                      "`torchkeeper log --agent` has the details")
+        raise TKError(_("the agent could not start the dashboard: %(error)s") % {"error": got['error']},
+                      _("`torchkeeper log --agent` has the details"))
     url = got["url"]
     if not args.no_browser:
         from .platform.opener import open_path
 
         open_path(url)
     _emit(args, {"url": url, "token": got["token"]},
-          f"dashboard: {url}\n  (the link signs in once; scripts: `torchkeeper dashboard --json` gives an API "
-          "token for `Authorization: Bearer`)")
+          _("dashboard: %(url)s\n  (the link signs in once; scripts: `torchkeeper dashboard "
+            "--json` gives an API token for `Authorization: Bearer`)") % {"url": url})
     return OK
 
 
@@ -699,16 +710,17 @@ def cmd_metrics(args, eng):
         return OK
     folder = Path(args.textfile).expanduser()
     if not folder.is_dir():
-        raise UsageError(f"{folder} is not a folder",
-                         "give the textfile collector's folder (node_exporter's "
-                         "--collector.textfile.directory), made beforehand")
+        raise UsageError(_("%(folder)s is not a folder") % {"folder": folder},
+                         _("give the textfile collector's folder (node_exporter's "
+                           "--collector.textfile.directory), made beforehand"))
     try:
         path = metrics.write_textfile(folder, data)
     except OSError as e:
-        raise UsageError(f"cannot write {folder / metrics.FILENAME}: {e.strerror or e}",
-                         "run as a user who may write there, or choose another folder") from None
+        raise UsageError(_("cannot write %(value)s: %(value2)s") % {"value": folder / metrics.FILENAME, "value2": e.strerror or e},
+                         _("run as a user who may write there, or choose another folder")) from None
     _emit(args, {"file": str(path), "bytes": len(data), "targets": len(f.targets)},
-          f"wrote {path} ({len(data)} bytes, {len(f.targets)} target{'s' if len(f.targets) != 1 else ''})")
+          ngettext("wrote %(path)s (%(bytes)s bytes, %(n)d target)", "wrote %(path)s (%(bytes)s bytes, %(n)d targets)",
+                   len(f.targets)) % {"path": path, "bytes": len(data), "n": len(f.targets)})
     return OK
 
 

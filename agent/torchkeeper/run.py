@@ -20,6 +20,7 @@ from pathlib import Path
 from .engine.fsutil import atomic_write_bytes, read_text
 from .home import Home
 from .engine.records import JsonObject
+from .i18n import _, ngettext
 
 log = logging.getLogger("torchkeeper.agent")
 
@@ -168,22 +169,24 @@ def first_words(agent) -> list[str]:
 
     targets = agent.engine.targets()
     if agent.first_run:
-        return [f"torchkeeper: first run: default settings in {agent.config_file}; "
-                "looking for torch installs (a minute at most)..."]
+        return [_("torchkeeper: first run: default settings in %(path)s; looking for torch installs (a "
+                  "minute at most)...") % {"path": agent.config_file}]
     if not targets:
-        return ["torchkeeper: no targets yet, so nothing is protected",
-                f"torchkeeper: next: {MENU_STEP if agent.has_menu else ''}{NEXT_STEP}"]
+        return [_("torchkeeper: no targets yet, so nothing is protected"),
+                _("torchkeeper: next: %(step)s") % {"step": (_(MENU_STEP) if agent.has_menu else "") + _(NEXT_STEP)}]
     names = sorted(targets)
-    shown = ", ".join(names[:5]) + (f" (+{len(names) - 5} more)" if len(names) > 5 else "")
+    shown = ", ".join(names[:5]) + (_(" (+%(n)d more)") % {"n": len(names) - 5} if len(names) > 5 else "")
     unbound = [n for n in names if not targets[n].get("bundle")]
-    lines = [f"torchkeeper: protecting {len(names)} target{'s' if len(names) != 1 else ''}: {shown}; "
-             "a reinstall that undoes an overlay is re-applied and said in a toast"]
+    lines = [ngettext("torchkeeper: protecting %(n)d target: %(names)s; a reinstall that undoes an overlay is "
+                      "re-applied and said in a toast",
+                      "torchkeeper: protecting %(n)d targets: %(names)s; a reinstall that undoes an overlay is "
+                      "re-applied and said in a toast", len(names)) % {"n": len(names), "names": shown}]
     if unbound:
-        lines.append(f"torchkeeper: no bundle chosen for {', '.join(unbound[:3])}"
-                     f"{' ...' if len(unbound) > 3 else ''}: next: `torchkeeper suggest`, then "
-                     "`torchkeeper bundle fetch --for NAME` and `torchkeeper use BUNDLE`")
+        lines.append(_("torchkeeper: no bundle chosen for %(names)s: next: `torchkeeper suggest`, then "
+                       "`torchkeeper bundle fetch --for NAME` and `torchkeeper use BUNDLE`")
+                     % {"names": ", ".join(unbound[:3]) + (" ..." if len(unbound) > 3 else "")})
     else:
-        lines.append("torchkeeper: next: `torchkeeper status` shows each target; Ctrl-C stops the agent")
+        lines.append(_("torchkeeper: next: `torchkeeper status` shows each target; Ctrl-C stops the agent"))
     return lines
 
 

@@ -149,3 +149,4 @@ def test_first_run_under_wine_writes_the_config_and_tells_what_it_found(win, bui
         assert st.rc == 0 and st.json()["targets"] == [], st
     finally:
         shutil.rmtree(apps, ignore_errors=True)
+

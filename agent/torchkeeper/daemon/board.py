@@ -15,6 +15,7 @@ from ..engine.records import TargetStatus
 from ..engine.records import DRIFTED, INCOMPATIBLE, MISSING, PATCHED, STOCK
 from . import view as V
 from ..engine.records import JsonObject
+from ..i18n import _, ngettext
 
 log = logging.getLogger("torchkeeper.agent")
 
@@ -76,13 +77,14 @@ class Board:
         """A target's line and details, from what a check read."""
         lib_dirs = s.info.lib_dirs if s.info else []
         folder = str(Path(s.site_packages) / lib_dirs[0]) if lib_dirs else s.site_packages
-        details = [f"target: {name}", f"path: {s.path}", f"state: {state}",
+        details = [_("target: %(name)s") % {"name": name}, _("path: %(path)s") % {"path": s.path},
+                   _("state: %(state)s") % {"state": V.state_word(state)},
                    f"torch: {s.torch_version} (CUDA {s.torch_cuda})"]
         b = s.bundle
         if b:
             vs = ", ".join(f"{label} {v}" for v, label in ((b.cuda, "CUDA"), (b.cudnn, "cuDNN")) if v)
-            details.append(f"bundle: {b.name}" + (f" ({vs})" if vs else ""))
-        details += [f"problem: {p}" for p in s.problems]
+            details.append(_("bundle: %(name)s") % {"name": b.name} + (f" ({vs})" if vs else ""))
+        details += [_("problem: %(problem)s") % {"problem": p} for p in s.problems]
         with self._lock:
             old = self._views.get(name)
             if old is not None and not lib_dirs:
@@ -143,16 +145,17 @@ class Board:
             overall = V.OK
         bad = [t for t in targets if t.state not in (PATCHED, STOCK)]
         if not targets:
-            tip = ("torchkeeper: no targets yet - choose Manage on a found install" if found
-                   else "torchkeeper: no targets yet - add one with `torchkeeper target add PATH`")
+            tip = (_("torchkeeper: no targets yet - choose Manage on a found install") if found
+                   else _("torchkeeper: no targets yet - add one with `torchkeeper target add PATH`"))
         elif not bad:
-            tip = f"torchkeeper: {len(targets)} target{'s' if len(targets) != 1 else ''} ok"
+            tip = ngettext("torchkeeper: %(n)d target ok", "torchkeeper: %(n)d targets ok",
+                           len(targets)) % {"n": len(targets)}
         else:
-            tip = "torchkeeper: " + "; ".join(f"{t.name} {t.state}" for t in bad[:3])
+            tip = "torchkeeper: " + "; ".join(f"{t.name} {V.state_word(t.state)}" for t in bad[:3])
         if paused:
-            tip += " (auto re-apply paused)"
+            tip += _(" (auto re-apply paused)")
         if sh.degraded is not None:
-            tip += f"; watching: degraded - checking every {DEGRADED_POLL_S:.0f} s"
+            tip += _("; watching: degraded - checking every %(s).0f s") % {"s": DEGRADED_POLL_S}
         holds = dict(self.holds)
         if holds:
             tip += "; " + ", ".join(f"'{n}' {h['describe']}" for n, h in sorted(holds.items()))

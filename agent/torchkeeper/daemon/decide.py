@@ -26,6 +26,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import Enum
+from ..i18n import N_, _
 
 INSTALL_POLL_S = 1.0        # how soon a check put off by an install looks again
 INSTALL_CAP_S = 600.0       # an install still going after this long: the user is told
@@ -79,25 +80,25 @@ class Why(str, Enum):
     @property
     def because(self) -> str:
         """The end of a re-apply toast: "Re-applied cuDNN 9.5.1 to 'a1111' — <because>"."""
-        return _BECAUSE.get(self, "its files had changed")
+        return _(_BECAUSE.get(self, N_("its files had changed")))
 
 
 _BECAUSE = {
-    Why.GET_AND_APPLY: "fetched and applied as asked",
-    Why.FILE_EVENTS: "its files had changed",
-    Why.START: "found undone when the agent started",
-    Why.SCHEDULED: "a scheduled check found it undone",
-    Why.EVENTS_LOST: "a check after lost file events found it undone",
-    Why.WATCHING_DEGRADED: "a check while file watching is degraded found it undone",
-    Why.RESUME: "found undone after the computer woke up",
-    Why.DAILY: "the daily full check found it undone",
-    Why.STANDBY_CHANGED: "its files' bytes were changed in place",
-    Why.CONFIG_CHANGED: "auto re-apply was turned on",
-    Why.RESUMED: "auto re-apply was resumed",
-    Why.INSTALL: "an install had undone it",
-    Why.USER: "as asked",
-    Why.REAPPLY_ALL: "as asked",
-    Why.CHECK_NOW: "a check found it undone",
+    Why.GET_AND_APPLY: N_("fetched and applied as asked"),
+    Why.FILE_EVENTS: N_("its files had changed"),
+    Why.START: N_("found undone when the agent started"),
+    Why.SCHEDULED: N_("a scheduled check found it undone"),
+    Why.EVENTS_LOST: N_("a check after lost file events found it undone"),
+    Why.WATCHING_DEGRADED: N_("a check while file watching is degraded found it undone"),
+    Why.RESUME: N_("found undone after the computer woke up"),
+    Why.DAILY: N_("the daily full check found it undone"),
+    Why.STANDBY_CHANGED: N_("its files' bytes were changed in place"),
+    Why.CONFIG_CHANGED: N_("auto re-apply was turned on"),
+    Why.RESUMED: N_("auto re-apply was resumed"),
+    Why.INSTALL: N_("an install had undone it"),
+    Why.USER: N_("as asked"),
+    Why.REAPPLY_ALL: N_("as asked"),
+    Why.CHECK_NOW: N_("a check found it undone"),
 }
 
 
@@ -113,9 +114,9 @@ class InstallSigns:
     @property
     def any(self) -> str | None:
         """The first sign, in words; None when the install looks finished."""
-        for what, v in (("pip's stash", self.stash), ("a new dist-info without its RECORD",
-                        self.dist_info_without_record), ("a library torch loads is missing",
-                        self.library_missing), ("a library file is still growing", self.growing)):
+        for what, v in ((_("pip's stash"), self.stash), (_("a new dist-info without its RECORD"),
+                        self.dist_info_without_record), (_("a library torch loads is missing"),
+                        self.library_missing), (_("a library file is still growing"), self.growing)):
             if v:
                 return f"{what} ({v})"
         return None
@@ -164,25 +165,27 @@ def decide(s: Snapshot, settings: Settings, job: JobView) -> Decision:
     if busy and not job.explicit:
         waited = max(job.waited_s, s.install.age_s)
         if waited < INSTALL_CAP_S:
-            return Decision(Kind.WAIT, f"an install is under way: {busy}", INSTALL_POLL_S, toast=False)
-        return Decision(Kind.ASK, f"an install has not finished after {_duration(waited)} ({busy}); "
-                                  "once it is done (or its leftovers are removed), choose Reapply")
+            return Decision(Kind.WAIT, _("an install is under way: %(busy)s") % {"busy": busy}, INSTALL_POLL_S, toast=False)
+        return Decision(Kind.ASK, _("an install has not finished after %(duration)s "
+                                    "(%(busy)s); once it is done (or its leftovers are "
+                                    "removed), choose Reapply") % {"duration": _duration(waited), "busy": busy})
     if s.state is State.MISSING:
         if job.why is Why.FILE_EVENTS:  # maybe the middle of a long install: look again first
-            return Decision(Kind.WAIT, _first(s, "no torch right now"), settings.max_wait_s, toast=False)
-        return Decision(Kind.REFUSE, _first(s, "missing"))
+            return Decision(Kind.WAIT, _first(s, _("no torch right now")), settings.max_wait_s, toast=False)
+        return Decision(Kind.REFUSE, _first(s, _("missing")))
     if job.reapply:
         return _reapply(s, job)
     if s.state is State.INCOMPATIBLE:
-        return Decision(Kind.REFUSE, _first(s, "the gate refuses the bundle"))
+        return Decision(Kind.REFUSE, _first(s, _("the gate refuses the bundle")))
     if s.state is State.DRIFTED and s.applied:
         what = "; ".join(s.problems[:2])
         if not settings.auto_reapply or settings.paused:
-            off = "auto re-apply is paused" if settings.paused else "auto re-apply is off"
-            return Decision(Kind.ASK, f"the overlay was undone ({what}); {off}")
+            off = _("auto re-apply is paused") if settings.paused else _("auto re-apply is off")
+            return Decision(Kind.ASK, _("the overlay was undone (%(what)s); %(off)s") % {"what": what, "off": off})
         return Decision(Kind.REAPPLY, what)
     if s.state is State.DRIFTED:
-        return Decision(Kind.LEAVE_ALONE, "files differ from torch's RECORD (changed outside torchkeeper)")
+        return Decision(Kind.LEAVE_ALONE, _("files differ from torch's RECORD (changed outside "
+                                            "torchkeeper)"))
     return Decision(Kind.LEAVE_ALONE)
 
 
@@ -192,13 +195,13 @@ def _reapply(s: Snapshot, job: JobView) -> Decision:
         return Decision(Kind.LEAVE_ALONE)
     if not s.bundle:
         # "Reapply all" over targets without one says nothing per target
-        return Decision(Kind.REFUSE, "no bundle chosen",
+        return Decision(Kind.REFUSE, _("no bundle chosen"),
                         toast=job.explicit and job.why is not Why.REAPPLY_ALL)
     if s.state is State.INCOMPATIBLE:
-        return Decision(Kind.REFUSE, _first(s, "the gate refuses the bundle"))
+        return Decision(Kind.REFUSE, _first(s, _("the gate refuses the bundle")))
     # a person's Reapply: apply's own plan hashes every file, so it also fixes what stat data
     # cannot see, and is a no-op when all is in place
-    return Decision(Kind.REAPPLY, "as asked" if job.explicit else "", force=job.explicit)
+    return Decision(Kind.REAPPLY, _("as asked") if job.explicit else "", force=job.explicit)
 
 
 class Outcome(str, Enum):

@@ -15,6 +15,7 @@ from .jobs import JobKind
 from .tell import Teller
 from . import view as V
 from ..engine.records import JsonObject
+from ..i18n import _
 
 
 class DriverWatch:
@@ -53,13 +54,15 @@ def change_text(before: JsonObject, now: JsonObject, d) -> tuple[str, str]:
     if now["state"] == "ok" and before.get("state") == "ok":
         parts = []
         if before.get("version") != now["version"]:
-            parts.append(f"Driver {before.get('version')} → {now['version']}")
+            parts.append(_("Driver %(old)s → %(new)s") % {"old": before.get("version"), "new": now["version"]})
         if before.get("cuda") != now["cuda"]:
             parts.append(f"CUDA {before.get('cuda')} → {now['cuda']}")
         if before.get("gpus") != now["gpus"]:
-            parts.append("GPUs: " + (", ".join(now["gpus"]) or "none"))
-        return "torchkeeper: driver changed", ", ".join(parts) or d.summary()
+            parts.append(_("GPUs: %(gpus)s") % {"gpus": ", ".join(now["gpus"]) or _("none")})
+        return _("torchkeeper: driver changed"), ", ".join(parts) or d.summary()
     if now["state"] == "ok":
-        return "torchkeeper: driver available", d.summary()
-    return "torchkeeper: driver " + now["state"].replace("_", " "), \
+        return _("torchkeeper: driver available"), d.summary()
+    words = {"reboot_needed": _("torchkeeper: driver reboot needed"), "no_driver": _("torchkeeper: no NVIDIA driver"),
+             "not_loaded": _("torchkeeper: driver not loaded"), "error": _("torchkeeper: driver error")}
+    return words.get(now["state"], "torchkeeper: driver " + now["state"].replace("_", " ")), \
         f"{d.message or now['state']}. {d.hint or ''}".strip()

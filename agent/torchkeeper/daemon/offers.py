@@ -19,13 +19,14 @@ from .board import Board
 from .decide import Why
 from .jobs import Job, JobKind
 from .tell import Teller
+from ..i18n import N_, _, ngettext
 
 log = logging.getLogger("torchkeeper.agent")
 
 FOUND_SHOWN = 10          # found installs listed (and inspected for their cuDNN) at most
 SUGGEST_DELAY_S = 30.0    # after a target is first shown: the index is asked once per agent run
-NEXT_STEP = "run `torchkeeper discover --add` (every install found) or `torchkeeper target add PATH`"
-MENU_STEP = "choose Manage under \"Found, not managed\" in the tray menu, or "
+NEXT_STEP = N_("run `torchkeeper discover --add` (every install found) or `torchkeeper target add PATH`")
+MENU_STEP = N_("choose Manage under \"Found, not managed\" in the tray menu, or ")
 
 
 class Offers:
@@ -81,28 +82,32 @@ class Offers:
 
     def _say_found(self, views: list[V.FoundView], total: int) -> None:
         if not views:
-            self.tell.toast(V.Toast("found", "torchkeeper: no torch installs found",
-                                    "Add one with `torchkeeper target add PATH` (a venv, a python_embeded "
-                                    "folder or a conda env)."))
-            self.tell.say("found no torch install in the usual places")
-            self.tell.say("next: `torchkeeper target add PATH` (a venv, a python_embeded folder or a conda env)")
+            self.tell.toast(V.Toast("found", _("torchkeeper: no torch installs found"),
+                                    _("Add one with `torchkeeper target add PATH` (a venv, a "
+                                      "python_embeded folder or a conda env).")))
+            self.tell.say(_("found no torch install in the usual places"))
+            self.tell.say(_("next: `torchkeeper target add PATH` (a venv, a python_embeded folder or a conda env)"))
             return
-        many = "s" if total != 1 else ""
-        shown = "; ".join(v.label for v in views[:4]) + (f" (+{total - 4} more)" if total > 4 else "")
-        how = ("Choose Manage in the tray menu to keep one." if self.has_menu else
-               "Run `torchkeeper discover --add` to keep them.")
-        self.tell.toast(V.Toast("found", f"torchkeeper: found {total} torch install{many}",
-                                f"Found {total} torch install{many}: {shown}. {how}"))
-        self.tell.say(f"found {total} torch install{many}: {shown}")
-        self.tell.say(f"next: {MENU_STEP if self.has_menu else ''}{NEXT_STEP}")
+        shown = "; ".join(v.label for v in views[:4]) + (
+            _(" (+%(n)d more)") % {"n": total - 4} if total > 4 else "")
+        how = (_("Choose Manage in the tray menu to keep one.") if self.has_menu else
+               _("Run `torchkeeper discover --add` to keep them."))
+        self.tell.toast(V.Toast("found", ngettext("torchkeeper: found %(n)d torch install",
+                                                  "torchkeeper: found %(n)d torch installs", total) % {"n": total},
+                                ngettext("Found %(n)d torch install: %(shown)s. %(how)s",
+                                         "Found %(n)d torch installs: %(shown)s. %(how)s",
+                                         total) % {"n": total, "shown": shown, "how": how}))
+        self.tell.say(ngettext("found %(n)d torch install: %(shown)s", "found %(n)d torch installs: %(shown)s",
+                               total) % {"n": total, "shown": shown})
+        self.tell.say(_("next: %(step)s") % {"step": (_(MENU_STEP) if self.has_menu else '') + _(NEXT_STEP)})
 
     def manage(self, job: Job) -> str | None:
         """A person chose Manage on a found install: it becomes a target (no bundle is
         applied: it gets one only when `use` chose one that fits it)."""
         try:
-            name, _, _ = self.engine.add_target(job.target)
+            name, _added, _info = self.engine.add_target(job.target)
         except TKError as e:
-            self.tell.toast(V.Toast(f"manage:{job.target}", "torchkeeper: could not add it",
+            self.tell.toast(V.Toast(f"manage:{job.target}", _("torchkeeper: could not add it"),
                                     f"{e.message}. {e.hint or ''}".strip(), level="error"))
             return None
         self.board.found_changed(job.target, gone=True)
@@ -185,16 +190,17 @@ class Offers:
                 return
             shown[0] = now
             pct = f" {min(done / total, 1) * 100:.0f}%" if total else f" {done / 1e6:.0f} MB"
-            self.board.set(fetching=f"torchkeeper: downloading {label}{pct}")
+            self.board.set(fetching=_("torchkeeper: downloading %(what)s") % {"what": label} + pct)
 
-        self.board.set(fetching=f"torchkeeper: getting the libraries for '{name}' ...")
+        self.board.set(fetching=_("torchkeeper: getting the libraries for '%(name)s' ...") % {"name": name})
         try:
             res = fetch_bundle(self.engine, target=name, progress=progress)
             self.engine.use(res.bundle["id"], name)
         except (TKError, OSError) as e:
             msg, hint = (e.message, e.hint or "") if isinstance(e, TKError) else (str(e), "")
             self.tell.event("fetch failed", target=name, error=msg)
-            self.tell.toast(V.Toast(f"fetch:{name}", f"torchkeeper: could not get the libraries for '{name}'",
+            self.tell.toast(V.Toast(f"fetch:{name}", _("torchkeeper: could not get the libraries for "
+                                                       "'%(name)s'") % {"name": name},
                                     f"{msg}. {hint}".strip(), name, level="error"))
             return False
         finally:

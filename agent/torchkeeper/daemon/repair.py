@@ -22,6 +22,7 @@ from .ownwrites import OwnWrites
 from .snapshot import install_signs, snapshot
 from .watch import LibStats
 from .tell import Teller
+from ..i18n import _
 
 log = logging.getLogger("torchkeeper.agent")
 
@@ -93,15 +94,15 @@ class Repair:
     def _refuse(self, name: str, s: TargetStatus, job: Job, d: D.Decision) -> None:
         if s.state == MISSING:
             self.show(name, s, MISSING, d.words)
-            self.tell.toast(V.Toast(f"missing:{name}", f"torchkeeper: '{name}' has no torch", d.words,
+            self.tell.toast(V.Toast(f"missing:{name}", _("torchkeeper: '%(name)s' has no torch") % {"name": name}, d.words,
                                     name, level="error"))
         elif s.state == INCOMPATIBLE:
             self._incompatible(name, s, job)
         else:  # a Reapply with no bundle chosen
             self.show(name, s, s.state, d.words)
             if d.toast:
-                self.tell.toast(V.Toast(f"nobundle:{name}", f"torchkeeper: '{name}' has no bundle",
-                                        f"choose one with `torchkeeper use BUNDLE --target {name}`", name))
+                self.tell.toast(V.Toast(f"nobundle:{name}", _("torchkeeper: '%(name)s' has no bundle") % {"name": name},
+                                        _("choose one with `torchkeeper use BUNDLE --target %(name)s`") % {"name": name}, name))
 
     def _note_hold(self, name: str, s: TargetStatus) -> None:
         """Another torchkeeper process (bench) holds this target, or its hold ended: said once
@@ -174,13 +175,13 @@ class Repair:
             # linked in is made anew (standby_copy); one of links is ready at once (a no-op)
             self.want_standby(name)
         bundle_cudnn = m.cudnn if m else None
-        what = f"cuDNN {bundle_cudnn}" if bundle_cudnn else f"bundle '{m.name if m else None}'"
+        what = f"cuDNN {bundle_cudnn}" if bundle_cudnn else _("bundle '%(name)s'") % {"name": m.name if m else None}
         if job.why is D.Why.FILE_EVENTS and stock_now and stock_now != bundle_cudnn:
-            because = f"a pip reinstall had restored stock {stock_now}"
+            because = _("a pip reinstall had restored stock %(what)s") % {"what": stock_now}
         else:
-            because = "as asked" if job.explicit and job.why is D.Why.USER else job.why.because
-        self.tell.toast(V.Toast(f"reapplied:{name}", f"torchkeeper: re-applied to '{name}'",
-                                f"Re-applied {what} to '{name}' — {because}", name))
+            because = _("as asked") if job.explicit and job.why is D.Why.USER else job.why.because
+        self.tell.toast(V.Toast(f"reapplied:{name}", _("torchkeeper: re-applied to '%(name)s'") % {"name": name},
+                                _("Re-applied %(what)s to '%(name)s' — %(because)s") % {"what": what, "name": name, "because": because}, name))
 
     def revert(self, job: Job) -> None:
         name = job.target
@@ -192,19 +193,19 @@ class Repair:
         try:
             res = self.engine.revert(name)
         except FileInUse as e:
-            self.tell.toast(V.Toast(f"inuse:{name}", f"torchkeeper: '{name}' is in use",
-                                    f"{e.message}. Close it and choose Revert again.", name,
+            self.tell.toast(V.Toast(f"inuse:{name}", _("torchkeeper: '%(name)s' is in use") % {"name": name},
+                                    _("%(message)s. Close it and choose Revert again.") % {"message": e.message}, name,
                                     level="warning"))
             return
         except TKError as e:
-            self.tell.toast(V.Toast(f"failed:{name}", f"torchkeeper: could not revert '{name}'",
+            self.tell.toast(V.Toast(f"failed:{name}", _("torchkeeper: could not revert '%(name)s'") % {"name": name},
                                     f"{e.message}. {e.hint or ''}".strip(), name, level="error"))
             return
         finally:
             self.own.end(name, res.touched if res is not None else None)
             self.board.set(working=None)
         self._settled(name, self.engine.target_state(name))
-        self.tell.toast(V.Toast(f"reverted:{name}", f"torchkeeper: '{name}' reverted", res.message, name))
+        self.tell.toast(V.Toast(f"reverted:{name}", _("torchkeeper: '%(name)s' reverted") % {"name": name}, res.message, name))
 
     def full_check(self, names: list[str] | None, why: D.Why) -> None:
         """Every file re-hashed: catches what stat data cannot (same size, same times)."""
@@ -233,7 +234,7 @@ class Repair:
             hint = "check that folder's permissions and free space, then choose Reapply"
         self.show(name, s, DRIFTED, msg)
         self.tell.event("reapply failed", target=name, detected=detected, decided=decided, error=msg)
-        self.tell.toast(V.Toast(f"failed:{name}", f"torchkeeper: could not re-apply to '{name}'",
+        self.tell.toast(V.Toast(f"failed:{name}", _("torchkeeper: could not re-apply to '%(name)s'") % {"name": name},
                                 f"{msg}. {hint}".strip(), name, (V.REAPPLY,), level="error"))
 
     def _ask(self, name: str, s: TargetStatus, why: str, detected: float, job: Job) -> None:
@@ -241,8 +242,8 @@ class Repair:
         self.show(name, s, DRIFTED, why)
         self.tell.event("drift", target=name, reason=job.why.value, detected=detected,
                         decided=time.time(), decision="asked the user", why=why)
-        self.tell.toast(V.Toast(f"drift:{name}", f"torchkeeper: '{name}' needs you",
-                                f"{why}. Choose Reapply to put the overlay back.", name,
+        self.tell.toast(V.Toast(f"drift:{name}", _("torchkeeper: '%(name)s' needs you") % {"name": name},
+                                _("%(why)s. Choose Reapply to put the overlay back.") % {"why": why}, name,
                                 (V.REAPPLY,), level="warning"))
 
     def _incompatible(self, name: str, s: TargetStatus, job: Job, refusal: str | None = None) -> None:
@@ -254,8 +255,8 @@ class Repair:
         self.tell.event("incompatible", target=name, reason=job.why.value, detected=job.detected,
                         decided=time.time(), decision="not applied", why=why, fits=fits)
         self.tell.toast(V.Toast(f"incompatible:{name}:{s.torch_version}",
-                                f"torchkeeper: not re-applying to '{name}'",
-                                f"{why}. Nothing was changed; {hint}.", name, level="warning"))
+                                _("torchkeeper: not re-applying to '%(name)s'") % {"name": name},
+                                _("%(why)s. Nothing was changed; %(hint)s.") % {"why": why, "hint": hint}, name, level="warning"))
 
     def _bundles_that_fit(self, name: str) -> list[str]:
         try:
@@ -272,8 +273,8 @@ class Repair:
         self.tell.event("files in use", target=name, detected=detected, decided=time.time(),
                         error=e.message, retry_in=d.delay)
         if d.toast:
-            self.tell.toast(V.Toast(f"inuse:{name}", f"torchkeeper: '{name}' is in use",
-                                    f"{e.message}. torchkeeper will re-apply as soon as it is closed.",
+            self.tell.toast(V.Toast(f"inuse:{name}", _("torchkeeper: '%(name)s' is in use") % {"name": name},
+                                    _("%(message)s. torchkeeper will re-apply as soon as it is closed.") % {"message": e.message},
                                     name, level="warning"))
         self.put(JobKind.REAPPLY if job.explicit else JobKind.CHECK, name, job.why, delay=d.delay,
                  detected=detected, explicit=job.explicit)
@@ -281,14 +282,14 @@ class Repair:
     def _driver_gate(self, name: str, s: TargetStatus) -> None:
         """After a driver change: does the applied bundle still suit this driver?"""
         try:
-            p, _, _ = self.engine.plan(name)
+            p, _info, _m = self.engine.plan(name)
         except TKError:
             return
         warn = [r for r in p.reasons if r.level == "force"]
         if warn:
             self.board.asks[name] = warn[0].message
             self.show(name, s, PATCHED, warn[0].message)
-            self.tell.toast(V.Toast(f"driver-gate:{name}", f"torchkeeper: '{name}' and the new driver",
+            self.tell.toast(V.Toast(f"driver-gate:{name}", _("torchkeeper: '%(name)s' and the new driver") % {"name": name},
                                     f"{warn[0].message}. {warn[0].hint or ''}".strip(), name,
                                     level="warning"))
 

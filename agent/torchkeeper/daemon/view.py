@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
+from ..i18n import N_, _
+
 # overall states, one icon each (icons/<state>-<size>.png)
 OK, ATTENTION, ERROR, WORKING, PAUSED = "ok", "attention", "error", "working", "paused"
 ICON_STATES = (OK, ATTENTION, ERROR, WORKING, PAUSED)
@@ -14,6 +16,15 @@ ICON_STATES = (OK, ATTENTION, ERROR, WORKING, PAUSED)
 # per-target states: the engine's (patched, drifted, stock, incompatible, missing) plus
 # the agent's own: checking / applying (a job is running), waiting (files in use, retrying)
 CHECKING, APPLYING, WAITING = "checking", "applying", "waiting"
+# each state as a person reads it (the values above are what --json and events say)
+_STATE_WORDS = {"patched": N_("patched"), "drifted": N_("drifted"), "stock": N_("stock"),
+                "incompatible": N_("incompatible"), "missing": N_("missing"), CHECKING: N_("checking"),
+                APPLYING: N_("applying"), WAITING: N_("waiting")}
+
+
+def state_word(state: str) -> str:
+    """A target's state in the user's language."""
+    return _(_STATE_WORDS[state]) if state in _STATE_WORDS else state
 
 # actions a front end may request (Controller.request)
 CHECK_ALL = "check all"         # quick verification of every target

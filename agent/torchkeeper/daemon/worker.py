@@ -36,6 +36,7 @@ from .ownwrites import OwnWrites
 from .repair import Repair
 from .tell import Teller
 from ..engine.records import Config
+from ..i18n import _
 
 log = logging.getLogger("torchkeeper.agent")
 
@@ -162,8 +163,8 @@ class Agent:
             new = configmod.parse(text, origin)
         except TKError as e:
             self.tell.event("config rejected", error=e.message)
-            self.tell.toast(V.Toast("config", "torchkeeper: config change not used",
-                                    f"{e.message}. The last good settings stay in use.", level="error"))
+            self.tell.toast(V.Toast("config", _("torchkeeper: config change not used"),
+                                    _("%(message)s. The last good settings stay in use.") % {"message": e.message}, level="error"))
             return
         self._remember_config(text)
         if new == self.cfg:
@@ -203,7 +204,7 @@ class Agent:
             log.warning(line)
             self.tell.event("recovered", message=line)
         if self._config_problem:
-            self.tell.toast(V.Toast("config", "torchkeeper: config not used", self._config_problem,
+            self.tell.toast(V.Toast("config", _("torchkeeper: config not used"), self._config_problem,
                                     level="error"))
         if self._watch:
             self._start_watching()
@@ -332,11 +333,11 @@ class Agent:
     def set_autostart(self, enabled: bool) -> None:
         """A person's choice from the tray (never called by the agent's own decisions)."""
         try:
-            _, said = self.autostart.enable() if enabled else self.autostart.disable()
+            _st, said = self.autostart.enable() if enabled else self.autostart.disable()
             self.tell.event("autostart", enabled=enabled, message=said)
         except (TKError, OSError) as e:
             msg, hint = (e.message, e.hint) if isinstance(e, TKError) else (str(e), None)
-            self.tell.toast(V.Toast("autostart", "torchkeeper: start at login",
+            self.tell.toast(V.Toast("autostart", _("torchkeeper: start at login"),
                                     f"{msg}. {hint or ''}".strip(), level="warning"))
         self.board.set(autostart=self._read_autostart())
 
@@ -345,7 +346,7 @@ class Agent:
         one-time login URL for a browser."""
         with self._dash_lock:
             if self.make_dashboard is None:
-                raise TKError("this agent has no dashboard", "start the agent with `torchkeeper run`")
+                raise TKError(_("this agent has no dashboard"), _("start the agent with `torchkeeper run`"))
             if self._dashboard is None or not self._dashboard.running:
                 self._dashboard = self.make_dashboard(self, self.engine, self.cfg["dashboard"]["idle_minutes"])
                 self._dashboard.start()

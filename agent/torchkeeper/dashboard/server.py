@@ -136,7 +136,7 @@ class Dashboard:
         self._last = time.monotonic()
         if r.path in ("/login",) and r.method == "GET":
             # the code is the credential here; the Host check still applies
-            verdict, _ = check(self.keys, self.port, r.method, r.get_header("Host"), None, None,
+            verdict, _why = check(self.keys, self.port, r.method, r.get_header("Host"), None, None,
                                None, None, None)
             if verdict is not Verdict.BAD_HOST:
                 return
@@ -168,7 +168,7 @@ class Dashboard:
         got = self.keys.trade(bottle.request.query.get("code"))
         if got is None:
             bottle.abort(401, "")
-        sid, _ = got
+        sid, _session = got
         bottle.response.set_cookie(COOKIE, sid, httponly=True, samesite="strict", path="/")
         bottle.redirect("/", 303)
 
@@ -346,7 +346,7 @@ class Data:
         from ..errors import TKError
 
         try:
-            p, _, _ = self.engine.plan(name)
+            p, _info, _m = self.engine.plan(name)
             return p.to_dict(), None
         except TKError as e:
             return None, e.message

@@ -11,6 +11,7 @@ from pathlib import Path
 from ..daemon import view
 from ..errors import NotFound
 from ..home import icons_dir
+from ..i18n import _
 
 SIZES = (16, 20, 24, 32, 48, 64, 128, 256)   # what make_icons.py draws
 
@@ -45,9 +46,9 @@ def _load(state: str, size: int, directory: Path):
         with Image.open(path) as im:
             im = im.convert("RGBA")     # stored indexed; pystray and callers want RGBA
     except FileNotFoundError:
-        raise NotFound(f"tray icon {path} is missing", _REGENERATE) from None
+        raise NotFound(_("tray icon %(path)s is missing") % {"path": path}, _REGENERATE) from None
     except (OSError, UnidentifiedImageError) as e:
-        raise NotFound(f"tray icon {path} cannot be read: {e}", _REGENERATE) from None
+        raise NotFound(_("tray icon %(path)s cannot be read: %(e)s") % {"path": path, "e": e}, _REGENERATE) from None
     if im.size != (size, size):
         im = im.resize((size, size), Image.Resampling.LANCZOS)
     return im

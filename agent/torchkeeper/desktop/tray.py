@@ -23,6 +23,7 @@ from pathlib import Path
 from ..platform import opener
 from . import icons
 from ..daemon import view
+from ..i18n import _
 
 log = logging.getLogger("torchkeeper.agent")
 
@@ -287,34 +288,34 @@ class Tray:
         v = self._view
         items = [self._target_item(t) for t in v.targets]
         if not items:
-            items.append(Item("No targets yet", None, enabled=False))
+            items.append(Item(_("No targets yet"), None, enabled=False))
         if v.found:
-            items += [Menu.SEPARATOR, Item("Found, not managed", None, enabled=False)]
+            items += [Menu.SEPARATOR, Item(_("Found, not managed"), None, enabled=False)]
             items += [self._found_item(f) for f in v.found]
         items += [
             Menu.SEPARATOR,
             # the default item: a left click on the icon runs it where the backend allows; with
             # no menu to reach the rest, the click opens the overview instead
-            Item("Reapply all", self._action(self._controller.request, view.REAPPLY_ALL),
+            Item(_("Reapply all"), self._action(self._controller.request, view.REAPPLY_ALL),
                  default=self.has_menu),
-            Item("Check now", self._action(self._controller.request, view.CHECK_ALL)),
-            Item("Pause auto re-apply", self._action(self._toggle_paused),
+            Item(_("Check now"), self._action(self._controller.request, view.CHECK_ALL)),
+            Item(_("Pause auto re-apply"), self._action(self._toggle_paused),
                  checked=lambda _: self._view.paused),
-            Item("Open torchkeeper", self._action(self._open_dashboard), default=not self.has_menu),
-            Item("Show overview", self._action(self._show_overview)),
+            Item(_("Open torchkeeper"), self._action(self._open_dashboard), default=not self.has_menu),
+            Item(_("Show overview"), self._action(self._show_overview)),
             Menu.SEPARATOR,
             Item(_clip(v.driver, ITEM_TEXT_MAX), None, enabled=False),
-            *([Item(_clip(f"Watching: degraded ({v.watching}) - every target is checked "
-                          "every few seconds; Quit and start torchkeeper again to fix it",
+            *([Item(_clip(_("Watching: degraded (%(why)s) - every target is checked every few seconds; "
+                            "Quit and start torchkeeper again to fix it") % {"why": v.watching},
                           ITEM_TEXT_MAX), None, enabled=False)] if v.watching else []),
             Menu.SEPARATOR,
-            Item("Open config", self._action(self._open, self._controller.config_file)),
-            Item("Open log", self._action(self._open, self._controller.log_file)),
-            Item("Start at login", self._action(self._toggle_autostart),
+            Item(_("Open config"), self._action(self._open, self._controller.config_file)),
+            Item(_("Open log"), self._action(self._open, self._controller.log_file)),
+            Item(_("Start at login"), self._action(self._toggle_autostart),
                  checked=lambda _: bool(self._view.autostart),
                  enabled=lambda _: self._view.autostart is not None),
             Menu.SEPARATOR,
-            Item("Quit", self._action(self._controller.request, view.QUIT)),
+            Item(_("Quit"), self._action(self._controller.request, view.QUIT)),
         ]
         return items
 
@@ -328,10 +329,10 @@ class Tray:
                      Menu.SEPARATOR]
         return Item(_clip(text, ITEM_TEXT_MAX), Menu(
             *first,
-            Item("Reapply", self._action(self._controller.request, view.REAPPLY, t.name)),
-            Item("Revert to stock", self._action(self._controller.request, view.REVERT, t.name)),
-            Item("Open folder", self._action(self._open, t.folder), enabled=t.folder is not None),
-            Item("Show details", self._action(self._show_details, t)),
+            Item(_("Reapply"), self._action(self._controller.request, view.REAPPLY, t.name)),
+            Item(_("Revert to stock"), self._action(self._controller.request, view.REVERT, t.name)),
+            Item(_("Open folder"), self._action(self._open, t.folder), enabled=t.folder is not None),
+            Item(_("Show details"), self._action(self._show_details, t)),
         ))
 
     def _found_item(self, f: view.FoundView):
@@ -341,9 +342,9 @@ class Tray:
             more = [Item(_clip(f.suggestion, ITEM_TEXT_MAX),
                          self._action(self._controller.request, view.MANAGE_FETCH_APPLY, f.path))]
         return Item(_clip(f.label, ITEM_TEXT_MAX), Menu(
-            Item("Manage", self._action(self._controller.request, view.MANAGE, f.path)),
+            Item(_("Manage"), self._action(self._controller.request, view.MANAGE, f.path)),
             *more,
-            Item("Open folder", self._action(self._open, f.path)),
+            Item(_("Open folder"), self._action(self._open, f.path)),
         ))
 
     def _action(self, fn, *args):
@@ -382,21 +383,23 @@ class Tray:
         v = self._view
         lines = [v.tooltip, v.driver, ""]
         if v.watching:
-            lines += [f"watching: degraded ({v.watching}); every target is checked every few "
-                      "seconds. Fix: `torchkeeper stop`, then `torchkeeper run`.", ""]
+            lines += [_("watching: degraded (%(why)s); every target is checked every few seconds. "
+                        "Fix: `torchkeeper stop`, then `torchkeeper run`.") % {"why": v.watching}, ""]
         for t in v.targets:
-            lines += [f"{t.name}: {t.state} - {t.message}",
-                      f"    re-apply: torchkeeper apply {t.name}    back to stock: torchkeeper revert {t.name}"]
+            lines += [f"{t.name}: {view.state_word(t.state)} - {t.message}",
+                      "    " + _("re-apply: torchkeeper apply %(name)s    back to stock: torchkeeper revert "
+                               "%(name)s") % {"name": t.name}]
             if t.suggestion:
                 lines.append(f"    {t.suggestion}: torchkeeper bundle fetch --for {t.name}")
         if not v.targets:
-            lines.append("No targets yet: `torchkeeper discover --add` or `torchkeeper target add PATH`.")
+            lines.append(_("No targets yet: `torchkeeper discover --add` or `torchkeeper target add PATH`."))
         if v.found:
-            lines += ["", "Found, not managed (`torchkeeper target add PATH` keeps one):"]
+            lines += ["", _("Found, not managed (`torchkeeper target add PATH` keeps one):")]
             lines += [f"    {f.label}: {f.path}" for f in v.found]
-        lines += ["", "Everything at once: torchkeeper status | torchkeeper apply | torchkeeper verify",
-                  f"Auto re-apply is {'paused' if v.paused else 'on'} (config: {self._controller.config_file}).",
-                  "This desktop's tray shows no menu: see torchkeeper's README, \"The tray\", for one that does."]
+        lines += ["", _("Everything at once: torchkeeper status | torchkeeper apply | torchkeeper verify"),
+                  (_("Auto re-apply is paused (config: %(path)s).") if v.paused
+                   else _("Auto re-apply is on (config: %(path)s).")) % {"path": self._controller.config_file},
+                  _("This desktop's tray shows no menu: see torchkeeper's README, \"The tray\", for one that does.")]
         self._write_and_open("overview", "\n".join(lines) + "\n")
 
     def _write_and_open(self, stem: str, text: str) -> None:
@@ -416,10 +419,11 @@ class Tray:
         """Writes the target's details to a text file next to the log and opens it: every
         backend can do that (X11 has no notifications, Windows balloons keep 255 characters),
         and the text can be read in full and copied into a bug report."""
-        text = f"{t.name}: {t.message}\nstate: {t.state}\nbundle: {t.bundle or '(none)'}\n"
+        text = (f"{t.name}: {t.message}\n" + _("state: %(state)s") % {"state": view.state_word(t.state)}
+                + "\n" + _("bundle: %(name)s") % {"name": t.bundle or _("(none)")} + "\n")
         if t.folder:
-            text += f"folder: {t.folder}\n"
-        text += "\n" + (t.details or "(no details)") + "\n"
+            text += _("folder: %(path)s") % {"path": t.folder} + "\n"
+        text += "\n" + (t.details or _("(no details)")) + "\n"
         self._write_and_open(f"details-{t.name}", text)
 
     # -- updates from the agent -------------------------------------------------------------

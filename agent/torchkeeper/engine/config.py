@@ -15,7 +15,7 @@ from importlib import resources
 from pathlib import Path
 
 from ..errors import UsageError
-from ..i18n import LANGUAGES, normalize
+from ..i18n import LANGUAGES, _, normalize
 from .fsutil import atomic_write_bytes
 from .records import Config
 
@@ -109,32 +109,32 @@ def parse(text: str, origin: str, uses=None, warnings: list | None = None) -> Co
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
-        raise UsageError(f"{origin}: {e}", "fix that line, or delete the file to use the defaults") from None
+        raise UsageError(_("%(origin)s: %(e)s") % {"origin": origin, "e": e}, _("fix that line, or delete the file to use the defaults")) from None
     except RecursionError:  # tomllib recurses once per nested array/table: 'a = [[[[...'
-        raise UsageError(f"{origin}: values are nested too deeply to be a torchkeeper config",
-                         "fix the file, or delete it to use the defaults") from None
+        raise UsageError(_("%(origin)s: values are nested too deeply to be a torchkeeper config") % {"origin": origin},
+                         _("fix the file, or delete it to use the defaults")) from None
     merged = copy.deepcopy(defaults())
     for section, values in data.items():
         if section not in SCHEMA:
-            raise UsageError(f"{origin}: unknown section [{_clip(section)}]",
-                             f"known sections: {', '.join('[' + s + ']' for s in SCHEMA)}")
+            raise UsageError(_("%(origin)s: unknown section [%(section)s]") % {"origin": origin, "section": _clip(section)},
+                             _("known sections: %(join)s") % {"join": ', '.join('[' + s + ']' for s in SCHEMA)})
         if not isinstance(values, dict):
-            raise UsageError(f"{origin}: '{section}' must be a [section], not a value",
-                             "see the commented default config for the layout")
+            raise UsageError(_("%(origin)s: '%(section)s' must be a [section], not a value") % {"origin": origin, "section": section},
+                             _("see the commented default config for the layout"))
         for key, value in values.items():
             spec = SCHEMA[section].get(key)
             line = _line_of(text, section, key)
             where = f"{origin}, line {line}" if line else origin
             if spec is None:
-                e = UsageError(f"{where}: unknown setting '{_clip(key)}' in [{section}]",
-                               f"known settings: {', '.join(SCHEMA[section])}")
+                e = UsageError(_("%(where)s: unknown setting '%(key)s' in [%(section)s]") % {"where": where, "key": _clip(key), "section": section},
+                               _("known settings: %(join)s") % {"join": ', '.join(SCHEMA[section])})
             else:
                 typ, check, allowed = spec
                 ok = isinstance(value, typ) and not (typ is not bool and isinstance(value, bool))
                 if ok and check is not None:
                     ok = bool(check(value))
                 e = None if ok else UsageError(
-                    f"{where}: {section}.{key} = {_clip(repr(value))} is not allowed", f"use {allowed}")
+                    _("%(where)s: %(section)s.%(key)s = %(value)s is not allowed") % {"where": where, "section": section, "key": key, "value": _clip(repr(value))}, _("use %(allowed)s") % {"allowed": allowed})
             if e is None:
                 merged.setdefault(section, {})[key] = value
             elif uses is not None and warnings is not None and section not in uses:
@@ -160,20 +160,21 @@ def read_text(path: Path) -> tuple[str, str]:
     except FileNotFoundError:
         return "", str(path)
     except NotARegularFile as e:
-        raise UsageError(f"the config file {path} is {e.strerror}",
-                         "replace it with a text file (see the commented default), or remove it "
-                         "to use the defaults") from None
+        raise UsageError(_("the config file %(path)s is %(strerror)s") % {"path": path, "strerror": e.strerror},
+                         _("replace it with a text file (see the commented default), or "
+                           "remove it to use the defaults")) from None
     except OSError as e:
         if e.errno == errno.EFBIG:
-            raise UsageError(f"the config file {path} is over {MAX_BYTES:,} bytes, too large to be a config",
-                             "replace it with the commented default (see the README)") from None
-        raise UsageError(f"cannot read the config file {path}: {e.strerror}",
-                         "fix its permissions, or delete it to use the defaults") from None
+            raise UsageError(_("the config file %(path)s is over %(MAX_BYTES)s bytes, too "
+                               "large to be a config") % {"path": path, "MAX_BYTES": format(MAX_BYTES, ',')},
+                             _("replace it with the commented default (see the README)")) from None
+        raise UsageError(_("cannot read the config file %(path)s: %(strerror)s") % {"path": path, "strerror": e.strerror},
+                         _("fix its permissions, or delete it to use the defaults")) from None
     try:
         text = data.decode("utf-8-sig")  # Notepad writes a BOM
     except UnicodeDecodeError:
-        raise UsageError(f"the config file {path} is not UTF-8 text",
-                         "save it as UTF-8, or delete it to use the defaults") from None
+        raise UsageError(_("the config file %(path)s is not UTF-8 text") % {"path": path},
+                         _("save it as UTF-8, or delete it to use the defaults")) from None
     return text, str(path)
 
 
@@ -182,7 +183,7 @@ def _literal(section: str, key: str, raw: str):
     spec = SCHEMA.get(section, {}).get(key)
     if spec is None:
         known = ", ".join(f"{s}.{k}" for s in SCHEMA for k in SCHEMA[s])
-        raise UsageError(f"unknown setting '{_clip(section)}.{_clip(key)}'", f"known settings: {known}")
+        raise UsageError(_("unknown setting '%(section)s.%(key)s'") % {"section": _clip(section), "key": _clip(key)}, _("known settings: %(known)s") % {"known": known})
     typ, check, allowed = spec
     value: object = raw
     if typ is bool:
@@ -194,7 +195,7 @@ def _literal(section: str, key: str, raw: str):
             value = raw
     ok = isinstance(value, typ) and not (typ is not bool and isinstance(value, bool))
     if not ok or (check is not None and not check(value)):
-        raise UsageError(f"{section}.{key} = {_clip(raw)!r} is not allowed", f"use {allowed}")
+        raise UsageError(_("%(section)s.%(key)s = %(raw)r is not allowed") % {"section": section, "key": key, "raw": _clip(raw)}, _("use %(allowed)s") % {"allowed": allowed})
     return value
 
 

@@ -24,6 +24,7 @@ from ..home import Home, get_home
 from .records import Result, Status, TargetStatus, UseResult
 from .state import StateStore, log_event, target_lock
 from .records import Config, JsonObject, Manifest, Overlay, StateData, TargetRecord
+from ..i18n import _
 
 __all__ = ["Engine", "Result"]
 
@@ -68,8 +69,8 @@ class Engine:
     def target(self, name: str) -> TargetRecord:
         ts = self.targets()
         if name not in ts:
-            raise NotFound(f"no target named '{name}' (targets: {', '.join(sorted(ts)) or 'none yet'})",
-                           "see `torchkeeper target list`, or add one with `torchkeeper target add PATH`")
+            raise NotFound(_("no target named '%(name)s' (targets: %(value)s)") % {"name": name, "value": ', '.join(sorted(ts)) or 'none yet'},
+                           _("see `torchkeeper target list`, or add one with `torchkeeper target add PATH`"))
         return ts[name]
 
     def inspect(self, name: str, rec: TargetRecord | None = None,
@@ -91,8 +92,8 @@ class Engine:
         try:
             return self.bundles.get(bid)
         except NotFound:
-            raise NotFound(f"target '{name}' wants bundle {bid[:12]}, which is no longer in the cache",
-                           "import or create it again, or choose another with `torchkeeper use`") from None
+            raise NotFound(_("target '%(name)s' wants bundle %(bid)s, which is no longer in the cache") % {"name": name, "bid": bid[:12]},
+                           _("import or create it again, or choose another with `torchkeeper use`")) from None
 
     def plan(self, name: str, ref: str | None = None) -> tuple[gate.Plan, targetmod.TargetInfo, Manifest]:
         st = self.state.read()
@@ -100,8 +101,8 @@ class Engine:
             self.target(name)
         m = self.bundles.get(ref) if ref else self.desired_bundle(name, st)
         if m is None:
-            raise UsageError(f"target '{name}' has no bundle chosen",
-                             f"choose one with `torchkeeper use BUNDLE --target {name}`")
+            raise UsageError(_("target '%(name)s' has no bundle chosen") % {"name": name},
+                             _("choose one with `torchkeeper use BUNDLE --target %(name)s`") % {"name": name})
         overlay = st["overlays"].get(name)
         info = self.inspect(name, st["targets"][name], overlay)
         p = gate.plan(name, info, m, overlay, self.driver())

@@ -29,6 +29,7 @@ from pathlib import Path
 from . import target, versions
 from ..errors import NotFound, TKError, UsageError
 from .records import JsonObject
+from ..i18n import _
 
 # Folder names (lower case) never walked into, wherever they are.
 SKIP_NAMES = frozenset({
@@ -402,8 +403,8 @@ def _start_folders(roots, explicit: bool) -> list[str]:
             if not explicit:
                 continue
             if os.path.exists(p):
-                raise UsageError(f"{p} is a file, not a folder", "give folders to search")
-            raise NotFound(f"{p} does not exist", "give folders to search, or none for the defaults")
+                raise UsageError(_("%(p)s is a file, not a folder") % {"p": p}, _("give folders to search"))
+            raise NotFound(_("%(p)s does not exist") % {"p": p}, _("give folders to search, or none for the defaults"))
         out.append(p)
     return out
 
@@ -475,7 +476,7 @@ def discover(roots: list[Path] | None = None, *, max_depth: int = 6,
             if sp is not None and sp not in seen_sp:
                 seen_sp.add(sp)
                 p = Path(path)
-                v, _ = versions.torch_version_py(sp / "torch" / "version.py")
+                v, _src = versions.torch_version_py(sp / "torch" / "version.py")
                 out.append(Found(p, sp, app_for(p, conda="conda-meta" in markers, launchers=launchers), v))
 
         at_top = os.path.dirname(path) == path

@@ -36,6 +36,7 @@ from ..errors import OperationFailed, UsageError
 from .fsutil import sha256_file
 from ..home import Home
 from .records import JsonObject, Manifest
+from ..i18n import _
 
 POLL_S = 0.2
 
@@ -158,9 +159,10 @@ def _no_space(text: str) -> bool:
 
 
 def _no_space_error(what: str, folder: Path) -> OperationFailed:
-    return OperationFailed(f"no space left on the disk of {folder} while {what}",
-                           "free disk space there (NVIDIA's wheels are 300-900 MB each; the cache "
-                           "needs about twice that while a bundle is made), then fetch again")
+    return OperationFailed(_("no space left on the disk of %(folder)s while %(what)s") % {"folder": folder, "what": what},
+                           _("free disk space there (NVIDIA's wheels are 300-900 MB each; "
+                             "the cache needs about twice that while a bundle is made), then "
+                             "fetch again"))
 
 
 # the engine's temporary folders are named <kind>-<pid>-...: what a killed process left is
@@ -227,16 +229,16 @@ class Fetcher:
         finally:
             shutil.rmtree(work, ignore_errors=True)
         if _timed_out(text):  # before "(from versions: none)": a silent index is not an empty one
-            raise UsageError(f"the package index did not answer within {self.opts.timeout_s:g} s "
-                             f"(asking for the versions of {name})",
-                             "check the network and the index (PIP_INDEX_URL, pip.conf), then try "
-                             "again; --timeout SECONDS waits longer")
+            raise UsageError(_("the package index did not answer within %(timeout_s)g s "
+                               "(asking for the versions of %(name)s)") % {"timeout_s": self.opts.timeout_s, "name": name},
+                             _("check the network and the index (PIP_INDEX_URL, pip.conf), "
+                               "then try again; --timeout SECONDS waits longer"))
         m = _FROM_VERSIONS.search(text)
         if m is None and _no_space(text):
             raise _no_space_error(f"asking the package index for the versions of {name}", self.home.tmp_dir())
         if m is None:
-            raise UsageError(f"could not list the versions of {name} ({self.opts.platform}) on the "
-                             f"package index: {_pip_says(text)}", _where_hint())
+            raise UsageError(_("could not list the versions of %(name)s (%(platform)s) on "
+                               "the package index: %(_pip_says)s") % {"name": name, "platform": self.opts.platform, "_pip_says": _pip_says(text)}, _where_hint())
         found = [v.strip() for v in m.group(1).split(",") if v.strip() and v.strip() != "none"]
         return sorted(found, key=versions.version_key)
 
@@ -278,7 +280,7 @@ class Fetcher:
                     raise _no_space_error(f"downloading {name} {version}", self.home.tmp_dir())
                 if _timed_out(text):
                     raise _stalled(name, version, _tree_size(work / "tmp"), self.opts.timeout_s)
-                raise UsageError(f"could not download {name} {version} ({self.opts.platform}): {said}",
+                raise UsageError(_("could not download %(name)s %(version)s (%(platform)s): %(said)s") % {"name": name, "version": version, "platform": self.opts.platform, "said": said},
                                  _where_hint())
             _check_download(got[0])   # a wheel refused here never enters the cache
             final = self.root / out.name
@@ -296,10 +298,10 @@ class Fetcher:
 
 
 def _stalled(name: str, version: str, done: int, seconds: float) -> UsageError:
-    return UsageError(f"the download of {name} {version} stalled after {done / 1e6:.1f} MB "
-                      f"(nothing for {seconds:.0f} s); nothing was kept",
-                      "try again later, or another index or mirror (PIP_INDEX_URL); "
-                      "--timeout SECONDS waits longer")
+    return UsageError(_("the download of %(name)s %(version)s stalled after %(value).1f MB "
+                        "(nothing for %(seconds).0f s); nothing was kept") % {"name": name, "version": version, "value": done / 1e6, "seconds": seconds},
+                      _("try again later, or another index or mirror (PIP_INDEX_URL); "
+                        "--timeout SECONDS waits longer"))
 
 
 def _check_download(whl: Path) -> None:
@@ -313,8 +315,8 @@ def _check_download(whl: Path) -> None:
         with zipfile.ZipFile(whl) as zf:
             check_wheel(whl, zf)
     except (zipfile.BadZipFile, OSError) as e:
-        raise UsageError(f"the downloaded {whl.name} is not a readable wheel: {e}",
-                         "fetch again; if it fails again, the index serves a damaged file") from None
+        raise UsageError(_("the downloaded %(name)s is not a readable wheel: %(e)s") % {"name": whl.name, "e": e},
+                         _("fetch again; if it fails again, the index serves a damaged file")) from None
 
 
 def host_platform() -> str:
@@ -342,46 +344,47 @@ def resolve_request(engine, target: str | None, asked: dict[str, str | None], cu
 
     for fam, spec in asked.items():
         if spec and not re.fullmatch(r"\d+(\.\d+){0,3}", spec):
-            raise UsageError(f"{FLAG[fam]} {spec!r} is not a version", "write it like 9.5 or 9.5.1.17")
+            raise UsageError(_("%(FLAG)s %(spec)r is not a version") % {"FLAG": FLAG[fam], "spec": spec}, _("write it like 9.5 or 9.5.1.17"))
     if cuda is not None and not re.fullmatch(r"\d+", cuda):
-        raise UsageError(f"--cuda {cuda!r} is not a CUDA major", "use --cuda 11, 12 or 13")
+        raise UsageError(_("--cuda %(cuda)r is not a CUDA major") % {"cuda": cuda}, _("use --cuda 11, 12 or 13"))
     if target is not None:
         info = info if info is not None else engine.inspect(target)
         tcuda = versions.major_minor(info.torch_cuda)
         if tcuda is None:
-            raise Refused(f"target '{target}': torch {info.torch_version} is a CPU build: it loads "
-                          "no CUDA libraries, so no wheel would help", "install a CUDA build of torch first")
+            raise Refused(_("target '%(target)s': torch %(torch_version)s is a CPU build: it "
+                            "loads no CUDA libraries, so no wheel would help") % {"target": target, "torch_version": info.torch_version}, _("install a CUDA build of torch first"))
         if platform and platform != info.platform:
-            raise UsageError(f"--platform {platform} contradicts target '{target}' ({info.platform} "
-                             "libraries)", "drop --platform with --for")
+            raise UsageError(_("--platform %(platform)s contradicts target '%(target)s' "
+                               "(%(platform2)s libraries)") % {"platform": platform, "target": target, "platform2": info.platform}, _("drop --platform with --for"))
         if cuda and int(cuda) != tcuda[0]:
-            raise UsageError(f"--cuda {cuda} contradicts target '{target}' (torch uses CUDA "
-                             f"{info.torch_cuda})", "drop --cuda with --for")
+            raise UsageError(_("--cuda %(cuda)s contradicts target '%(target)s' (torch uses "
+                               "CUDA %(torch_cuda)s)") % {"cuda": cuda, "target": target, "torch_cuda": info.torch_cuda}, _("drop --cuda with --for"))
         platform, major = info.platform, tcuda[0]
         wanted = {f: (asked[f] or None) for f in asked}
         if not wanted:  # every library torch loads there
             wanted = {f: None for f in (libs.CUDNN, libs.CUBLAS, libs.CUDART) if info.family_keys(f)}
     else:
         if not asked:
-            raise UsageError("say what to fetch: --cudnn, --cublas, --cudart (each with an optional "
-                             "version), or --for TARGET",
-                             "e.g. `torchkeeper bundle fetch --for a1111` or "
-                             "`torchkeeper bundle fetch --cudnn 9.5 --cuda 12 --platform windows`")
+            raise UsageError(_("say what to fetch: --cudnn, --cublas, --cudart (each with an "
+                               "optional version), or --for TARGET"),
+                             _("e.g. `torchkeeper bundle fetch --for a1111` or `torchkeeper "
+                               "bundle fetch --cudnn 9.5 --cuda 12 --platform windows`"))
         platform = platform or host_platform()
         majors = {int(v.split(".")[0]) for f, v in asked.items() if v and f != libs.CUDNN}
         if cuda:
             majors.add(int(cuda))
         if len(majors) > 1:
             raise UsageError("the versions asked are for different CUDA majors: " +
-                             ", ".join(sorted(map(str, majors))), "fetch one CUDA major at a time")
+                             ", ".join(sorted(map(str, majors))), _("fetch one CUDA major at a time"))
         if not majors:
-            raise UsageError("which CUDA major is this cuDNN for?",
-                             "add --cuda 11, 12 or 13 (nvidia-cudnn-cu11/-cu12/-cu13), or use --for TARGET")
+            raise UsageError(_("which CUDA major is this cuDNN for?"),
+                             _("add --cuda 11, 12 or 13 (nvidia-cudnn-cu11/-cu12/-cu13), or "
+                               "use --for TARGET"))
         major = majors.pop()
         wanted = {f: (asked[f] or None) for f in asked}
     if major not in wheels.CUDA_MAJORS:
-        raise UsageError(f"no NVIDIA wheels are known for CUDA {major}",
-                         f"use --cuda {' or '.join(map(str, wheels.CUDA_MAJORS))}")
+        raise UsageError(_("no NVIDIA wheels are known for CUDA %(major)s") % {"major": major},
+                         _("use --cuda %(join)s") % {"join": ' or '.join(map(str, wheels.CUDA_MAJORS))})
     return platform, major, wanted, info
 
 
@@ -433,12 +436,13 @@ def fetch_bundle(engine, *, target: str | None = None, asked: dict[str, str | No
         seen = [c for c in s.candidates if c.family == fam]
         detail = "; ".join(f"{c.version}: {c.why}" for c in seen[:4]) or f"the index has no {pkg} for {platform}"
         if target is not None:
-            raise Refused(f"target '{target}': no {pkg} on the index fits ({detail})",
+            raise Refused(_("target '%(target)s': no %(pkg)s on the index fits (%(detail)s)") % {"target": target, "pkg": pkg, "detail": detail},
                           "see `torchkeeper suggest " + target + "` for the rules; pass a version "
                           f"with {FLAG[fam]} to fetch one anyway for another target")
-        raise UsageError(f"no {pkg} version on the index matches ({detail})",
-                         f"see the versions with `torchkeeper bundle fetch {FLAG[fam]} --cuda {major}`"
-                         " (newest), or point pip elsewhere (PIP_INDEX_URL, --find-links)")
+        raise UsageError(_("no %(pkg)s version on the index matches (%(detail)s)") % {"pkg": pkg, "detail": detail},
+                         _("see the versions with `torchkeeper bundle fetch %(FLAG)s --cuda "
+                           "%(major)s` (newest), or point pip elsewhere (PIP_INDEX_URL, "
+                           "--find-links)") % {"FLAG": FLAG[fam], "major": major})
     out = Fetched(s, [])
     for fam in suggest.FAMILY_ORDER:
         if fam not in s.chosen:
@@ -454,7 +458,7 @@ def fetch_bundle(engine, *, target: str | None = None, asked: dict[str, str | No
     except UsageError as e:  # a wheel the bundle refuses (a fake DLL, ...): not kept for next time
         for w in out.wheels:
             fx.evict(w["package"], w["version"])
-        raise UsageError(f"{e.message} (the downloaded wheels were removed from the cache)",
+        raise UsageError(_("%(message)s (the downloaded wheels were removed from the cache)") % {"message": e.message},
                          e.hint) from None
     out.bundle, out.created = m, created
     log_event(engine.home, "fetched", target=target, bundle=m["id"], bundle_name=m["name"],

@@ -18,6 +18,7 @@ from . import libs, versions
 from .fsutil import hash_many
 from .target import SEEN_BEFORE, TargetInfo, env_root
 from .records import JsonObject, Manifest, ManifestFile, Overlay, OverlayFile, StatKey
+from ..i18n import _, ngettext
 
 REPLACE = "replace"
 IN_PLACE = "in place"
@@ -99,15 +100,14 @@ def check(info: TargetInfo, m: Manifest, driver=None) -> list[Reason]:
     if torch_cuda is None:
         reasons.append(Reason(
             "cuda-major", "refuse",
-            f"torch {info.torch_version or '?'} is a CPU build (torch.version.cuda is None): it "
-            "loads no CUDA libraries", "install a CUDA build of torch first"))
+            _("torch %(value)s is a CPU build (torch.version.cuda is None): it loads no CUDA libraries") % {"value": info.torch_version or '?'}, _("install a CUDA build of torch first")))
         return reasons
     if m["platform"] != info.platform:
         want = "Linux .so" if info.platform == libs.LINUX else "Windows DLL"
         reasons.append(Reason(
             "platform", "refuse",
-            f"bundle '{bname}' holds {m['platform']} libraries but this torch loads {want} files",
-            f"build a bundle from the {info.platform} cuDNN archive or nvidia-* wheel"))
+            _("bundle '%(bname)s' holds %(platform)s libraries but this torch loads %(want)s files") % {"bname": bname, "platform": m['platform'], "want": want},
+            _("build a bundle from the %(platform)s cuDNN archive or nvidia-* wheel") % {"platform": info.platform}))
         return reasons
     bundle_cuda_major = m.get("cuda_major")
     if bundle_cuda_major is not None and bundle_cuda_major != torch_cuda[0]:
@@ -115,48 +115,49 @@ def check(info: TargetInfo, m: Manifest, driver=None) -> list[Reason]:
                 if m.get("cudnn") and not m.get("cuda") else f"CUDA {m.get('cuda') or bundle_cuda_major}")
         reasons.append(Reason(
             "cuda-major", "refuse",
-            f"bundle '{bname}' is {what} but torch {info.torch_version} uses CUDA {info.torch_cuda}",
-            f"build a bundle for CUDA {torch_cuda[0]} (e.g. cuDNN for CUDA {torch_cuda[0]}: "
-            f"..._cuda{torch_cuda[0]}-archive or nvidia-cudnn-cu{torch_cuda[0]})"))
+            _("bundle '%(bname)s' is %(what)s but torch %(torch_version)s uses CUDA %(torch_cuda)s") % {"bname": bname, "what": what, "torch_version": info.torch_version, "torch_cuda": info.torch_cuda},
+            _("build a bundle for CUDA %(torch_cuda)s (e.g. cuDNN for CUDA %(torch_cuda)s: "
+              "..._cuda%(torch_cuda)s-archive or nvidia-cudnn-cu%(torch_cuda)s)") % {"torch_cuda": torch_cuda[0]}))
     if m.get("cudnn"):
         b = versions.major_minor(m["cudnn"])
         t = versions.major_minor(info.cudnn_build)
         if t is None:
             reasons.append(Reason(
                 "cudnn-version", "note",
-                f"cannot tell which cuDNN torch {info.torch_version} was built with; "
-                "PyTorch's version check is unverified", None))
+                _("cannot tell which cuDNN torch %(torch_version)s was built with; PyTorch's "
+                  "version check is unverified") % {"torch_version": info.torch_version}, None))
         elif b[0] != t[0]:
             reasons.append(Reason(
                 "cudnn-version", "refuse",
-                f"bundle '{bname}' is cuDNN {m['cudnn']} but torch {info.torch_version} uses cuDNN "
-                f"{t[0]}.x ({info.cudnn_build}); PyTorch requires the same major",
-                f"build a bundle from cuDNN {t[0]}.x for CUDA {torch_cuda[0]}"))
+                _("bundle '%(bname)s' is cuDNN %(cudnn)s but torch %(torch_version)s uses "
+                  "cuDNN %(t)s.x (%(cudnn_build)s); PyTorch requires the same major") % {"bname": bname, "cudnn": m['cudnn'], "torch_version": info.torch_version, "t": t[0], "cudnn_build": info.cudnn_build},
+                _("build a bundle from cuDNN %(t)s.x for CUDA %(torch_cuda)s") % {"t": t[0], "torch_cuda": torch_cuda[0]}))
         elif info.cudnn_build.count(".") == 0:
             reasons.append(Reason(
                 "cudnn-version", "note",
-                f"torch {info.torch_version} says only that it uses cuDNN {t[0]} "
-                f"({info.cudnn_build_source}); PyTorch's minor-version check is unverified"))
+                _("torch %(torch_version)s says only that it uses cuDNN %(t)s "
+                  "(%(cudnn_build_source)s); PyTorch's minor-version check is unverified") % {"torch_version": info.torch_version, "t": t[0], "cudnn_build_source": info.cudnn_build_source}))
         elif b[1] < t[1]:
             reasons.append(Reason(
                 "cudnn-version", "refuse",
-                f"bundle '{bname}' is cuDNN {m['cudnn']}, older than the {info.cudnn_build} torch "
-                f"{info.torch_version} was built with; PyTorch requires minor >= {t[0]}.{t[1]}",
-                f"build a bundle from cuDNN {t[0]}.{t[1]} or newer (for CUDA {torch_cuda[0]})"))
+                _("bundle '%(bname)s' is cuDNN %(cudnn)s, older than the %(cudnn_build)s "
+                  "torch %(torch_version)s was built with; PyTorch requires minor >= "
+                  "%(t)s.%(t2)s") % {"bname": bname, "cudnn": m['cudnn'], "cudnn_build": info.cudnn_build, "torch_version": info.torch_version, "t": t[0], "t2": t[1]},
+                _("build a bundle from cuDNN %(t)s.%(t2)s or newer (for CUDA %(torch_cuda)s)") % {"t": t[0], "t2": t[1], "torch_cuda": torch_cuda[0]}))
     need = versions.major_minor(m.get("cuda"))
     if driver is None or not getattr(driver, "ok", False):
         why = getattr(driver, "message", None) or "no NVIDIA driver answered"
         reasons.append(Reason("driver", "note",
-                              f"{why}: cannot check that the driver supports this bundle's CUDA",
+                              _("%(why)s: cannot check that the driver supports this bundle's CUDA") % {"why": why},
                               getattr(driver, "hint", None)))
     elif need and driver.cuda:
         have = versions.major_minor(driver.cuda)
         if have and have < need:
             reasons.append(Reason(
                 "driver", "force",
-                f"driver {driver.version} supports CUDA {driver.cuda}, older than the bundle's "
-                f"CUDA {m['cuda']}: torch may fail with 'CUDA driver version is insufficient'",
-                "update the NVIDIA driver, or pass --force to apply anyway"))
+                _("driver %(version)s supports CUDA %(cuda)s, older than the bundle's CUDA "
+                  "%(cuda2)s: torch may fail with 'CUDA driver version is insufficient'") % {"version": driver.version, "cuda": driver.cuda, "cuda2": m['cuda']},
+                _("update the NVIDIA driver, or pass --force to apply anyway")))
     return reasons
 
 
@@ -258,8 +259,7 @@ def _file_reasons(p: Plan, info: TargetInfo, bundle_families: dict[tuple[str, in
     if unknown:
         out.append(Reason(
             "stock-unknown", "note",
-            f"no RECORD or conda-meta hash for {', '.join(unknown)}: "
-            f"{'its' if len(unknown) == 1 else 'their'} current bytes are backed up as stock"))
+            _("no RECORD or conda-meta hash for %(join)s: %(value)s current bytes are backed up as stock") % {"join": ', '.join(unknown), "value": 'its' if len(unknown) == 1 else 'their'}))
     strays = [s.key for s in p.steps if s.action == NO_COUNTERPART]
     if strays:
         out.append(Reason(
@@ -267,7 +267,7 @@ def _file_reasons(p: Plan, info: TargetInfo, bundle_families: dict[tuple[str, in
             f"torch here loads no file like {', '.join(strays)}: copying "
             f"{'it' if len(strays) == 1 else 'them'} in would add a library torch never used"
             + (" (and torch on Windows loads every DLL in torch\\lib)" if info.platform == libs.WINDOWS else ""),
-            "build the bundle only from libraries this torch uses (same CUDA and cuDNN majors)"))
+            _("build the bundle only from libraries this torch uses (same CUDA and cuDNN majors)")))
     for (family, major), names in sorted(bundle_families.items()):
         have = set(info.family_keys(family, major))
         missing = sorted(have - names)
@@ -275,25 +275,27 @@ def _file_reasons(p: Plan, info: TargetInfo, bundle_families: dict[tuple[str, in
             title = libs.FAMILY_TITLES[family]
             out.append(Reason(
                 "mixed-family", "refuse",
-                f"bundle '{p.bundle_name}' replaces {len(names & have)} of the {len(have)} {title} "
-                f"files; {', '.join(missing)} would stay at the old version and mix two {title} releases",
-                f"build the bundle from the complete {title} release (all {len(have)} files)"))
+                _("bundle '%(bundle_name)s' replaces %(n)s of the %(n2)s %(title)s files; "
+                  "%(join)s would stay at the old version and mix two %(title)s releases") % {"bundle_name": p.bundle_name, "n": len(names & have), "n2": len(have), "title": title, "join": ', '.join(missing)},
+                _("build the bundle from the complete %(title)s release (all %(n)s files)") % {"title": title, "n": len(have)}))
     written = sorted({s.rel.rpartition("/")[0] for s in p.changes})
     sp = info.site_packages
     for d in (d for d in written if d in info.outside):
         out.append(Reason(
             "outside-target", "force",
-            f"{d} is a link to {info.outside[d]}, outside this environment ({env_root(sp)}): "
-            f"applying writes the bundle's files into {info.outside[d]}, for everything that uses it",
-            f"pass --force to write into {info.outside[d]} anyway, or replace the link with a copy "
-            "of the folder"))
+            _("%(d)s is a link to %(outside)s, outside this environment (%(env_root)s): "
+              "applying writes the bundle's files into %(outside)s, for everything that uses "
+              "it") % {"d": d, "outside": info.outside[d], "env_root": env_root(sp)},
+            _("pass --force to write into %(outside)s anyway, or replace the link with a "
+              "copy of the folder") % {"outside": info.outside[d]}))
     foreign = [s.rel for s in p.steps if s.action == FOREIGN]
     if foreign:
         out.append(Reason(
             "foreign", "force",
-            f"{', '.join(foreign)} match{'es' if len(foreign) == 1 else ''} neither the stock "
-            "file nor an overlay of ours (another tool's copy?)",
-            "pass --force to replace; the current bytes are backed up first"))
+            ngettext("%(files)s matches neither the stock file nor an overlay of ours (another tool's copy?)",
+                     "%(files)s match neither the stock file nor an overlay of ours (another tool's copy?)",
+                     len(foreign)) % {"files": ', '.join(foreign)},
+            _("pass --force to replace; the current bytes are backed up first")))
     return out
 
 

@@ -21,6 +21,7 @@ from .fsutil import atomic_write_json, load_json, read_file
 from ..home import Home
 from .. import testing
 from .records import JsonObject, StateData
+from ..i18n import _
 
 SCHEMA = 1
 STATE_MAX = 256 << 20       # state.json: far beyond thousands of targets
@@ -51,20 +52,19 @@ class StateStore:
         except FileNotFoundError:
             return empty()
         except (OSError, ValueError) as e:
-            raise UsageError(f"the state file {self.path} is unreadable: "
-                             f"{getattr(e, 'strerror', None) or e}",
-                             f"restore it from {self.path}.bak if present, or move it away to "
-                             "start over (backups in the data folder are kept)") from None
+            raise UsageError(_("the state file %(path)s is unreadable: %(value)s") % {"path": self.path, "value": getattr(e, 'strerror', None) or e},
+                             _("restore it from %(path)s.bak if present, or move it away to "
+                               "start over (backups in the data folder are kept)") % {"path": self.path}) from None
         if not isinstance(data, dict) or data.get("schema") != SCHEMA:
-            raise UsageError(f"the state file {self.path} has an unknown format",
-                             "upgrade torchkeeper, or move the file away to start over")
+            raise UsageError(_("the state file %(path)s has an unknown format") % {"path": self.path},
+                             _("upgrade torchkeeper, or move the file away to start over"))
         for k, v in empty().items():
             data.setdefault(k, v)
         problem = _shape_problem(data)
         if problem:
-            raise UsageError(f"the state file {self.path} is damaged: {problem}",
-                             f"restore it from {self.path.name}.bak beside it, or move it away to "
-                             "start over (backups in the data folder are kept)")
+            raise UsageError(_("the state file %(path)s is damaged: %(problem)s") % {"path": self.path, "problem": problem},
+                             _("restore it from %(name)s.bak beside it, or move it away to "
+                               "start over (backups in the data folder are kept)") % {"name": self.path.name})
         return data
 
     def write(self, data: StateData) -> None:
@@ -182,8 +182,8 @@ def target_lock(home: Home, name: str):
     """Cross-process lock per target: the CLI and the agent never apply at once. Re-entrant
     in one thread: a decision taken under the lock may call apply, which takes it too."""
     if not TARGET_NAME_RX.match(name):  # a name becomes a file name: never a path
-        raise UsageError(f"no target named {name[:64]!r}",
-                         "see `torchkeeper target list` for the names")
+        raise UsageError(_("no target named %(name)r") % {"name": name[:64]},
+                         _("see `torchkeeper target list` for the names"))
     held = _held.__dict__.setdefault("keys", set())
     key = (str(home.locks_dir), name)
     if key in held:
@@ -206,8 +206,8 @@ def _timed_lock(path: Path, what: str):
     try:
         lock.acquire(timeout=LOCK_TIMEOUT_S)
     except Timeout:
-        raise OperationFailed(f"{what} is locked by another torchkeeper process ({path})",
-                              "wait for the other command or the agent to finish, then retry") from None
+        raise OperationFailed(_("%(what)s is locked by another torchkeeper process (%(path)s)") % {"what": what, "path": path},
+                              _("wait for the other command or the agent to finish, then retry")) from None
     try:
         yield
     finally:
@@ -260,8 +260,8 @@ def read_events_counted(home: Home, n: int | None = None) -> tuple[list[JsonObje
     except FileNotFoundError:
         return [], 0
     except OSError as e:
-        raise UsageError(f"the event log {home.events_file} cannot be read: {e.strerror}",
-                         "move it away: the next event starts a new one") from None
+        raise UsageError(_("the event log %(events_file)s cannot be read: %(strerror)s") % {"events_file": home.events_file, "strerror": e.strerror},
+                         _("move it away: the next event starts a new one")) from None
     lines = data.splitlines()
     out, skipped = [], 0
     for raw in lines[-n:] if n else lines:

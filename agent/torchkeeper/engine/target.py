@@ -16,6 +16,7 @@ from . import libs, versions
 from ..errors import NotFound, UsageError
 from .fsutil import atomic_write_json, load_json, parse_json, read_text, record_hash_to_hex, sha256_file
 from .records import JsonObject
+from ..i18n import _
 
 # Where a file's stock hash came from (LibFile.stock_source, the plan, the overlay record).
 FROM_RECORD = "RECORD"
@@ -121,12 +122,12 @@ def resolve(path: str | Path) -> Path:
     Python in one of the usual places (``venv``, ``python_embeded``, ...)."""
     root = Path(path).expanduser()
     if not root.exists():
-        raise NotFound(f"{root} does not exist",
-                       "give the folder of a venv, a portable python_embeded, a conda env or "
-                       "a site-packages folder")
+        raise NotFound(_("%(root)s does not exist") % {"root": root},
+                       _("give the folder of a venv, a portable python_embeded, a conda env "
+                         "or a site-packages folder"))
     if not root.is_dir():
-        raise UsageError(f"{root} is a file, not a folder",
-                         "give the folder of the Python environment, not a file inside it")
+        raise UsageError(_("%(root)s is a file, not a folder") % {"root": root},
+                         _("give the folder of the Python environment, not a file inside it"))
     root = root.resolve()
     for base in [root] + [root / d for d in APP_ENV_DIRS]:
         if base != root and not base.is_dir():
@@ -134,9 +135,9 @@ def resolve(path: str | Path) -> Path:
         for sp in _candidates(base):
             if _has_torch(sp):
                 return sp
-    raise NotFound(f"no torch found in {root}",
-                   "point at a Python environment with torch installed (its venv, "
-                   "python_embeded or site-packages folder)")
+    raise NotFound(_("no torch found in %(root)s") % {"root": root},
+                   _("point at a Python environment with torch installed (its venv, "
+                     "python_embeded or site-packages folder)"))
 
 
 def _find_dist_info(sp: Path, name_rx: str) -> list[Path]:
@@ -235,7 +236,7 @@ def inspect(path: str | Path, cache_dir: Path | None = None) -> TargetInfo:
     # the library folders come from RECORD: stamp the usual ones and those found last time,
     # and once more with any new one the inspection finds
     dirs = sorted(set(_usual_lib_dirs(sp)) | set(known))
-    for _ in range(2):
+    for _round in range(2):
         before = _stamp(sp, dirs)
         info = _inspect(sp)
         if set(info.lib_dirs) <= set(dirs):

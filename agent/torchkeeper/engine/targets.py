@@ -16,6 +16,7 @@ from .records import UseResult
 from .state import TARGET_NAME_RX, log_event, target_lock
 from .txn import damaged
 from .records import Manifest, StateData, TargetRecord
+from ..i18n import _
 
 if TYPE_CHECKING:
     from .core import Engine
@@ -31,17 +32,17 @@ def add_target(eng: Engine, path: str, name: str | None = None,
         name = _default_target_name(Path(path).expanduser().resolve(), info.site_packages)
     name = unicodedata.normalize("NFC", name)
     if not TARGET_NAME_RX.match(name):
-        raise UsageError(f"target name {name[:80]!r} is not allowed",
-                         "use letters (any script), digits, '.', '_' or '-', starting with a "
-                         "letter or digit, at most 64, no '..' and no Windows device name "
-                         "(CON, NUL, COM1, ...), e.g. --name a1111")
+        raise UsageError(_("target name %(name)r is not allowed") % {"name": name[:80]},
+                         _("use letters (any script), digits, '.', '_' or '-', starting with "
+                           "a letter or digit, at most 64, no '..' and no Windows device "
+                           "name (CON, NUL, COM1, ...), e.g. --name a1111"))
     with eng.state.edit() as st:
         for other, t in st["targets"].items():
             if t["site_packages"] == sp:
                 if exist_ok and other == name:
                     return other, t, info
-                raise UsageError(f"{sp} is already target '{other}'",
-                                 "each environment is added once; see `torchkeeper target list`")
+                raise UsageError(_("%(sp)s is already target '%(other)s'") % {"sp": sp, "other": other},
+                                 _("each environment is added once; see `torchkeeper target list`"))
         name = _numbered(name, st["targets"])
         st["targets"][name] = {"path": str(Path(path).expanduser().resolve()),
                                "site_packages": sp, "bundle": _default_for(eng, name, info, st),
@@ -59,9 +60,9 @@ def remove_target(eng: Engine, name: str, force: bool = False) -> None:
         if (name in st["overlays"] or damaged(eng.home, name)) and not force:
             what = ("has an overlay applied" if name in st["overlays"] else
                     "is mixed (an interrupted transaction's journal was unreadable)")
-            raise UsageError(f"target '{name}' {what}",
-                             f"revert it first (torchkeeper revert {name}), or pass --force to "
-                             "forget it and keep its files as they are")
+            raise UsageError(_("target '%(name)s' %(what)s") % {"name": name, "what": what},
+                             _("revert it first (torchkeeper revert %(name)s), or pass "
+                               "--force to forget it and keep its files as they are") % {"name": name})
         sp = st["targets"].pop(name)["site_packages"]
         st["overlays"].pop(name, None)
         standby.drop(eng.home, name, sp)
@@ -88,10 +89,11 @@ def use(eng: Engine, ref: str, target: str | None = None) -> UseResult:
             else:
                 res.skipped[n] = why
         if target is not None and res.skipped:
-            raise Refused(f"target '{target}': the compatibility gate refuses bundle "
-                          f"'{m['name']}': {res.skipped[target]}",
-                          "choose a bundle that fits (`torchkeeper suggest` or `torchkeeper plan "
-                          f"{target} --bundle B` explains), or create one for it")
+            raise Refused(_("target '%(target)s': the compatibility gate refuses bundle "
+                            "'%(name)s': %(skipped)s") % {"target": target, "name": m['name'], "skipped": res.skipped[target]},
+                          _("choose a bundle that fits (`torchkeeper suggest` or "
+                            "`torchkeeper plan %(target)s --bundle B` explains), or create "
+                            "one for it") % {"target": target})
         if target is None:
             res.default_changed = st.get("default_bundle") != m["id"]
             st["default_bundle"] = m["id"]

@@ -40,6 +40,7 @@ from . import standby
 from ..home import Home
 from .state import TARGET_NAME_RX
 from .records import JsonObject, StatKey
+from ..i18n import _
 
 STAGED = ".tk-new"
 RESTORE = ".tk-restore"
@@ -95,7 +96,7 @@ class BackupStore:
                 os.link(src, tmp)
             except OSError:
                 try:
-                    digest, _ = clone_or_copy(src, tmp)
+                    digest, _how = clone_or_copy(src, tmp)
                 except OSError as e:
                     raise _at(e, self.dir) from None
                 if expect_stat and stat_key(Path(src)) != expect_stat:
@@ -110,8 +111,8 @@ class BackupStore:
                 else:
                     digest = sha256_file(tmp)
             if digest is None or (expect and digest != expect):
-                raise OperationFailed(f"{src} changed while it was being backed up",
-                                      "run the command again")
+                raise OperationFailed(_("%(src)s changed while it was being backed up") % {"src": src},
+                                      _("run the command again"))
             final = self.path(digest)
             final.parent.mkdir(exist_ok=True)
             if final.exists():
@@ -233,8 +234,8 @@ class Transaction:
             p = self._path(c)
             if c.old_sha256 is None:
                 if p.exists():
-                    raise OperationFailed(f"{p} appeared while the transaction ran",
-                                          "run the command again")
+                    raise OperationFailed(_("%(p)s appeared while the transaction ran") % {"p": p},
+                                          _("run the command again"))
                 continue
             c.backup = self.backups.put(p, c.old_sha256, self.id, c.old_stat)
             self.crash(f"backed up {c.rel}")
@@ -260,9 +261,9 @@ class Transaction:
             except OSError as e:
                 raise _at(e, staged) from None
             if digest != c.new_sha256:
-                raise OperationFailed(f"{c.src} does not match its recorded sha256",
-                                      "run `torchkeeper bundle verify`; re-create or re-import the "
-                                      "bundle")
+                raise OperationFailed(_("%(src)s does not match its recorded sha256") % {"src": c.src},
+                                      _("run `torchkeeper bundle verify`; re-create or "
+                                        "re-import the bundle"))
             c.staged = stat_key(staged)  # journalled before the swap: how rollback knows its own
             self.crash(f"staged {c.rel}")
 
@@ -300,9 +301,9 @@ class Transaction:
             p = self._path(c)
             if c.src is None:
                 if p.exists():
-                    raise OperationFailed(f"{p} could not be removed", "run the command again")
+                    raise OperationFailed(_("%(p)s could not be removed") % {"p": p}, _("run the command again"))
             elif not p.is_file() or p.stat().st_size != c.new_size:
-                raise OperationFailed(f"{p} is not the file just written", "run the command again")
+                raise OperationFailed(_("%(p)s is not the file just written") % {"p": p}, _("run the command again"))
 
     def _cleanup(self) -> None:
         try:
@@ -343,14 +344,14 @@ def rollback(home: Home, root: Path, changes: list[Change], backups: BackupStore
             continue
         src = backups.path(c.old_sha256)
         if not src.is_file():
-            raise OperationFailed(f"cannot restore {p}: its backup {src} is missing",
-                                  "reinstall torch (pip install --force-reinstall torch==<version>)")
+            raise OperationFailed(_("cannot restore %(p)s: its backup %(src)s is missing") % {"p": p, "src": src},
+                                  _("reinstall torch (pip install --force-reinstall torch==<version>)"))
         tmp = Path(str(p) + RESTORE)
-        digest, _ = copy_hashing(src, tmp)
+        digest, _how = copy_hashing(src, tmp)
         if digest != c.old_sha256:
             os.unlink(tmp)
-            raise OperationFailed(f"the backup of {p} is damaged ({src})",
-                                  "reinstall torch (pip install --force-reinstall torch==<version>)")
+            raise OperationFailed(_("the backup of %(p)s is damaged (%(src)s)") % {"p": p, "src": src},
+                                  _("reinstall torch (pip install --force-reinstall torch==<version>)"))
         ops.replace(tmp, p)
     for d in {(root / c.rel).parent for c in changes}:
         fsync_dir(d)
@@ -482,11 +483,10 @@ def _at(e: OSError, path: Path) -> OSError:
 def _os_failure(e: OSError, target: str) -> OperationFailed:
     where = f" ({e.filename})" if e.filename else ""
     if is_no_space(e):
-        return OperationFailed(f"disk full while changing target '{target}'{where}; "
-                               "nothing was changed", "free some disk space and run it again")
+        return OperationFailed(_("disk full while changing target '%(target)s'%(where)s; "
+                                 "nothing was changed") % {"target": target, "where": where}, _("free some disk space and run it again"))
     if isinstance(e, PermissionError):
-        return OperationFailed(f"permission denied{where} while changing target '{target}'; "
-                               "nothing was changed",
-                               "run as the user that owns the environment, or fix its permissions")
-    return OperationFailed(f"{e.strerror or e}{where} while changing target '{target}'; nothing "
-                           "was changed", "fix the cause and run it again")
+        return OperationFailed(_("permission denied%(where)s while changing target "
+                                 "'%(target)s'; nothing was changed") % {"where": where, "target": target},
+                               _("run as the user that owns the environment, or fix its permissions"))
+    return OperationFailed(_("%(value)s%(where)s while changing target '%(target)s'; nothing was changed") % {"value": e.strerror or e, "where": where, "target": target}, _("fix the cause and run it again"))

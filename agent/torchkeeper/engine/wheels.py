@@ -11,6 +11,7 @@ empty 0.0.1 stubs whose summary says DEPRECATED. cuDNN keeps the suffix (``nvidi
 from __future__ import annotations
 
 from . import libs
+from ..i18n import _
 
 CUDA_MAJORS = (11, 12, 13)
 
@@ -46,9 +47,8 @@ def package(family: str, cuda_major: int) -> str:
     except KeyError:
         from ..errors import UsageError
 
-        raise UsageError(f"no NVIDIA wheel of {libs.FAMILY_TITLES.get(family, family)} is known "
-                         f"for CUDA {cuda_major}",
-                         f"use --cuda {' or '.join(map(str, CUDA_MAJORS))}") from None
+        raise UsageError(_("no NVIDIA wheel of %(get)s is known for CUDA %(cuda_major)s") % {"get": libs.FAMILY_TITLES.get(family, family), "cuda_major": cuda_major},
+                         _("use --cuda %(join)s") % {"join": ' or '.join(map(str, CUDA_MAJORS))}) from None
 
 
 def is_stub(name: str, version: str, cuda_major: int) -> bool:

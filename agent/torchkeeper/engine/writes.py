@@ -18,6 +18,7 @@ from .state import log_event, target_lock, warn
 from .status import still_holds
 from .txn import BackupStore, Change, Transaction, damaged, pending, resolve_damaged
 from .records import JsonObject, Manifest, Overlay, OverlayFile, StateData
+from ..i18n import _
 
 if TYPE_CHECKING:
     from .core import Engine
@@ -29,7 +30,7 @@ def apply(eng: Engine, name: str, force: bool = False, dry_run: bool = False, pr
         if damaged(eng.home, name) and not mixed.whole(eng, name):
             # an overlay over it would record its bundle's bytes as stock: revert first
             raise OperationFailed(mixed.mixed_message(name) + "; nothing was changed",
-                                  f"run `torchkeeper revert {name}` first (stock copies are kept)")
+                                  _("run `torchkeeper revert %(name)s` first (stock copies are kept)") % {"name": name})
         p, info, m = eng.plan(name)
         if p.refusals:
             raise Refused(f"target '{name}': the compatibility gate refuses bundle "
@@ -169,8 +170,7 @@ def _restore_change(eng: Engine, info, rel: str, prev: OverlayFile) -> Change:
                 f"(in the env {info.conda_prefix})")
     else:
         hint = f"reinstall torch: pip install --force-reinstall --no-deps torch=={info.torch_version}"
-    raise OperationFailed(f"no stock copy of {path} to restore (it was "
-                          f"{prev.get('prior', 'unknown')} before the overlay)", hint)
+    raise OperationFailed(_("no stock copy of %(path)s to restore (it was %(get)s before the overlay)") % {"path": path, "get": prev.get('prior', 'unknown')}, hint)
 
 
 def commit(eng: Engine, name: str, op: str, root: Path, meta: JsonObject, changes: list[Change]) -> None:
