@@ -142,4 +142,5 @@ def test_the_decision_module_does_no_io():
     tree = ast.parse(Path(m.__file__).read_text())
     imported = {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
     imported |= {(n.module or "").split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
-    assert imported <= {"__future__", "dataclasses", "enum"}, imported
+    # i18n: the words in the user's language, a lookup in the catalog loaded at start
+    assert imported <= {"__future__", "dataclasses", "enum", "i18n"}, imported
