@@ -12,6 +12,9 @@
 #   chromium, chromium-driver    a real browser for the dashboard (tests/test_dashboard_browser.py)
 #   python3-gi, gir1.2-glib-2.0  GLib's key file and launcher, how GNOME reads an autostart entry
 #                                (tests/test_autostart_exec.py, run with Debian's /usr/bin/python3)
+#   locales + zh_TW.UTF-8        Wine takes a Windows program's UI language from LANG only when that
+#                                Linux locale exists (tests/windows: a Traditional Chinese Windows);
+#                                torchkeeper itself needs no locale generated
 # As root: apt-get update + install. Otherwise: says what to install and exits 1.
 set -euo pipefail
 
@@ -47,7 +50,19 @@ if ! /usr/bin/python3 -c 'import gi; gi.require_version("Gio", "2.0"); from gi.r
     missing+=(python3-gi gir1.2-glib-2.0)
 fi
 
+command -v localedef >/dev/null 2>&1 || missing+=(locales)
+make_locale() {   # zh_TW.UTF-8 for Wine (see above)
+    locale -a 2>/dev/null | grep -qix 'zh_TW.utf8' && return 0
+    if [ "$(id -u)" -ne 0 ]; then
+        echo "tests/setup-system.sh: the zh_TW.UTF-8 locale is missing: sudo localedef -i zh_TW -f UTF-8 zh_TW.UTF-8" >&2
+        return 1
+    fi
+    echo "tests/setup-system.sh: generating the zh_TW.UTF-8 locale (for Wine)" >&2
+    localedef -i zh_TW -f UTF-8 zh_TW.UTF-8
+}
+
 if [ ${#missing[@]} -eq 0 ]; then
+    make_locale
     exit 0
 fi
 
@@ -62,3 +77,4 @@ export DEBIAN_FRONTEND=noninteractive
 # another apt (an unattended upgrade, a second test run) may hold the lock for a while: wait for it
 apt-get -o DPkg::Lock::Timeout=600 update -qq
 apt-get -o DPkg::Lock::Timeout=600 install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+make_locale

@@ -245,3 +245,36 @@ def test_the_tray_menu_in_each_language(lang, labels, tmp_path):
         i18n.activate("en")
     assert texts[3:8] == labels, texts
     assert len(set(sub) & {"Reapply", "Revert to stock"}) == (2 if lang == "en" else 0), sub
+
+
+def test_no_message_hides_inside_an_f_string():
+    """Babel's extractor does not look inside f-strings: a _() there never reaches a catalog."""
+    hidden = []
+    for path in sorted(PKG.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.JoinedStr):
+                hidden += [f"{path.relative_to(REPO)}:{c.lineno}" for c in ast.walk(node) if isinstance(c, ast.Call)
+                           and isinstance(c.func, ast.Name) and c.func.id in ("_", "ngettext", "N_")]
+    assert not hidden, hidden
+
+
+@pytest.mark.parametrize("lang, html_lang, words", [
+    ("zh_TW", "zh-Hant-TW", ["目標", "組合包", "設定", "覆蓋已失效", "重新套用", "還原為原始檔案"]),
+    ("zh_CN", "zh-Hans-CN", ["目标", "组合包", "设置", "覆盖已失效", "重新应用", "还原为原始文件"]),
+    ("ja", "ja", ["ターゲット", "バンドル", "設定", "オーバーレイ解除", "再適用", "標準ファイルに戻す"]),
+    ("en", "en", ["Targets", "Bundles", "Settings", "overlay undone", "Reapply", "Revert to stock"]),
+])
+def test_the_dashboard_pages_in_each_language(lang, html_lang, words):
+    """The agent serves the pages in its language (the HTML says which, for the browser's fonts)."""
+    from torchkeeper.dashboard import pages
+
+    status = {"targets": [{"name": "a1111", "state": "drifted", "torch_version": "2.3.1+cu121",
+                           "torch_cuda": "12.1", "cudnn_stock": "8.8.1", "cudnn_now": "8.8.1"}], "driver": None}
+    i18n.activate(lang)
+    try:
+        html = pages.layout("T", pages.targets_page(status, [], "C"), "C")
+    finally:
+        i18n.activate("en")
+    assert f'<html lang="{html_lang}">' in html
+    missing = [w for w in words if w not in html]
+    assert not missing, missing

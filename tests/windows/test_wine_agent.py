@@ -150,3 +150,29 @@ def test_first_run_under_wine_writes_the_config_and_tells_what_it_found(win, bui
     finally:
         shutil.rmtree(apps, ignore_errors=True)
 
+
+
+def test_a_traditional_chinese_windows_gets_chinese_toasts(win):
+    """A Windows whose display language is Traditional Chinese (Wine takes it from LANG, given
+    the Linux locale exists: tests/setup-system.sh makes it): GetUserPreferredUILanguages says
+    zh-TW, the first-run toast and the CLI are Chinese, and --json is the same as in English."""
+    zh = {"LANG": "zh_TW.UTF-8"}
+    r = win.py("-c", "from torchkeeper.platform.language import windows_languages as w; print(w())", env=zh)
+    assert r.out.strip() == "['zh-TW']", r
+    config = win.home / "config" / "config.toml"
+    default = config.read_text(encoding="utf-8")
+    config.unlink()                                     # a first run: it says what it found in a toast
+    log = win.home / "logs" / "agent.log"
+    start = log.stat().st_size if log.exists() else 0
+    try:
+        win.popen(["python", "-m", "torchkeeper", "run", "--headless"], env={"TORCHKEEPER_HOME": win.home, **zh})
+        wait_for(lambda: log.exists() and "toast found shown through" in log.read_bytes()[start:].decode("utf-8"),
+                 120, "the first-run toast")
+    finally:
+        kill_windows_processes(win.path(win.home))
+        config.write_text(default, encoding="utf-8")
+    (toast,) = [ln for ln in log.read_bytes()[start:].decode("utf-8").splitlines() if "toast key=found " in ln]
+    assert "title=torchkeeper：找" in toast, toast     # 找到 N 個 torch 安裝 / 找不到 torch 安裝
+    st = win.tk("status", env=zh)
+    assert "代理程式：" in st.out, st
+    assert win.tk("status", "--json", env=zh).out == win.tk("status", "--json").out

@@ -11,10 +11,17 @@ import html
 import time
 from urllib.parse import quote
 
+from .. import i18n
 from ..engine.records import JsonObject
+from ..i18n import N_, _, ngettext
 
-STATE_WORDS = {"patched": "overlay in place", "drifted": "overlay undone", "stock": "stock",
-               "incompatible": "bundle does not fit", "missing": "environment missing"}
+STATE_WORDS = {"patched": N_("overlay in place"), "drifted": N_("overlay undone"), "stock": N_("stock"),
+               "incompatible": N_("bundle does not fit"), "missing": N_("environment missing")}
+HTML_LANG = {"en": "en", "zh_TW": "zh-Hant-TW", "zh_CN": "zh-Hans-CN", "ja": "ja"}
+
+
+def state_words(state) -> str:
+    return _(STATE_WORDS[state]) if state in STATE_WORDS else str(state)
 
 
 def e(x) -> str:
@@ -30,11 +37,11 @@ def _form(action: str, label: str, csrf: str, extra: dict | None = None, cls: st
 
 def layout(title: str, body: str, csrf: str, paused: bool | None = None) -> str:
     nav = " ".join(f'<a href="{h}">{e(t)}</a>' for h, t in
-                   (("/", "Targets"), ("/bundles", "Bundles"), ("/found", "Found installs"),
-                    ("/settings", "Settings")))
-    banner = ('<p class="banner">Auto re-apply is paused. ' + _form("/api/pause", "Resume", csrf, {"paused": "0"})
-              + "</p>") if paused else ""
-    return (f'<!doctype html><html lang="en"><head><meta charset="utf-8">'
+                   (("/", _("Targets")), ("/bundles", _("Bundles")), ("/found", _("Found installs")),
+                    ("/settings", _("Settings"))))
+    banner = ('<p class="banner">' + e(_("Auto re-apply is paused.")) + " "
+              + _form("/api/pause", _("Resume"), csrf, {"paused": "0"}) + "</p>") if paused else ""
+    return (f'<!doctype html><html lang="{HTML_LANG.get(i18n.current(), "en")}"><head><meta charset="utf-8">'
             f'<meta name="viewport" content="width=device-width, initial-scale=1">'
             f'<meta name="csrf-token" content="{e(csrf)}">'
             f'<title>{e(title)} - torchkeeper</title><link rel="stylesheet" href="/static/style.css"></head>'
@@ -55,6 +62,7 @@ def _when(ts) -> str:
 
 def targets_page(status: JsonObject, events: list[JsonObject], csrf: str) -> str:
     rows = []
+    applied_note = _("(applied: %(name)s)")
     for t in status["targets"]:
         n = t["name"]
         rep = _last(events, "repaired", n)
@@ -64,30 +72,34 @@ def targets_page(status: JsonObject, events: list[JsonObject], csrf: str) -> str
         ratio = bench.get("ratio")
         gain = f"x{ratio:.2f}" if isinstance(ratio, (int, float)) else ""
         actions = "".join(_form(f"/api/targets/{quote(n, safe='')}/{a}", label, csrf)
-                          for a, label in (("reapply", "Reapply"), ("revert", "Revert to stock"),
-                                           ("check", "Check now")))
+                          for a, label in (("reapply", _("Reapply")), ("revert", _("Revert to stock")),
+                                           ("check", _("Check now"))))
         rows.append(
             f'<tr class="state-{e(t.get("state"))}"><td><a href="/targets/{e(quote(n, safe=""))}">{e(n)}</a></td>'
-            f'<td class="state">{e(STATE_WORDS.get(t.get("state"), t.get("state")))}</td>'
+            f'<td class="state">{e(state_words(t.get("state")))}</td>'
             f'<td>{e(t.get("torch_version"))}<br><small>CUDA {e(t.get("torch_cuda"))}</small></td>'
             f'<td>{e(t.get("cudnn_stock"))} &rarr; {e(t.get("cudnn_now"))}</td>'
-            f'<td>{e(chosen)}{"" if applied in (None, chosen) else " (applied: " + e(applied) + ")"}</td>'
+            f'<td>{e(chosen)}{"" if applied in (None, chosen) else " " + e(applied_note % {"name": applied})}</td>'
             f'<td>{e(_when(rep.get("ts"))) if rep else ""}<br>'
             f'{"<small>" + e(round(rep["latency"] * 1000)) + " ms</small>" if rep and isinstance(rep.get("latency"), (int, float)) else ""}</td>'
             f'<td>{e(gain)}</td>'
             f'<td>{e((t.get("standby") or {}).get("state"))}</td><td class="actions">{actions}</td></tr>')
-    table = ('<div class="scroll"><table><thead><tr><th>target</th><th>state</th><th>torch</th>'
-             '<th>cuDNN stock &rarr; now</th><th>bundle</th><th title="from the installer\'s last write">last repair</th>'
-             '<th>gain</th><th>standby</th><th></th></tr></thead><tbody>' + "".join(rows)
+    heads = "".join(f"<th{' title=' + chr(34) + e(tip) + chr(34) if tip else ''}>{e(h)}</th>" for h, tip in (
+        (_("target"), None), (_("state"), None), ("torch", None), (_("cuDNN stock → now"), None), (_("bundle"), None),
+        (_("last repair"), _("from the installer's last write")), (_("gain"), None), (_("standby"), None), ("", None)))
+    table = ('<div class="scroll"><table><thead><tr>' + heads + '</tr></thead><tbody>' + "".join(rows)
              + '</tbody></table></div>') if rows else \
-        "<p>No targets yet: add one with <code>torchkeeper target add PATH</code>, or Manage a found install.</p>"
+        "<p>" + _("No targets yet: add one with %(cmd)s, or Manage a found install.") % {
+            "cmd": "<code>torchkeeper target add PATH</code>"} + "</p>"
     d = status.get("driver") or {}
-    driver = (f"driver {e(d.get('version'))}, CUDA {e(d.get('cuda'))}" if d.get("state") == "ok"
-              else e(d.get("message") or "driver not checked"))
+    driver = (e(_("driver %(version)s") % {"version": d.get("version")}) + f", CUDA {e(d.get('cuda'))}"
+              if d.get("state") == "ok" else e(d.get("message") or _("driver not checked")))
     times = [ev["latency"] for ev in events if ev.get("event") == "repaired"
              and isinstance(ev.get("latency"), (int, float))][-30:]
-    chart = ("<h2>Repair times, last " + str(len(times)) + "</h2>"
-             + bars([t * 1000 for t in times], unit="ms", label="time from the installer's last write to verified"))\
+    chart = ("<h2>" + e(ngettext("Repair time, the last one", "Repair times, last %(n)d", len(times))
+                        % {"n": len(times)}) + "</h2>"
+             + bars([t * 1000 for t in times], unit="ms",
+                    label=_("time from the installer's last write to verified")))\
         if times else ""
     drift = timeline(events)
     return table + f'<p class="driver">{driver}</p>' + chart + drift
@@ -97,48 +109,57 @@ def target_page(t: JsonObject, plan: JsonObject | None, plan_error: str | None, 
                 csrf: str, way_back: list[JsonObject] | None = None) -> str:
     n = t["name"]
     parts = [f'<p>{e(t["site_packages"])}</p><p class="state state-{e(t.get("state"))}">'
-             f'{e(STATE_WORDS.get(t.get("state"), t.get("state")))}</p>']
+             f'{e(state_words(t.get("state")))}</p>']
+    file_, hint = _("file"), _("hint: %(hint)s")
     if plan is not None:
         steps = "".join(f'<tr><td>{e(s.get("rel") or s.get("key"))}</td><td>{e(s.get("action"))}</td>'
                         f'<td>{e(s.get("prior"))}</td><td>{e(s.get("stock_source"))}</td></tr>'
                         for s in plan.get("files", []))
         reasons = "".join(f'<li class="{e(r.get("level"))}"><strong>{e(r.get("level"))}</strong> '
                           f'[{e(r.get("rule"))}] {e(r.get("message"))}'
-                          f'{"<br><small>hint: " + e(r["hint"]) + "</small>" if r.get("hint") else ""}</li>'
+                          f'{"<br><small>" + e(hint % {"hint": r["hint"]}) + "</small>" if r.get("hint") else ""}</li>'
                           for r in plan.get("reasons", []))
-        table = (f'<div class="scroll"><table><thead><tr><th>file</th><th>action</th><th>now</th>'
-                 f'<th>stock hash from</th></tr></thead><tbody>{steps}</tbody></table></div>') if steps \
-            else "<p>Nothing to change: every file of the bundle is in place.</p>"
-        parts.append(f'<h2>Plan: bundle {e(plan.get("bundle_name"))} &mdash; {e(plan.get("verdict"))}</h2>'
+        heads = "".join(f"<th>{e(h)}</th>" for h in (file_, _("action"), _("now"), _("stock hash from")))
+        table = (f'<div class="scroll"><table><thead><tr>{heads}</tr></thead><tbody>{steps}</tbody>'
+                 '</table></div>') if steps \
+            else "<p>" + e(_("Nothing to change: every file of the bundle is in place.")) + "</p>"
+        parts.append("<h2>" + e(_("Plan: bundle %(name)s — %(verdict)s") % {
+                     "name": plan.get("bundle_name"), "verdict": plan.get("verdict")}) + "</h2>"
                      f'{table}<ul class="reasons">{reasons}</ul>')
     elif plan_error:
-        parts.append(f'<p class="note">No plan: {e(plan_error)}</p>')
+        parts.append('<p class="note">' + e(_("No plan: %(why)s") % {"why": plan_error}) + "</p>")
     applied = t.get("applied")
     if applied:
+        same, none, kept, missing = _("same bytes as stock: nothing to keep"), _("none"), _("kept"), _("missing")
         rows = "".join(
             f'<tr><td>{e(w["rel"])}</td><td>{e(w["prior"])}</td>'
-            f'<td>{"same bytes as stock: nothing to keep" if w["same_as_stock"] else e(w["backup"] or "none")}</td>'
-            f'<td>{"" if w["same_as_stock"] or not w["backup"] else ("kept" if w["present"] else "<strong>missing</strong>")}</td></tr>'
+            f'<td>{e(same) if w["same_as_stock"] else e(w["backup"] or none)}</td>'
+            f'<td>{"" if w["same_as_stock"] or not w["backup"] else (e(kept) if w["present"] else "<strong>" + e(missing) + "</strong>")}</td></tr>'
             for w in (way_back or []))
-        parts.append(f'<h2>Way back</h2><p>{e(applied.get("files"))} files replaced by bundle '
-                     f'{e(applied.get("bundle_name"))} on {e(applied.get("at"))}; Revert puts back the bytes '
-                     f'kept here:</p>' + (f'<div class="scroll"><table><thead><tr><th>file</th><th>was</th>'
-                                          f'<th>backup</th><th></th></tr></thead><tbody>{rows}</tbody></table></div>'
-                                          if rows else ""))
+        parts.append("<h2>" + e(_("Way back")) + "</h2><p>" + e(_(
+            "%(n)s files replaced by bundle %(name)s on %(at)s; Revert puts back the bytes kept here:") % {
+            "n": applied.get("files"), "name": applied.get("bundle_name"), "at": applied.get("at")}) + "</p>"
+            + ('<div class="scroll"><table><thead><tr>' + "".join(f"<th>{e(h)}</th>" for h in (file_, _("was"), _("backup"), ""))
+               + f'</tr></thead><tbody>{rows}</tbody></table></div>' if rows else ""))
     parts.append("".join(_form(f"/api/targets/{quote(n, safe='')}/{a}", label, csrf)
-                         for a, label in (("reapply", "Reapply"), ("revert", "Revert to stock"),
-                                          ("check", "Check now"))))
+                         for a, label in (("reapply", _("Reapply")), ("revert", _("Revert to stock")),
+                                          ("check", _("Check now")))))
     mine = [ev for ev in events if ev.get("target") == n][-40:]
     items = "".join(f'<li><time>{e(ev.get("time"))}</time> {e(ev.get("event"))}'
                     f'{" &mdash; " + e(ev.get("decision") or ev.get("why") or ev.get("message") or "") if (ev.get("decision") or ev.get("why") or ev.get("message")) else ""}</li>'
                     for ev in reversed(mine))
-    parts.append(f"<h2>Events</h2><ol class=\"events\">{items or '<li>none yet</li>'}</ol>")
+    parts.append("<h2>" + e(_("Events")) + '</h2><ol class="events">' + (items or "<li>" + e(_("none yet")) + "</li>")
+                 + "</ol>")
     bench = t.get("last_bench")
     if bench and isinstance(bench.get("ratio"), (int, float)):
-        parts.append(f"<h2>Measured gain: x{float(bench['ratio']):.2f}</h2>"
+        parts.append("<h2>" + e(_("Measured gain: x%(ratio).2f") % {"ratio": float(bench["ratio"])}) + "</h2>"
                      f"<p><small>{e(bench.get('gpu'))}, {e(bench.get('time'))}</small></p>"
                      + workloads(bench.get("parts") or {}, str(bench.get("bundle_name") or "overlay")))
     return "".join(parts)
+
+
+def _files(n: int) -> str:
+    return ngettext("%(n)d file:", "%(n)d files:", n) % {"n": n}
 
 
 def bundles_page(bundles: list[JsonObject], status: JsonObject) -> str:
@@ -148,21 +169,23 @@ def bundles_page(bundles: list[JsonObject], status: JsonObject) -> str:
             users.setdefault(bid, []).append(t["name"])
     rows = "".join(
         f'<tr><td>{e(b.get("name"))}</td><td>{e(b.get("platform"))}</td><td>CUDA {e(b.get("cuda"))}, '
-        f'cuDNN {e(b.get("cudnn"))}</td><td>{e(len(b.get("files") or []))} files: '
+        f'cuDNN {e(b.get("cudnn"))}</td><td>{e(_files(len(b.get("files") or [])))} '
         f'{e(", ".join(f.get("name", "") for f in (b.get("files") or [])[:6]))}</td>'
         f'<td>{e(", ".join(str(s) for s in (b.get("sources") or [])[:3]))}</td>'
         f'<td>{e(", ".join(sorted(set(users.get(b.get("id"), [])))))}</td></tr>' for b in bundles)
-    return ('<div class="scroll"><table><thead><tr><th>bundle</th><th>platform</th><th>versions</th><th>holds</th>'
-            f'<th>came from</th><th>used by</th></tr></thead><tbody>{rows}</tbody></table></div>') if bundles \
-        else "<p>No bundles yet: <code>torchkeeper bundle fetch --for TARGET</code> or <code>bundle create</code>.</p>"
+    heads = "".join(f"<th>{e(h)}</th>" for h in (_("bundle"), _("platform"), _("versions"), _("holds"),
+                                                 _("came from"), _("used by")))
+    return ('<div class="scroll"><table><thead><tr>' + heads + f'</tr></thead><tbody>{rows}</tbody></table></div>') \
+        if bundles else "<p>" + _("No bundles yet: %(fetch)s or %(create)s.") % {
+            "fetch": "<code>torchkeeper bundle fetch --for TARGET</code>", "create": "<code>bundle create</code>"} + "</p>"
 
 
 def found_page(found: list, csrf: str) -> str:
     if not found:
-        return "<p>No unmanaged torch installs found.</p>"
+        return "<p>" + e(_("No unmanaged torch installs found.")) + "</p>"
     rows = "".join(f'<tr><td>{e(f.label)}</td><td>{e(f.path)}</td><td>'
-                   + _form("/api/manage", "Manage", csrf, {"path": f.path})
-                   + (_form("/api/manage", "Manage, get it and apply", csrf, {"path": f.path, "fetch": "1"})
+                   + _form("/api/manage", _("Manage"), csrf, {"path": f.path})
+                   + (_form("/api/manage", _("Manage, get it and apply"), csrf, {"path": f.path, "fetch": "1"})
                       if f.suggestion else "") + f'<small>{e(f.suggestion or "")}</small></td></tr>'
                    for f in found)
     return f'<div class="scroll"><table><tbody>{rows}</tbody></table></div>'
@@ -171,20 +194,22 @@ def found_page(found: list, csrf: str) -> str:
 def settings_page(view, csrf: str, notifications: bool | None = None) -> str:
     paused = bool(getattr(view, "paused", False))
     auto = getattr(view, "autostart", None)
-    rows = [f'<tr><td>Auto re-apply</td><td>{"paused" if paused else "on"}</td><td>'
-            + _form("/api/pause", "Resume" if paused else "Pause", csrf, {"paused": "0" if paused else "1"})
+    on, off, auto_word, paused_word = _("on"), _("off"), _("Auto re-apply"), _("paused")
+    login, notes = _("Start at login"), _("Notifications")
+    rows = [f'<tr><td>{e(auto_word)}</td><td>{e(paused_word if paused else on)}</td><td>'
+            + _form("/api/pause", _("Resume") if paused else _("Pause"), csrf, {"paused": "0" if paused else "1"})
             + "</td></tr>"]
     if auto is not None:
-        rows.append(f'<tr><td>Start at login</td><td>{"on" if auto else "off"}</td><td>'
-                    + _form("/api/autostart", "Turn off" if auto else "Turn on", csrf,
+        rows.append(f'<tr><td>{e(login)}</td><td>{e(on if auto else off)}</td><td>'
+                    + _form("/api/autostart", _("Turn off") if auto else _("Turn on"), csrf,
                             {"enabled": "0" if auto else "1"}) + "</td></tr>")
     if notifications is not None:
-        rows.append(f'<tr><td>Notifications</td><td>{"on" if notifications else "off"}</td><td>'
-                    + _form("/api/notifications", "Turn off" if notifications else "Turn on", csrf,
+        rows.append(f'<tr><td>{e(notes)}</td><td>{e(on if notifications else off)}</td><td>'
+                    + _form("/api/notifications", _("Turn off") if notifications else _("Turn on"), csrf,
                             {"enabled": "0" if notifications else "1"}) + "</td></tr>")
     return ("<table><tbody>" + "".join(rows) + "</tbody></table>"
-            "<p><small>The rest: config.toml (<code>torchkeeper doctor</code> says where); "
-            "the agent reads it again when it changes.</small></p>")
+            "<p><small>" + _("The rest: config.toml (%(cmd)s says where); the agent reads it again when it "
+                            "changes.") % {"cmd": "<code>torchkeeper doctor</code>"} + "</small></p>")
 
 
 def bars(values: list[float], unit: str, label: str, names: list[str] | None = None,
@@ -209,7 +234,9 @@ def bars(values: list[float], unit: str, label: str, names: list[str] | None = N
     med = sorted(values)[n // 2]
     return (f'<figure><svg class="chart" viewBox="0 0 {width} {height}" role="img" aria-label="{e(label)}">'
             f'<line x1="{pad}" y1="{height - pad}" x2="{width}" y2="{height - pad}" class="axis"/>'
-            + "".join(rects) + f'<text x="{pad}" y="14">max {top:.3g} {e(unit)}, median {med:.3g} {e(unit)}</text>'
+            + "".join(rects) + f'<text x="{pad}" y="14">'
+            + e(_("max %(top).3g %(unit)s, median %(med).3g %(unit)s") % {"top": top, "med": med, "unit": unit})
+            + '</text>'
             f'</svg><figcaption>{e(label)}</figcaption></figure>')
 
 
@@ -230,9 +257,9 @@ def timeline(events: list[JsonObject], days: int = 14) -> str:
             rep[i] += 1
     if not any(drift) and not any(rep):
         return ""
-    return ("<h2>Drifts and repairs, last 14 days</h2>"
-            + bars([float(x) for x in drift], unit="drifts", label="drift events per day (oldest first)")
-            + bars([float(x) for x in rep], unit="repairs", label="repairs per day (oldest first)"))
+    return ("<h2>" + e(_("Drifts and repairs, last 14 days")) + "</h2>"
+            + bars([float(x) for x in drift], unit=_("drifts"), label=_("drift events per day (oldest first)"))
+            + bars([float(x) for x in rep], unit=_("repairs"), label=_("repairs per day (oldest first)")))
 
 
 def workloads(parts: JsonObject, bundle: str, width: int = 640) -> str:
@@ -251,7 +278,7 @@ def workloads(parts: JsonObject, bundle: str, width: int = 640) -> str:
     for i, w in enumerate(names):
         y = 10 + i * row
         out.append(f'<text x="0" y="{y + bar + 4}">{e(w)}</text>')
-        for j, (side, label, cls) in enumerate(((stock, "stock", "stock"), (mine, bundle, "mine"))):
+        for j, (side, label, cls) in enumerate(((stock, _("stock"), "stock"), (mine, bundle, "mine"))):
             p = side[w]
             yy = y + j * (bar + 2)
             lo, hi = p.get("min", p["it_s"]), p.get("max", p["it_s"])
@@ -261,6 +288,7 @@ def workloads(parts: JsonObject, bundle: str, width: int = 640) -> str:
                        f'y1="{yy + bar / 2}" y2="{yy + bar / 2}"/>'
                        f'<text x="{pad + hi * scale + 4:.1f}" y="{yy + bar - 3}">{p["it_s"]:.3g}</text>')
     return (f'<figure><svg class="chart" viewBox="0 0 {width} {height}" role="img" '
-            f'aria-label="iterations per second per workload, stock and {e(bundle)}">' + "".join(out)
-            + f'</svg><figcaption>iterations per second per workload: stock (grey) and {e(bundle)} (blue), '
-              f'the line: the spread of the repeats</figcaption></figure>')
+            'aria-label="' + e(_("iterations per second per workload, stock and %(bundle)s") % {"bundle": bundle})
+            + '">' + "".join(out) + "</svg><figcaption>" + e(_(
+                "iterations per second per workload: stock (grey) and %(bundle)s (blue), the line: the spread of "
+                "the repeats") % {"bundle": bundle}) + "</figcaption></figure>")

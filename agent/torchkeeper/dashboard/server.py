@@ -27,6 +27,7 @@ from ..daemon import view as V
 from ..engine.records import JsonObject
 from . import pages
 from .security import COOKIE, CSRF_HEADER, STATUS, Keys, Verdict, check
+from ..i18n import _
 
 log = logging.getLogger("torchkeeper.agent")
 
@@ -184,7 +185,7 @@ class Dashboard:
         return pages.layout(title, body, bottle.request.environ["tk.csrf"], self.data.paused())
 
     def _page_targets(self):
-        return self._page("Targets", pages.targets_page(self.data.status(), self.data.events(),
+        return self._page(_("Targets"), pages.targets_page(self.data.status(), self.data.events(),
                                                         bottle.request.environ["tk.csrf"]))
 
     def _page_target(self, name: str):
@@ -193,19 +194,19 @@ class Dashboard:
         if t is None:
             bottle.abort(404, "")
         plan, err = self.data.plan(name)
-        return self._page(f"Target {name}", pages.target_page(t, plan, err, self.data.events(),
+        return self._page(_("Target %(name)s") % {"name": name}, pages.target_page(t, plan, err, self.data.events(),
                                                               bottle.request.environ["tk.csrf"],
                                                               self.data.way_back(name)))
 
     def _page_bundles(self):
-        return self._page("Bundles", pages.bundles_page(self.data.bundles(), self.data.status()))
+        return self._page(_("Bundles"), pages.bundles_page(self.data.bundles(), self.data.status()))
 
     def _page_found(self):
-        return self._page("Found installs", pages.found_page(self.controller.view().found,
+        return self._page(_("Found installs"), pages.found_page(self.controller.view().found,
                                                              bottle.request.environ["tk.csrf"]))
 
     def _page_settings(self):
-        return self._page("Settings", pages.settings_page(self.controller.view(), bottle.request.environ["tk.csrf"],
+        return self._page(_("Settings"), pages.settings_page(self.controller.view(), bottle.request.environ["tk.csrf"],
                                                           self.data.notifications()))
 
     # -- the API
