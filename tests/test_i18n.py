@@ -278,3 +278,10 @@ def test_the_dashboard_pages_in_each_language(lang, html_lang, words):
     assert f'<html lang="{html_lang}">' in html
     missing = [w for w in words if w not in html]
     assert not missing, missing
+
+
+def test_a_console_without_the_characters_shows_question_marks_not_a_traceback(run_tk):
+    """Japanese asked for where stdout's encoding has no kana (a cp1252 pipe on Windows): the
+    command still works; PYTHONUTF8 off and PYTHONIOENCODING=ascii play that console here."""
+    r = run_tk("status", extra_env={"TORCHKEEPER_LANG": "ja", "PYTHONUTF8": "0", "PYTHONIOENCODING": "ascii"})
+    assert r.rc == 0 and "Traceback" not in r.err and "?" in r.out, r

@@ -907,6 +907,11 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     _language(args)   # the environment's and the OS's, until the config is read
+    for stream in (sys.stdout, sys.stderr):
+        # a console or pipe in a code page without the language's characters (Japanese asked for
+        # on a cp1252 Windows, a target named in another script) shows "?" instead of failing
+        if stream is not None and getattr(stream, "errors", None) == "strict" and hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="replace")
     try:
         if args.fn is cmd_run:  # the agent reports a broken config itself and keeps going
             return cmd_run(args)

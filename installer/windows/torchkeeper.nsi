@@ -1,9 +1,13 @@
 ; torchkeeper-setup.exe: a per-user installer (no admin rights) for the PyInstaller app.
-;   makensis -DSRC=<dist\torchkeeper> -DVERSION=0.1.0 -DOUTFILE=<torchkeeper-setup.exe> torchkeeper.nsi
+;   makensis -INPUTCHARSET UTF8 -DSRC=<dist\torchkeeper> -DVERSION=0.1.0 -DOUTFILE=<torchkeeper-setup.exe> torchkeeper.nsi
 ; Installs into %LOCALAPPDATA%\Programs\torchkeeper: a Start-menu shortcut, the toast
 ; AppUserModelID, an "Apps & features" entry; start at login unless /NoAutostart (the user's
 ; earlier "off" is kept: --if-not-declined); then starts the agent.
 ; Silent: /S [/NoAutostart]. The uninstaller: /S [/RemoveCache].
+; In English, Traditional and Simplified Chinese and Japanese: NSIS picks the user's Windows
+; display language when it has it (else English), and records it as the Apps & features entry's
+; "Language" (what torchkeeper's own messages follow is the same system setting).
+; This file is UTF-8 (its LangStrings): makensis -INPUTCHARSET UTF8.
 
 ; a 64-bit installer for a 64-bit app (and Wine without wine32 runs only these)
 Target amd64-unicode
@@ -42,14 +46,35 @@ BrandingText "${APP} ${VERSION}"
 !define MUI_COMPONENTSPAGE_NODESC
 !define MUI_FINISHPAGE_RUN "$INSTDIR\torchkeeper.exe"
 !define MUI_FINISHPAGE_RUN_PARAMETERS "run"
-!define MUI_FINISHPAGE_RUN_TEXT "Start torchkeeper now"
+!define MUI_FINISHPAGE_RUN_TEXT "$(StartNow)"
 !insertmacro MUI_PAGE_COMPONENTS
 !insertmacro MUI_PAGE_DIRECTORY
 !insertmacro MUI_PAGE_INSTFILES
 !insertmacro MUI_PAGE_FINISH
 !insertmacro MUI_UNPAGE_COMPONENTS
 !insertmacro MUI_UNPAGE_INSTFILES
+; the first is the default for a system language that is not here
 !insertmacro MUI_LANGUAGE "English"
+!insertmacro MUI_LANGUAGE "TradChinese"
+!insertmacro MUI_LANGUAGE "SimpChinese"
+!insertmacro MUI_LANGUAGE "Japanese"
+
+LangString StartNow ${LANG_ENGLISH} "Start torchkeeper now"
+LangString StartNow ${LANG_TRADCHINESE} "立即啟動 torchkeeper"
+LangString StartNow ${LANG_SIMPCHINESE} "立即启动 torchkeeper"
+LangString StartNow ${LANG_JAPANESE} "今すぐ torchkeeper を起動"
+LangString SecAppName ${LANG_ENGLISH} "torchkeeper (required)"
+LangString SecAppName ${LANG_TRADCHINESE} "torchkeeper（必要）"
+LangString SecAppName ${LANG_SIMPCHINESE} "torchkeeper（必需）"
+LangString SecAppName ${LANG_JAPANESE} "torchkeeper（必須）"
+LangString SecAutostartName ${LANG_ENGLISH} "Start torchkeeper when I log in"
+LangString SecAutostartName ${LANG_TRADCHINESE} "登入時啟動 torchkeeper"
+LangString SecAutostartName ${LANG_SIMPCHINESE} "登录时启动 torchkeeper"
+LangString SecAutostartName ${LANG_JAPANESE} "ログイン時に torchkeeper を起動"
+LangString SecUnCacheName ${LANG_ENGLISH} "Remove the bundle cache (downloaded CUDA / cuDNN libraries)"
+LangString SecUnCacheName ${LANG_TRADCHINESE} "移除組合包快取（已下載的 CUDA / cuDNN 程式庫）"
+LangString SecUnCacheName ${LANG_SIMPCHINESE} "移除组合包缓存（已下载的 CUDA / cuDNN 库）"
+LangString SecUnCacheName ${LANG_JAPANESE} "バンドルのキャッシュを削除（ダウンロードした CUDA / cuDNN ライブラリ）"
 
 ; the running agent holds its exe: stop it (after the change it is writing) before files change
 !macro StopAgent
@@ -59,7 +84,7 @@ BrandingText "${APP} ${VERSION}"
   ${EndIf}
 !macroend
 
-Section "torchkeeper (required)" SecApp
+Section "$(SecAppName)" SecApp
   SectionIn RO
   SetShellVarContext current
   !insertmacro StopAgent
@@ -81,12 +106,13 @@ Section "torchkeeper (required)" SecApp
   WriteRegStr HKCU "${UNINST_KEY}" "QuietUninstallString" '"$INSTDIR\uninstall.exe" /S'
   WriteRegDWORD HKCU "${UNINST_KEY}" "NoModify" 1
   WriteRegDWORD HKCU "${UNINST_KEY}" "NoRepair" 1
+  WriteRegDWORD HKCU "${UNINST_KEY}" "Language" $LANGUAGE
   ${GetSize} "$INSTDIR" "/S=0K" $0 $1 $2
   IntFmt $0 "0x%08X" $0
   WriteRegDWORD HKCU "${UNINST_KEY}" "EstimatedSize" "$0"
 SectionEnd
 
-Section "Start torchkeeper when I log in" SecAutostart
+Section "$(SecAutostartName)" SecAutostart
   ; the user left this ticked; an earlier "off" of theirs stays off (--if-not-declined)
   nsExec::ExecToLog '"$INSTDIR\torchkeeper-cli.exe" autostart enable --if-not-declined --by installer'
   Pop $0
@@ -108,10 +134,10 @@ Function .onInstSuccess
   ${EndIf}
 FunctionEnd
 
-Section /o "un.Remove the bundle cache (downloaded CUDA / cuDNN libraries)" SecUnCache
+Section /o "un.$(SecUnCacheName)" SecUnCache
 SectionEnd
 
-Section "un.torchkeeper (required)" SecUnApp
+Section "un.$(SecAppName)" SecUnApp
   SectionIn RO
   SetShellVarContext current
   ; stop the agent, remove the start-at-login entry (the user's choice is kept for a

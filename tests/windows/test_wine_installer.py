@@ -97,7 +97,7 @@ def _build(win: winkit.Win) -> dict:
         dist = out / "dist" / "torchkeeper"
         setup = out / "torchkeeper-setup.exe"
         t0 = time.monotonic()
-        m = subprocess.run(["makensis", "-V2", f"-DSRC={dist}", f"-DVERSION={_version()}",
+        m = subprocess.run(["makensis", "-V2", "-INPUTCHARSET", "UTF8", f"-DSRC={dist}", f"-DVERSION={_version()}",
                             f"-DOUTFILE={setup}", str(NSI)], capture_output=True, text=True, timeout=300)
         assert m.returncode == 0 and setup.is_file(), m.stdout + m.stderr
         info = {"dist": str(dist), "setup": str(setup), "pyinstaller_s": round(pyinstaller_s, 1),
@@ -179,11 +179,16 @@ def test_frozen_cli_runs(win, built):
     data = Path(built["dist"]) / "_internal" / "torchkeeper" / "_data"
     assert (data / "config.toml").is_file() and (data / "icons" / "torchkeeper.ico").is_file()
     assert list((Path(built["dist"]) / "_internal" / "winrt").glob("_winrt*.pyd"))  # toasts' WinRT
+    # the catalogs travel with the app: a Traditional Chinese Windows reads Chinese
+    zh = win.run([cli, "status"], env={"TORCHKEEPER_HOME": win.home, "LANG": "zh_TW.UTF-8"}, encoding="cp950")
+    assert "代理程式：未執行" in zh.out, zh
 
 
 def test_silent_install_start_and_uninstall(win, built):
     setup = Path(built["setup"])
-    env = {"TORCHKEEPER_HOME": win.home}
+    # a Traditional Chinese Windows (Wine takes the display language from LANG): the installer
+    # speaks it and records it as the entry's Language (0x404)
+    env = {"TORCHKEEPER_HOME": win.home, "LANG": "zh_TW.UTF-8"}
     local = _win_env(win, "LOCALAPPDATA")
     app = local / "Programs" / "torchkeeper"
     lnk = _win_env(win, "APPDATA") / "Microsoft" / "Windows" / "Start Menu" / "Programs" / "torchkeeper.lnk"
@@ -202,6 +207,7 @@ def test_silent_install_start_and_uninstall(win, built):
             assert u["DisplayName"] == "torchkeeper" and u["DisplayVersion"] == _version()
             assert win.unix(u["InstallLocation"]) == app and "uninstall.exe" in u["UninstallString"]
             assert u["NoModify"] == "0x1" and int(u["EstimatedSize"], 16) > 10_000  # KB
+            assert u["Language"] == "0x404", u
             assert win.unix(u["DisplayIcon"]).is_file()
             a = _reg(AUMID_KEY)
             assert a and a["DisplayName"] == "torchkeeper" and win.unix(a["IconUri"]).is_file()

@@ -358,10 +358,13 @@ class Win:
 
     # -- running
     def run(self, args: Sequence[Arg], env: Mapping[str, object] | None = None, timeout: float = 120,
-            cwd: Union[str, os.PathLike, None] = None, input: str | None = None) -> WinResult:
+            cwd: Union[str, os.PathLike, None] = None, input: str | None = None,
+            encoding: str = "utf-8") -> WinResult:
         """Run a Windows program: args[0] is "python" (the base python.exe), a Windows path, or a
         Linux path (a pathlib.Path anywhere in args becomes its Z:\\ path). stdin is /dev/null
-        (or ``input``), stdout and stderr are pipes: CPython aborts on a closed stdin or a file."""
+        (or ``input``), stdout and stderr are pipes: CPython aborts on a closed stdin or a file.
+        ``encoding``: a frozen app ignores PYTHONUTF8 and writes a pipe in the ANSI code page
+        (cp950 on a Traditional Chinese Windows)."""
         args = list(args)
         exe = self.python if args and args[0] == "python" else self._arg(args[0])
         argv = ["wine", exe, *(self._arg(a) for a in args[1:])]
@@ -369,7 +372,7 @@ class Win:
         p = subprocess.run(argv, env=self.env(env), cwd=str(cwd or self.tmp),
                            input=input, stdin=None if input is not None else subprocess.DEVNULL,
                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=timeout,
-                           encoding="utf-8", errors="replace")
+                           encoding=encoding, errors="replace")
         return WinResult([exe, *argv[2:]], p.returncode, p.stdout, p.stderr, time.monotonic() - t0)
 
     def popen(self, args: Sequence[Arg], env: Mapping[str, object] | None = None,
