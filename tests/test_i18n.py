@@ -134,6 +134,10 @@ def _literal_text(node) -> bool:
     """A string a person would read, written in place: a literal with words, or an f-string."""
     if isinstance(node, ast.IfExp):
         return _literal_text(node.body) or _literal_text(node.orelse)
+    if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Add):   # "words " + name
+        return _literal_text(node.left) or _literal_text(node.right)
+    if isinstance(node, ast.BoolOp):                                   # lines or "none yet"
+        return any(_literal_text(v) for v in node.values)
     if isinstance(node, ast.JoinedStr):
         return any(isinstance(v, ast.Constant) and any(c.isalpha() for c in v.value) for v in node.values)
     return isinstance(node, ast.Constant) and isinstance(node.value, str) and \
@@ -285,3 +289,14 @@ def test_a_console_without_the_characters_shows_question_marks_not_a_traceback(r
     command still works; PYTHONUTF8 off and PYTHONIOENCODING=ascii play that console here."""
     r = run_tk("status", extra_env={"TORCHKEEPER_LANG": "ja", "PYTHONUTF8": "0", "PYTHONIOENCODING": "ascii"})
     assert r.rc == 0 and "Traceback" not in r.err and "?" in r.out, r
+
+
+@pytest.mark.parametrize("lang, words", [
+    ("zh_TW.UTF-8", ["用法：", "選項", "還原原始檔案", "機器可讀的輸出"]),
+    ("zh_CN.UTF-8", ["用法：", "选项", "还原原始文件", "机器可读的输出"]),
+    ("ja_JP.UTF-8", ["使い方: ", "オプション", "標準ファイルに戻す", "機械可読な出力"]),
+    ("C", ["usage: ", "options", "restore the stock files", "machine-readable output"]),
+])
+def test_help_in_each_language(lang, words, run_tk):
+    r = run_tk("revert", "--help", extra_env=_env(lang))
+    assert r.rc == 0 and all(w in r.out for w in words), r

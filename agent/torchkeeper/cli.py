@@ -18,10 +18,27 @@ from .errors import DRIFT, FAILED, OK, TKError, UsageError
 from .engine.records import JsonObject
 
 
+class _Formatter(argparse.HelpFormatter):
+    def add_usage(self, usage, actions, groups, prefix=None):
+        super().add_usage(usage, actions, groups, _("usage: ") if prefix is None else prefix)
+
+
 class _Parser(argparse.ArgumentParser):
+    """argparse in the user's language: its headings and -h through our catalog (argparse's own
+    catalog is not installed with Python); its error messages stay English."""
+
+    def __init__(self, *args, **kw):
+        kw.setdefault("formatter_class", _Formatter)
+        add_help = kw.pop("add_help", True)
+        super().__init__(*args, add_help=False, **kw)
+        self._positionals.title = _("positional arguments")
+        self._optionals.title = _("options")
+        if add_help:
+            self.add_argument("-h", "--help", action="help", help=_("show this help message and exit"))
+
     def error(self, message):  # usage errors exit 2 with a hint, like every other error
         self.print_usage(sys.stderr)
-        print(f"error: {message}\nhint: see `{self.prog} --help`", file=sys.stderr)
+        print(f"error: {message}\nhint: " + _("see `%(prog)s --help`") % {"prog": self.prog}, file=sys.stderr)
         raise SystemExit(2)
 
 
@@ -131,14 +148,15 @@ def cmd_discover(args, eng):
     w = max([18, *(len(f.app) for f in found)])
     lines = [f"{f.app:<{w}} torch {f.torch_version or '?':<16} {f.path}" for f in found]
     if not found:
-        lines = ["no torch installs found under " + ", ".join(str(r) for r in roots)]
+        lines = [_("no torch installs found under %(roots)s") % {"roots": ", ".join(str(r) for r in roots)}]
     if added:
-        lines.append(f"added {len(added)} target(s): {', '.join(added)}")
+        lines.append(ngettext("added %(n)d target: %(names)s", "added %(n)d targets: %(names)s", len(added))
+                     % {"n": len(added), "names": ", ".join(added)})
     timed_out = bool(getattr(found, "timed_out", False))
     if timed_out:
-        lines.append("the search stopped at its time limit: give a folder to search it fully")
+        lines.append(_("the search stopped at its time limit: give a folder to search it fully"))
     notes = list(getattr(found, "notes", []))
-    lines += [f"note: {n}" for n in notes]
+    lines += [_("note: %(note)s") % {"note": n} for n in notes]
     _emit(args, {"found": rows, "added": added, "changed": bool(added), "timed_out": timed_out, "notes": notes},
           "\n".join(lines))
     return OK
@@ -148,24 +166,28 @@ def cmd_discover(args, eng):
 def _bundle_line(m):
     from .engine.bundle import describe
 
-    return f"{m['name']:<28} {m['id'][:12]}  {describe(m)}, {len(m['files'])} files"
+    return f"{m['name']:<28} {m['id'][:12]}  {describe(m)}, " + ngettext("%(n)d file", "%(n)d files", len(m["files"])) % {
+        "n": len(m["files"])}
 
 
 def cmd_bundle_create(args, eng):
     from .engine.bundle import public
 
     m, created = eng.bundles.create(args.sources, args.name, args.cuda, args.cudnn)
-    lines = [("created bundle " if created else "already in the cache: ") + _bundle_line(m)]
+    lines = [(_("created bundle %(what)s") if created else _("already in the cache: %(what)s")) % {"what": _bundle_line(m)}]
     if not created and args.name and args.name != m["name"]:
-        lines.append(f"  (these files are already bundle '{m['name']}'; --name {args.name} was not used)")
-    lines += [f"  read: {r}" for r in m.get("read", [])]
+        lines.append("  " + _("(these files are already bundle '%(name)s'; --name %(asked)s was not used)") % {
+            "name": m["name"], "asked": args.name})
+    lines += ["  " + _("read: %(what)s") % {"what": r} for r in m.get("read", [])]
     libs_out, other = m.get("left_out", []), m.get("_other", [])
     if libs_out or other:
-        lines.append(f"  left out {len(libs_out) + len(other)} file(s) that are not CUDA runtime, cuBLAS "
-                     f"or cuDNN libraries: {len(libs_out)} other libraries, {len(other)} other files "
-                     "(headers, tools, docs)" + ("" if args.verbose else "; --verbose names each"))
+        lines.append("  " + _("left out %(n)d file(s) that are not CUDA runtime, cuBLAS or cuDNN libraries: %(libs)d "
+                              "other libraries, %(other)d other files (headers, tools, docs)") % {
+            "n": len(libs_out) + len(other), "libs": len(libs_out), "other": len(other)}
+            + ("" if args.verbose else _("; --verbose names each")))
         if libs_out and not args.verbose:
-            lines.append("    libraries: " + ", ".join(libs_out[:6]) + (" ..." if len(libs_out) > 6 else ""))
+            lines.append("    " + _("libraries: %(names)s") % {
+                "names": ", ".join(libs_out[:6]) + (" ..." if len(libs_out) > 6 else "")})
         if args.verbose:
             lines += [f"    {x}" for x in libs_out + other]
     _emit(args, {**public(m), "created_now": created}, "\n".join(lines))
@@ -208,10 +230,11 @@ def cmd_bundle_fetch(args, eng):
             bar.close()
     m = res.bundle
     lines = [render(res.suggestion, verbose=args.verbose),
-             ("created bundle " if res.created else "already in the cache: ") + _bundle_line(m)]
+             (_("created bundle %(what)s") if res.created else _("already in the cache: %(what)s"))
+             % {"what": _bundle_line(m)}]
     if args.for_target:
-        lines.append(f"next: `torchkeeper use {m['name']} --target {args.for_target}` and "
-                     f"`torchkeeper apply {args.for_target}`")
+        lines.append(_("next: `torchkeeper use %(bundle)s --target %(target)s` and `torchkeeper apply %(target)s`")
+                     % {"bundle": m["name"], "target": args.for_target})
     _emit(args, {"suggestion": res.suggestion.to_dict(), "wheels": res.wheels,
                  "bundle": public(m), "created_now": res.created}, "\n".join(lines))
     return OK
@@ -252,8 +275,8 @@ def cmd_bundle_list(args, eng):
 
     ms = eng.bundles.all()
     _emit(args, [public(m) for m in ms],
-          "\n".join(_bundle_line(m) for m in ms) or "no bundles yet: create one with "
-          "`torchkeeper bundle create SOURCE...`")
+          "\n".join(_bundle_line(m) for m in ms) or _("no bundles yet: create one with "
+                                                      "`torchkeeper bundle create SOURCE...`"))
     return OK
 
 
@@ -283,10 +306,11 @@ def cmd_bundle_verify(args, eng):
     bad = [r for r in results if r["problems"]]
     lines = []
     for r in results:
-        lines.append(f"{r['bundle']}: " + ("ok" if not r["problems"] else "DAMAGED: " + "; ".join(r["problems"])))
+        lines.append(f"{r['bundle']}: " + (_("ok") if not r["problems"] else _("DAMAGED: %(problems)s") % {
+            "problems": "; ".join(r["problems"])}))
     if bad:
-        lines.append("hint: remove the damaged bundle (torchkeeper bundle remove NAME) and create or import it again")
-    _emit(args, results, "\n".join(lines) or "no bundles")
+        lines.append("hint: " + _("remove the damaged bundle (torchkeeper bundle remove NAME) and create or import it again"))
+    _emit(args, results, "\n".join(lines) or _("no bundles"))
     return DRIFT if bad else OK
 
 
@@ -320,11 +344,12 @@ def cmd_bundle_import(args, eng):
         known = {b["id"] for b in eng.bundles.all()}
         created = m["id"] not in known
         _emit(args, {"id": m["id"], "name": m.get("name"), "changed": created, "dry_run": True},
-              ("would import " if created else "already in the cache: ") + f"'{m.get('name')}' ({m['id'][:12]})")
+              (_("would import %(what)s") if created else _("already in the cache: %(what)s"))
+              % {"what": f"'{m.get('name')}' ({m['id'][:12]})"})
         return OK
     m, created = import_(eng.bundles, args.file)
     _emit(args, {**public(m), "created_now": created, "changed": created},
-          ("imported " if created else "already in the cache: ") + _bundle_line(m))
+          (_("imported %(what)s") if created else _("already in the cache: %(what)s")) % {"what": _bundle_line(m)})
     return OK
 
 
@@ -345,11 +370,12 @@ def cmd_use(args, eng):
     name = res.bundle["name"]
     lines = []
     if res.bound:
-        lines.append(f"{', '.join(res.bound)} will use '{name}'; run `torchkeeper apply` to apply it")
+        lines.append(_("%(targets)s will use '%(name)s'; run `torchkeeper apply` to apply it") % {
+            "targets": ", ".join(res.bound), "name": name})
     for n, why in sorted(res.skipped.items()):
-        lines.append(f"skipped {n}: {why}")
+        lines.append(_("skipped %(name)s: %(why)s") % {"name": n, "why": why})
     if args.target is None:
-        lines.append(f"targets added later will use '{name}' where it fits")
+        lines.append(_("targets added later will use '%(name)s' where it fits") % {"name": name})
     _emit(args, res.to_dict(), "\n".join(lines))
     return REFUSED if res.skipped and not res.bound else OK
 
@@ -362,10 +388,11 @@ def _plan_text(p, info) -> str:
             ([f"stock: {s.stock_source}"] if s.stock_source else [])
         lines.append(f"  {s.action:<14} {s.rel or s.key}" + (f" ({', '.join(about)})" if about else ""))
     for r in p.reasons:
-        tag = {"refuse": "REFUSED", "force": "needs --force", "note": "note"}[r.level]
+        tag = {"refuse": _("REFUSED"), "force": _("needs --force"), "note": _("note")}[r.level]
         lines.append(f"  {tag} [{r.rule}]: {r.message}" + (f"\n    hint: {r.hint}" if r.hint else ""))
     notes = sum(r.level == "note" for r in p.reasons)
-    lines.append(f"  verdict: {p.verdict}" + (f" ({notes} note{'s' if notes > 1 else ''})" if notes else ""))
+    lines.append("  " + _("verdict: %(verdict)s") % {"verdict": p.verdict} + (
+        " " + ngettext("(%(n)d note)", "(%(n)d notes)", notes) % {"n": notes} if notes else ""))
     return "\n".join(lines)
 
 
@@ -509,7 +536,7 @@ def cmd_standby(args, eng):
         lines.append(f"{n:<20} standby {r['state']}" + (f", {r['files']} file(s), {r['bytes']:,} bytes"
                                                       if r.get("files") else "")
                      + (f" ({r['why']})" if r.get("why") else ""))
-    _emit(args, out, "\n".join(lines) or "no targets yet")
+    _emit(args, out, "\n".join(lines) or _("no targets yet"))
     return OK
 
 
@@ -538,7 +565,7 @@ def cmd_log(args, eng):
             rest = (f"in {e['latency']:.2f} s after the last write" if e.get("last_write") else
                     f"in {e['latency']:.2f} s") + f" ({rest})"
         lines.append(f"{e.get('time')} {e.get('event')} {rest}")
-    _emit(args, evs, "\n".join(lines) or "no events yet")
+    _emit(args, evs, "\n".join(lines) or _("no events yet"))
     return OK
 
 
@@ -725,141 +752,147 @@ def cmd_metrics(args, eng):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="torchkeeper", description="Keep a newer CUDA runtime / cuBLAS / cuDNN "
-                "overlaid on PyTorch, safely and reversibly.")
-    p.add_argument("--version", action="version", version=f"torchkeeper {__version__}")
+    p = _Parser(prog="torchkeeper", description=_("Keep a newer CUDA runtime / cuBLAS / cuDNN "
+                                                  "overlaid on PyTorch, safely and reversibly."))
+    p.add_argument("--version", action="version", version=f"torchkeeper {__version__}",
+                   help=_("show program's version number and exit"))
     sub = p.add_subparsers(dest="cmd", metavar="COMMAND", parser_class=_Parser)
 
     def cmd(name, fn, help, parent=sub, json_opt=True):
         sp = parent.add_parser(name, help=help, description=help)
         if json_opt:
-            sp.add_argument("--json", action="store_true", help="machine-readable output")
+            sp.add_argument("--json", action="store_true", help=_("machine-readable output"))
         sp.set_defaults(fn=fn)
         return sp
 
-    t = sub.add_parser("target", help="manage targets (Python environments with torch)")
+    t = sub.add_parser("target", help=_("manage targets (Python environments with torch)"))
     tsub = t.add_subparsers(dest="sub", metavar="ACTION", parser_class=_Parser, required=True)
-    a = cmd("add", cmd_target_add, "add a venv, python_embeded, conda env or site-packages", tsub)
+    a = cmd("add", cmd_target_add, _("add a venv, python_embeded, conda env or site-packages"), tsub)
     a.add_argument("path")
     a.add_argument("--name")
-    cmd("list", cmd_target_list, "list targets", tsub)
-    r = cmd("remove", cmd_target_remove, "forget a target (its files are not touched)", tsub)
+    cmd("list", cmd_target_list, _("list targets"), tsub)
+    r = cmd("remove", cmd_target_remove, _("forget a target (its files are not touched)"), tsub)
     r.add_argument("name")
-    r.add_argument("--force", action="store_true", help="forget it even with an overlay applied")
+    r.add_argument("--force", action="store_true", help=_("forget it even with an overlay applied"))
 
-    cf = sub.add_parser("config", help="change a setting in config.toml")
+    cf = sub.add_parser("config", help=_("change a setting in config.toml"))
     cfsub = cf.add_subparsers(dest="sub", metavar="ACTION", parser_class=_Parser, required=True)
-    cs = cmd("set", cmd_config_set, "set SECTION.KEY to VALUE (checked against the settings' rules)", cfsub)
+    cs = cmd("set", cmd_config_set, _("set SECTION.KEY to VALUE (checked against the settings' rules)"), cfsub)
     cs.add_argument("setting", metavar="SECTION.KEY")
     cs.add_argument("value")
-    cs.add_argument("--dry-run", action="store_true", help="say whether it would change, write nothing")
+    cs.add_argument("--dry-run", action="store_true", help=_("say whether it would change, write nothing"))
 
-    d = cmd("discover", cmd_discover, "find torch installs of A1111, Forge, kohya_ss, ComfyUI, Stability Matrix, Pinokio, ...")
-    d.add_argument("roots", nargs="*", help="folders to search (default: home and drive roots)")
-    d.add_argument("--add", action="store_true", help="add what is found as targets")
+    d = cmd("discover", cmd_discover, _("find torch installs of A1111, Forge, kohya_ss, "
+                                        "ComfyUI, Stability Matrix, Pinokio, ..."))
+    d.add_argument("roots", nargs="*", help=_("folders to search (default: home and drive roots)"))
+    d.add_argument("--add", action="store_true", help=_("add what is found as targets"))
 
-    b = sub.add_parser("bundle", help="manage bundles (cached CUDA/cuDNN library sets)")
+    b = sub.add_parser("bundle", help=_("manage bundles (cached CUDA/cuDNN library sets)"))
     bsub = b.add_subparsers(dest="sub", metavar="ACTION", parser_class=_Parser, required=True)
-    c = cmd("create", cmd_bundle_create, "create a bundle from toolkit/cuDNN folders or nvidia-* wheels", bsub)
+    c = cmd("create", cmd_bundle_create, _("create a bundle from toolkit/cuDNN folders or nvidia-* wheels"), bsub)
     c.add_argument("sources", nargs="+", metavar="SOURCE")
     c.add_argument("--name")
-    c.add_argument("--cuda", help="CUDA version, when the source does not say (X.Y)")
-    c.add_argument("--cudnn", help="cuDNN version, when the source does not say (X.Y.Z)")
-    c.add_argument("--verbose", "-v", action="store_true", help="name every file left out")
-    fe = cmd("fetch", cmd_bundle_fetch, "download nvidia-* wheels with pip and make a bundle "
-             "(no NVIDIA account needed)", bsub)
+    c.add_argument("--cuda", help=_("CUDA version, when the source does not say (X.Y)"))
+    c.add_argument("--cudnn", help=_("cuDNN version, when the source does not say (X.Y.Z)"))
+    c.add_argument("--verbose", "-v", action="store_true", help=_("name every file left out"))
+    fe = cmd("fetch", cmd_bundle_fetch, _("download nvidia-* wheels with pip and make a "
+                                          "bundle (no NVIDIA account needed)"), bsub)
     for flag, what in (("--cudnn", "cuDNN"), ("--cublas", "cuBLAS"), ("--cudart", "CUDA runtime")):
         fe.add_argument(flag, nargs="?", const="", metavar="X[.Y[.Z]]",
-                        help=f"fetch {what} (the newest that fits, or this version)")
-    fe.add_argument("--cuda", metavar="11|12|13", help="the CUDA major (names differ by major)")
-    fe.add_argument("--platform", choices=("windows", "linux"), help="default: this machine's, "
-                    "or the target's with --for")
+                        help=_("fetch %(what)s (the newest that fits, or this version)") % {"what": what})
+    fe.add_argument("--cuda", metavar="11|12|13", help=_("the CUDA major (names differ by major)"))
+    fe.add_argument("--platform", choices=("windows", "linux"), help=_("default: this machine's, or the target's with "
+                                                                       "--for"))
     fe.add_argument("--for", dest="for_target", metavar="TARGET",
-                    help="fill in platform, CUDA major and the versions the gate accepts for it")
+                    help=_("fill in platform, CUDA major and the versions the gate accepts for it"))
     fe.add_argument("--name")
-    cmd("list", cmd_bundle_list, "list bundles", bsub)
-    s = cmd("show", cmd_bundle_show, "show a bundle's files and where its versions were read", bsub)
+    cmd("list", cmd_bundle_list, _("list bundles"), bsub)
+    s = cmd("show", cmd_bundle_show, _("show a bundle's files and where its versions were read"), bsub)
     s.add_argument("bundle")
-    v = cmd("verify", cmd_bundle_verify, "re-hash bundles in the cache", bsub)
+    v = cmd("verify", cmd_bundle_verify, _("re-hash bundles in the cache"), bsub)
     v.add_argument("bundle", nargs="?")
-    rm = cmd("remove", cmd_bundle_remove, "remove a bundle from the cache", bsub)
+    rm = cmd("remove", cmd_bundle_remove, _("remove a bundle from the cache"), bsub)
     rm.add_argument("bundle")
     rm.add_argument("--force", action="store_true")
-    ex = cmd("export", cmd_bundle_export, "export a bundle to one archive file", bsub)
+    ex = cmd("export", cmd_bundle_export, _("export a bundle to one archive file"), bsub)
     ex.add_argument("bundle")
     ex.add_argument("file")
-    im = cmd("import", cmd_bundle_import, "import a bundle archive (every hash checked)", bsub)
+    im = cmd("import", cmd_bundle_import, _("import a bundle archive (every hash checked)"), bsub)
     im.add_argument("file")
     im.add_argument("--dry-run", action="store_true",
-                    help="say whether it would add a bundle (its manifest checked), write nothing")
+                    help=_("say whether it would add a bundle (its manifest checked), write nothing"))
 
-    u = cmd("use", cmd_use, "choose the bundle for one target or all")
+    u = cmd("use", cmd_use, _("choose the bundle for one target or all"))
     u.add_argument("bundle")
     u.add_argument("--target")
-    pl = cmd("plan", cmd_plan, "show what apply would do, file by file, and the gate's verdict")
+    pl = cmd("plan", cmd_plan, _("show what apply would do, file by file, and the gate's verdict"))
     pl.add_argument("target", nargs="?")
-    pl.add_argument("--bundle", help="plan another bundle than the chosen one")
-    ap = cmd("apply", cmd_apply, "apply the chosen bundle (a transaction: all or nothing)")
+    pl.add_argument("--bundle", help=_("plan another bundle than the chosen one"))
+    ap = cmd("apply", cmd_apply, _("apply the chosen bundle (a transaction: all or nothing)"))
     ap.add_argument("targets", nargs="*")
     ap.add_argument("--dry-run", action="store_true")
-    ap.add_argument("--force", action="store_true", help="override warnings (never a refusal)")
-    rv = cmd("revert", cmd_revert, "restore the stock files")
+    ap.add_argument("--force", action="store_true", help=_("override warnings (never a refusal)"))
+    rv = cmd("revert", cmd_revert, _("restore the stock files"))
     rv.add_argument("targets", nargs="*")
-    vf = cmd("verify", cmd_verify, "check targets are as applied (exit 1 on drift)")
+    vf = cmd("verify", cmd_verify, _("check targets are as applied (exit 1 on drift)"))
     vf.add_argument("targets", nargs="*")
-    vf.add_argument("--full", action="store_true", help="re-hash every file, not just stat data")
-    cmd("status", cmd_status, "targets, their state and the driver")
-    da = cmd("dashboard", cmd_dashboard, "open the local dashboard (served by the running agent on 127.0.0.1)")
-    da.add_argument("--no-browser", action="store_true", help="print the URL, open nothing")
+    vf.add_argument("--full", action="store_true", help=_("re-hash every file, not just stat data"))
+    cmd("status", cmd_status, _("targets, their state and the driver"))
+    da = cmd("dashboard", cmd_dashboard, _("open the local dashboard (served by the running "
+                                           "agent on 127.0.0.1)"))
+    da.add_argument("--no-browser", action="store_true", help=_("print the URL, open nothing"))
     da.add_argument("--timeout", type=float, default=10.0, help=argparse.SUPPRESS)
-    me = cmd("metrics", cmd_metrics, "Prometheus metrics (text format), or a textfile for "
-             "node_exporter's textfile collector")
-    me.add_argument("--textfile", metavar="DIR", help="write DIR/torchkeeper.prom (temp file + rename)")
-    sg = cmd("suggest", cmd_suggest, "which nvidia-* wheels would fit each target best, and why "
-             "(downloads nothing)")
+    me = cmd("metrics", cmd_metrics, _("Prometheus metrics (text format), or a textfile for "
+                                       "node_exporter's textfile collector"))
+    me.add_argument("--textfile", metavar="DIR", help=_("write DIR/torchkeeper.prom (temp file + rename)"))
+    sg = cmd("suggest", cmd_suggest, _("which nvidia-* wheels would fit each target best, "
+                                       "and why (downloads nothing)"))
     sg.add_argument("target", nargs="?")
     for sp_ in (fe, sg):
         sp_.add_argument("--find-links", action="append", metavar="DIR|URL",
-                         help="also look here for wheels (pip's --find-links)")
-        sp_.add_argument("--index-url", metavar="URL", help="pip's --index-url (else PIP_INDEX_URL "
-                         "or pip's configuration)")
+                         help=_("also look here for wheels (pip's --find-links)"))
+        sp_.add_argument("--index-url", metavar="URL", help=_("pip's --index-url (else PIP_INDEX_URL or pip's "
+                                                              "configuration)"))
         sp_.add_argument("--timeout", type=_positive, default=30.0, metavar="SECONDS",
-                         help="how long the index may be silent (default 30; a download with nothing "
-                         "new for twice that is stalled)")
+                         help=_("how long the index may be silent (default 30; a download "
+                                "with nothing new for twice that is stalled)"))
         sp_.add_argument("--pre", action="store_true",
-                         help="consider pre-release, dev and local versions too")
+                         help=_("consider pre-release, dev and local versions too"))
         sp_.add_argument("--verbose", "-v", action="store_true",
-                         help="every candidate version and why it was taken or skipped, and the rules")
-    bn = cmd("bench", cmd_bench, "measure the speed-up of a bundle in the target's own Python "
-             "(stock, then with the bundle; the target is put back as it was)")
+                         help=_("every candidate version and why it was taken or skipped, and the rules"))
+    bn = cmd("bench", cmd_bench, _("measure the speed-up of a bundle in the target's own "
+                                   "Python (stock, then with the bundle; the target is put "
+                                   "back as it was)"))
     bn.add_argument("target")
-    bn.add_argument("--bundle", help="default: the target's chosen bundle")
-    sb = cmd("standby", cmd_standby, "prepare each target's standby copy now (the agent does it "
-             "by itself after every apply)")
+    bn.add_argument("--bundle", help=_("default: the target's chosen bundle"))
+    sb = cmd("standby", cmd_standby, _("prepare each target's standby copy now (the agent "
+                                       "does it by itself after every apply)"))
     sb.add_argument("targets", nargs="*")
-    dr = cmd("doctor", cmd_doctor, "the manual checks: driver, CUDA toolkits, torch/CUDA/cuDNN per target")
-    dr.add_argument("--probe", action="store_true", help="also run each target's Python: import torch")
-    lg = cmd("log", cmd_log, "show recent events")
-    lg.add_argument("-n", type=int, default=50, help="how many (default 50)")
-    lg.add_argument("--agent", action="store_true", help="only the agent's events")
-    rn = cmd("run", cmd_run, "run the agent: watch targets and the driver, re-apply, tell "
-             "(a tray icon; headless where there is no tray)", json_opt=False)
-    rn.add_argument("--headless", action="store_true", help="no tray icon")
-    rn.add_argument("--verbose", "-v", action="store_true", help="also log to the terminal")
-    rn.add_argument("--home", help="use this folder for config, state, cache and logs (TORCHKEEPER_HOME)")
-    au = cmd("autostart", cmd_autostart, "start the agent at login: enable, disable or status")
+    dr = cmd("doctor", cmd_doctor, _("the manual checks: driver, CUDA toolkits, "
+                                     "torch/CUDA/cuDNN per target"))
+    dr.add_argument("--probe", action="store_true", help=_("also run each target's Python: import torch"))
+    lg = cmd("log", cmd_log, _("show recent events"))
+    lg.add_argument("-n", type=int, default=50, help=_("how many (default 50)"))
+    lg.add_argument("--agent", action="store_true", help=_("only the agent's events"))
+    rn = cmd("run", cmd_run, _("run the agent: watch targets and the driver, re-apply, tell "
+                               "(a tray icon; headless where there is no tray)"), json_opt=False)
+    rn.add_argument("--headless", action="store_true", help=_("no tray icon"))
+    rn.add_argument("--verbose", "-v", action="store_true", help=_("also log to the terminal"))
+    rn.add_argument("--home", help=_("use this folder for config, state, cache and logs (TORCHKEEPER_HOME)"))
+    au = cmd("autostart", cmd_autostart, _("start the agent at login: enable, disable or status"))
     au.add_argument("action", choices=("enable", "disable", "status", "remove"),
-                    help="remove: drop the entry but keep your choice (for uninstallers)")
+                    help=_("remove: drop the entry but keep your choice (for uninstallers)"))
     au.add_argument("--if-not-declined", action="store_true",
-                    help="enable unless the user turned it off before (for installers)")
+                    help=_("enable unless the user turned it off before (for installers)"))
     au.add_argument("--by", default="user", choices=("user", "installer"), help=argparse.SUPPRESS)
-    so = cmd("stop", cmd_stop, "stop the running agent (after the change it is writing, if any)")
-    so.add_argument("--timeout", type=float, default=30.0, help="seconds to wait (default 30)")
-    un = cmd("uninstall", cmd_uninstall, "what an uninstaller runs first: stop the agent, remove "
-             "the start-at-login entry (your choice is kept) and the logs; targets, their backups "
-             "and your settings are never touched")
-    un.add_argument("--remove-cache", action="store_true", help="also remove the bundle cache")
-    un.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for the agent")
+    so = cmd("stop", cmd_stop, _("stop the running agent (after the change it is writing, if any)"))
+    so.add_argument("--timeout", type=float, default=30.0, help=_("seconds to wait (default 30)"))
+    un = cmd("uninstall", cmd_uninstall, _("what an uninstaller runs first: stop the agent, "
+                                           "remove the start-at-login entry (your choice is "
+                                           "kept) and the logs; targets, their backups and "
+                                           "your settings are never touched"))
+    un.add_argument("--remove-cache", action="store_true", help=_("also remove the bundle cache"))
+    un.add_argument("--timeout", type=float, default=30.0, help=_("seconds to wait for the agent"))
     return p
 
 
@@ -901,12 +934,13 @@ def _language(args, config_value: str | None = None) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    _language(None)   # --help and usage errors: TORCHKEEPER_LANG or the OS's language
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "fn", None):
         parser.print_help()
         return 2
-    _language(args)   # the environment's and the OS's, until the config is read
+    _language(args)   # English for --json; the OS's until the config is read
     for stream in (sys.stdout, sys.stderr):
         # a console or pipe in a code page without the language's characters (Japanese asked for
         # on a cp1252 Windows, a target named in another script) shows "?" instead of failing
@@ -924,9 +958,9 @@ def main(argv: list[str] | None = None) -> int:
         eng.config = load(eng.home.config_file, uses={"apply", "ui"}, warnings=warnings)
         _language(args, eng.config["ui"]["language"])
         if warnings:
-            more = f" (and {len(warnings) - 1} more)" if len(warnings) > 1 else ""
-            print(f"warning: {warnings[0].message}{more}; the agent keeps its last good "
-                  "settings", file=sys.stderr)
+            more = _(" (and %(n)d more)") % {"n": len(warnings) - 1} if len(warnings) > 1 else ""
+            print("warning: " + _("%(message)s%(more)s; the agent keeps its last good settings") % {
+                "message": warnings[0].message, "more": more}, file=sys.stderr)
         if not eng.config["apply"]["progress"]:
             os.environ["TORCHKEEPER_NO_PROGRESS"] = "1"
         for line in eng.recover_all():
@@ -940,7 +974,7 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as e:
         where = f" ({e.filename})" if e.filename else ""
         print(f"error: {e.strerror or e}{where}", file=sys.stderr)
-        print("hint: check the path and its permissions, and free disk space if it is full",
+        print("hint: " + _("check the path and its permissions, and free disk space if it is full"),
               file=sys.stderr)
         return FAILED
     except KeyboardInterrupt:

@@ -305,8 +305,8 @@ def run(home: Home, headless: bool = False, verbose: bool = False, out=_say) -> 
         agent.start()
         threading.Thread(target=_watch_stop_request, name="tk-stop-request", daemon=True,
                          args=(home, stop, lambda: on_signal(0, None))).start()
-        out(f"torchkeeper: agent running ({'headless' if headless else 'tray'}), "
-            f"log: {agent.log_file}")
+        out((_("torchkeeper: agent running (headless), log: %(path)s") if headless else
+             _("torchkeeper: agent running (tray), log: %(path)s")) % {"path": agent.log_file})
         for line in first_words(agent):
             out(line)
         if tray is None:

@@ -311,7 +311,7 @@ def collect(sources: list[str], tmp: Path) -> Collected:
         else:
             _read_folder(p.resolve(), col)
     if not col.files:
-        raise UsageError("no CUDA runtime, cuBLAS or cuDNN library found in " + ", ".join(sources),
+        raise UsageError(_("no CUDA runtime, cuBLAS or cuDNN library found in %(where)s") % {"where": ", ".join(sources)},
                          _("point at the folder holding the DLLs (bin/) or .so files (lib/), "
                            "or at its parent"))
     return col
@@ -340,8 +340,8 @@ def _check_consistency(col: Collected) -> tuple[str, int | None, int | None]:
     cuda_majors = {c.lib.major for c in col.files.values() if c.lib.family != libs.CUDNN}
     cudnn_majors = {c.lib.major for c in col.files.values() if c.lib.family == libs.CUDNN}
     if len(cuda_majors) > 1:
-        raise UsageError("the CUDA libraries are from different CUDA majors: " +
-                         ", ".join(sorted(c.key for c in col.files.values() if c.lib.family != libs.CUDNN)),
+        raise UsageError(_("the CUDA libraries are from different CUDA majors: %(files)s") % {"files": ", ".join(
+                         sorted(c.key for c in col.files.values() if c.lib.family != libs.CUDNN))},
                          _("use the runtime and cuBLAS of one CUDA toolkit"))
     if len(cudnn_majors) > 1:
         raise UsageError(_("the cuDNN libraries are from different cuDNN majors"),
@@ -605,7 +605,7 @@ def _versions_of(col, cuda: str | None, cudnn: str | None) -> tuple[str, int | N
             raise UsageError(_("--cudnn %(cudnn)r is not a version") % {"cudnn": cudnn}, _("write it like 9.5.1"))
         if col.cudnn and versions.short(col.cudnn) != versions.short(cudnn):
             said = next((r for r in col.read if r.startswith(f"cuDNN {col.cudnn} ")), col.read[0])
-            raise UsageError(f"--cudnn {cudnn} contradicts the files: " + said,
+            raise UsageError(_("--cudnn %(cudnn)s contradicts the files: %(said)s") % {"cudnn": cudnn, "said": said},
                              _("drop --cudnn, or check the source"))
         if not col.cudnn:
             _note_cudnn(col, cudnn, "--cudnn")

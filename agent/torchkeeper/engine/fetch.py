@@ -374,8 +374,8 @@ def resolve_request(engine, target: str | None, asked: dict[str, str | None], cu
         if cuda:
             majors.add(int(cuda))
         if len(majors) > 1:
-            raise UsageError("the versions asked are for different CUDA majors: " +
-                             ", ".join(sorted(map(str, majors))), _("fetch one CUDA major at a time"))
+            raise UsageError(_("the versions asked are for different CUDA majors: %(majors)s") % {
+                "majors": ", ".join(sorted(map(str, majors)))}, _("fetch one CUDA major at a time"))
         if not majors:
             raise UsageError(_("which CUDA major is this cuDNN for?"),
                              _("add --cuda 11, 12 or 13 (nvidia-cudnn-cu11/-cu12/-cu13), or "
@@ -434,11 +434,12 @@ def fetch_bundle(engine, *, target: str | None = None, asked: dict[str, str | No
         fam = missing[0] if missing else next(iter(wanted))
         pkg = wheels.package(fam, major)
         seen = [c for c in s.candidates if c.family == fam]
-        detail = "; ".join(f"{c.version}: {c.why}" for c in seen[:4]) or f"the index has no {pkg} for {platform}"
+        detail = "; ".join(f"{c.version}: {c.why}" for c in seen[:4]) or \
+            _("the index has no %(pkg)s for %(platform)s") % {"pkg": pkg, "platform": platform}
         if target is not None:
             raise Refused(_("target '%(target)s': no %(pkg)s on the index fits (%(detail)s)") % {"target": target, "pkg": pkg, "detail": detail},
-                          "see `torchkeeper suggest " + target + "` for the rules; pass a version "
-                          f"with {FLAG[fam]} to fetch one anyway for another target")
+                          _("see `torchkeeper suggest %(target)s` for the rules; pass a version with %(flag)s to "
+                            "fetch one anyway for another target") % {"target": target, "flag": FLAG[fam]})
         raise UsageError(_("no %(pkg)s version on the index matches (%(detail)s)") % {"pkg": pkg, "detail": detail},
                          _("see the versions with `torchkeeper bundle fetch %(FLAG)s --cuda "
                            "%(major)s` (newest), or point pip elsewhere (PIP_INDEX_URL, "

@@ -259,14 +259,17 @@ def _file_reasons(p: Plan, info: TargetInfo, bundle_families: dict[tuple[str, in
     if unknown:
         out.append(Reason(
             "stock-unknown", "note",
-            _("no RECORD or conda-meta hash for %(join)s: %(value)s current bytes are backed up as stock") % {"join": ', '.join(unknown), "value": 'its' if len(unknown) == 1 else 'their'}))
+            ngettext("no RECORD or conda-meta hash for %(files)s: its current bytes are backed up as stock",
+                     "no RECORD or conda-meta hash for %(files)s: their current bytes are backed up as stock",
+                     len(unknown)) % {"files": ", ".join(unknown)}))
     strays = [s.key for s in p.steps if s.action == NO_COUNTERPART]
     if strays:
         out.append(Reason(
             "counterpart", "refuse",
-            f"torch here loads no file like {', '.join(strays)}: copying "
-            f"{'it' if len(strays) == 1 else 'them'} in would add a library torch never used"
-            + (" (and torch on Windows loads every DLL in torch\\lib)" if info.platform == libs.WINDOWS else ""),
+            ngettext("torch here loads no file like %(files)s: copying it in would add a library torch never used",
+                     "torch here loads no file like %(files)s: copying them in would add a library torch never used",
+                     len(strays)) % {"files": ", ".join(strays)}
+            + (_(" (and torch on Windows loads every DLL in torch\\lib)") if info.platform == libs.WINDOWS else ""),
             _("build the bundle only from libraries this torch uses (same CUDA and cuDNN majors)")))
     for (family, major), names in sorted(bundle_families.items()):
         have = set(info.family_keys(family, major))

@@ -10,14 +10,15 @@ from typing import TYPE_CHECKING
 from ..errors import TKError
 from .fsutil import hash_many, sha256_file
 from .records import StateData
+from ..i18n import _
 
 if TYPE_CHECKING:
     from .core import Engine
 
 
 def mixed_message(name: str) -> str:
-    return (f"target '{name}' is mixed (an interrupted transaction's journal was unreadable): "
-            "run `torchkeeper revert` (stock copies are kept)")
+    return _("target '%(name)s' is mixed (an interrupted transaction's journal was unreadable): "
+             "run `torchkeeper revert` (stock copies are kept)") % {"name": name}
 
 
 def whole(eng: Engine, name: str, st: StateData | None = None) -> bool:

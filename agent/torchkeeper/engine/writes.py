@@ -29,15 +29,15 @@ def apply(eng: Engine, name: str, force: bool = False, dry_run: bool = False, pr
     with target_lock(eng.home, name):
         if damaged(eng.home, name) and not mixed.whole(eng, name):
             # an overlay over it would record its bundle's bytes as stock: revert first
-            raise OperationFailed(mixed.mixed_message(name) + "; nothing was changed",
+            raise OperationFailed(_("%(problem)s; nothing was changed") % {"problem": mixed.mixed_message(name)},
                                   _("run `torchkeeper revert %(name)s` first (stock copies are kept)") % {"name": name})
         p, info, m = eng.plan(name)
         if p.refusals:
-            raise Refused(f"target '{name}': the compatibility gate refuses bundle "
-                          f"'{p.bundle_name}': " + p.refusals[0].message,
+            raise Refused(_("target '%(name)s': the compatibility gate refuses bundle '%(bundle)s': %(why)s")
+                          % {"name": name, "bundle": p.bundle_name, "why": p.refusals[0].message},
                           p.refusals[0].hint, list(p.reasons))
         if p.needs_force and not force:
-            raise Refused(f"target '{name}': " + p.needs_force[0].message,
+            raise Refused(_("target '%(name)s': %(why)s") % {"name": name, "why": p.needs_force[0].message},
                           p.needs_force[0].hint, list(p.reasons))
         if dry_run:
             return Result(name, True, "dry run",
