@@ -177,14 +177,24 @@ def first_words(agent) -> list[str]:
     names = sorted(targets)
     shown = ", ".join(names[:5]) + (_(" (+%(n)d more)") % {"n": len(names) - 5} if len(names) > 5 else "")
     unbound = [n for n in names if not targets[n].get("bundle")]
-    lines = [ngettext("torchkeeper: protecting %(n)d target: %(names)s; a reinstall that undoes an overlay is "
-                      "re-applied and said in a toast",
-                      "torchkeeper: protecting %(n)d targets: %(names)s; a reinstall that undoes an overlay is "
-                      "re-applied and said in a toast", len(names)) % {"n": len(names), "names": shown}]
+    lines = [
+        ngettext(
+            "torchkeeper: protecting %(n)d target: %(names)s; a reinstall that undoes an overlay is "
+            "re-applied and said in a toast",
+            "torchkeeper: protecting %(n)d targets: %(names)s; a reinstall that undoes an overlay is "
+            "re-applied and said in a toast",
+            len(names),
+        )
+        % {"n": len(names), "names": shown}
+    ]
     if unbound:
-        lines.append(_("torchkeeper: no bundle chosen for %(names)s: next: `torchkeeper suggest`, then "
-                       "`torchkeeper bundle fetch --for NAME` and `torchkeeper use BUNDLE`")
-                     % {"names": ", ".join(unbound[:3]) + (" ..." if len(unbound) > 3 else "")})
+        lines.append(
+            _(
+                "torchkeeper: no bundle chosen for %(names)s: next: `torchkeeper suggest`, then "
+                "`torchkeeper bundle fetch --for NAME` and `torchkeeper use BUNDLE`"
+            )
+            % {"names": ", ".join(unbound[:3]) + (" ..." if len(unbound) > 3 else "")}
+        )
     else:
         lines.append(_("torchkeeper: next: `torchkeeper status` shows each target; Ctrl-C stops the agent"))
     return lines
@@ -261,7 +271,7 @@ def run(home: Home, headless: bool = False, verbose: bool = False, out=_say) -> 
         if shown.get("tray") is not None:
             shown["tray"].stop()
 
-    _on_signals(on_signal)   # before anything else: a SIGTERM during start-up still stops cleanly
+    _on_signals(on_signal)  # before anything else: a SIGTERM during start-up still stops cleanly
     setup_logging(home, verbose)
     inst = SingleInstance(home)
     if not inst.acquire():
@@ -291,30 +301,45 @@ def run(home: Home, headless: bool = False, verbose: bool = False, out=_say) -> 
                     stop.set()
                     agent.stop(timeout)
 
-                made.handle_session_end(SessionEnd(agent.writing_to, finish,
-                                                   Win32Blocker(lambda: made.icon._hwnd)))
+                made.handle_session_end(
+                    SessionEnd(agent.writing_to, finish, Win32Blocker(lambda: made.icon._hwnd))
+                )
             return made
 
         if not headless:
             tray = make_tray()
-        agent.notifier = Notifier(agent.cfg["notifications"],
-                                  on_action=lambda action, target: agent.request(action, target),
-                                  tray=tray, logger=log)
+        agent.notifier = Notifier(
+            agent.cfg["notifications"],
+            on_action=lambda action, target: agent.request(action, target),
+            tray=tray,
+            logger=log,
+        )
         if stop.is_set():
             return 0
         agent.start()
-        threading.Thread(target=_watch_stop_request, name="tk-stop-request", daemon=True,
-                         args=(home, stop, lambda: on_signal(0, None))).start()
-        out((_("torchkeeper: agent running (headless), log: %(path)s") if headless else
-             _("torchkeeper: agent running (tray), log: %(path)s")) % {"path": agent.log_file})
+        threading.Thread(
+            target=_watch_stop_request,
+            name="tk-stop-request",
+            daemon=True,
+            args=(home, stop, lambda: on_signal(0, None)),
+        ).start()
+        out(
+            (
+                _("torchkeeper: agent running (headless), log: %(path)s")
+                if headless
+                else _("torchkeeper: agent running (tray), log: %(path)s")
+            )
+            % {"path": agent.log_file}
+        )
         for line in first_words(agent):
             out(line)
         if tray is None:
             tray = _headless_until_stopped(stop, agent, make_tray if no_host else None, out)
         if tray is not None and not stop.is_set() and not agent.wait_stopped(0):
             # Quit from the menu stops the agent; its end stops the tray's loop
-            threading.Thread(target=lambda: (agent.wait_stopped(), tray.stop()),
-                             name="tk-tray-stop", daemon=True).start()
+            threading.Thread(
+                target=lambda: (agent.wait_stopped(), tray.stop()), name="tk-tray-stop", daemon=True
+            ).start()
             tray.run()
         agent.stop()
         return 0

@@ -166,9 +166,15 @@ def decide(s: Snapshot, settings: Settings, job: JobView) -> Decision:
         waited = max(job.waited_s, s.install.age_s)
         if waited < INSTALL_CAP_S:
             return Decision(Kind.WAIT, _("an install is under way: %(busy)s") % {"busy": busy}, INSTALL_POLL_S, toast=False)
-        return Decision(Kind.ASK, _("an install has not finished after %(duration)s "
-                                    "(%(busy)s); once it is done (or its leftovers are "
-                                    "removed), choose Reapply") % {"duration": _duration(waited), "busy": busy})
+        return Decision(
+            Kind.ASK,
+            _(
+                "an install has not finished after %(duration)s "
+                "(%(busy)s); once it is done (or its leftovers are "
+                "removed), choose Reapply"
+            )
+            % {"duration": _duration(waited), "busy": busy},
+        )
     if s.state is State.MISSING:
         if job.why is Why.FILE_EVENTS:  # maybe the middle of a long install: look again first
             return Decision(Kind.WAIT, _first(s, _("no torch right now")), settings.max_wait_s, toast=False)
@@ -181,11 +187,12 @@ def decide(s: Snapshot, settings: Settings, job: JobView) -> Decision:
         what = "; ".join(s.problems[:2])
         if not settings.auto_reapply or settings.paused:
             off = _("auto re-apply is paused") if settings.paused else _("auto re-apply is off")
-            return Decision(Kind.ASK, _("the overlay was undone (%(what)s); %(off)s") % {"what": what, "off": off})
+            return Decision(
+                Kind.ASK, _("the overlay was undone (%(what)s); %(off)s") % {"what": what, "off": off}
+            )
         return Decision(Kind.REAPPLY, what)
     if s.state is State.DRIFTED:
-        return Decision(Kind.LEAVE_ALONE, _("files differ from torch's RECORD (changed outside "
-                                            "torchkeeper)"))
+        return Decision(Kind.LEAVE_ALONE, _("files differ from torch's RECORD (changed outside torchkeeper)"))
     return Decision(Kind.LEAVE_ALONE)
 
 
@@ -195,8 +202,9 @@ def _reapply(s: Snapshot, job: JobView) -> Decision:
         return Decision(Kind.LEAVE_ALONE)
     if not s.bundle:
         # "Reapply all" over targets without one says nothing per target
-        return Decision(Kind.REFUSE, _("no bundle chosen"),
-                        toast=job.explicit and job.why is not Why.REAPPLY_ALL)
+        return Decision(
+            Kind.REFUSE, _("no bundle chosen"), toast=job.explicit and job.why is not Why.REAPPLY_ALL
+        )
     if s.state is State.INCOMPATIBLE:
         return Decision(Kind.REFUSE, _first(s, _("the gate refuses the bundle")))
     # a person's Reapply: apply's own plan hashes every file, so it also fixes what stat data
@@ -206,10 +214,11 @@ def _reapply(s: Snapshot, job: JobView) -> Decision:
 
 class Outcome(str, Enum):
     """What an attempt to re-apply came to (the engine's answer, typed)."""
+
     DONE = "done"
-    NOT_WANTED = "not wanted"        # a revert, use or apply landed since the decision
+    NOT_WANTED = "not wanted"  # a revert, use or apply landed since the decision
     IN_USE = "in use"
-    WARNED = "warned"                # the gate only warns: a person must say yes
+    WARNED = "warned"  # the gate only warns: a person must say yes
     REFUSED = "refused"
     FAILED = "failed"
 

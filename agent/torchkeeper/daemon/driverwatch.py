@@ -54,7 +54,9 @@ def change_text(before: JsonObject, now: JsonObject, d) -> tuple[str, str]:
     if now["state"] == "ok" and before.get("state") == "ok":
         parts = []
         if before.get("version") != now["version"]:
-            parts.append(_("Driver %(old)s → %(new)s") % {"old": before.get("version"), "new": now["version"]})
+            parts.append(
+                _("Driver %(old)s → %(new)s") % {"old": before.get("version"), "new": now["version"]}
+            )
         if before.get("cuda") != now["cuda"]:
             parts.append(f"CUDA {before.get('cuda')} → {now['cuda']}")
         if before.get("gpus") != now["gpus"]:
@@ -62,7 +64,12 @@ def change_text(before: JsonObject, now: JsonObject, d) -> tuple[str, str]:
         return _("torchkeeper: driver changed"), ", ".join(parts) or d.summary()
     if now["state"] == "ok":
         return _("torchkeeper: driver available"), d.summary()
-    words = {"reboot_needed": _("torchkeeper: driver reboot needed"), "no_driver": _("torchkeeper: no NVIDIA driver"),
-             "not_loaded": _("torchkeeper: driver not loaded"), "error": _("torchkeeper: driver error")}
-    return words.get(now["state"], "torchkeeper: driver " + now["state"].replace("_", " ")), \
-        f"{d.message or now['state']}. {d.hint or ''}".strip()
+    words = {
+        "reboot_needed": _("torchkeeper: driver reboot needed"),
+        "no_driver": _("torchkeeper: no NVIDIA driver"),
+        "not_loaded": _("torchkeeper: driver not loaded"),
+        "error": _("torchkeeper: driver error"),
+    }
+    return words.get(
+        now["state"], "torchkeeper: driver " + now["state"].replace("_", " ")
+    ), f"{d.message or now['state']}. {d.hint or ''}".strip()

@@ -86,20 +86,38 @@ class Offers:
                                     _("Add one with `torchkeeper target add PATH` (a venv, a "
                                       "python_embeded folder or a conda env).")))
             self.tell.say(_("found no torch install in the usual places"))
-            self.tell.say(_("next: `torchkeeper target add PATH` (a venv, a python_embeded folder or a conda env)"))
+            self.tell.say(
+                _("next: `torchkeeper target add PATH` (a venv, a python_embeded folder or a conda env)")
+            )
             return
         shown = "; ".join(v.label for v in views[:4]) + (
-            _(" (+%(n)d more)") % {"n": total - 4} if total > 4 else "")
-        how = (_("Choose Manage in the tray menu to keep one.") if self.has_menu else
-               _("Run `torchkeeper discover --add` to keep them."))
-        self.tell.toast(V.Toast("found", ngettext("torchkeeper: found %(n)d torch install",
-                                                  "torchkeeper: found %(n)d torch installs", total) % {"n": total},
-                                ngettext("Found %(n)d torch install: %(shown)s. %(how)s",
-                                         "Found %(n)d torch installs: %(shown)s. %(how)s",
-                                         total) % {"n": total, "shown": shown, "how": how}))
-        self.tell.say(ngettext("found %(n)d torch install: %(shown)s", "found %(n)d torch installs: %(shown)s",
-                               total) % {"n": total, "shown": shown})
-        self.tell.say(_("next: %(step)s") % {"step": (_(MENU_STEP) if self.has_menu else '') + _(NEXT_STEP)})
+            _(" (+%(n)d more)") % {"n": total - 4} if total > 4 else ""
+        )
+        how = (
+            _("Choose Manage in the tray menu to keep one.")
+            if self.has_menu
+            else _("Run `torchkeeper discover --add` to keep them.")
+        )
+        self.tell.toast(
+            V.Toast(
+                "found",
+                ngettext(
+                    "torchkeeper: found %(n)d torch install", "torchkeeper: found %(n)d torch installs", total
+                )
+                % {"n": total},
+                ngettext(
+                    "Found %(n)d torch install: %(shown)s. %(how)s",
+                    "Found %(n)d torch installs: %(shown)s. %(how)s",
+                    total,
+                )
+                % {"n": total, "shown": shown, "how": how},
+            )
+        )
+        self.tell.say(
+            ngettext("found %(n)d torch install: %(shown)s", "found %(n)d torch installs: %(shown)s", total)
+            % {"n": total, "shown": shown}
+        )
+        self.tell.say(_("next: %(step)s") % {"step": (_(MENU_STEP) if self.has_menu else "") + _(NEXT_STEP)})
 
     def manage(self, job: Job) -> str | None:
         """A person chose Manage on a found install: it becomes a target (no bundle is
@@ -107,8 +125,14 @@ class Offers:
         try:
             name, _added, _info = self.engine.add_target(job.target)
         except TKError as e:
-            self.tell.toast(V.Toast(f"manage:{job.target}", _("torchkeeper: could not add it"),
-                                    f"{e.message}. {e.hint or ''}".strip(), level="error"))
+            self.tell.toast(
+                V.Toast(
+                    f"manage:{job.target}",
+                    _("torchkeeper: could not add it"),
+                    f"{e.message}. {e.hint or ''}".strip(),
+                    level="error",
+                )
+            )
             return None
         self.board.found_changed(job.target, gone=True)
         self.tell.event("managed", target=name, path=job.target)
@@ -169,8 +193,9 @@ class Offers:
             log.info("no suggestion for %s: %s", f.path, e.message)
             return
         head = sg.headline()
-        line = (f"{head} — manage it, get {'it' if head.endswith('fits') else 'them'} and apply"
-                if head else None)
+        line = (
+            f"{head} — manage it, get {'it' if head.endswith('fits') else 'them'} and apply" if head else None
+        )
         self._found_lines[f.path] = line
         self.tell.event("suggested", path=f.path, suggestion=head, chosen=sg.chosen)
         self.board.found_changed(f.path, suggestion=line)
@@ -199,9 +224,15 @@ class Offers:
         except (TKError, OSError) as e:
             msg, hint = (e.message, e.hint or "") if isinstance(e, TKError) else (str(e), "")
             self.tell.event("fetch failed", target=name, error=msg)
-            self.tell.toast(V.Toast(f"fetch:{name}", _("torchkeeper: could not get the libraries for "
-                                                       "'%(name)s'") % {"name": name},
-                                    f"{msg}. {hint}".strip(), name, level="error"))
+            self.tell.toast(
+                V.Toast(
+                    f"fetch:{name}",
+                    _("torchkeeper: could not get the libraries for '%(name)s'") % {"name": name},
+                    f"{msg}. {hint}".strip(),
+                    name,
+                    level="error",
+                )
+            )
             return False
         finally:
             self.board.set(fetching=None)

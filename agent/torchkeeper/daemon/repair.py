@@ -94,15 +94,28 @@ class Repair:
     def _refuse(self, name: str, s: TargetStatus, job: Job, d: D.Decision) -> None:
         if s.state == MISSING:
             self.show(name, s, MISSING, d.words)
-            self.tell.toast(V.Toast(f"missing:{name}", _("torchkeeper: '%(name)s' has no torch") % {"name": name}, d.words,
-                                    name, level="error"))
+            self.tell.toast(
+                V.Toast(
+                    f"missing:{name}",
+                    _("torchkeeper: '%(name)s' has no torch") % {"name": name},
+                    d.words,
+                    name,
+                    level="error",
+                )
+            )
         elif s.state == INCOMPATIBLE:
             self._incompatible(name, s, job)
         else:  # a Reapply with no bundle chosen
             self.show(name, s, s.state, d.words)
             if d.toast:
-                self.tell.toast(V.Toast(f"nobundle:{name}", _("torchkeeper: '%(name)s' has no bundle") % {"name": name},
-                                        _("choose one with `torchkeeper use BUNDLE --target %(name)s`") % {"name": name}, name))
+                self.tell.toast(
+                    V.Toast(
+                        f"nobundle:{name}",
+                        _("torchkeeper: '%(name)s' has no bundle") % {"name": name},
+                        _("choose one with `torchkeeper use BUNDLE --target %(name)s`") % {"name": name},
+                        name,
+                    )
+                )
 
     def _note_hold(self, name: str, s: TargetStatus) -> None:
         """Another torchkeeper process (bench) holds this target, or its hold ended: said once
@@ -131,8 +144,9 @@ class Repair:
         try:
             # a person's Reapply is a new decision; the agent's own one, taken on s
             # without the lock, yields to a revert or `use` that landed since
-            res = (self.engine.apply(name, force=True) if force
-                   else self.engine.reapply_if_still_wanted(name, s))
+            res = (
+                self.engine.apply(name, force=True) if force else self.engine.reapply_if_still_wanted(name, s)
+            )
         except FileInUse as e:
             self._file_in_use(name, s, e, job, detected)
             return
@@ -153,8 +167,14 @@ class Repair:
         verified = time.time()
         self._settled(name, after)
         if res.action == "not wanted":
-            self.tell.event("not re-applied", target=name, reason=job.why.value, detected=detected,
-                            decided=decided, why=res.message)
+            self.tell.event(
+                "not re-applied",
+                target=name,
+                reason=job.why.value,
+                detected=detected,
+                decided=decided,
+                why=res.message,
+            )
             return
         if res.action == "already applied":
             self.tell.event("already applied", target=name, reason=job.why.value)
@@ -164,24 +184,45 @@ class Repair:
         m = s.bundle
         # the repair's time counts from the installer's last write (what a user waits for), not
         # from its first file event (the install's own length is in since_first_event)
-        self.tell.event("repaired" if ok else "reapply unverified", target=name, reason=job.why.value,
-                        detected=detected, first_event=detected, last_write=job.last_write,
-                        decided=decided, applied=applied, verified=verified,
-                        bundle=m.id if m else None, action=res.action,
-                        latency=round(verified - (job.last_write or detected), 3),
-                        since_first_event=round(verified - detected, 3), via=res.via)
+        self.tell.event(
+            "repaired" if ok else "reapply unverified",
+            target=name,
+            reason=job.why.value,
+            detected=detected,
+            first_event=detected,
+            last_write=job.last_write,
+            decided=decided,
+            applied=applied,
+            verified=verified,
+            bundle=m.id if m else None,
+            action=res.action,
+            latency=round(verified - (job.last_write or detected), 3),
+            since_first_event=round(verified - detected, 3),
+            via=res.via,
+        )
         if ok and ((after.standby or {}).get("state") != "ready" or (res.via or {}).get("standby")):
             # after the toast's work, at low priority, off the queue: a standby of copies
             # linked in is made anew (standby_copy); one of links is ready at once (a no-op)
             self.want_standby(name)
         bundle_cudnn = m.cudnn if m else None
-        what = f"cuDNN {bundle_cudnn}" if bundle_cudnn else _("bundle '%(name)s'") % {"name": m.name if m else None}
+        what = (
+            f"cuDNN {bundle_cudnn}"
+            if bundle_cudnn
+            else _("bundle '%(name)s'") % {"name": m.name if m else None}
+        )
         if job.why is D.Why.FILE_EVENTS and stock_now and stock_now != bundle_cudnn:
             because = _("a pip reinstall had restored stock %(what)s") % {"what": stock_now}
         else:
             because = _("as asked") if job.explicit and job.why is D.Why.USER else job.why.because
-        self.tell.toast(V.Toast(f"reapplied:{name}", _("torchkeeper: re-applied to '%(name)s'") % {"name": name},
-                                _("Re-applied %(what)s to '%(name)s' — %(because)s") % {"what": what, "name": name, "because": because}, name))
+        self.tell.toast(
+            V.Toast(
+                f"reapplied:{name}",
+                _("torchkeeper: re-applied to '%(name)s'") % {"name": name},
+                _("Re-applied %(what)s to '%(name)s' — %(because)s")
+                % {"what": what, "name": name, "because": because},
+                name,
+            )
+        )
 
     def revert(self, job: Job) -> None:
         name = job.target
@@ -193,19 +234,36 @@ class Repair:
         try:
             res = self.engine.revert(name)
         except FileInUse as e:
-            self.tell.toast(V.Toast(f"inuse:{name}", _("torchkeeper: '%(name)s' is in use") % {"name": name},
-                                    _("%(message)s. Close it and choose Revert again.") % {"message": e.message}, name,
-                                    level="warning"))
+            self.tell.toast(
+                V.Toast(
+                    f"inuse:{name}",
+                    _("torchkeeper: '%(name)s' is in use") % {"name": name},
+                    _("%(message)s. Close it and choose Revert again.") % {"message": e.message},
+                    name,
+                    level="warning",
+                )
+            )
             return
         except TKError as e:
-            self.tell.toast(V.Toast(f"failed:{name}", _("torchkeeper: could not revert '%(name)s'") % {"name": name},
-                                    f"{e.message}. {e.hint or ''}".strip(), name, level="error"))
+            self.tell.toast(
+                V.Toast(
+                    f"failed:{name}",
+                    _("torchkeeper: could not revert '%(name)s'") % {"name": name},
+                    f"{e.message}. {e.hint or ''}".strip(),
+                    name,
+                    level="error",
+                )
+            )
             return
         finally:
             self.own.end(name, res.touched if res is not None else None)
             self.board.set(working=None)
         self._settled(name, self.engine.target_state(name))
-        self.tell.toast(V.Toast(f"reverted:{name}", _("torchkeeper: '%(name)s' reverted") % {"name": name}, res.message, name))
+        self.tell.toast(
+            V.Toast(
+                f"reverted:{name}", _("torchkeeper: '%(name)s' reverted") % {"name": name}, res.message, name
+            )
+        )
 
     def full_check(self, names: list[str] | None, why: D.Why) -> None:
         """Every file re-hashed: catches what stat data cannot (same size, same times)."""
@@ -234,50 +292,111 @@ class Repair:
             hint = "check that folder's permissions and free space, then choose Reapply"
         self.show(name, s, DRIFTED, msg)
         self.tell.event("reapply failed", target=name, detected=detected, decided=decided, error=msg)
-        self.tell.toast(V.Toast(f"failed:{name}", _("torchkeeper: could not re-apply to '%(name)s'") % {"name": name},
-                                f"{msg}. {hint}".strip(), name, (V.REAPPLY,), level="error"))
+        self.tell.toast(
+            V.Toast(
+                f"failed:{name}",
+                _("torchkeeper: could not re-apply to '%(name)s'") % {"name": name},
+                f"{msg}. {hint}".strip(),
+                name,
+                (V.REAPPLY,),
+                level="error",
+            )
+        )
 
     def _ask(self, name: str, s: TargetStatus, why: str, detected: float, job: Job) -> None:
         self.board.asks[name] = why
         self.show(name, s, DRIFTED, why)
-        self.tell.event("drift", target=name, reason=job.why.value, detected=detected,
-                        decided=time.time(), decision="asked the user", why=why)
-        self.tell.toast(V.Toast(f"drift:{name}", _("torchkeeper: '%(name)s' needs you") % {"name": name},
-                                _("%(why)s. Choose Reapply to put the overlay back.") % {"why": why}, name,
-                                (V.REAPPLY,), level="warning"))
+        self.tell.event(
+            "drift",
+            target=name,
+            reason=job.why.value,
+            detected=detected,
+            decided=time.time(),
+            decision="asked the user",
+            why=why,
+        )
+        self.tell.toast(
+            V.Toast(
+                f"drift:{name}",
+                _("torchkeeper: '%(name)s' needs you") % {"name": name},
+                _("%(why)s. Choose Reapply to put the overlay back.") % {"why": why},
+                name,
+                (V.REAPPLY,),
+                level="warning",
+            )
+        )
 
     def _incompatible(self, name: str, s: TargetStatus, job: Job, refusal: str | None = None) -> None:
         why = refusal or (s.problems[0] if s.problems else "the gate refuses the bundle")
         fits = self._bundles_that_fit(name)
-        hint = (f"bundle '{fits[0]}' would fit: `torchkeeper use {fits[0]} --target {name}`"
-                if fits else "create a bundle that matches it (`torchkeeper bundle create`)")
+        hint = (
+            f"bundle '{fits[0]}' would fit: `torchkeeper use {fits[0]} --target {name}`"
+            if fits
+            else "create a bundle that matches it (`torchkeeper bundle create`)"
+        )
         self.show(name, s, INCOMPATIBLE, why)
-        self.tell.event("incompatible", target=name, reason=job.why.value, detected=job.detected,
-                        decided=time.time(), decision="not applied", why=why, fits=fits)
-        self.tell.toast(V.Toast(f"incompatible:{name}:{s.torch_version}",
-                                _("torchkeeper: not re-applying to '%(name)s'") % {"name": name},
-                                _("%(why)s. Nothing was changed; %(hint)s.") % {"why": why, "hint": hint}, name, level="warning"))
+        self.tell.event(
+            "incompatible",
+            target=name,
+            reason=job.why.value,
+            detected=job.detected,
+            decided=time.time(),
+            decision="not applied",
+            why=why,
+            fits=fits,
+        )
+        self.tell.toast(
+            V.Toast(
+                f"incompatible:{name}:{s.torch_version}",
+                _("torchkeeper: not re-applying to '%(name)s'") % {"name": name},
+                _("%(why)s. Nothing was changed; %(hint)s.") % {"why": why, "hint": hint},
+                name,
+                level="warning",
+            )
+        )
 
     def _bundles_that_fit(self, name: str) -> list[str]:
         try:
             info = self.engine.inspect(name)
         except TKError:
             return []
-        return [m["name"] for m in self.engine.bundles.all()
-                if not any(r.level == "refuse" for r in gate.check(info, m, None))]
+        return [
+            m["name"]
+            for m in self.engine.bundles.all()
+            if not any(r.level == "refuse" for r in gate.check(info, m, None))
+        ]
 
     def _file_in_use(self, name: str, s: TargetStatus, e: FileInUse, job: Job, detected: float) -> None:
         d = D.after_attempt(D.Outcome.IN_USE, e.message, self._retry.get(name), job.explicit)
         self._retry[name] = d.delay
         self.show(name, s, V.WAITING, f"waiting: {e.message}")
-        self.tell.event("files in use", target=name, detected=detected, decided=time.time(),
-                        error=e.message, retry_in=d.delay)
+        self.tell.event(
+            "files in use",
+            target=name,
+            detected=detected,
+            decided=time.time(),
+            error=e.message,
+            retry_in=d.delay,
+        )
         if d.toast:
-            self.tell.toast(V.Toast(f"inuse:{name}", _("torchkeeper: '%(name)s' is in use") % {"name": name},
-                                    _("%(message)s. torchkeeper will re-apply as soon as it is closed.") % {"message": e.message},
-                                    name, level="warning"))
-        self.put(JobKind.REAPPLY if job.explicit else JobKind.CHECK, name, job.why, delay=d.delay,
-                 detected=detected, explicit=job.explicit)
+            self.tell.toast(
+                V.Toast(
+                    f"inuse:{name}",
+                    _("torchkeeper: '%(name)s' is in use") % {"name": name},
+                    _("%(message)s. torchkeeper will re-apply as soon as it is closed.")
+                    % {"message": e.message},
+                    name,
+                    level="warning",
+                )
+            )
+        self.put(
+            JobKind.REAPPLY if job.explicit else JobKind.CHECK,
+            name,
+            job.why,
+            delay=d.delay,
+            detected=detected,
+            explicit=job.explicit,
+        )
 
     def _driver_gate(self, name: str, s: TargetStatus) -> None:
         """After a driver change: does the applied bundle still suit this driver?"""
@@ -289,9 +408,15 @@ class Repair:
         if warn:
             self.board.asks[name] = warn[0].message
             self.show(name, s, PATCHED, warn[0].message)
-            self.tell.toast(V.Toast(f"driver-gate:{name}", _("torchkeeper: '%(name)s' and the new driver") % {"name": name},
-                                    f"{warn[0].message}. {warn[0].hint or ''}".strip(), name,
-                                    level="warning"))
+            self.tell.toast(
+                V.Toast(
+                    f"driver-gate:{name}",
+                    _("torchkeeper: '%(name)s' and the new driver") % {"name": name},
+                    f"{warn[0].message}. {warn[0].hint or ''}".strip(),
+                    name,
+                    level="warning",
+                )
+            )
 
     def show(self, name: str, s: TargetStatus, state: str, message: str) -> None:
         self.board.target(name, s, state, message, self.suggestion(name, s))
@@ -312,8 +437,11 @@ def _newest_write(s: TargetStatus, seen: float | None) -> float | None:
     library folder pip made anew is watched only once the agent has seen it (a loaded machine,
     a long install), and the events after a check that waited start no burst of their own."""
     sp = Path(s.site_packages)
-    paths = [sp, *(sp / d for d in (s.info.lib_dirs if s.info else ())),
-             *(sp / lf.rel for lf in (s.info.libs.values() if s.info else ()))]
+    paths = [
+        sp,
+        *(sp / d for d in (s.info.lib_dirs if s.info else ())),
+        *(sp / lf.rel for lf in (s.info.libs.values() if s.info else ())),
+    ]
     newest = seen
     for p in paths:
         try:

@@ -163,8 +163,14 @@ class Agent:
             new = configmod.parse(text, origin)
         except TKError as e:
             self.tell.event("config rejected", error=e.message)
-            self.tell.toast(V.Toast("config", _("torchkeeper: config change not used"),
-                                    _("%(message)s. The last good settings stay in use.") % {"message": e.message}, level="error"))
+            self.tell.toast(
+                V.Toast(
+                    "config",
+                    _("torchkeeper: config change not used"),
+                    _("%(message)s. The last good settings stay in use.") % {"message": e.message},
+                    level="error",
+                )
+            )
             return
         self._remember_config(text)
         if new == self.cfg:
@@ -174,7 +180,7 @@ class Agent:
         self.engine.config = new
         before = i18n.current()
         if _use_language(new) != before:
-            self.board.changed()   # the menu and tooltip in the new language
+            self.board.changed()  # the menu and tooltip in the new language
         a = new["agent"]
         if self.watcher:
             self.watcher.debouncer.configure(a["quiet_seconds"], a["max_wait_seconds"])
@@ -187,8 +193,7 @@ class Agent:
         self.metrics.start_if_configured()
         if self.notifier is not None and hasattr(self.notifier, "update_config"):
             self.notifier.update_config(new["notifications"])
-        self.tell.event("config reloaded", auto_reapply=a["auto_reapply"],
-                        quiet_seconds=a["quiet_seconds"])
+        self.tell.event("config reloaded", auto_reapply=a["auto_reapply"], quiet_seconds=a["quiet_seconds"])
         if a["auto_reapply"]:
             self.request(V.CHECK_ALL, why=D.Why.CONFIG_CHANGED)
 
@@ -204,8 +209,9 @@ class Agent:
             log.warning(line)
             self.tell.event("recovered", message=line)
         if self._config_problem:
-            self.tell.toast(V.Toast("config", _("torchkeeper: config not used"), self._config_problem,
-                                    level="error"))
+            self.tell.toast(
+                V.Toast("config", _("torchkeeper: config not used"), self._config_problem, level="error")
+            )
         if self._watch:
             self._start_watching()
         self._worker.start()
@@ -217,9 +223,12 @@ class Agent:
         if self._schedule:
             from .schedule import SafetyNet
 
-            self.safety = SafetyNet(self.cfg["agent"], self.driver.poll,
-                                    lambda why: self.request(V.CHECK_ALL, why=D.Why(why)),
-                                    lambda: self.jobs.put(JobKind.FULL, None, D.Why.DAILY))
+            self.safety = SafetyNet(
+                self.cfg["agent"],
+                self.driver.poll,
+                lambda why: self.request(V.CHECK_ALL, why=D.Why(why)),
+                lambda: self.jobs.put(JobKind.FULL, None, D.Why.DAILY),
+            )
             self.safety.start()
         self.tell.event("started", targets=len(self.engine.targets()))
 
@@ -227,18 +236,23 @@ class Agent:
         from .watch import SETTLE, Debouncer, Watcher
 
         a = self.cfg["agent"]
-        self.watcher = Watcher(Debouncer(a["quiet_seconds"], a["max_wait_seconds"], settle=SETTLE),
-                               self._on_burst, self.own.is_own, on_lost=self._events_lost,
-                               on_health=self._watch_health,
-                               # an install began: prove the standby's bytes again meanwhile,
-                               # off the repair's critical path
-                               on_start=lambda name: self._want_standby(name, refresh=True),
-                               on_written=self._want_hash)
+        self.watcher = Watcher(
+            Debouncer(a["quiet_seconds"], a["max_wait_seconds"], settle=SETTLE),
+            self._on_burst,
+            self.own.is_own,
+            on_lost=self._events_lost,
+            on_health=self._watch_health,
+            # an install began: prove the standby's bytes again meanwhile,
+            # off the repair's critical path
+            on_start=lambda name: self._want_standby(name, refresh=True),
+            on_written=self._want_hash,
+        )
         self.watcher.start()
         # config.toml (read it again) and state.json (targets the CLI added or removed)
         for path, kind in ((self.config_file, JobKind.CONFIG), (self.home.state_file, JobKind.TARGETS)):
             self.watcher.watch_file(
-                path, lambda kind=kind: self.jobs.put(kind, None, D.Why.SETTINGS_FILE, delay=0.2))
+                path, lambda kind=kind: self.jobs.put(kind, None, D.Why.SETTINGS_FILE, delay=0.2)
+            )
         # `torchkeeper dashboard` asks through a file in the data folder (the user's own);
         # `status` says "running" from the lock, before this watch exists: an ask written
         # meanwhile is answered now
@@ -250,11 +264,11 @@ class Agent:
         if self._stopped.is_set():
             return
         self.jobs.stop()
-        self._hasher.stop(timeout=0)    # nothing more is taken up; the work in hand finishes
+        self._hasher.stop(timeout=0)  # nothing more is taken up; the work in hand finishes
         self._standby.stop(timeout=0)
         if self._worker.is_alive():
             self._worker.join(timeout)
-        self._standby.stop(timeout)     # a kill here is recovered: see standby.py
+        self._standby.stop(timeout)  # a kill here is recovered: see standby.py
         if self.safety:
             self.safety.stop()
         self.metrics.stop()
@@ -307,8 +321,9 @@ class Agent:
     def view(self) -> V.AgentView:
         return self.board.view()
 
-    def request(self, action: str, target: str | None = None, why: D.Why = D.Why.USER,
-                explicit: bool | None = None) -> None:
+    def request(
+        self, action: str, target: str | None = None, why: D.Why = D.Why.USER, explicit: bool | None = None
+    ) -> None:
         if action == V.QUIT:
             threading.Thread(target=self.stop, name="tk-quit", daemon=True).start()
             return
@@ -337,8 +352,14 @@ class Agent:
             self.tell.event("autostart", enabled=enabled, message=said)
         except (TKError, OSError) as e:
             msg, hint = (e.message, e.hint) if isinstance(e, TKError) else (str(e), None)
-            self.tell.toast(V.Toast("autostart", _("torchkeeper: start at login"),
-                                    f"{msg}. {hint or ''}".strip(), level="warning"))
+            self.tell.toast(
+                V.Toast(
+                    "autostart",
+                    _("torchkeeper: start at login"),
+                    f"{msg}. {hint or ''}".strip(),
+                    level="warning",
+                )
+            )
         self.board.set(autostart=self._read_autostart())
 
     def open_dashboard(self) -> str:
@@ -348,7 +369,9 @@ class Agent:
             if self.make_dashboard is None:
                 raise TKError(_("this agent has no dashboard"), _("start the agent with `torchkeeper run`"))
             if self._dashboard is None or not self._dashboard.running:
-                self._dashboard = self.make_dashboard(self, self.engine, self.cfg["dashboard"]["idle_minutes"])
+                self._dashboard = self.make_dashboard(
+                    self, self.engine, self.cfg["dashboard"]["idle_minutes"]
+                )
                 self._dashboard.start()
                 self.tell.event("dashboard", port=self._dashboard.port)
             return self._dashboard.login_url()
@@ -456,10 +479,21 @@ class Agent:
 
     # -- watching
     def _on_burst(self, name: str, burst) -> None:
-        self.tell.event("files changed", target=name, events=burst.events, detected=burst.first_wall,
-                        stashes=sorted(burst.stashes) or None)
-        self.jobs.put(JobKind.CHECK, name, D.Why.FILE_EVENTS, detected=burst.first_wall,
-                      lib_stats=burst.sizes, last_write=burst.last_wall or None)
+        self.tell.event(
+            "files changed",
+            target=name,
+            events=burst.events,
+            detected=burst.first_wall,
+            stashes=sorted(burst.stashes) or None,
+        )
+        self.jobs.put(
+            JobKind.CHECK,
+            name,
+            D.Why.FILE_EVENTS,
+            detected=burst.first_wall,
+            lib_stats=burst.sizes,
+            last_write=burst.last_wall or None,
+        )
 
     def _events_lost(self, why: str = "") -> None:
         """File events were lost (the kernel's queue overflowed in a huge install, or the
@@ -475,8 +509,11 @@ class Agent:
         if ok:
             self.tell.event("watching again")
         else:
-            log.error("watching: degraded (%s); checking every target every %d s until it works",
-                      why, DEGRADED_POLL_S)
+            log.error(
+                "watching: degraded (%s); checking every target every %d s until it works",
+                why,
+                DEGRADED_POLL_S,
+            )
             self.tell.event("watching degraded", why=why)
             self.jobs.put(JobKind.POLL, None, D.Why.WATCHING_DEGRADED)
         self.board.set(degraded=None if ok else why)

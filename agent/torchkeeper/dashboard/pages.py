@@ -77,84 +77,181 @@ def targets_page(status: JsonObject, events: list[JsonObject], csrf: str) -> str
         rows.append(
             f'<tr class="state-{e(t.get("state"))}"><td><a href="/targets/{e(quote(n, safe=""))}">{e(n)}</a></td>'
             f'<td class="state">{e(state_words(t.get("state")))}</td>'
-            f'<td>{e(t.get("torch_version"))}<br><small>CUDA {e(t.get("torch_cuda"))}</small></td>'
-            f'<td>{e(t.get("cudnn_stock"))} &rarr; {e(t.get("cudnn_now"))}</td>'
-            f'<td>{e(chosen)}{"" if applied in (None, chosen) else " " + e(applied_note % {"name": applied})}</td>'
-            f'<td>{e(_when(rep.get("ts"))) if rep else ""}<br>'
-            f'{"<small>" + e(round(rep["latency"] * 1000)) + " ms</small>" if rep and isinstance(rep.get("latency"), (int, float)) else ""}</td>'
-            f'<td>{e(gain)}</td>'
-            f'<td>{e((t.get("standby") or {}).get("state"))}</td><td class="actions">{actions}</td></tr>')
-    heads = "".join(f"<th{' title=' + chr(34) + e(tip) + chr(34) if tip else ''}>{e(h)}</th>" for h, tip in (
-        (_("target"), None), (_("state"), None), ("torch", None), (_("cuDNN stock → now"), None), (_("bundle"), None),
-        (_("last repair"), _("from the installer's last write")), (_("gain"), None), (_("standby"), None), ("", None)))
-    table = ('<div class="scroll"><table><thead><tr>' + heads + '</tr></thead><tbody>' + "".join(rows)
-             + '</tbody></table></div>') if rows else \
-        "<p>" + _("No targets yet: add one with %(cmd)s, or Manage a found install.") % {
-            "cmd": "<code>torchkeeper target add PATH</code>"} + "</p>"
+            f"<td>{e(t.get('torch_version'))}<br><small>CUDA {e(t.get('torch_cuda'))}</small></td>"
+            f"<td>{e(t.get('cudnn_stock'))} &rarr; {e(t.get('cudnn_now'))}</td>"
+            f"<td>{e(chosen)}{'' if applied in (None, chosen) else ' ' + e(applied_note % {'name': applied})}</td>"
+            f"<td>{e(_when(rep.get('ts'))) if rep else ''}<br>"
+            f"{'<small>' + e(round(rep['latency'] * 1000)) + ' ms</small>' if rep and isinstance(rep.get('latency'), (int, float)) else ''}</td>"
+            f"<td>{e(gain)}</td>"
+            f'<td>{e((t.get("standby") or {}).get("state"))}</td><td class="actions">{actions}</td></tr>'
+        )
+    heads = "".join(
+        f"<th{' title=' + chr(34) + e(tip) + chr(34) if tip else ''}>{e(h)}</th>"
+        for h, tip in (
+            (_("target"), None),
+            (_("state"), None),
+            ("torch", None),
+            (_("cuDNN stock → now"), None),
+            (_("bundle"), None),
+            (_("last repair"), _("from the installer's last write")),
+            (_("gain"), None),
+            (_("standby"), None),
+            ("", None),
+        )
+    )
+    table = (
+        (
+            '<div class="scroll"><table><thead><tr>'
+            + heads
+            + "</tr></thead><tbody>"
+            + "".join(rows)
+            + "</tbody></table></div>"
+        )
+        if rows
+        else "<p>"
+        + _("No targets yet: add one with %(cmd)s, or Manage a found install.")
+        % {"cmd": "<code>torchkeeper target add PATH</code>"}
+        + "</p>"
+    )
     d = status.get("driver") or {}
-    driver = (e(_("driver %(version)s") % {"version": d.get("version")}) + f", CUDA {e(d.get('cuda'))}"
-              if d.get("state") == "ok" else e(d.get("message") or _("driver not checked")))
-    times = [ev["latency"] for ev in events if ev.get("event") == "repaired"
-             and isinstance(ev.get("latency"), (int, float))][-30:]
-    chart = ("<h2>" + e(ngettext("Repair time, the last one", "Repair times, last %(n)d", len(times))
-                        % {"n": len(times)}) + "</h2>"
-             + bars([t * 1000 for t in times], unit="ms",
-                    label=_("time from the installer's last write to verified")))\
-        if times else ""
+    driver = (
+        e(_("driver %(version)s") % {"version": d.get("version")}) + f", CUDA {e(d.get('cuda'))}"
+        if d.get("state") == "ok"
+        else e(d.get("message") or _("driver not checked"))
+    )
+    times = [
+        ev["latency"]
+        for ev in events
+        if ev.get("event") == "repaired" and isinstance(ev.get("latency"), (int, float))
+    ][-30:]
+    chart = (
+        (
+            "<h2>"
+            + e(
+                ngettext("Repair time, the last one", "Repair times, last %(n)d", len(times))
+                % {"n": len(times)}
+            )
+            + "</h2>"
+            + bars(
+                [t * 1000 for t in times],
+                unit="ms",
+                label=_("time from the installer's last write to verified"),
+            )
+        )
+        if times
+        else ""
+    )
     drift = timeline(events)
     return table + f'<p class="driver">{driver}</p>' + chart + drift
 
 
-def target_page(t: JsonObject, plan: JsonObject | None, plan_error: str | None, events: list[JsonObject],
-                csrf: str, way_back: list[JsonObject] | None = None) -> str:
+def target_page(
+    t: JsonObject,
+    plan: JsonObject | None,
+    plan_error: str | None,
+    events: list[JsonObject],
+    csrf: str,
+    way_back: list[JsonObject] | None = None,
+) -> str:
     n = t["name"]
-    parts = [f'<p>{e(t["site_packages"])}</p><p class="state state-{e(t.get("state"))}">'
-             f'{e(state_words(t.get("state")))}</p>']
+    parts = [
+        f'<p>{e(t["site_packages"])}</p><p class="state state-{e(t.get("state"))}">'
+        f"{e(state_words(t.get('state')))}</p>"
+    ]
     file_, hint = _("file"), _("hint: %(hint)s")
     if plan is not None:
-        steps = "".join(f'<tr><td>{e(s.get("rel") or s.get("key"))}</td><td>{e(s.get("action"))}</td>'
-                        f'<td>{e(s.get("prior"))}</td><td>{e(s.get("stock_source"))}</td></tr>'
-                        for s in plan.get("files", []))
-        reasons = "".join(f'<li class="{e(r.get("level"))}"><strong>{e(r.get("level"))}</strong> '
-                          f'[{e(r.get("rule"))}] {e(r.get("message"))}'
-                          f'{"<br><small>" + e(hint % {"hint": r["hint"]}) + "</small>" if r.get("hint") else ""}</li>'
-                          for r in plan.get("reasons", []))
+        steps = "".join(
+            f"<tr><td>{e(s.get('rel') or s.get('key'))}</td><td>{e(s.get('action'))}</td>"
+            f"<td>{e(s.get('prior'))}</td><td>{e(s.get('stock_source'))}</td></tr>"
+            for s in plan.get("files", [])
+        )
+        reasons = "".join(
+            f'<li class="{e(r.get("level"))}"><strong>{e(r.get("level"))}</strong> '
+            f"[{e(r.get('rule'))}] {e(r.get('message'))}"
+            f"{'<br><small>' + e(hint % {'hint': r['hint']}) + '</small>' if r.get('hint') else ''}</li>"
+            for r in plan.get("reasons", [])
+        )
         heads = "".join(f"<th>{e(h)}</th>" for h in (file_, _("action"), _("now"), _("stock hash from")))
-        table = (f'<div class="scroll"><table><thead><tr>{heads}</tr></thead><tbody>{steps}</tbody>'
-                 '</table></div>') if steps \
+        table = (
+            (
+                f'<div class="scroll"><table><thead><tr>{heads}</tr></thead><tbody>{steps}</tbody>'
+                "</table></div>"
+            )
+            if steps
             else "<p>" + e(_("Nothing to change: every file of the bundle is in place.")) + "</p>"
-        parts.append("<h2>" + e(_("Plan: bundle %(name)s — %(verdict)s") % {
-                     "name": plan.get("bundle_name"), "verdict": plan.get("verdict")}) + "</h2>"
-                     f'{table}<ul class="reasons">{reasons}</ul>')
+        )
+        parts.append(
+            "<h2>"
+            + e(
+                _("Plan: bundle %(name)s — %(verdict)s")
+                % {"name": plan.get("bundle_name"), "verdict": plan.get("verdict")}
+            )
+            + "</h2>"
+            f'{table}<ul class="reasons">{reasons}</ul>'
+        )
     elif plan_error:
         parts.append('<p class="note">' + e(_("No plan: %(why)s") % {"why": plan_error}) + "</p>")
     applied = t.get("applied")
     if applied:
-        same, none, kept, missing = _("same bytes as stock: nothing to keep"), _("none"), _("kept"), _("missing")
+        same, none, kept, missing = (
+            _("same bytes as stock: nothing to keep"),
+            _("none"),
+            _("kept"),
+            _("missing"),
+        )
         rows = "".join(
-            f'<tr><td>{e(w["rel"])}</td><td>{e(w["prior"])}</td>'
-            f'<td>{e(same) if w["same_as_stock"] else e(w["backup"] or none)}</td>'
-            f'<td>{"" if w["same_as_stock"] or not w["backup"] else (e(kept) if w["present"] else "<strong>" + e(missing) + "</strong>")}</td></tr>'
-            for w in (way_back or []))
-        parts.append("<h2>" + e(_("Way back")) + "</h2><p>" + e(_(
-            "%(n)s files replaced by bundle %(name)s on %(at)s; Revert puts back the bytes kept here:") % {
-            "n": applied.get("files"), "name": applied.get("bundle_name"), "at": applied.get("at")}) + "</p>"
-            + ('<div class="scroll"><table><thead><tr>' + "".join(f"<th>{e(h)}</th>" for h in (file_, _("was"), _("backup"), ""))
-               + f'</tr></thead><tbody>{rows}</tbody></table></div>' if rows else ""))
-    parts.append("".join(_form(f"/api/targets/{quote(n, safe='')}/{a}", label, csrf)
-                         for a, label in (("reapply", _("Reapply")), ("revert", _("Revert to stock")),
-                                          ("check", _("Check now")))))
+            f"<tr><td>{e(w['rel'])}</td><td>{e(w['prior'])}</td>"
+            f"<td>{e(same) if w['same_as_stock'] else e(w['backup'] or none)}</td>"
+            f"<td>{'' if w['same_as_stock'] or not w['backup'] else (e(kept) if w['present'] else '<strong>' + e(missing) + '</strong>')}</td></tr>"
+            for w in (way_back or [])
+        )
+        parts.append(
+            "<h2>"
+            + e(_("Way back"))
+            + "</h2><p>"
+            + e(
+                _("%(n)s files replaced by bundle %(name)s on %(at)s; Revert puts back the bytes kept here:")
+                % {"n": applied.get("files"), "name": applied.get("bundle_name"), "at": applied.get("at")}
+            )
+            + "</p>"
+            + (
+                '<div class="scroll"><table><thead><tr>'
+                + "".join(f"<th>{e(h)}</th>" for h in (file_, _("was"), _("backup"), ""))
+                + f"</tr></thead><tbody>{rows}</tbody></table></div>"
+                if rows
+                else ""
+            )
+        )
+    parts.append(
+        "".join(
+            _form(f"/api/targets/{quote(n, safe='')}/{a}", label, csrf)
+            for a, label in (
+                ("reapply", _("Reapply")),
+                ("revert", _("Revert to stock")),
+                ("check", _("Check now")),
+            )
+        )
+    )
     mine = [ev for ev in events if ev.get("target") == n][-40:]
-    items = "".join(f'<li><time>{e(ev.get("time"))}</time> {e(ev.get("event"))}'
-                    f'{" &mdash; " + e(ev.get("decision") or ev.get("why") or ev.get("message") or "") if (ev.get("decision") or ev.get("why") or ev.get("message")) else ""}</li>'
-                    for ev in reversed(mine))
-    parts.append("<h2>" + e(_("Events")) + '</h2><ol class="events">' + (items or "<li>" + e(_("none yet")) + "</li>")
-                 + "</ol>")
+    items = "".join(
+        f"<li><time>{e(ev.get('time'))}</time> {e(ev.get('event'))}"
+        f"{' &mdash; ' + e(ev.get('decision') or ev.get('why') or ev.get('message') or '') if (ev.get('decision') or ev.get('why') or ev.get('message')) else ''}</li>"
+        for ev in reversed(mine)
+    )
+    parts.append(
+        "<h2>"
+        + e(_("Events"))
+        + '</h2><ol class="events">'
+        + (items or "<li>" + e(_("none yet")) + "</li>")
+        + "</ol>"
+    )
     bench = t.get("last_bench")
     if bench and isinstance(bench.get("ratio"), (int, float)):
-        parts.append("<h2>" + e(_("Measured gain: x%(ratio).2f") % {"ratio": float(bench["ratio"])}) + "</h2>"
-                     f"<p><small>{e(bench.get('gpu'))}, {e(bench.get('time'))}</small></p>"
-                     + workloads(bench.get("parts") or {}, str(bench.get("bundle_name") or "overlay")))
+        parts.append(
+            "<h2>" + e(_("Measured gain: x%(ratio).2f") % {"ratio": float(bench["ratio"])}) + "</h2>"
+            f"<p><small>{e(bench.get('gpu'))}, {e(bench.get('time'))}</small></p>"
+            + workloads(bench.get("parts") or {}, str(bench.get("bundle_name") or "overlay"))
+        )
     return "".join(parts)
 
 
@@ -168,26 +265,48 @@ def bundles_page(bundles: list[JsonObject], status: JsonObject) -> str:
         for bid in {(t.get("bundle") or {}).get("id"), (t.get("applied") or {}).get("bundle")} - {None}:
             users.setdefault(bid, []).append(t["name"])
     rows = "".join(
-        f'<tr><td>{e(b.get("name"))}</td><td>{e(b.get("platform"))}</td><td>CUDA {e(b.get("cuda"))}, '
-        f'cuDNN {e(b.get("cudnn"))}</td><td>{e(_files(len(b.get("files") or [])))} '
-        f'{e(", ".join(f.get("name", "") for f in (b.get("files") or [])[:6]))}</td>'
-        f'<td>{e(", ".join(str(s) for s in (b.get("sources") or [])[:3]))}</td>'
-        f'<td>{e(", ".join(sorted(set(users.get(b.get("id"), [])))))}</td></tr>' for b in bundles)
-    heads = "".join(f"<th>{e(h)}</th>" for h in (_("bundle"), _("platform"), _("versions"), _("holds"),
-                                                 _("came from"), _("used by")))
-    return ('<div class="scroll"><table><thead><tr>' + heads + f'</tr></thead><tbody>{rows}</tbody></table></div>') \
-        if bundles else "<p>" + _("No bundles yet: %(fetch)s or %(create)s.") % {
-            "fetch": "<code>torchkeeper bundle fetch --for TARGET</code>", "create": "<code>bundle create</code>"} + "</p>"
+        f"<tr><td>{e(b.get('name'))}</td><td>{e(b.get('platform'))}</td><td>CUDA {e(b.get('cuda'))}, "
+        f"cuDNN {e(b.get('cudnn'))}</td><td>{e(_files(len(b.get('files') or [])))} "
+        f"{e(', '.join(f.get('name', '') for f in (b.get('files') or [])[:6]))}</td>"
+        f"<td>{e(', '.join(str(s) for s in (b.get('sources') or [])[:3]))}</td>"
+        f"<td>{e(', '.join(sorted(set(users.get(b.get('id'), [])))))}</td></tr>"
+        for b in bundles
+    )
+    heads = "".join(
+        f"<th>{e(h)}</th>"
+        for h in (_("bundle"), _("platform"), _("versions"), _("holds"), _("came from"), _("used by"))
+    )
+    return (
+        (
+            '<div class="scroll"><table><thead><tr>'
+            + heads
+            + f"</tr></thead><tbody>{rows}</tbody></table></div>"
+        )
+        if bundles
+        else "<p>"
+        + _("No bundles yet: %(fetch)s or %(create)s.")
+        % {
+            "fetch": "<code>torchkeeper bundle fetch --for TARGET</code>",
+            "create": "<code>bundle create</code>",
+        }
+        + "</p>"
+    )
 
 
 def found_page(found: list, csrf: str) -> str:
     if not found:
         return "<p>" + e(_("No unmanaged torch installs found.")) + "</p>"
-    rows = "".join(f'<tr><td>{e(f.label)}</td><td>{e(f.path)}</td><td>'
-                   + _form("/api/manage", _("Manage"), csrf, {"path": f.path})
-                   + (_form("/api/manage", _("Manage, get it and apply"), csrf, {"path": f.path, "fetch": "1"})
-                      if f.suggestion else "") + f'<small>{e(f.suggestion or "")}</small></td></tr>'
-                   for f in found)
+    rows = "".join(
+        f"<tr><td>{e(f.label)}</td><td>{e(f.path)}</td><td>"
+        + _form("/api/manage", _("Manage"), csrf, {"path": f.path})
+        + (
+            _form("/api/manage", _("Manage, get it and apply"), csrf, {"path": f.path, "fetch": "1"})
+            if f.suggestion
+            else ""
+        )
+        + f"<small>{e(f.suggestion or '')}</small></td></tr>"
+        for f in found
+    )
     return f'<div class="scroll"><table><tbody>{rows}</tbody></table></div>'
 
 
@@ -196,24 +315,50 @@ def settings_page(view, csrf: str, notifications: bool | None = None) -> str:
     auto = getattr(view, "autostart", None)
     on, off, auto_word, paused_word = _("on"), _("off"), _("Auto re-apply"), _("paused")
     login, notes = _("Start at login"), _("Notifications")
-    rows = [f'<tr><td>{e(auto_word)}</td><td>{e(paused_word if paused else on)}</td><td>'
-            + _form("/api/pause", _("Resume") if paused else _("Pause"), csrf, {"paused": "0" if paused else "1"})
-            + "</td></tr>"]
+    rows = [
+        f"<tr><td>{e(auto_word)}</td><td>{e(paused_word if paused else on)}</td><td>"
+        + _form("/api/pause", _("Resume") if paused else _("Pause"), csrf, {"paused": "0" if paused else "1"})
+        + "</td></tr>"
+    ]
     if auto is not None:
-        rows.append(f'<tr><td>{e(login)}</td><td>{e(on if auto else off)}</td><td>'
-                    + _form("/api/autostart", _("Turn off") if auto else _("Turn on"), csrf,
-                            {"enabled": "0" if auto else "1"}) + "</td></tr>")
+        rows.append(
+            f"<tr><td>{e(login)}</td><td>{e(on if auto else off)}</td><td>"
+            + _form(
+                "/api/autostart",
+                _("Turn off") if auto else _("Turn on"),
+                csrf,
+                {"enabled": "0" if auto else "1"},
+            )
+            + "</td></tr>"
+        )
     if notifications is not None:
-        rows.append(f'<tr><td>{e(notes)}</td><td>{e(on if notifications else off)}</td><td>'
-                    + _form("/api/notifications", _("Turn off") if notifications else _("Turn on"), csrf,
-                            {"enabled": "0" if notifications else "1"}) + "</td></tr>")
-    return ("<table><tbody>" + "".join(rows) + "</tbody></table>"
-            "<p><small>" + _("The rest: config.toml (%(cmd)s says where); the agent reads it again when it "
-                            "changes.") % {"cmd": "<code>torchkeeper doctor</code>"} + "</small></p>")
+        rows.append(
+            f"<tr><td>{e(notes)}</td><td>{e(on if notifications else off)}</td><td>"
+            + _form(
+                "/api/notifications",
+                _("Turn off") if notifications else _("Turn on"),
+                csrf,
+                {"enabled": "0" if notifications else "1"},
+            )
+            + "</td></tr>"
+        )
+    return (
+        "<table><tbody>" + "".join(rows) + "</tbody></table>"
+        "<p><small>"
+        + _("The rest: config.toml (%(cmd)s says where); the agent reads it again when it changes.")
+        % {"cmd": "<code>torchkeeper doctor</code>"}
+        + "</small></p>"
+    )
 
 
-def bars(values: list[float], unit: str, label: str, names: list[str] | None = None,
-         width: int = 640, height: int = 180) -> str:
+def bars(
+    values: list[float],
+    unit: str,
+    label: str,
+    names: list[str] | None = None,
+    width: int = 640,
+    height: int = 180,
+) -> str:
     """A bar chart as inline SVG, scaled to the largest value, with that value and the median
     written out (what people read off a chart)."""
     if not values:
@@ -221,23 +366,28 @@ def bars(values: list[float], unit: str, label: str, names: list[str] | None = N
     top = max(values) or 1.0
     n = len(values)
     gap, pad = 4, 28
-    bw = min(40.0, max(2.0, (width - pad - gap * n) / n))   # one bar stays a bar, not a block
+    bw = min(40.0, max(2.0, (width - pad - gap * n) / n))  # one bar stays a bar, not a block
     rects = []
     for i, v in enumerate(values):
         h = (height - 2 * pad) * v / top
         x, y = pad + i * (bw + gap), height - pad - h
         name = names[i] if names and i < len(names) else f"#{i + 1}"
-        rects.append(f'<rect x="{x:.1f}" y="{y:.1f}" width="{bw:.1f}" height="{h:.1f}"><title>{e(name)}: '
-                     f'{v:.3g} {e(unit)}</title></rect>')
+        rects.append(
+            f'<rect x="{x:.1f}" y="{y:.1f}" width="{bw:.1f}" height="{h:.1f}"><title>{e(name)}: '
+            f"{v:.3g} {e(unit)}</title></rect>"
+        )
         if names:
             rects.append(f'<text x="{x + bw / 2:.1f}" y="{height - 8}" text-anchor="middle">{e(name)}</text>')
     med = sorted(values)[n // 2]
-    return (f'<figure><svg class="chart" viewBox="0 0 {width} {height}" role="img" aria-label="{e(label)}">'
-            f'<line x1="{pad}" y1="{height - pad}" x2="{width}" y2="{height - pad}" class="axis"/>'
-            + "".join(rects) + f'<text x="{pad}" y="14">'
-            + e(_("max %(top).3g %(unit)s, median %(med).3g %(unit)s") % {"top": top, "med": med, "unit": unit})
-            + '</text>'
-            f'</svg><figcaption>{e(label)}</figcaption></figure>')
+    return (
+        f'<figure><svg class="chart" viewBox="0 0 {width} {height}" role="img" aria-label="{e(label)}">'
+        f'<line x1="{pad}" y1="{height - pad}" x2="{width}" y2="{height - pad}" class="axis"/>'
+        + "".join(rects)
+        + f'<text x="{pad}" y="14">'
+        + e(_("max %(top).3g %(unit)s, median %(med).3g %(unit)s") % {"top": top, "med": med, "unit": unit})
+        + "</text>"
+        f"</svg><figcaption>{e(label)}</figcaption></figure>"
+    )
 
 
 def timeline(events: list[JsonObject], days: int = 14) -> str:
@@ -257,9 +407,13 @@ def timeline(events: list[JsonObject], days: int = 14) -> str:
             rep[i] += 1
     if not any(drift) and not any(rep):
         return ""
-    return ("<h2>" + e(_("Drifts and repairs, last 14 days")) + "</h2>"
-            + bars([float(x) for x in drift], unit=_("drifts"), label=_("drift events per day (oldest first)"))
-            + bars([float(x) for x in rep], unit=_("repairs"), label=_("repairs per day (oldest first)")))
+    return (
+        "<h2>"
+        + e(_("Drifts and repairs, last 14 days"))
+        + "</h2>"
+        + bars([float(x) for x in drift], unit=_("drifts"), label=_("drift events per day (oldest first)"))
+        + bars([float(x) for x in rep], unit=_("repairs"), label=_("repairs per day (oldest first)"))
+    )
 
 
 def workloads(parts: JsonObject, bundle: str, width: int = 640) -> str:
@@ -282,13 +436,26 @@ def workloads(parts: JsonObject, bundle: str, width: int = 640) -> str:
             p = side[w]
             yy = y + j * (bar + 2)
             lo, hi = p.get("min", p["it_s"]), p.get("max", p["it_s"])
-            out.append(f'<rect class="{cls}" x="{pad}" y="{yy}" width="{p["it_s"] * scale:.1f}" height="{bar}">'
-                       f'<title>{e(label)}: {p["it_s"]:.3g} it/s ({lo:.3g}-{hi:.3g})</title></rect>'
-                       f'<line class="spread" x1="{pad + lo * scale:.1f}" x2="{pad + hi * scale:.1f}" '
-                       f'y1="{yy + bar / 2}" y2="{yy + bar / 2}"/>'
-                       f'<text x="{pad + hi * scale + 4:.1f}" y="{yy + bar - 3}">{p["it_s"]:.3g}</text>')
-    return (f'<figure><svg class="chart" viewBox="0 0 {width} {height}" role="img" '
-            'aria-label="' + e(_("iterations per second per workload, stock and %(bundle)s") % {"bundle": bundle})
-            + '">' + "".join(out) + "</svg><figcaption>" + e(_(
+            out.append(
+                f'<rect class="{cls}" x="{pad}" y="{yy}" width="{p["it_s"] * scale:.1f}" height="{bar}">'
+                f"<title>{e(label)}: {p['it_s']:.3g} it/s ({lo:.3g}-{hi:.3g})</title></rect>"
+                f'<line class="spread" x1="{pad + lo * scale:.1f}" x2="{pad + hi * scale:.1f}" '
+                f'y1="{yy + bar / 2}" y2="{yy + bar / 2}"/>'
+                f'<text x="{pad + hi * scale + 4:.1f}" y="{yy + bar - 3}">{p["it_s"]:.3g}</text>'
+            )
+    return (
+        f'<figure><svg class="chart" viewBox="0 0 {width} {height}" role="img" '
+        'aria-label="'
+        + e(_("iterations per second per workload, stock and %(bundle)s") % {"bundle": bundle})
+        + '">'
+        + "".join(out)
+        + "</svg><figcaption>"
+        + e(
+            _(
                 "iterations per second per workload: stock (grey) and %(bundle)s (blue), the line: the spread of "
-                "the repeats") % {"bundle": bundle}) + "</figcaption></figure>")
+                "the repeats"
+            )
+            % {"bundle": bundle}
+        )
+        + "</figcaption></figure>"
+    )

@@ -194,20 +194,29 @@ class Dashboard:
         if t is None:
             bottle.abort(404, "")
         plan, err = self.data.plan(name)
-        return self._page(_("Target %(name)s") % {"name": name}, pages.target_page(t, plan, err, self.data.events(),
-                                                              bottle.request.environ["tk.csrf"],
-                                                              self.data.way_back(name)))
+        return self._page(
+            _("Target %(name)s") % {"name": name},
+            pages.target_page(
+                t, plan, err, self.data.events(), bottle.request.environ["tk.csrf"], self.data.way_back(name)
+            ),
+        )
 
     def _page_bundles(self):
         return self._page(_("Bundles"), pages.bundles_page(self.data.bundles(), self.data.status()))
 
     def _page_found(self):
-        return self._page(_("Found installs"), pages.found_page(self.controller.view().found,
-                                                             bottle.request.environ["tk.csrf"]))
+        return self._page(
+            _("Found installs"),
+            pages.found_page(self.controller.view().found, bottle.request.environ["tk.csrf"]),
+        )
 
     def _page_settings(self):
-        return self._page(_("Settings"), pages.settings_page(self.controller.view(), bottle.request.environ["tk.csrf"],
-                                                          self.data.notifications()))
+        return self._page(
+            _("Settings"),
+            pages.settings_page(
+                self.controller.view(), bottle.request.environ["tk.csrf"], self.data.notifications()
+            ),
+        )
 
     # -- the API
     @staticmethod
@@ -218,8 +227,9 @@ class Dashboard:
 
     def _done(self, obj: JsonObject, back: str = "/"):
         """A form from the page goes back to it; a script gets JSON (202: queued)."""
-        if "text/html" in (bottle.request.get_header("Accept") or "") and \
-                not bottle.request.get_header("Authorization"):
+        if "text/html" in (bottle.request.get_header("Accept") or "") and not bottle.request.get_header(
+            "Authorization"
+        ):
             bottle.redirect(back, 303)
         return self._json(obj, 202)
 
@@ -237,12 +247,14 @@ class Dashboard:
         if name not in self.data.targets():
             bottle.abort(404, "")
         if action == "check":
-            self.controller.request(V.CHECK_ALL)   # one check of every target: cheap, and what the tray offers
+            self.controller.request(V.CHECK_ALL)  # one check of every target: cheap, and what the tray offers
         elif action in ACTIONS:
             self.controller.request(ACTIONS[action], target=name)
         else:
             bottle.abort(404, "")
-        return self._done({"queued": action, "target": name}, back=bottle.request.get_header("Referer") or "/")
+        return self._done(
+            {"queued": action, "target": name}, back=bottle.request.get_header("Referer") or "/"
+        )
 
     def _api_check_all(self):
         self.controller.request(V.CHECK_ALL)
@@ -324,12 +336,19 @@ class Data:
         from ..engine.txn import BackupStore
 
         store = BackupStore(self.engine.home)
-        files = ((self.engine.state.read()["overlays"].get(name) or {}).get("files") or {})
+        files = (self.engine.state.read()["overlays"].get(name) or {}).get("files") or {}
         out = []
         for rel, f in sorted(files.items()):
             digest = f.get("stock_backup") or f.get("foreign_backup")
-            out.append({"rel": rel, "prior": f.get("prior"), "backup": str(store.path(digest)) if digest else None,
-                        "present": bool(digest) and store.has(digest), "same_as_stock": bool(f.get("same_as_stock"))})
+            out.append(
+                {
+                    "rel": rel,
+                    "prior": f.get("prior"),
+                    "backup": str(store.path(digest)) if digest else None,
+                    "present": bool(digest) and store.has(digest),
+                    "same_as_stock": bool(f.get("same_as_stock")),
+                }
+            )
         return out
 
     def notifications(self) -> bool | None:

@@ -44,11 +44,13 @@ def _load(state: str, size: int, directory: Path):
     path = directory / f"{state}-{pick_size(size)}.png"
     try:
         with Image.open(path) as im:
-            im = im.convert("RGBA")     # stored indexed; pystray and callers want RGBA
+            im = im.convert("RGBA")  # stored indexed; pystray and callers want RGBA
     except FileNotFoundError:
         raise NotFound(_("tray icon %(path)s is missing") % {"path": path}, _REGENERATE) from None
     except (OSError, UnidentifiedImageError) as e:
-        raise NotFound(_("tray icon %(path)s cannot be read: %(e)s") % {"path": path, "e": e}, _REGENERATE) from None
+        raise NotFound(
+            _("tray icon %(path)s cannot be read: %(e)s") % {"path": path, "e": e}, _REGENERATE
+        ) from None
     if im.size != (size, size):
         im = im.resize((size, size), Image.Resampling.LANCZOS)
     return im

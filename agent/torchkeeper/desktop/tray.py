@@ -396,10 +396,19 @@ class Tray:
         if v.found:
             lines += ["", _("Found, not managed (`torchkeeper target add PATH` keeps one):")]
             lines += [f"    {f.label}: {f.path}" for f in v.found]
-        lines += ["", _("Everything at once: torchkeeper status | torchkeeper apply | torchkeeper verify"),
-                  (_("Auto re-apply is paused (config: %(path)s).") if v.paused
-                   else _("Auto re-apply is on (config: %(path)s).")) % {"path": self._controller.config_file},
-                  _("This desktop's tray shows no menu: see torchkeeper's README, \"The tray\", for one that does.")]
+        lines += [
+            "",
+            _("Everything at once: torchkeeper status | torchkeeper apply | torchkeeper verify"),
+            (
+                _("Auto re-apply is paused (config: %(path)s).")
+                if v.paused
+                else _("Auto re-apply is on (config: %(path)s).")
+            )
+            % {"path": self._controller.config_file},
+            _(
+                "This desktop's tray shows no menu: see torchkeeper's README, \"The tray\", for one that does."
+            ),
+        ]
         self._write_and_open("overview", "\n".join(lines) + "\n")
 
     def _write_and_open(self, stem: str, text: str) -> None:
@@ -419,8 +428,13 @@ class Tray:
         """Writes the target's details to a text file next to the log and opens it: every
         backend can do that (X11 has no notifications, Windows balloons keep 255 characters),
         and the text can be read in full and copied into a bug report."""
-        text = (f"{t.name}: {t.message}\n" + _("state: %(state)s") % {"state": view.state_word(t.state)}
-                + "\n" + _("bundle: %(name)s") % {"name": t.bundle or _("(none)")} + "\n")
+        text = (
+            f"{t.name}: {t.message}\n"
+            + _("state: %(state)s") % {"state": view.state_word(t.state)}
+            + "\n"
+            + _("bundle: %(name)s") % {"name": t.bundle or _("(none)")}
+            + "\n"
+        )
         if t.folder:
             text += _("folder: %(path)s") % {"path": t.folder} + "\n"
         text += "\n" + (t.details or _("(no details)")) + "\n"
@@ -453,11 +467,11 @@ class Tray:
         try:
             if v.overall != self._shown_state:
                 image = icons.load(v.overall, self._icon_size)
-                self._shown_state = v.overall   # first: the X11 backend draws it from this
+                self._shown_state = v.overall  # first: the X11 backend draws it from this
                 try:
                     self.icon.icon = image
                 except Exception:
-                    self._shown_state = None    # try again with the next view
+                    self._shown_state = None  # try again with the next view
                     raise
             title = _clip_lines(v.tooltip, TITLE_MAX)
             if title != self.icon.title:
@@ -490,11 +504,9 @@ class Tray:
         if not getattr(self.icon, "HAS_NOTIFICATION", False):
             raise NotifyUnavailable(f"the {self.backend} tray backend has no notifications")
         try:
-            self.icon.notify(_clip_lines(body, NOTIFY_BODY_MAX),
-                             _clip_lines(title, NOTIFY_TITLE_MAX))
+            self.icon.notify(_clip_lines(body, NOTIFY_BODY_MAX), _clip_lines(title, NOTIFY_TITLE_MAX))
         except NotImplementedError:
-            raise NotifyUnavailable(
-                f"the {self.backend} tray backend has no notifications") from None
+            raise NotifyUnavailable(f"the {self.backend} tray backend has no notifications") from None
         except Exception as e:
             raise NotifyUnavailable(f"tray notification failed: {_one_line(e)}") from None
 
@@ -527,8 +539,8 @@ class Tray:
             try:
                 icon.visible = True
                 self._flush_x()
-                if self._stopped:           # stop() came while the loop was starting: it
-                    icon.stop()             # found nothing running, so end the loop now
+                if self._stopped:  # stop() came while the loop was starting: it
+                    icon.stop()  # found nothing running, so end the loop now
                     self._flush_x()
                     return
                 if setup is not None:

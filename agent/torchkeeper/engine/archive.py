@@ -44,7 +44,10 @@ def export(store: Store, m: Manifest, dest: Path) -> Path:
     if dest.is_dir():
         dest = dest / f"{m['name']}.tkbundle.tar"
     if not dest.parent.is_dir():
-        raise NotFound(_("folder %(parent)s does not exist") % {"parent": dest.parent}, _("create it or choose another path"))
+        raise NotFound(
+            _("folder %(parent)s does not exist") % {"parent": dest.parent},
+            _("create it or choose another path"),
+        )
     mode = _mode_for(dest)
     tmp = dest.with_name(f".{dest.name}.part")
     manifest = json.dumps(_shareable(m), indent=1, sort_keys=True).encode()
@@ -80,14 +83,18 @@ def _shareable(m: Manifest) -> JsonObject:
 
 
 def _bad(archive: Path, what: str) -> BadArchive:
-    return BadArchive(_("%(archive)s: %(what)s; nothing was imported") % {"archive": archive, "what": what},
-                      _("get the archive again from its source (`torchkeeper bundle export` "
-                        "on the machine that has the bundle)"))
+    return BadArchive(
+        _("%(archive)s: %(what)s; nothing was imported") % {"archive": archive, "what": what},
+        _(
+            "get the archive again from its source (`torchkeeper bundle export` "
+            "on the machine that has the bundle)"
+        ),
+    )
 
 
 def _check_manifest(archive: Path, raw: bytes) -> Manifest:
     try:
-        m = parse_json(raw)     # 100,000 nested brackets are a ValueError too
+        m = parse_json(raw)  # 100,000 nested brackets are a ValueError too
     except ValueError:
         raise _bad(archive, "manifest.json is not valid JSON") from None
     if not isinstance(m, dict) or m.get("format") != FORMAT:
@@ -124,7 +131,10 @@ def peek(archive: Path) -> Manifest:
     (`bundle import --dry-run`: would it add a bundle?) needs; the files are checked on import."""
     archive = Path(archive).expanduser()
     if not archive.is_file():
-        raise NotFound(_("%(archive)s does not exist") % {"archive": archive}, _("give the path of a file made by `bundle export`"))
+        raise NotFound(
+            _("%(archive)s does not exist") % {"archive": archive},
+            _("give the path of a file made by `bundle export`"),
+        )
     try:
         with tarfile.open(archive, "r:*") as tar:
             ti = tar.next()
@@ -139,14 +149,20 @@ def peek(archive: Path) -> Manifest:
         why = " ".join(str(e).split())
         raise _bad(archive, f"the archive is truncated or corrupt ({why})") from None
     except OSError as e:
-        raise BadArchive(_("%(archive)s is not a readable bundle archive (%(value)s)") % {"archive": archive, "value": e.strerror or e},
-                         _("give a file made by `torchkeeper bundle export`")) from None
+        raise BadArchive(
+            _("%(archive)s is not a readable bundle archive (%(value)s)")
+            % {"archive": archive, "value": e.strerror or e},
+            _("give a file made by `torchkeeper bundle export`"),
+        ) from None
 
 
 def import_(store: Store, archive: Path) -> tuple[Manifest, bool]:
     archive = Path(archive).expanduser()
     if not archive.is_file():
-        raise NotFound(_("%(archive)s does not exist") % {"archive": archive}, _("give the path of a file made by `bundle export`"))
+        raise NotFound(
+            _("%(archive)s does not exist") % {"archive": archive},
+            _("give the path of a file made by `bundle export`"),
+        )
     store.root.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f"import-{os.getpid()}-", dir=store.home.tmp_dir()))
     try:
@@ -156,10 +172,14 @@ def import_(store: Store, archive: Path) -> tuple[Manifest, bool]:
             tar = tarfile.open(archive, "r:*")
         except (tarfile.TarError, OSError) as e:
             # tarfile's own message lists every method it tried, one per line
-            why = (e.strerror if isinstance(e, OSError) and e.strerror
-                   else "not a tar, .tar.gz or .tar.xz file")
-            raise BadArchive(_("%(archive)s is not a readable bundle archive (%(why)s)") % {"archive": archive, "why": why},
-                             _("give a file made by `torchkeeper bundle export`")) from None
+            why = (
+                e.strerror if isinstance(e, OSError) and e.strerror else "not a tar, .tar.gz or .tar.xz file"
+            )
+            raise BadArchive(
+                _("%(archive)s is not a readable bundle archive (%(why)s)")
+                % {"archive": archive, "why": why},
+                _("give a file made by `torchkeeper bundle export`"),
+            ) from None
         m = None
         got: dict[str, str] = {}
         try:
@@ -187,8 +207,9 @@ def import_(store: Store, archive: Path) -> tuple[Manifest, bool]:
                     key = parts[1]
                     if key in got:
                         raise _bad(archive, f"member {name!r} appears twice")
-                    got[key] = _extract_file(archive, tar, ti, want[key], stage / "files" / key,
-                                             m.get("platform") == libs.WINDOWS)
+                    got[key] = _extract_file(
+                        archive, tar, ti, want[key], stage / "files" / key, m.get("platform") == libs.WINDOWS
+                    )
         except (tarfile.TarError, EOFError, OSError, *codec_errors()) as e:
             if isinstance(e, OSError) and not isinstance(e, (EOFError,)) and e.errno is not None:
                 raise
@@ -208,8 +229,9 @@ def import_(store: Store, archive: Path) -> tuple[Manifest, bool]:
         _rmtree(tmp)
 
 
-def _extract_file(archive: Path, tar: tarfile.TarFile, ti: tarfile.TarInfo, f: ManifestFile, dest: Path,
-                  windows: bool) -> str:
+def _extract_file(
+    archive: Path, tar: tarfile.TarFile, ti: tarfile.TarInfo, f: ManifestFile, dest: Path, windows: bool
+) -> str:
     """One library out of the archive, checked against its manifest entry ``f`` while it is
     written: never more bytes than it says, its sha256, and a real library. Returns the sha256."""
     key = f["name"]

@@ -61,12 +61,16 @@ class Autostart:
         if now.state == osauto.TURNED_OFF:
             if if_not_declined:
                 return self.status(), f"left off: it was turned off outside torchkeeper ({now.where})"
-            raise UsageError(_("start at login is turned off in the system's settings (%(where)s)") % {"where": now.where},
-                             now.how_to_turn_on)
+            raise UsageError(
+                _("start at login is turned off in the system's settings (%(where)s)") % {"where": now.where},
+                now.how_to_turn_on,
+            )
         prior = self.choice()
         if if_not_declined and prior and prior["choice"] == OFF:
-            return self.status(), (f"left off: you turned start at login off ({prior.get('by')}, "
-                                   f"{prior.get('at')}); `torchkeeper autostart enable` turns it on")
+            return self.status(), (
+                f"left off: you turned start at login off ({prior.get('by')}, "
+                f"{prior.get('at')}); `torchkeeper autostart enable` turns it on"
+            )
         self.backend.enable(self.argv())
         self._remember(ON, by)
         return self.status(), f"torchkeeper will start at login ({now.where})"

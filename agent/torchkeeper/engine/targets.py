@@ -89,11 +89,16 @@ def use(eng: Engine, ref: str, target: str | None = None) -> UseResult:
             else:
                 res.skipped[n] = why
         if target is not None and res.skipped:
-            raise Refused(_("target '%(target)s': the compatibility gate refuses bundle "
-                            "'%(name)s': %(skipped)s") % {"target": target, "name": m['name'], "skipped": res.skipped[target]},
-                          _("choose a bundle that fits (`torchkeeper suggest` or "
-                            "`torchkeeper plan %(target)s --bundle B` explains), or create "
-                            "one for it") % {"target": target})
+            raise Refused(
+                _("target '%(target)s': the compatibility gate refuses bundle '%(name)s': %(skipped)s")
+                % {"target": target, "name": m["name"], "skipped": res.skipped[target]},
+                _(
+                    "choose a bundle that fits (`torchkeeper suggest` or "
+                    "`torchkeeper plan %(target)s --bundle B` explains), or create "
+                    "one for it"
+                )
+                % {"target": target},
+            )
         if target is None:
             res.default_changed = st.get("default_bundle") != m["id"]
             st["default_bundle"] = m["id"]
@@ -129,8 +134,19 @@ def _default_target_name(path: Path, sp: Path) -> str:
     """A name a user recognises: the app folder ('stable-diffusion-webui', 'ComfyUI-便携'), not
     'venv'. Always one TARGET_NAME_RX accepts, whatever the folder is called."""
     p = path
-    generic = {"venv", ".venv", "python_embeded", "python_embedded", "site-packages", "lib", "env",
-               "python", "system", "torch", "installer_files"}
+    generic = {
+        "venv",
+        ".venv",
+        "python_embeded",
+        "python_embedded",
+        "site-packages",
+        "lib",
+        "env",
+        "python",
+        "system",
+        "torch",
+        "installer_files",
+    }
     while p.name.lower() in generic or p.name.lower().startswith("python3") and p.parent != p:
         p = p.parent
     return _valid_name(p.name)
@@ -154,6 +170,6 @@ def _numbered(base: str, taken) -> str:
     name, i = base, 2
     while name in taken:
         suffix = f"-{i}"
-        name = base[:64 - len(suffix)].rstrip("-._") + suffix
+        name = base[: 64 - len(suffix)].rstrip("-._") + suffix
         i += 1
     return name

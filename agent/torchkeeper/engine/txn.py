@@ -303,7 +303,9 @@ class Transaction:
                 if p.exists():
                     raise OperationFailed(_("%(p)s could not be removed") % {"p": p}, _("run the command again"))
             elif not p.is_file() or p.stat().st_size != c.new_size:
-                raise OperationFailed(_("%(p)s is not the file just written") % {"p": p}, _("run the command again"))
+                raise OperationFailed(
+                    _("%(p)s is not the file just written") % {"p": p}, _("run the command again")
+                )
 
     def _cleanup(self) -> None:
         try:
@@ -324,8 +326,14 @@ def journal_path(home: Home, target: str) -> Path:
     return home.journal_dir / f"{target}.json"
 
 
-def rollback(home: Home, root: Path, changes: list[Change], backups: BackupStore,
-             ops: FileOps | None = None, phase: str = "swap") -> None:
+def rollback(
+    home: Home,
+    root: Path,
+    changes: list[Change],
+    backups: BackupStore,
+    ops: FileOps | None = None,
+    phase: str = "swap",
+) -> None:
     """Undo what this transaction did, and only that. Before the swap (phase ``prepare``)
     it wrote nothing but its staged files: remove them. During the swap, a target file is
     put back from its backup only when it is still the staged file the swap renamed there
@@ -344,14 +352,18 @@ def rollback(home: Home, root: Path, changes: list[Change], backups: BackupStore
             continue
         src = backups.path(c.old_sha256)
         if not src.is_file():
-            raise OperationFailed(_("cannot restore %(p)s: its backup %(src)s is missing") % {"p": p, "src": src},
-                                  _("reinstall torch (pip install --force-reinstall torch==<version>)"))
+            raise OperationFailed(
+                _("cannot restore %(p)s: its backup %(src)s is missing") % {"p": p, "src": src},
+                _("reinstall torch (pip install --force-reinstall torch==<version>)"),
+            )
         tmp = Path(str(p) + RESTORE)
         digest, _how = copy_hashing(src, tmp)
         if digest != c.old_sha256:
             os.unlink(tmp)
-            raise OperationFailed(_("the backup of %(p)s is damaged (%(src)s)") % {"p": p, "src": src},
-                                  _("reinstall torch (pip install --force-reinstall torch==<version>)"))
+            raise OperationFailed(
+                _("the backup of %(p)s is damaged (%(src)s)") % {"p": p, "src": src},
+                _("reinstall torch (pip install --force-reinstall torch==<version>)"),
+            )
         ops.replace(tmp, p)
     for d in {(root / c.rel).parent for c in changes}:
         fsync_dir(d)
@@ -370,10 +382,17 @@ def _swapped_in(p: Path, c: Change) -> bool:
 
 
 JOURNAL_KEYS = {"txn", "op", "target", "root", "phase", "meta", "changes"}
-CHANGE_TYPES = {"rel": (str,), "src": (str, type(None)), "new_sha256": (str, type(None)),
-                "new_size": (int, type(None)), "old_sha256": (str, type(None)),
-                "old_stat": (dict, type(None)), "backup": (str, type(None)),
-                "staged": (dict, type(None)), "link": (dict, type(None))}
+CHANGE_TYPES = {
+    "rel": (str,),
+    "src": (str, type(None)),
+    "new_sha256": (str, type(None)),
+    "new_size": (int, type(None)),
+    "old_sha256": (str, type(None)),
+    "old_stat": (dict, type(None)),
+    "backup": (str, type(None)),
+    "staged": (dict, type(None)),
+    "link": (dict, type(None)),
+}
 
 
 def journal_problem(j, stem: str) -> str | None:
@@ -387,18 +406,29 @@ def journal_problem(j, stem: str) -> str | None:
         return "it names another target"
     if j["op"] not in ("apply", "revert") or j["phase"] not in ("prepare", "swap", "commit"):
         return "unknown op or phase"
-    if not isinstance(j["txn"], str) or not isinstance(j["root"], str) or not os.path.isabs(j["root"]) \
-            or not isinstance(j["meta"], dict) or not isinstance(j["changes"], list):
+    if (
+        not isinstance(j["txn"], str)
+        or not isinstance(j["root"], str)
+        or not os.path.isabs(j["root"])
+        or not isinstance(j["meta"], dict)
+        or not isinstance(j["changes"], list)
+    ):
         return "malformed fields"
     for c in j["changes"]:
-        if not isinstance(c, dict) or not {"rel", "src", "new_sha256"} <= set(c) <= set(CHANGE_TYPES) \
-                or not all(isinstance(v, CHANGE_TYPES[k]) for k, v in c.items()):
+        if (
+            not isinstance(c, dict)
+            or not {"rel", "src", "new_sha256"} <= set(c) <= set(CHANGE_TYPES)
+            or not all(isinstance(v, CHANGE_TYPES[k]) for k, v in c.items())
+        ):
             return "a malformed change"
         rel = c["rel"]
         if rel.startswith("/") or "\\" in rel or ":" in rel or ".." in rel.split("/"):
             return f"a change outside the target ({rel[:80]!r})"
-    if j["phase"] == "commit" and j["op"] == "apply" and not (
-            isinstance(j["meta"].get("files"), dict) and isinstance(j["meta"].get("bundle"), str)):
+    if (
+        j["phase"] == "commit"
+        and j["op"] == "apply"
+        and not (isinstance(j["meta"].get("files"), dict) and isinstance(j["meta"].get("bundle"), str))
+    ):
         return "a commit without the overlay it records"
     return None
 
@@ -414,7 +444,7 @@ def pending(home: Home) -> list[JsonObject]:
             j = load_json(p, 64 << 20, follow=False)
             problem = journal_problem(j, p.stem)
         except (OSError, ValueError) as e:
-            problem = (f"{e.strerror} ({p.name})" if isinstance(e, OSError) and e.strerror else str(e))
+            problem = f"{e.strerror} ({p.name})" if isinstance(e, OSError) and e.strerror else str(e)
         if problem:
             out.append({"target": p.stem, "corrupt": problem, "_path": str(p)})
         else:
@@ -442,8 +472,7 @@ def damaged(home: Home, target: str | None = None) -> list[Path]:
     d = damaged_dir(home)
     if not d.is_dir():
         return []
-    return sorted(p for p in d.glob("*.json")
-                  if target is None or p.name.rpartition("@")[0] == target)
+    return sorted(p for p in d.glob("*.json") if target is None or p.name.rpartition("@")[0] == target)
 
 
 def resolve_damaged(path: Path) -> None:
@@ -483,10 +512,19 @@ def _at(e: OSError, path: Path) -> OSError:
 def _os_failure(e: OSError, target: str) -> OperationFailed:
     where = f" ({e.filename})" if e.filename else ""
     if is_no_space(e):
-        return OperationFailed(_("disk full while changing target '%(target)s'%(where)s; "
-                                 "nothing was changed") % {"target": target, "where": where}, _("free some disk space and run it again"))
+        return OperationFailed(
+            _("disk full while changing target '%(target)s'%(where)s; nothing was changed")
+            % {"target": target, "where": where},
+            _("free some disk space and run it again"),
+        )
     if isinstance(e, PermissionError):
-        return OperationFailed(_("permission denied%(where)s while changing target "
-                                 "'%(target)s'; nothing was changed") % {"where": where, "target": target},
-                               _("run as the user that owns the environment, or fix its permissions"))
-    return OperationFailed(_("%(value)s%(where)s while changing target '%(target)s'; nothing was changed") % {"value": e.strerror or e, "where": where, "target": target}, _("fix the cause and run it again"))
+        return OperationFailed(
+            _("permission denied%(where)s while changing target '%(target)s'; nothing was changed")
+            % {"where": where, "target": target},
+            _("run as the user that owns the environment, or fix its permissions"),
+        )
+    return OperationFailed(
+        _("%(value)s%(where)s while changing target '%(target)s'; nothing was changed")
+        % {"value": e.strerror or e, "where": where, "target": target},
+        _("fix the cause and run it again"),
+    )

@@ -47,8 +47,11 @@ def package(family: str, cuda_major: int) -> str:
     except KeyError:
         from ..errors import UsageError
 
-        raise UsageError(_("no NVIDIA wheel of %(get)s is known for CUDA %(cuda_major)s") % {"get": libs.FAMILY_TITLES.get(family, family), "cuda_major": cuda_major},
-                         _("use --cuda %(join)s") % {"join": ' or '.join(map(str, CUDA_MAJORS))}) from None
+        raise UsageError(
+            _("no NVIDIA wheel of %(get)s is known for CUDA %(cuda_major)s")
+            % {"get": libs.FAMILY_TITLES.get(family, family), "cuda_major": cuda_major},
+            _("use --cuda %(join)s") % {"join": " or ".join(map(str, CUDA_MAJORS))},
+        ) from None
 
 
 def is_stub(name: str, version: str, cuda_major: int) -> bool:

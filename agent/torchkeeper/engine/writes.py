@@ -29,37 +29,60 @@ def apply(eng: Engine, name: str, force: bool = False, dry_run: bool = False, pr
     with target_lock(eng.home, name):
         if damaged(eng.home, name) and not mixed.whole(eng, name):
             # an overlay over it would record its bundle's bytes as stock: revert first
-            raise OperationFailed(_("%(problem)s; nothing was changed") % {"problem": mixed.mixed_message(name)},
-                                  _("run `torchkeeper revert %(name)s` first (stock copies are kept)") % {"name": name})
+            raise OperationFailed(
+                _("%(problem)s; nothing was changed") % {"problem": mixed.mixed_message(name)},
+                _("run `torchkeeper revert %(name)s` first (stock copies are kept)") % {"name": name},
+            )
         p, info, m = eng.plan(name)
         if p.refusals:
-            raise Refused(_("target '%(name)s': the compatibility gate refuses bundle '%(bundle)s': %(why)s")
-                          % {"name": name, "bundle": p.bundle_name, "why": p.refusals[0].message},
-                          p.refusals[0].hint, list(p.reasons))
+            raise Refused(
+                _("target '%(name)s': the compatibility gate refuses bundle '%(bundle)s': %(why)s")
+                % {"name": name, "bundle": p.bundle_name, "why": p.refusals[0].message},
+                p.refusals[0].hint,
+                list(p.reasons),
+            )
         if p.needs_force and not force:
-            raise Refused(_("target '%(name)s': %(why)s") % {"name": name, "why": p.needs_force[0].message},
-                          p.needs_force[0].hint, list(p.reasons))
+            raise Refused(
+                _("target '%(name)s': %(why)s") % {"name": name, "why": p.needs_force[0].message},
+                p.needs_force[0].hint,
+                list(p.reasons),
+            )
         if dry_run:
-            return Result(name, True, "dry run",
-                          f"would change {len(p.changes)} file(s) of '{name}'", p.to_dict())
+            return Result(
+                name, True, "dry run", f"would change {len(p.changes)} file(s) of '{name}'", p.to_dict()
+            )
         if progress is not None and hasattr(progress, "set_total"):
             progress.set_total(sum(s.new_size for s in p.changes))
         overlay = eng.state.read()["overlays"].get(name)
         if not p.changes and overlay and overlay.get("bundle") == m["id"]:
-            return Result(name, True, "already applied",
-                          f"'{name}' already has {describe(m)} ({m['name']})", p.to_dict())
+            return Result(
+                name,
+                True,
+                "already applied",
+                f"'{name}' already has {describe(m)} ({m['name']})",
+                p.to_dict(),
+            )
         changes, meta = _apply_changes(eng, p, info, m, overlay)
         via = _run_apply(eng, name, info, m, overlay, changes, meta, progress)
-        how = (f"{via['standby']} linked from the standby, {via['copy']} copied" if via["standby"]
-               else f"{len(changes)} file(s) replaced")
-        return Result(name, True, "applied",
-                      f"applied {describe(m)} ({m['name']}) to '{name}': {how}, backed up and "
-                      "verified", p.to_dict(), via=via,
-                      touched=[str(info.site_packages / c.rel) for c in changes])
+        how = (
+            f"{via['standby']} linked from the standby, {via['copy']} copied"
+            if via["standby"]
+            else f"{len(changes)} file(s) replaced"
+        )
+        return Result(
+            name,
+            True,
+            "applied",
+            f"applied {describe(m)} ({m['name']}) to '{name}': {how}, backed up and verified",
+            p.to_dict(),
+            via=via,
+            touched=[str(info.site_packages / c.rel) for c in changes],
+        )
 
 
-def _apply_changes(eng: Engine, p: gate.Plan, info, m: Manifest,
-                   overlay: Overlay | None) -> tuple[list[Change], JsonObject]:
+def _apply_changes(
+    eng: Engine, p: gate.Plan, info, m: Manifest, overlay: Overlay | None
+) -> tuple[list[Change], JsonObject]:
     """The plan as the transaction's changes, and the overlay record's meta (each file's
     stock and foreign backups carried over from the overlay before)."""
     prev_files = (overlay or {}).get("files", {})
@@ -67,8 +90,9 @@ def _apply_changes(eng: Engine, p: gate.Plan, info, m: Manifest,
     for s in p.steps:
         prev = prev_files.get(s.rel, {})
         meta_files[s.rel] = {
-            "key": s.key, "action": s.action if s.action != gate.IN_PLACE else
-            (prev.get("action") or gate.REPLACE), "prior": s.prior,
+            "key": s.key,
+            "action": s.action if s.action != gate.IN_PLACE else (prev.get("action") or gate.REPLACE),
+            "prior": s.prior,
             "stock_sha256": s.stock_sha256 or prev.get("stock_sha256"),
             "stock_size": s.stock_size or prev.get("stock_size"),
             "stock_source": s.stock_source or prev.get("stock_source"),
@@ -79,9 +103,16 @@ def _apply_changes(eng: Engine, p: gate.Plan, info, m: Manifest,
             "sha256": s.new_sha256,
         }
         if s.action in (gate.REPLACE, gate.ADD, gate.FOREIGN):
-            changes.append(Change(s.rel, str(eng.bundles.file_path(m, s.key)),
-                                  s.new_sha256, s.new_size, s.current_sha256,
-                                  s.current_stat))
+            changes.append(
+                Change(
+                    s.rel,
+                    str(eng.bundles.file_path(m, s.key)),
+                    s.new_sha256,
+                    s.new_size,
+                    s.current_sha256,
+                    s.current_stat,
+                )
+            )
         elif s.action == gate.IN_PLACE and s.prior == "stock" and s.stock_sha256:
             # stock bytes that equal the bundle's: nothing to restore on revert
             meta_files[s.rel]["stock_backup"] = None
@@ -92,14 +123,27 @@ def _apply_changes(eng: Engine, p: gate.Plan, info, m: Manifest,
             c = _restore_change(eng, info, rel, prev)
             if _needed(c):
                 changes.append(c)
-    meta = {"bundle": m["id"], "bundle_name": m["name"], "files": meta_files,
-            "torch_version": info.torch_version, "torch_cuda": info.torch_cuda,
-            "cudnn_stock": (overlay or {}).get("cudnn_stock") or info.cudnn_build}
+    meta = {
+        "bundle": m["id"],
+        "bundle_name": m["name"],
+        "files": meta_files,
+        "torch_version": info.torch_version,
+        "torch_cuda": info.torch_cuda,
+        "cudnn_stock": (overlay or {}).get("cudnn_stock") or info.cudnn_build,
+    }
     return changes, meta
 
 
-def _run_apply(eng: Engine, name: str, info, m: Manifest, overlay: Overlay | None, changes: list[Change],
-               meta: JsonObject, progress) -> JsonObject:
+def _run_apply(
+    eng: Engine,
+    name: str,
+    info,
+    m: Manifest,
+    overlay: Overlay | None,
+    changes: list[Change],
+    meta: JsonObject,
+    progress,
+) -> JsonObject:
     """Run the apply transaction (linking from the standby where it can); returns how the
     files got there: {"standby": linked, "copy": copied, "why_copy": ...}."""
     why_copy = _offer_standby(eng, name, info, overlay, m, changes)
@@ -118,11 +162,22 @@ def _run_apply(eng: Engine, name: str, info, m: Manifest, overlay: Overlay | Non
         standby.after_commit(eng.home, name, {sha: True for sha in linked})
     if copied and why_copy is None:
         why_copy = "standby file changed"  # seen at the last moment, in the transaction
-    via = {"standby": sum(c.link is not None for c in changes), "copy": len(copied),
-           "why_copy": why_copy if copied else None}
+    via = {
+        "standby": sum(c.link is not None for c in changes),
+        "copy": len(copied),
+        "why_copy": why_copy if copied else None,
+    }
     gc_backups(eng)
-    log_event(eng.home, "applied", target=name, bundle=m["id"], bundle_name=m["name"],
-              files=len(changes), seconds=round(time.time() - t0, 3), via=via)
+    log_event(
+        eng.home,
+        "applied",
+        target=name,
+        bundle=m["id"],
+        bundle_name=m["name"],
+        files=len(changes),
+        seconds=round(time.time() - t0, 3),
+        via=via,
+    )
     return via
 
 
@@ -155,22 +210,30 @@ def _restore_change(eng: Engine, info, rel: str, prev: OverlayFile) -> Change:
     if prev.get("action") == gate.ADD:
         return Change(rel, None, None, None, cur, st)
     lf = next((f for f in info.libs.values() if f.rel == rel), None)
-    stock = (lf.stock_sha256 if lf else None) or prev.get("stock_sha256") or (
-        prev.get("stock_backup") if prev.get("prior") == "stock" else None)
+    stock = (
+        (lf.stock_sha256 if lf else None)
+        or prev.get("stock_sha256")
+        or (prev.get("stock_backup") if prev.get("prior") == "stock" else None)
+    )
     backups = BackupStore(eng.home)
     foreign = prev.get("foreign_backup")
     want = foreign if foreign and cur != stock else stock  # unless a reinstall put stock back
     if want and backups.has(want):
-        return Change(rel, str(backups.path(want)), want,
-                      backups.path(want).stat().st_size, cur, st)
+        return Change(rel, str(backups.path(want)), want, backups.path(want).stat().st_size, cur, st)
     if cur is not None and cur == want:
         return Change(rel, str(path), cur, path.stat().st_size, cur, st)
     if info.conda_prefix:
-        hint = ("reinstall torch with conda: conda install --force-reinstall pytorch "
-                f"(in the env {info.conda_prefix})")
+        hint = (
+            "reinstall torch with conda: conda install --force-reinstall pytorch "
+            f"(in the env {info.conda_prefix})"
+        )
     else:
         hint = f"reinstall torch: pip install --force-reinstall --no-deps torch=={info.torch_version}"
-    raise OperationFailed(_("no stock copy of %(path)s to restore (it was %(get)s before the overlay)") % {"path": path, "get": prev.get('prior', 'unknown')}, hint)
+    raise OperationFailed(
+        _("no stock copy of %(path)s to restore (it was %(get)s before the overlay)")
+        % {"path": path, "get": prev.get("prior", "unknown")},
+        hint,
+    )
 
 
 def commit(eng: Engine, name: str, op: str, root: Path, meta: JsonObject, changes: list[Change]) -> None:
@@ -200,10 +263,15 @@ def _overlay_record(root: Path, meta: JsonObject, by_rel: dict[str, Change]) -> 
         rec.update(stat_key(p))
         files[rel] = rec
     return {
-        "bundle": meta["bundle"], "bundle_name": meta.get("bundle_name"),
-        "site_packages": str(root), "applied": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "torch_version": meta.get("torch_version"), "torch_cuda": meta.get("torch_cuda"),
-        "cudnn_stock": meta.get("cudnn_stock"), "files": files}
+        "bundle": meta["bundle"],
+        "bundle_name": meta.get("bundle_name"),
+        "site_packages": str(root),
+        "applied": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "torch_version": meta.get("torch_version"),
+        "torch_cuda": meta.get("torch_cuda"),
+        "cudnn_stock": meta.get("cudnn_stock"),
+        "files": files,
+    }
 
 
 def refresh_stats(eng: Engine, name: str) -> None:
@@ -270,10 +338,18 @@ def revert(eng: Engine, name: str, progress=None) -> Result:
             if _needed(c):  # else already stock: a pip reinstall restored it
                 changes.append(c)
         if mixed:
-            changes += _unrecorded_restores(eng, info, {c.rel for c in changes} | set(
-                (overlay or {}).get("files", {})))
-        tx = Transaction(eng.home, name, info.site_packages, "revert", changes,
-                         {"bundle": (overlay or {}).get("bundle")}, progress=progress)
+            changes += _unrecorded_restores(
+                eng, info, {c.rel for c in changes} | set((overlay or {}).get("files", {}))
+            )
+        tx = Transaction(
+            eng.home,
+            name,
+            info.site_packages,
+            "revert",
+            changes,
+            {"bundle": (overlay or {}).get("bundle")},
+            progress=progress,
+        )
         try:
             tx.run(lambda t: commit(eng, name, "revert", t.root, t.meta, t.changes))
         except TKError as e:
@@ -283,17 +359,31 @@ def revert(eng: Engine, name: str, progress=None) -> Result:
             raise
         gc_backups(eng)
         log_event(eng.home, "reverted", target=name, files=len(changes), foreign=foreign)
-        sources = sorted({f.get("stock_source") or targetmod.FROM_RECORD
-                          for rel, f in (overlay or {}).get("files", {}).items() if rel not in foreign
-                          and f.get("action") != gate.ADD})
-        msg = (f"reverted '{name}' to the files it had before the overlay ({len(changes)} "
-               f"restored, each checked against its stock hash: {', '.join(sources) or '-'})")
+        sources = sorted(
+            {
+                f.get("stock_source") or targetmod.FROM_RECORD
+                for rel, f in (overlay or {}).get("files", {}).items()
+                if rel not in foreign and f.get("action") != gate.ADD
+            }
+        )
+        msg = (
+            f"reverted '{name}' to the files it had before the overlay ({len(changes)} "
+            f"restored, each checked against its stock hash: {', '.join(sources) or '-'})"
+        )
         if foreign:
-            msg += (f"; {len(foreign)} of them {'was' if len(foreign) == 1 else 'were'} foreign "
-                    f"(neither stock nor ours) and {'is' if len(foreign) == 1 else 'are'} back "
-                    f"as before: {', '.join(foreign)}")
-        return Result(name, True, "reverted", msg, foreign=foreign,
-                      touched=[str(info.site_packages / c.rel) for c in changes])
+            msg += (
+                f"; {len(foreign)} of them {'was' if len(foreign) == 1 else 'were'} foreign "
+                f"(neither stock nor ours) and {'is' if len(foreign) == 1 else 'are'} back "
+                f"as before: {', '.join(foreign)}"
+            )
+        return Result(
+            name,
+            True,
+            "reverted",
+            msg,
+            foreign=foreign,
+            touched=[str(info.site_packages / c.rel) for c in changes],
+        )
 
 
 def _unrecorded_restores(eng: Engine, info, done: set[str]) -> list[Change]:
@@ -343,8 +433,11 @@ def _changed_since(st: StateData, name: str, seen: TargetStatus) -> str | None:
         return f"target '{name}' was removed"
     if overlay is None:
         return f"'{name}' was reverted to stock after the agent decided to re-apply"
-    if seen.applied is None or overlay.get("bundle") != seen.applied.bundle \
-            or overlay.get("applied") != seen.applied.at:
+    if (
+        seen.applied is None
+        or overlay.get("bundle") != seen.applied.bundle
+        or overlay.get("applied") != seen.applied.at
+    ):
         return f"the overlay of '{name}' was applied again after the agent decided"
     if rec.get("bundle") != (seen.bundle.id if seen.bundle else None):
         return f"another bundle was chosen for '{name}' after the agent decided"

@@ -28,7 +28,12 @@ def windows_languages() -> list[str]:
     MUI_LANGUAGE_NAME = 0x8
     num, size = wintypes.ULONG(), wintypes.ULONG(0)
     f = k32.GetUserPreferredUILanguages
-    f.argtypes = [wintypes.DWORD, ctypes.POINTER(wintypes.ULONG), wintypes.LPWSTR, ctypes.POINTER(wintypes.ULONG)]
+    f.argtypes = [
+        wintypes.DWORD,
+        ctypes.POINTER(wintypes.ULONG),
+        wintypes.LPWSTR,
+        ctypes.POINTER(wintypes.ULONG),
+    ]
     f.restype = wintypes.BOOL
     if f(MUI_LANGUAGE_NAME, ctypes.byref(num), None, ctypes.byref(size)) and size.value:
         buf = ctypes.create_unicode_buffer(size.value)
@@ -64,6 +69,8 @@ def os_languages(env: Mapping[str, str] | None = None) -> list[str]:
             return windows_languages()
         except (OSError, AttributeError, ValueError):
             return []
-    if sys.platform == "darwin" and not any(env.get(k) for k in ("LC_ALL", "LC_MESSAGES", "LANG", "LANGUAGE")):
+    if sys.platform == "darwin" and not any(
+        env.get(k) for k in ("LC_ALL", "LC_MESSAGES", "LANG", "LANGUAGE")
+    ):
         return macos_languages()
     return posix_languages(env)
