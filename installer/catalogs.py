@@ -59,12 +59,19 @@ def extract(pot: Path) -> None:
                    check=True, cwd=ROOT)
 
 
-LANGUAGES = ("zh_TW", "zh_CN", "ja")   # i18n.LANGUAGES without the source
+def _languages() -> tuple[str, ...]:
+    """The catalogs to keep: i18n.LANGUAGES without the source (one list, in the package)."""
+    sys.path.insert(0, str(ROOT / "agent"))
+    try:
+        from torchkeeper import i18n
+    finally:
+        sys.path.pop(0)
+    return tuple(c for c in i18n.LANGUAGES if c != i18n.SOURCE)
 
 
 def update() -> None:
     extract(POT)
-    for lang in LANGUAGES:   # a new language: its .po, to translate
+    for lang in _languages():   # a new language: its .po, to translate
         if not (LOCALE / lang / "LC_MESSAGES" / f"{DOMAIN}.po").exists():
             subprocess.run([sys.executable, "-m", "babel.messages.frontend", "--quiet", "init", "--no-wrap",
                             "-D", DOMAIN, "-l", lang, "-i", str(POT), "-d", str(LOCALE)], check=True, cwd=ROOT)

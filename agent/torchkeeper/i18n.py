@@ -10,6 +10,7 @@ no system locale has to be generated for a language to work.
 from __future__ import annotations
 
 import gettext as _gettext
+import os
 from pathlib import Path
 
 DOMAIN = "torchkeeper"
@@ -59,8 +60,6 @@ def choose(env_value: str | None, config_value: str | None, os_languages: list[s
 def setup(config_value: str | None, os_languages: list[str], machine: bool = False) -> str:
     """Activate the language the rule in :func:`choose` picks (TORCHKEEPER_LANG from the
     environment); ``machine`` output (``--json``) is always the source language."""
-    import os
-
     if machine:
         return activate(SOURCE)
     return activate(choose(os.environ.get("TORCHKEEPER_LANG"), config_value, os_languages))
