@@ -300,3 +300,18 @@ def test_a_console_without_the_characters_shows_question_marks_not_a_traceback(r
 def test_help_in_each_language(lang, words, run_tk):
     r = run_tk("revert", "--help", extra_env=_env(lang))
     assert r.rc == 0 and all(w in r.out for w in words), r
+
+
+def test_the_agent_takes_a_language_change_in_the_config(tk_home, monkeypatch):
+    """[ui] language changed while the agent runs: its tooltip (and every toast after) follows."""
+    monkeypatch.delenv("TORCHKEEPER_LANG")
+    agentkit.write_config(tk_home, '[ui]\nlanguage = "en"\n')
+    agent = agentkit.start_agent(tk_home, watch=False, schedule=False)
+    try:
+        assert agent.view().tooltip.startswith("torchkeeper: no targets yet")
+        agentkit.write_config(tk_home, '[ui]\nlanguage = "zh_CN"\n')
+        agent._reload_config()
+        assert agent.view().tooltip.startswith("torchkeeper：尚无目标"), agent.view().tooltip
+    finally:
+        agent.stop(10)
+        i18n.activate("en")

@@ -43,14 +43,15 @@ log = logging.getLogger("torchkeeper.agent")
 PREPARE, REHASH, REFRESH = "prepare", "rehash", "refresh"   # standby work, weakest first
 _STANDBY_RANK = {REFRESH: 0, PREPARE: 1, REHASH: 2}
 
+DEGRADED_POLL_S = boardmod.DEGRADED_POLL_S
+_ASKED = {V.REAPPLY, V.REVERT, V.REAPPLY_ALL}   # a person's explicit ask (gate warnings pass)
+
 
 def _use_language(cfg: Config) -> str:
     """[ui] language (TORCHKEEPER_LANG wins, "auto" is the OS's) for the tray and toasts."""
     from ..platform.language import os_languages
 
     return i18n.setup(cfg["ui"]["language"], os_languages())
-DEGRADED_POLL_S = boardmod.DEGRADED_POLL_S
-_ASKED = {V.REAPPLY, V.REVERT, V.REAPPLY_ALL}   # a person's explicit ask (gate warnings pass)
 
 
 class Agent:
