@@ -310,38 +310,25 @@ def found_page(found: list, csrf: str) -> str:
     return f'<div class="scroll"><table><tbody>{rows}</tbody></table></div>'
 
 
+def _row(label: str, now: str, action: str, button: str, csrf: str, field: dict) -> str:
+    return f"<tr><td>{e(label)}</td><td>{e(now)}</td><td>" + _form(action, button, csrf, field) + "</td></tr>"
+
+
+def _switch(label: str, on: bool, action: str, csrf: str) -> str:
+    """A setting that is on or off, and the button that turns it the other way."""
+    return _row(label, _("on") if on else _("off"), action, _("Turn off") if on else _("Turn on"), csrf,
+                {"enabled": "0" if on else "1"})
+
+
 def settings_page(view, csrf: str, notifications: bool | None = None) -> str:
     paused = bool(getattr(view, "paused", False))
     auto = getattr(view, "autostart", None)
-    on, off, auto_word, paused_word = _("on"), _("off"), _("Auto re-apply"), _("paused")
-    login, notes = _("Start at login"), _("Notifications")
-    rows = [
-        f"<tr><td>{e(auto_word)}</td><td>{e(paused_word if paused else on)}</td><td>"
-        + _form("/api/pause", _("Resume") if paused else _("Pause"), csrf, {"paused": "0" if paused else "1"})
-        + "</td></tr>"
-    ]
+    rows = [_row(_("Auto re-apply"), _("paused") if paused else _("on"), "/api/pause",
+                 _("Resume") if paused else _("Pause"), csrf, {"paused": "0" if paused else "1"})]
     if auto is not None:
-        rows.append(
-            f"<tr><td>{e(login)}</td><td>{e(on if auto else off)}</td><td>"
-            + _form(
-                "/api/autostart",
-                _("Turn off") if auto else _("Turn on"),
-                csrf,
-                {"enabled": "0" if auto else "1"},
-            )
-            + "</td></tr>"
-        )
+        rows.append(_switch(_("Start at login"), bool(auto), "/api/autostart", csrf))
     if notifications is not None:
-        rows.append(
-            f"<tr><td>{e(notes)}</td><td>{e(on if notifications else off)}</td><td>"
-            + _form(
-                "/api/notifications",
-                _("Turn off") if notifications else _("Turn on"),
-                csrf,
-                {"enabled": "0" if notifications else "1"},
-            )
-            + "</td></tr>"
-        )
+        rows.append(_switch(_("Notifications"), notifications, "/api/notifications", csrf))
     return (
         "<table><tbody>" + "".join(rows) + "</tbody></table>"
         "<p><small>"
